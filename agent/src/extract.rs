@@ -1,0 +1,1 @@
+//! Safe extraction of kmod image layers (tar, optionally gzip) into a directory.

@@ -1,0 +1,1 @@
+//! Pulling kmod OCI images (oci-client) into a content-addressed local cache.

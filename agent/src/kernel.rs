@@ -1,0 +1,1 @@
+//! The `Kernel` trait: loading and unloading modules, with libkmod and simulated implementations.

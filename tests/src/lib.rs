@@ -1,0 +1,6 @@
+//! Test support for kmm-rs: a real kube-apiserver + etcd (no mocks), a real
+//! registry, and a QEMU node booting Debian's kernel.
+#![warn(missing_docs)]
+
+pub mod controlplane;
+pub mod vm;
