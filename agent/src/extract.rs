@@ -1,1 +1,0 @@
-//! Safe extraction of kmod image layers (tar, optionally gzip) into a directory.

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what kmm-rs needs on a fresh Debian (bookworm) machine. Idempotent:
+# when everything is present it only checks and exits in a second.
+set -euo pipefail
+
+# Debian packages:
+#  libkmod-dev, libclang-dev, pkg-config  - the kmod crate (kmod-sys runs bindgen against libkmod)
+#  kmod                                   - depmod, used by `kmmctl package` and the VM harness
+#  docker-registry                        - the real OCI registry used by tests and the demo
+#  qemu-system-x86, busybox-static, cpio  - the VM node booting Debian's real kernel (TCG)
+#  openssl                                - control-plane certificates
+#  apache2-utils                          - htpasswd, for the registry-auth tests
+#  xz-utils, zstd                         - kernel/initramfs (de)compression
+PKGS=(libkmod-dev libclang-dev pkg-config kmod docker-registry qemu-system-x86 busybox-static cpio
+      openssl apache2-utils xz-utils zstd ca-certificates curl)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+for t in cargo go; do
+  command -v "$t" >/dev/null || { echo "setup: '$t' not found: install Rust (rustup) and Go first" >&2; exit 1; }
+done
+echo "setup: Debian packages present" >&2
