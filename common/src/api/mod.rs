@@ -1,0 +1,5 @@
+//! API types: `Module` and `NodeModulesConfig` (`kmm.sigs.x-k8s.io/v1beta1`).
+
+pub mod cel;
+pub mod module;
+pub mod nmc;
