@@ -1,1 +1,0 @@
-//! The `Kernel` trait: loading and unloading modules, with libkmod and simulated implementations.

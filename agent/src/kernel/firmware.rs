@@ -1,0 +1,342 @@
+//! Firmware: copy `<image>/<firmwarePath>/*` into the node's firmware directory
+//! before loading, remove it again before unloading (upstream KMM's
+//! `worker.setFirmwareClassPath`).
+//!
+//! The copy is safe against hostile images: nothing is followed out of the
+//! source tree (symlinks are recreated only when they stay inside it), no
+//! existing symlink on the host side is written through, and every file appears
+//! atomically (written to a temporary name in the same directory, then renamed).
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use tracing::warn;
+
+/// Where the kernel's firmware loader looks first, besides its built-in paths.
+pub const FIRMWARE_CLASS_PATH: &str = "/sys/module/firmware_class/parameters/path";
+
+/// Firmware copy errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    /// The image's firmware directory is missing.
+    #[error("image has no firmware directory {}", .0.display())]
+    NoSource(PathBuf),
+    /// A host path that must be a directory is a symlink or a file.
+    #[error("refusing to write through {}: not a plain directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// I/O error on a path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, FirmwareError>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FirmwareError + '_ {
+    move |source| FirmwareError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a copy did, as paths relative to the firmware directory.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FirmwareCopy {
+    /// Files and symlinks written.
+    pub installed: Vec<PathBuf>,
+    /// Entries not copied (symlinks leaving the tree, sockets, ...).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Copies everything under `src` into `host_dir` (created if needed), recursively.
+///
+/// # Errors
+/// [`FirmwareError::NoSource`] if `src` is not a directory; I/O errors; a host
+/// directory on the way that is a symlink ([`FirmwareError::NotADirectory`]).
+pub fn install_firmware(src: &Path, host_dir: &Path) -> Result<FirmwareCopy> {
+    if !fs::symlink_metadata(src).is_ok_and(|m| m.is_dir()) {
+        return Err(FirmwareError::NoSource(src.to_path_buf()));
+    }
+    ensure_dir(host_dir)?;
+    let mut copy = FirmwareCopy::default();
+    copy_dir(src, host_dir, Path::new(""), &mut copy)?;
+    Ok(copy)
+}
+
+/// Removes from `host_dir` every file the image's `src` directory provides, then
+/// the directories this leaves empty. Missing files are fine.
+///
+/// # Errors
+/// I/O errors other than "not found".
+pub fn remove_firmware(src: &Path, host_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if fs::symlink_metadata(src).is_ok_and(|m| m.is_dir()) {
+        remove_dir(src, host_dir, Path::new(""), &mut removed)?;
+    }
+    Ok(removed)
+}
+
+/// Points the kernel's firmware loader at `host_dir` by writing `param_file`
+/// (normally [`FIRMWARE_CLASS_PATH`]); skipped if it already holds that value.
+///
+/// # Errors
+/// I/O errors writing the parameter.
+pub fn set_firmware_class_path(param_file: &Path, host_dir: &Path) -> Result<()> {
+    let want = host_dir.to_string_lossy();
+    if fs::read_to_string(param_file).is_ok_and(|cur| cur.trim_end() == want) {
+        return Ok(());
+    }
+    fs::write(param_file, want.as_bytes()).map_err(io_err(param_file))
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(FirmwareError::NotADirectory(dir.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_err(dir))
+        }
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path, rel: &Path, copy: &mut FirmwareCopy) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .map_err(io_err(src))?
+        .collect::<io::Result<_>>()
+        .map_err(io_err(src))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let (from, to, rel) = (src.join(&name), dst.join(&name), rel.join(&name));
+        let meta = fs::symlink_metadata(&from).map_err(io_err(&from))?;
+        if meta.is_dir() {
+            ensure_dir(&to)?;
+            copy_dir(&from, &to, &rel, copy)?;
+        } else if meta.is_file() {
+            copy_file(&from, &to)?;
+            copy.installed.push(rel);
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&from).map_err(io_err(&from))?;
+            if stays_inside(&rel, &target) {
+                replace_with_symlink(&target, &to)?;
+                copy.installed.push(rel);
+            } else {
+                warn!(path = %rel.display(), target = %target.display(), "firmware symlink leaves the image; skipped");
+                copy.skipped.push(rel);
+            }
+        } else {
+            copy.skipped.push(rel);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a relative symlink at `rel` (inside the tree) to `target` stays inside.
+fn stays_inside(rel: &Path, target: &Path) -> bool {
+    // depth of the directory holding the link
+    let mut depth = rel.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+fn tmp_name(to: &Path) -> PathBuf {
+    let mut name = to.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".kmm-tmp-{}", std::process::id()));
+    to.with_file_name(name)
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    let tmp = tmp_name(to);
+    let write = || -> io::Result<()> {
+        let mut input = fs::File::open(from)?;
+        // create_new: never open through something planted at the temporary name
+        let _ = fs::remove_file(&tmp);
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        io::copy(&mut input, &mut out)?;
+        out.set_permissions(fs::Permissions::from_mode(0o644))?;
+        out.flush()?;
+        out.sync_all()?;
+        // rename replaces a symlink at `to` itself, never what it points to
+        fs::rename(&tmp, to)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        FirmwareError::Io {
+            path: to.to_path_buf(),
+            source,
+        }
+    })
+}
+
+fn replace_with_symlink(target: &Path, to: &Path) -> Result<()> {
+    let tmp = tmp_name(to);
+    let _ = fs::remove_file(&tmp);
+    symlink(target, &tmp)
+        .and_then(|()| fs::rename(&tmp, to))
+        .map_err(io_err(to))
+}
+
+fn remove_dir(src: &Path, dst: &Path, rel: &Path, removed: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(src).map_err(io_err(src))? {
+        let entry = entry.map_err(io_err(src))?;
+        let name = entry.file_name();
+        let (from, to, rel) = (src.join(&name), dst.join(&name), rel.join(&name));
+        let meta = fs::symlink_metadata(&from).map_err(io_err(&from))?;
+        if meta.is_dir() {
+            if fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+                remove_dir(&from, &to, &rel, removed)?;
+                // only if empty: other firmware may live there
+                if fs::remove_dir(&to).is_ok() {
+                    removed.push(rel);
+                }
+            }
+        } else {
+            match fs::remove_file(&to) {
+                Ok(()) => removed.push(rel),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&to)(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    fn image() -> tempfile::TempDir {
+        let src = tempfile::tempdir().unwrap();
+        let p = src.path();
+        fs::create_dir_all(p.join("vendor/sub")).unwrap();
+        fs::write(p.join("top.bin"), b"top").unwrap();
+        fs::write(p.join("vendor/sub/fw.bin"), b"firmware").unwrap();
+        symlink("sub/fw.bin", p.join("vendor/alias.bin")).unwrap();
+        symlink("../../../etc/shadow", p.join("vendor/evil.bin")).unwrap();
+        symlink("/etc/passwd", p.join("abs.bin")).unwrap();
+        src
+    }
+
+    #[test]
+    fn copies_recursively_and_keeps_symlinks_inside_the_tree() {
+        let src = image();
+        let host = tempfile::tempdir().unwrap();
+        let dst = host.path().join("lib/firmware");
+        let copy = install_firmware(src.path(), &dst).unwrap();
+
+        assert_eq!(fs::read(dst.join("top.bin")).unwrap(), b"top");
+        assert_eq!(
+            fs::read(dst.join("vendor/sub/fw.bin")).unwrap(),
+            b"firmware"
+        );
+        assert_eq!(fs::read(dst.join("vendor/alias.bin")).unwrap(), b"firmware");
+        assert!(fs::symlink_metadata(dst.join("vendor/evil.bin")).is_err());
+        assert!(fs::symlink_metadata(dst.join("abs.bin")).is_err());
+        assert_eq!(
+            copy.skipped,
+            [PathBuf::from("abs.bin"), PathBuf::from("vendor/evil.bin")]
+        );
+        assert_eq!(copy.installed.len(), 3);
+        let mode = fs::metadata(dst.join("top.bin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // no temporary files left behind
+        let leftovers = fs::read_dir(&dst)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("kmm-tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn copy_replaces_a_host_symlink_instead_of_writing_through_it() {
+        let src = image();
+        let host = tempfile::tempdir().unwrap();
+        let outside = host.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        let dst = host.path().join("fw");
+        fs::create_dir_all(&dst).unwrap();
+        symlink(&outside, dst.join("top.bin")).unwrap();
+
+        install_firmware(src.path(), &dst).unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(fs::read(dst.join("top.bin")).unwrap(), b"top");
+    }
+
+    #[test]
+    fn host_dir_that_is_a_symlink_is_refused() {
+        let src = image();
+        let host = tempfile::tempdir().unwrap();
+        fs::create_dir(host.path().join("real")).unwrap();
+        symlink(host.path().join("real"), host.path().join("link")).unwrap();
+        let err = install_firmware(src.path(), &host.path().join("link")).unwrap_err();
+        assert!(matches!(err, FirmwareError::NotADirectory(_)), "{err}");
+    }
+
+    #[test]
+    fn missing_source_is_reported() {
+        let host = tempfile::tempdir().unwrap();
+        let err = install_firmware(&host.path().join("nope"), host.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("image has no firmware directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn remove_takes_back_only_what_the_image_provided() {
+        let src = image();
+        let host = tempfile::tempdir().unwrap();
+        let dst = host.path().join("fw");
+        install_firmware(src.path(), &dst).unwrap();
+        fs::write(dst.join("vendor/other.bin"), b"not ours").unwrap();
+
+        remove_firmware(src.path(), &dst).unwrap();
+        assert!(!dst.join("top.bin").exists());
+        assert!(!dst.join("vendor/sub").exists());
+        assert_eq!(fs::read(dst.join("vendor/other.bin")).unwrap(), b"not ours");
+    }
+
+    #[test]
+    fn firmware_class_path_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let param = dir.path().join("path");
+        fs::write(&param, "\n").unwrap();
+        set_firmware_class_path(&param, Path::new("/var/lib/firmware")).unwrap();
+        assert_eq!(fs::read_to_string(&param).unwrap(), "/var/lib/firmware");
+        set_firmware_class_path(&param, Path::new("/var/lib/firmware")).unwrap();
+    }
+}
