@@ -1,3 +1,31 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("kmmctl: not implemented yet")
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kmmctl::cli::{Cli, run};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Progress goes to stderr; stdout carries only the result (a digest).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "kmmctl=info,warn".into()),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            // "{:#}" prints the whole cause chain on one line.
+            eprintln!("kmmctl: error: {:#}", anyhow::Error::from(err));
+            ExitCode::FAILURE
+        }
+    }
 }

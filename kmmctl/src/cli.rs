@@ -1,0 +1,197 @@
+//! Command-line definitions (clap derive) and their execution. `main.rs` only
+//! parses, sets up logging and prints what [`run`] returns.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use oci_client::secrets::RegistryAuth;
+
+use crate::depmod::Depmod;
+use crate::package::{FirmwareInput, PackageRequest};
+use crate::registry::{self, RegistryOptions};
+use crate::{Error, layout, package};
+
+/// kmm-rs command line tool.
+#[derive(Debug, Parser)]
+#[command(name = "kmmctl", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a kmod OCI image (no docker/buildah) and write it to an OCI layout
+    /// and/or push it. Prints the manifest digest as the last line on stdout.
+    Package(PackageArgs),
+}
+
+/// Arguments of `kmmctl package`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  kmmctl package -k 6.1.0-56-amd64 --module-tree /tmp/lab/kernel brd null_blk \\
+      --push 127.0.0.1:5000/kmod/blk:6.1.0-56-amd64 --insecure
+  kmmctl package -k 6.1.0-56-amd64 --ko build/mymod.ko --firmware fw/my.bin \\
+      --oci-dir /tmp/oci/mymod")]
+pub struct PackageArgs {
+    /// Kernel release the modules are for (`uname -r` of the target nodes).
+    #[arg(long, short = 'k', value_name = "KVER")]
+    pub kernel_version: String,
+    /// Module names to take from --module-tree, with all their dependencies.
+    #[arg(value_name = "MODULE")]
+    pub modules: Vec<String>,
+    /// Root of a module tree containing lib/modules/<KVER> (e.g. an unpacked linux-image .deb).
+    #[arg(long, value_name = "DIR")]
+    pub module_tree: Option<PathBuf>,
+    /// Explicit module files (.ko, .ko.xz, .ko.zst, .ko.gz; decompressed into the image).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub ko: Vec<PathBuf>,
+    /// Where --ko files go, relative to lib/modules/<KVER>/.
+    #[arg(long, value_name = "DIR", default_value = "extra")]
+    pub subdir: String,
+    /// Firmware files, FILE or FILE=DEST (DEST relative to --firmware-dir).
+    #[arg(long, value_name = "FILE[=DEST]", num_args = 1..)]
+    pub firmware: Vec<FirmwareInput>,
+    /// Firmware directory in the image (the Module's firmwarePath).
+    #[arg(long, value_name = "DIR", default_value = "/firmware")]
+    pub firmware_dir: String,
+    /// Module root in the image (the Module's dirName): modules go to <DIR>/lib/modules/<KVER>/.
+    #[arg(long, value_name = "DIR", default_value = "/opt")]
+    pub dir_name: String,
+    /// Extra image label (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Image architecture.
+    #[arg(long, value_name = "ARCH", default_value = "amd64")]
+    pub arch: String,
+    /// Timestamp for file mtimes and `created`; without it mtimes are 0 and there is no `created`.
+    #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+    pub source_date_epoch: Option<u64>,
+    /// Write the image as an OCI layout to this directory.
+    #[arg(long, value_name = "DIR")]
+    pub oci_dir: Option<PathBuf>,
+    /// Tag recorded in the OCI layout's index.json (default: --push's tag, else KVER).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Push to this reference, e.g. 127.0.0.1:5000/ns/brd:6.1.0-56-amd64 (tag defaults to KVER).
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// Use plain HTTP for the registry.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Use HTTPS without verifying the registry's certificate.
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+    /// Registry user name.
+    #[arg(long, env = "KMMCTL_USERNAME", requires = "password")]
+    pub username: Option<String>,
+    /// Registry password.
+    #[arg(
+        long,
+        env = "KMMCTL_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
+    pub password: Option<String>,
+    /// Docker config JSON with registry credentials (like ~/.docker/config.json).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "REGISTRY_AUTH_FILE",
+        conflicts_with = "username"
+    )]
+    pub auth_file: Option<PathBuf>,
+    /// depmod binary to use (default: found in PATH, /usr/sbin, /sbin).
+    #[arg(long, value_name = "FILE", env = "KMMCTL_DEPMOD")]
+    pub depmod: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}': expected KEY=VALUE")),
+    }
+}
+
+impl PackageArgs {
+    /// The library request these arguments describe.
+    pub fn request(&self) -> PackageRequest {
+        PackageRequest {
+            kver: self.kernel_version.clone(),
+            ko_files: self.ko.clone(),
+            ko_subdir: self.subdir.clone(),
+            module_tree: self.module_tree.clone(),
+            module_names: self.modules.clone(),
+            firmware: self.firmware.clone(),
+            firmware_dir: self.firmware_dir.clone(),
+            dir_name: self.dir_name.clone(),
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            source_date_epoch: self.source_date_epoch,
+            architecture: self.arch.clone(),
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the line to print on stdout.
+pub async fn run(cli: Cli) -> Result<String, Error> {
+    match cli.command {
+        Command::Package(args) => run_package(&args).await,
+    }
+}
+
+/// `kmmctl package`: returns the manifest digest.
+pub async fn run_package(args: &PackageArgs) -> Result<String, Error> {
+    let depmod = match &args.depmod {
+        Some(p) => Depmod::with_program(p),
+        None => Depmod::find().map_err(package::Error::from)?,
+    };
+    let started = Instant::now();
+    // Parse the reference first: a typo should fail before the work is done.
+    let reference = args
+        .push
+        .as_deref()
+        .map(|r| registry::parse_reference(r, &args.kernel_version))
+        .transpose()?;
+    let packaged = package::package(&args.request(), &depmod)?;
+    let image = &packaged.image;
+    tracing::info!(
+        "image {} built in {:.2}s",
+        image.manifest_digest,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(dir) = &args.oci_dir {
+        let tag = args
+            .tag
+            .clone()
+            .or_else(|| reference.as_ref().and_then(|r| r.tag().map(str::to_string)))
+            .unwrap_or_else(|| args.kernel_version.clone());
+        layout::write(dir, image, &tag)?;
+        tracing::info!("wrote OCI layout {}:{tag}", dir.display());
+    }
+    if let Some(reference) = &reference {
+        let auth = match (&args.username, &args.password, &args.auth_file) {
+            (Some(u), Some(p), _) => RegistryAuth::Basic(u.clone(), p.clone()),
+            (_, _, Some(file)) => registry::auth_from_file(file, reference.resolve_registry())?,
+            _ => RegistryAuth::Anonymous,
+        };
+        let opts = RegistryOptions {
+            insecure: args.insecure,
+            skip_tls_verify: args.insecure_skip_tls_verify,
+            auth,
+        };
+        let pushed = Instant::now();
+        let digest = registry::push(image, reference, &opts).await?;
+        tracing::info!(
+            "pushed {}@{digest} in {:.2}s (total {:.2}s)",
+            reference.whole(),
+            pushed.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(digest);
+    }
+    Ok(image.manifest_digest.clone())
+}

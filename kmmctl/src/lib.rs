@@ -1,0 +1,60 @@
+//! kmmctl: tools around kmod images for kmm-rs.
+//!
+//! `kmmctl package` builds a kmod OCI image without docker or buildah: the
+//! requested modules and their dependencies from a module tree (or explicit
+//! `.ko` files), the `modules.*` indexes from `depmod`, optional firmware, all
+//! in one reproducible gzip layer, written to an OCI layout and/or pushed with
+//! oci-client.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use kmmctl::{depmod::Depmod, package::{package, PackageRequest}};
+//! let mut req = PackageRequest::new("6.1.0-56-amd64");
+//! req.module_tree = Some("/tmp/lab/kernel".into());
+//! req.module_names = vec!["null_blk".into()];
+//! let packaged = package(&req, &Depmod::find()?)?;
+//! println!("{} ships {:?}", packaged.image.manifest_digest, packaged.modules);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, reason = "unit tests fail loudly on setup errors")
+)]
+
+pub mod cli;
+pub mod decompress;
+pub mod depmod;
+pub mod digest;
+pub mod image;
+pub mod layer;
+pub mod layout;
+pub mod modtree;
+pub mod package;
+pub mod registry;
+pub mod stage;
+
+/// Any kmmctl failure, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Building the image.
+    #[error(transparent)]
+    Package(#[from] package::Error),
+    /// Writing the OCI layout.
+    #[error(transparent)]
+    Layout(#[from] layout::Error),
+    /// Talking to the registry.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+impl Error {
+    /// A short stable label of the failure kind (for metrics and scripts).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Package(_) => "package",
+            Error::Layout(_) => "layout",
+            Error::Registry(_) => "registry",
+        }
+    }
+}
