@@ -59,7 +59,34 @@ pub struct ModuleConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub in_tree_module_to_remove: String,
     /// How modprobe loads the module.
+    #[schemars(schema_with = "modprobe_schema_without_rules")]
     pub modprobe: ModprobeSpec,
+}
+
+/// The Module's modprobe schema without its CEL rules: the controller copies an already
+/// validated Module, and an unbounded list of CEL-checked entries would exceed the apiserver's
+/// rule cost budget.
+fn modprobe_schema_without_rules(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<ModprobeSpec>();
+    strip_validations(&mut schema);
+    schema
+}
+
+fn strip_validations(schema: &mut schemars::Schema) {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("x-kubernetes-validations");
+        map.values_mut().for_each(strip);
+    }
 }
 
 fn default_pull_policy() -> String {
