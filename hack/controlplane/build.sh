@@ -10,48 +10,43 @@
 # Environment:
 #   KMM_CACHE   cache root (default: $HOME/.cache/kmm-rs). Binaries go to
 #               $KMM_CACHE/controlplane/<k8s-version>-<etcd-version>/bin/
+#   KMM_CP_BIN  build into this dir instead (the stamp goes beside it)
 #   FORCE=1     rebuild even when the stamp says the binaries are current
 #   GOFLAGS, GOPROXY, GOMODCACHE, GOCACHE are honoured as usual by `go`.
 #
-# Prints the bin dir as the last line of output on success.
+# Usage: build.sh                  build if needed; prints the bin dir last
+#        build.sh --print-bin-dir  print the bin dir only (no build)
 # A second run with unchanged pins exits in well under a second (stamp file).
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-k8s_mod="$here/gomod"
-etcd_mod="$here/gomod/etcd"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 log() { printf '[controlplane/build %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+if [[ "${1:-}" == --print-bin-dir ]]; then
+    echo "$cp_bin"
+    exit 0
+fi
+
 command -v go >/dev/null || { log "go is not installed (need Go >= 1.25)"; exit 1; }
 
-# Versions come from the wrapper go.mod files so there is one source of truth.
-# Matches both `require mod vX` and a `mod vX` line inside a require block.
-pinned() { awk -v m="$1" '$1 == "require" { $1 = "" ; $0 = $0 } $1 == m { print $2; exit }' "$2"; }
-k8s_version="$(pinned k8s.io/kubernetes "$k8s_mod/go.mod")"
-etcd_version="$(pinned go.etcd.io/etcd/server/v3 "$etcd_mod/go.mod")"
-[[ -n "$k8s_version" && -n "$etcd_version" ]] || { log "cannot read pinned versions from go.mod"; exit 1; }
-
-cache_root="${KMM_CACHE:-$HOME/.cache/kmm-rs}"
-out="$cache_root/controlplane/${k8s_version}-${etcd_version}"
-bin="$out/bin"
-stamp="$out/stamp"
+k8s_mod="$cp_k8s_mod"
+etcd_mod="$cp_etcd_mod"
+k8s_version="$cp_k8s_version"
+etcd_version="$cp_etcd_version"
+bin="$cp_bin"
+stamp="$cp_bin/../stamp"
 
 # The stamp covers everything that changes the produced binaries.
 want_stamp="$(
     {
-        cat "$k8s_mod/go.mod" "$k8s_mod/go.sum" "$etcd_mod/go.mod" "$etcd_mod/go.sum" "$0"
+        cat "$k8s_mod/go.mod" "$k8s_mod/go.sum" "$etcd_mod/go.mod" "$etcd_mod/go.sum" "${BASH_SOURCE[0]}"
         go env GOVERSION GOOS GOARCH
     } | sha256sum | cut -d' ' -f1
 )"
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd etcdctl)
-all_present() {
-    local b
-    for b in "${binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done
-}
-
-if [[ "${FORCE:-0}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] && all_present; then
+if [[ "${FORCE:-0}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] && cp_all_present; then
     log "up to date: kubernetes $k8s_version, etcd $etcd_version"
     echo "$bin"
     exit 0
@@ -93,7 +88,7 @@ log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager, 
         k8s.io/kubernetes/cmd/kube-scheduler \
         k8s.io/kubernetes/cmd/kubectl
 )
-all_present || { log "build finished but some binaries are missing in $bin"; exit 1; }
+cp_all_present || { log "build finished but some binaries are missing in $bin"; exit 1; }
 
 echo "$want_stamp" >"$stamp"
 log "built in $(($(date +%s) - start))s"
