@@ -125,6 +125,18 @@ mod tests {
     }
 
     #[test]
+    fn zstd_module_is_decompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.ko.zst");
+        let zst = ruzstd::encoding::compress_to_vec(
+            &b"\x7fELF zstd module"[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        std::fs::write(&path, zst).unwrap();
+        assert_eq!(read_module(&path).unwrap(), b"\x7fELF zstd module");
+    }
+
+    #[test]
     fn corrupt_zstd_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.ko.zst");
