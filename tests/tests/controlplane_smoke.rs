@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kmm_tests::controlplane::{ControlPlane, pinned_kubernetes_version};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -109,6 +109,76 @@ async fn kubectl_applies_from_stdin_and_explains() -> Result<()> {
     let failed = cp.kubectl(["get", "configmap", "does-not-exist", "-n", ns.name()]);
     assert!(!failed.status.success(), "kubectl exit status is reported");
     ns.cleanup().await
+}
+
+#[tokio::test]
+async fn pod_security_admission_enforces_the_namespace_level() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let ns = cp.temp_namespace("smoke-pss").await?;
+    let result = pss_checks(cp, ns.name()).await;
+    ns.cleanup().await?;
+    result
+}
+
+async fn pss_checks(cp: &ControlPlane, ns: &str) -> Result<()> {
+    let client = cp.client();
+    cp.kubectl_ok([
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])?;
+    // The ServiceAccount admission plugin (before PodSecurity) needs the
+    // namespace's default ServiceAccount; make it rather than wait for the
+    // controller-manager, so the test also holds without controllers.
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    match Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if api_status(&e) == Some(409) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "privileged"},
+        "spec": {"containers": [{
+            "name": "c", "image": "registry.invalid/none:1",
+            "securityContext": {"privileged": true},
+        }]},
+    }))?;
+    let err = Api::<Pod>::namespaced(client, ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .err()
+        .context("a privileged pod was admitted into a restricted namespace")?;
+    let kube::Error::Api(status) = &err else {
+        bail!("expected an API rejection, got {err}");
+    };
+    assert_eq!(status.code, 403, "{status:?}");
+    assert!(
+        status.message.contains("violates PodSecurity"),
+        "{status:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_temp_namespace_is_deleted_anyway() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let ns = cp.temp_namespace("smoke-drop").await?;
+    let name = ns.name().to_string();
+    drop(ns);
+    let namespaces: Api<Namespace> = Api::all(cp.client());
+    // Deleted means gone, or Terminating while the namespace controller empties it.
+    match namespaces.get_opt(&name).await? {
+        None => {}
+        Some(n) => assert!(
+            n.metadata.deletion_timestamp.is_some(),
+            "namespace {name} still active after drop"
+        ),
+    }
+    Ok(())
 }
 
 #[tokio::test]
