@@ -96,3 +96,76 @@ async fn cli_push_prints_the_registry_digest_last() {
         digest
     );
 }
+
+#[tokio::test]
+async fn auth_file_credentials_are_used_and_missing_ones_rejected() {
+    let registry = Registry::start_with_auth(Some(("kmm", "s3cret")));
+    let tree = FakeTree::new();
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("config.json");
+    // base64("kmm:s3cret")
+    std::fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"a21tOnMzY3JldA=="}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let target = format!("{}/private/gamma:v1", registry.addr);
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kmmctl"))
+            .args(["package", "-k", KVER, "--module-tree"])
+            .arg(tree.root())
+            .args(["gamma", "--push", &target, "--insecure"])
+            .args(extra)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("KMMCTL_USERNAME")
+            .env_remove("KMMCTL_PASSWORD")
+            .output()
+            .unwrap()
+    };
+
+    let anonymous = run(&[]);
+    assert!(
+        !anonymous.status.success(),
+        "push without credentials must fail"
+    );
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    eprintln!("anonymous push: {stderr}");
+    assert!(
+        stderr.contains(&format!("registry {}", registry.addr)),
+        "{stderr}"
+    );
+
+    let with_file = run(&["--auth-file", auth_file.to_str().unwrap()]);
+    assert!(
+        with_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_file.stderr)
+    );
+    let digest = String::from_utf8(with_file.stdout).unwrap();
+    let digest = digest.lines().last().unwrap().to_string();
+
+    let with_flags = run(&["--username", "kmm", "--password", "s3cret"]);
+    assert!(
+        with_flags.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_flags.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(with_flags.stdout).unwrap().lines().last(),
+        Some(digest.as_str())
+    );
+
+    let opts = RegistryOptions {
+        insecure: true,
+        auth: oci_client::secrets::RegistryAuth::Basic("kmm".into(), "s3cret".into()),
+        ..Default::default()
+    };
+    let (_, remote) = fetch_manifest(&parse_reference(&target, KVER).unwrap(), &opts)
+        .await
+        .unwrap();
+    assert_eq!(remote, digest);
+}

@@ -124,6 +124,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_with_auth(None)
+    }
+
+    /// With `Some((user, password))` the registry requires HTTP basic auth
+    /// (htpasswd file made with `htpasswd -B`, Debian package apache2-utils).
+    pub fn start_with_auth(auth: Option<(&str, &str)>) -> Self {
         let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -135,12 +141,28 @@ impl Registry {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let auth_yaml = match auth {
+            None => String::new(),
+            Some((user, password)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .expect("htpasswd not installed (apt-get install apache2-utils)");
+                assert!(out.status.success());
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, out.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: kmmctl-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
                 dir.path().join("storage").display()
             ),
         )
