@@ -5,6 +5,11 @@
 
 pub mod api;
 pub mod crd;
+pub mod image;
+pub mod labels;
+pub mod targeting;
+#[cfg(test)]
+mod test_support;
 
 pub use api::cel::MAX_COMBINED_NAME_LENGTH;
 pub use api::module::{
@@ -15,4 +20,12 @@ pub use api::module::{
 pub use api::nmc::{
     ModuleConfig, ModuleError, ModuleItem, NodeModuleSpec, NodeModuleStatus, NodeModulesConfig,
     NodeModulesConfigSpec, NodeModulesConfigStatus,
+};
+pub use labels::{
+    MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,
+    device_plugin_ready_label, ready_label, version_module_label, version_ready_label,
+};
+pub use targeting::{
+    Ineligible, ResolvedMapping, Target, Vars, node_eligibility, node_kernel_version,
+    resolve_mapping, selector_matches, substitute, target_node,
 };

@@ -1,0 +1,81 @@
+//! Targeting: which nodes a Module applies to and what to load there, as pure functions.
+//!
+//! - [`substitute`]: `${KERNEL_FULL_VERSION}`, `${MOD_NAME}`, `${MOD_NAMESPACE}` expansion;
+//! - [`mapping`]: the first kernel mapping that matches a kernel, merged with the container
+//!   defaults into a [`ResolvedMapping`];
+//! - [`eligibility`]: selector, kernel and ordered-upgrade version checks for one node.
+//!
+//! Nothing here panics on user input; failures are [`Ineligible`] values whose `Display` is a
+//! sentence a user can act on.
+
+pub mod eligibility;
+pub mod mapping;
+pub mod substitute;
+
+pub use eligibility::{node_eligibility, node_kernel_version, selector_matches, target_node};
+pub use mapping::{ResolvedMapping, Target, kernel_matches, resolve_mapping};
+pub use substitute::{Vars, substitute};
+
+/// Why a Module does not apply to a node (or cannot be resolved for its kernel).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ineligible {
+    /// The Module has no `spec.moduleLoader`, so there is nothing to load.
+    #[error("Module has no spec.moduleLoader")]
+    NoModuleLoader,
+    /// A selector label is missing on the node or has another value.
+    #[error("{}", label_mismatch("selector label", key, actual.as_deref(), wanted))]
+    SelectorMismatch {
+        /// Selector key.
+        key: String,
+        /// Value the Module's selector wants.
+        wanted: String,
+        /// Value on the node, if the label exists.
+        actual: Option<String>,
+    },
+    /// The node does not report its kernel (`status.nodeInfo.kernelVersion`).
+    #[error("node reports no kernel version (status.nodeInfo.kernelVersion is empty)")]
+    NoKernelVersion,
+    /// No kernel mapping matches the node's kernel.
+    #[error("kernel {kernel} matches no kernelMapping")]
+    NoMatchingMapping {
+        /// The node's kernel.
+        kernel: String,
+    },
+    /// A mapping's regexp does not compile (reached before any mapping matched).
+    #[error("invalid regexp '{regexp}' in kernelMappings[{index}]: {error}")]
+    InvalidRegexp {
+        /// Index of the mapping.
+        index: usize,
+        /// The regexp as written.
+        regexp: String,
+        /// The compiler's message.
+        error: String,
+    },
+    /// The matching mapping has no image and the container level has none either.
+    #[error(
+        "kernelMappings[{index}] matches kernel {kernel} but neither it nor container.containerImage sets an image"
+    )]
+    MissingImage {
+        /// Index of the mapping.
+        index: usize,
+        /// The node's kernel.
+        kernel: String,
+    },
+    /// Ordered upgrade: the node's version label does not equal `container.version`.
+    #[error("{}", label_mismatch("label", label, actual.as_deref(), wanted))]
+    VersionMismatch {
+        /// `kmm.node.kubernetes.io/version-module.<ns>.<name>`.
+        label: String,
+        /// `container.version`.
+        wanted: String,
+        /// Value on the node, if the label exists.
+        actual: Option<String>,
+    },
+}
+
+fn label_mismatch(what: &str, key: &str, actual: Option<&str>, wanted: &str) -> String {
+    match actual {
+        Some(actual) => format!("node {what} {key} is {actual}, Module wants {wanted}"),
+        None => format!("node has no {what} {key}, Module wants {wanted}"),
+    }
+}
