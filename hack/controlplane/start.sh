@@ -61,7 +61,8 @@ flock 9
 # ---------------------------------------------------------------- processes
 
 # pid_alive NAME: the pid file names a live process running our binary NAME
-# (guards against pid reuse after a reboot or a crash).
+# with this run dir on its command line (guards against pid reuse after a
+# reboot or a crash, and against another run dir's daemons).
 pid_alive() {
     local name="$1" pidfile="$run/$1.pid" pid exe
     [[ -f "$pidfile" ]] || return 1
@@ -69,7 +70,10 @@ pid_alive() {
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
     exe="${exe% (deleted)}"
-    [[ "$(basename "$exe")" == "$name" ]]
+    [[ "$(basename "$exe")" == "$name" ]] || return 1
+    local cmdline
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *"$run/"* ]]
 }
 
 # pid_running NAME: the recorded pid is alive (right after launch it may still

@@ -11,12 +11,14 @@ run="${KMM_RUN:-/tmp/kmm-rs-cp}"
 log() { printf '[controlplane/stop %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 stop_one() {
-    local name="$1" pidfile="$run/$1.pid" pid exe
+    local name="$1" pidfile="$run/$1.pid" pid exe cmdline
     [[ -f "$pidfile" ]] || return 0
     pid="$(cat "$pidfile")"
     exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
     exe="${exe% (deleted)}"
-    if [[ "$pid" =~ ^[0-9]+$ && "$(basename "${exe:-none}")" == "$name" ]]; then
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    # Ours only: the expected binary, started with this run dir in its flags.
+    if [[ "$pid" =~ ^[0-9]+$ && "$(basename "${exe:-none}")" == "$name" && "$cmdline" == *"$run/"* ]]; then
         log "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 40); do
