@@ -4,3 +4,9 @@
 pub mod extract;
 pub mod image;
 pub mod kernel;
+pub mod metrics;
+pub mod node_labels;
+pub mod plan;
+// pub mod reconciler;
+pub mod server;
+pub mod state;

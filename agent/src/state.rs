@@ -1,0 +1,266 @@
+//! The agent's node state: what this agent loaded, written atomically so a
+//! crash or restart never forgets a module (no orphan) and never loads one twice.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state file exists but cannot be read.
+    #[error("reading state file {path}: {source}")]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not valid JSON for this version of the agent.
+    #[error("state file {path} is corrupt: {source}")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Writing the new state failed; the previous file is untouched.
+    #[error("writing state file {path}: {source}")]
+    Write {
+        /// The state file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `namespace/name` of a Module, the key of everything the agent records.
+/// Serialized as the string `namespace/name` (a JSON map key must be a string).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModuleKey {
+    /// The Module's namespace.
+    pub namespace: String,
+    /// The Module's name.
+    pub name: String,
+}
+
+impl ModuleKey {
+    /// A key from namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Serialize for ModuleKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // Namespaces cannot contain '/', so the first one separates the two parts.
+        let (ns, name) = s.split_once('/').ok_or_else(|| {
+            serde::de::Error::custom(format!("module key '{s}' is not namespace/name"))
+        })?;
+        Ok(Self::new(ns, name))
+    }
+}
+
+impl std::fmt::Display for ModuleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One Module as loaded by this agent on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedModule {
+    /// Image reference after substitution.
+    pub image: String,
+    /// Manifest digest of the image the modules came from.
+    pub digest: String,
+    /// Kernel release the modules were loaded into.
+    pub kernel: String,
+    /// `modprobe.moduleName`.
+    pub module_name: String,
+    /// `modulesLoadingOrder` as the Module gave it (`[moduleName, dep_a, …]`), empty if unset.
+    #[serde(default)]
+    pub modules_loading_order: Vec<String>,
+    /// Modules this agent inserted, in insertion order (dependencies first). Only these
+    /// are ever unloaded: a module that was in the kernel before is left alone.
+    #[serde(default)]
+    pub inserted: Vec<String>,
+    /// Parameters given to `moduleName`.
+    pub parameters: Vec<String>,
+    /// `version` of the Module, if ordered upgrade is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// In-tree modules this agent removed before loading (never loaded back).
+    #[serde(default)]
+    pub in_tree_removed: Vec<String>,
+    /// Module directory inside the image cache (`<root>/<dirName>/lib/modules/<kernel>`),
+    /// so the boot path can load again without network.
+    pub module_dir: PathBuf,
+    /// Firmware files this agent installed on the host, relative to the firmware dir.
+    #[serde(default)]
+    pub firmware_files: Vec<PathBuf>,
+    /// When the load finished (RFC 3339).
+    pub loaded_at: String,
+}
+
+/// Everything this agent loaded, by Module.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Format version, bumped on incompatible changes.
+    pub version: u32,
+    /// Loaded Modules.
+    pub modules: BTreeMap<ModuleKey, LoadedModule>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// The state file on disk.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file `state.json` in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            path: dir.join("state.json"),
+        }
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the state; a missing file is an empty state.
+    ///
+    /// # Errors
+    /// A file that exists but cannot be read or parsed is an error: the agent must
+    /// not act as if nothing were loaded when it simply cannot tell.
+    pub fn load(&self) -> Result<NodeState, StateError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(NodeState {
+                    version: STATE_VERSION,
+                    ..NodeState::default()
+                });
+            }
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes the state atomically: a temp file in the same directory, fsynced, renamed over.
+    ///
+    /// # Errors
+    /// On any I/O failure the previous file stays as it was.
+    pub fn save(&self, state: &NodeState) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        fs::create_dir_all(dir).map_err(err)?;
+        let mut state = state.clone();
+        state.version = STATE_VERSION;
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+        tmp.write_all(&json).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(&self.path).map_err(|e| err(e.error))?;
+        // Make the rename itself durable.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LoadedModule {
+        LoadedModule {
+            image: "reg/ns/brd:6.1".into(),
+            digest: "sha256:abc".into(),
+            kernel: "6.1.0-56-amd64".into(),
+            module_name: "brd".into(),
+            modules_loading_order: vec![],
+            inserted: vec!["brd".into()],
+            parameters: vec!["rd_nr=3".into()],
+            version: None,
+            in_tree_removed: vec![],
+            module_dir: PathBuf::from("/var/lib/kmm/images/x/opt/lib/modules/6.1.0-56-amd64"),
+            firmware_files: vec![],
+            loaded_at: "2026-11-25T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn missing_file_is_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateFile::in_dir(dir.path()).load().unwrap();
+        assert!(st.modules.is_empty());
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::in_dir(dir.path());
+        let mut st = NodeState::default();
+        st.modules.insert(ModuleKey::new("ns", "brd"), sample());
+        f.save(&st).unwrap();
+        let back = f.load().unwrap();
+        assert_eq!(back.modules, st.modules);
+        assert_eq!(back.version, STATE_VERSION);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_an_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::in_dir(dir.path());
+        fs::write(f.path(), b"{ not json").unwrap();
+        assert!(matches!(f.load(), Err(StateError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn save_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::in_dir(dir.path());
+        f.save(&NodeState::default()).unwrap();
+        f.save(&NodeState::default()).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+}
