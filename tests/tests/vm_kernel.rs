@@ -1,0 +1,415 @@
+//! The agent's real `LibKmod` against Debian's real 6.1 kernel, in a QEMU guest.
+//!
+//! `kmodctl` (agent/examples/kmodctl.rs, a thin CLI over `kmm_agent::kernel`) runs
+//! inside the guest; module trees are staged on the host exactly as a kmod image
+//! lays them out and shared over 9p. Needs qemu-system-x86, busybox-static, kmod,
+//! cpio and apt access to the Debian archive (kernel package, cached).
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use anyhow::Result;
+use kmm_tests::vm::artifacts::cargo_artifact;
+use kmm_tests::vm::stage::{stage_modules, strip_signature};
+use kmm_tests::vm::{InitramfsSpec, KernelArtifacts, VmNode, VmOptions};
+
+/// Kernel + initramfs, prepared once for all tests of this file.
+fn prepared() -> &'static (KernelArtifacts, PathBuf) {
+    static PREPARED: OnceLock<(KernelArtifacts, PathBuf)> = OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let t = Instant::now();
+        let kernel = KernelArtifacts::fetch().unwrap();
+        let kmodctl = cargo_artifact(
+            "examples/kmodctl",
+            &["-p", "kmm-agent", "--example", "kmodctl"],
+        )
+        .unwrap();
+        let initramfs = InitramfsSpec {
+            binaries: vec![kmodctl],
+            ..InitramfsSpec::default()
+        }
+        .build(&kernel)
+        .unwrap();
+        println!("prepare (kernel, kmodctl, initramfs): {:.1?}", t.elapsed());
+        (kernel, initramfs)
+    })
+}
+
+/// Stages images under `share/images/<name>/opt` and boots a guest sharing them.
+struct Lab {
+    vm: VmNode,
+    release: String,
+    _share: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn boot(
+        images: &[(&str, &[&str])],
+        setup: impl FnOnce(&Path),
+        append: &[&str],
+    ) -> Result<Self> {
+        let (kernel, initramfs) = tokio::task::spawn_blocking(prepared).await?;
+        let share = tempfile::tempdir()?;
+        for (name, modules) in images {
+            stage_modules(
+                kernel,
+                &share.path().join("images").join(name),
+                "/opt",
+                modules,
+            )?;
+        }
+        setup(share.path());
+        let mut opts = VmOptions::new(kernel.clone(), initramfs.clone());
+        opts.share = Some(share.path().to_path_buf());
+        opts.append = append.iter().map(|s| (*s).to_owned()).collect();
+        let vm = VmNode::boot(opts).await?;
+        println!("boot to ready: {:.1?}", vm.boot_time());
+        Ok(Self {
+            vm,
+            release: kernel.release.clone(),
+            _share: share,
+        })
+    }
+
+    /// The module directory of image `name` as the guest sees it.
+    fn dir(&self, name: &str) -> String {
+        format!("/host/images/{name}/opt/lib/modules/{}", self.release)
+    }
+
+    /// Runs a command that must succeed, timing it.
+    async fn ok(&self, phase: &str, script: &str) -> String {
+        let t = Instant::now();
+        let out = self.vm.run_ok(script).await.unwrap();
+        println!("{phase}: {:.0?} (host wall) | {}", t.elapsed(), out.trim());
+        out
+    }
+
+    /// Runs a command that must fail; returns its output.
+    async fn fails(&self, script: &str) -> String {
+        let out = self.vm.run(script).await.unwrap();
+        assert_ne!(
+            out.rc, 0,
+            "expected a failure from {script}, got:\n{}",
+            out.output
+        );
+        out.output
+    }
+
+    async fn loaded(&self, module: &str) -> bool {
+        self.vm
+            .run(&format!("test -e /sys/module/{module}/initstate"))
+            .await
+            .unwrap()
+            .rc
+            == 0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libkmod_loads_and_unloads_real_modules_in_a_real_kernel() {
+    let total = Instant::now();
+    let lab = Lab::boot(
+        &[
+            ("brd", &["brd"]),
+            ("nullblk", &["null_blk"]),
+            ("pair", &["brd", "dummy"]),
+        ],
+        |share| {
+            let fw = share.join("images/fw/firmware/kmm-test");
+            std::fs::create_dir_all(fw.join("sub")).unwrap();
+            std::fs::write(fw.join("blob.bin"), b"kmm firmware blob\n").unwrap();
+            std::fs::write(fw.join("sub/nested.bin"), b"nested\n").unwrap();
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+
+    // brd with parameters, read back from sysfs
+    let out = lab
+        .ok(
+            "load brd",
+            &format!(
+                "kmodctl load --dir {} brd rd_nr=3 rd_size=2048",
+                lab.dir("brd")
+            ),
+        )
+        .await;
+    assert!(out.contains("inserted=brd "), "{out}");
+    assert_eq!(
+        lab.ok("read params", "cat /sys/module/brd/parameters/rd_nr")
+            .await
+            .trim(),
+        "3"
+    );
+    assert_eq!(
+        lab.vm
+            .run_ok("cat /sys/module/brd/parameters/rd_size")
+            .await
+            .unwrap()
+            .trim(),
+        "2048"
+    );
+    lab.ok(
+        "devices",
+        "ls /dev/ram0 /dev/ram1 /dev/ram2 && ! test -e /dev/ram3",
+    )
+    .await;
+    // idempotent
+    let out = lab
+        .ok(
+            "load brd again",
+            &format!("kmodctl load --dir {} brd", lab.dir("brd")),
+        )
+        .await;
+    assert!(out.contains("inserted= already_loaded=true"), "{out}");
+
+    let out = lab.ok("unload brd", "kmodctl unload brd").await;
+    assert!(out.contains("removed=brd "), "{out}");
+    assert!(!lab.loaded("brd").await);
+    lab.ok(
+        "brd gone",
+        "! test -e /sys/module/brd && ! grep -q '^brd ' /proc/modules",
+    )
+    .await;
+
+    // a dependency resolved by libkmod from the image's modules.dep
+    let out = lab
+        .ok(
+            "load null_blk",
+            &format!(
+                "kmodctl load --dir {} null_blk nr_devices=1",
+                lab.dir("nullblk")
+            ),
+        )
+        .await;
+    assert!(out.contains("inserted=configfs,null_blk "), "{out}");
+    assert_eq!(
+        lab.vm
+            .run_ok("ls /sys/module/configfs/holders")
+            .await
+            .unwrap()
+            .trim(),
+        "null_blk"
+    );
+    // in use: a removal request for the dependency names its user
+    let err = lab.fails("kmodctl remove-in-tree configfs").await;
+    assert!(
+        err.contains("could not remove configfs: in use by null_blk"),
+        "{err}"
+    );
+    let out = lab.ok("unload null_blk", "kmodctl unload null_blk").await;
+    assert!(out.contains("removed=null_blk,configfs "), "{out}");
+    assert!(!lab.loaded("configfs").await && !lab.loaded("null_blk").await);
+
+    // modulesLoadingOrder [dummy, brd]: brd first, then dummy; unload in list order
+    let out = lab
+        .ok(
+            "load order",
+            &format!(
+                "kmodctl load --dir {} --order dummy,brd dummy",
+                lab.dir("pair")
+            ),
+        )
+        .await;
+    assert!(out.contains("inserted=brd,dummy "), "{out}");
+    // /proc/modules lists the newest first
+    let order = lab
+        .vm
+        .run_ok("grep -E '^(brd|dummy) ' /proc/modules | cut -d' ' -f1")
+        .await
+        .unwrap();
+    assert_eq!(
+        order.split_whitespace().collect::<Vec<_>>(),
+        ["dummy", "brd"]
+    );
+    let out = lab.ok("unload order", "kmodctl unload dummy brd").await;
+    assert!(out.contains("removed=dummy,brd "), "{out}");
+
+    // inTreeModulesToRemove: loop comes from the guest's own /lib/modules
+    lab.ok(
+        "modprobe loop (in-tree)",
+        "/sbin/modprobe loop && test -e /sys/module/loop/initstate",
+    )
+    .await;
+    let out = lab
+        .ok("remove in-tree loop", "kmodctl remove-in-tree loop")
+        .await;
+    assert!(out.contains("removed=loop "), "{out}");
+    assert!(!lab.loaded("loop").await);
+    let out = lab
+        .ok("remove in-tree again", "kmodctl remove-in-tree loop")
+        .await;
+    assert!(out.contains("removed= "), "{out}");
+    // loading and unloading our module does not bring it back
+    lab.ok(
+        "load+unload brd",
+        &format!(
+            "kmodctl load --dir {} brd && kmodctl unload brd",
+            lab.dir("brd")
+        ),
+    )
+    .await;
+    assert!(!lab.loaded("loop").await);
+
+    // firmware into the node's firmware dir, and the loader pointed at it
+    let out = lab
+        .ok(
+            "firmware",
+            "kmodctl firmware /host/images/fw/firmware /var/lib/firmware --class-path",
+        )
+        .await;
+    assert!(out.contains("firmware installed=2 skipped=0"), "{out}");
+    assert_eq!(
+        lab.vm
+            .run_ok("cat /var/lib/firmware/kmm-test/blob.bin")
+            .await
+            .unwrap(),
+        "kmm firmware blob\n"
+    );
+    assert_eq!(
+        lab.vm
+            .run_ok("cat /var/lib/firmware/kmm-test/sub/nested.bin")
+            .await
+            .unwrap(),
+        "nested\n"
+    );
+    assert_eq!(
+        lab.vm
+            .run_ok("cat /sys/module/firmware_class/parameters/path")
+            .await
+            .unwrap()
+            .trim(),
+        "/var/lib/firmware"
+    );
+
+    let lsmod = lab
+        .ok(
+            "lsmod",
+            "kmodctl lsmod | cut -d' ' -f1 | sort | tr '\\n' ' '",
+        )
+        .await;
+    for gone in ["brd", "dummy", "null_blk", "configfs", "loop"] {
+        assert!(
+            !lsmod.split_whitespace().any(|m| m == gone),
+            "{gone} still loaded: {lsmod}"
+        );
+    }
+    let t = Instant::now();
+    lab.vm.shutdown().await.unwrap();
+    println!(
+        "shutdown: {:.1?}; total: {:.1?}",
+        t.elapsed(),
+        total.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libkmod_errors_from_a_real_kernel_are_readable() {
+    let lab = Lab::boot(
+        &[("brd", &["brd"]), ("nullblk", &["null_blk"])],
+        |share| {
+            // an unsigned copy of brd: what an unsigned out-of-tree build looks like
+            let (kernel, _) = prepared();
+            let dir = share
+                .join("images/unsigned/opt/lib/modules")
+                .join(&kernel.release);
+            let ko = "kernel/drivers/block/brd.ko";
+            let signed = std::fs::read(kernel.modules_dir().join(ko)).unwrap();
+            std::fs::create_dir_all(dir.join("kernel/drivers/block")).unwrap();
+            std::fs::write(dir.join(ko), strip_signature(&signed).unwrap()).unwrap();
+            kmm_tests::vm::stage::depmod(&share.join("images/unsigned/opt"), &kernel.release)
+                .unwrap();
+            // an image built without depmod
+            std::fs::create_dir_all(
+                share
+                    .join("images/nodep/opt/lib/modules")
+                    .join(&kernel.release),
+            )
+            .unwrap();
+        },
+        &["module.sig_enforce=1"],
+    )
+    .await
+    .unwrap();
+
+    let err = lab
+        .fails(&format!("kmodctl load --dir {} brd", lab.dir("unsigned")))
+        .await;
+    assert!(
+        err.contains("could not insert brd: Key was rejected by service"),
+        "{err}"
+    );
+
+    let err = lab
+        .fails(&format!(
+            "kmodctl load --dir {} brd rd_nr=many",
+            lab.dir("brd")
+        ))
+        .await;
+    assert!(
+        err.contains("could not insert brd: Invalid parameters [rd_nr=many]"),
+        "{err}"
+    );
+
+    // unknown parameter names are not an error for the kernel: ignored, with a warning
+    lab.ok(
+        "unknown param",
+        &format!(
+            "kmodctl load --dir {} brd no_such_param=1 && kmodctl unload brd",
+            lab.dir("brd")
+        ),
+    )
+    .await;
+    let dmesg = lab.vm.run_ok("dmesg | grep no_such_param").await.unwrap();
+    assert!(
+        dmesg.contains("unknown parameter 'no_such_param' ignored"),
+        "{dmesg}"
+    );
+
+    let err = lab
+        .fails(&format!("kmodctl load --dir {} dummy", lab.dir("brd")))
+        .await;
+    assert!(
+        err.contains(&format!("module dummy not found in {}", lab.dir("brd"))),
+        "{err}"
+    );
+
+    let err = lab
+        .fails(&format!("kmodctl load --dir {} brd", lab.dir("nodep")))
+        .await;
+    assert!(
+        err.contains(&format!(
+            "image has no modules.dep under {}; was depmod run when building it?",
+            lab.dir("nodep")
+        )),
+        "{err}"
+    );
+
+    // a failed main module rolls back the dependency this load inserted
+    let err = lab
+        .fails(&format!(
+            "kmodctl load --dir {} null_blk gb=notanumber",
+            lab.dir("nullblk")
+        ))
+        .await;
+    assert!(err.contains("Invalid parameters [gb=notanumber]"), "{err}");
+    assert!(
+        !lab.loaded("configfs").await,
+        "configfs left behind after a failed load"
+    );
+    assert!(!lab.loaded("brd").await);
+
+    // the signed module from the same kernel build still loads under sig_enforce
+    lab.ok(
+        "signed brd",
+        &format!(
+            "kmodctl load --dir {} brd && kmodctl unload brd",
+            lab.dir("brd")
+        ),
+    )
+    .await;
+    lab.vm.shutdown().await.unwrap();
+}
