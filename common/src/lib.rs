@@ -10,6 +10,7 @@ pub mod labels;
 pub mod targeting;
 #[cfg(test)]
 mod test_support;
+pub mod validation;
 
 pub use api::cel::MAX_COMBINED_NAME_LENGTH;
 pub use api::module::{
@@ -29,3 +30,4 @@ pub use targeting::{
     Ineligible, ResolvedMapping, Target, Vars, node_eligibility, node_kernel_version,
     resolve_mapping, selector_matches, substitute, target_node,
 };
+pub use validation::{ValidationError, validate_module, validate_module_update};

@@ -27,6 +27,7 @@ use super::cel;
     kind = "Module",
     plural = "modules",
     namespaced,
+    cel,
     status = "ModuleStatus",
     doc = "Module describes how to load a module on different kernel versions",
     printcolumn = r#"{"name":"Version","type":"string","description":"Module version for ordered upgrades","jsonPath":".spec.moduleLoader.container.version","priority":1}"#,
