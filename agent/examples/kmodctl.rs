@@ -65,7 +65,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let Args { cmd } = Args::parse();
-    let kernel = LibKmod::new();
+    let kernel = LibKmod::new()?;
     let start = Instant::now();
     let took = || format!("took={}ms", start.elapsed().as_millis());
     match cmd {

@@ -25,12 +25,6 @@ pub struct LibKmod {
     sys_module: PathBuf,
 }
 
-impl Default for LibKmod {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// A module's state as `/sys/module/<name>` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -45,9 +39,23 @@ enum State {
 
 impl LibKmod {
     /// The running kernel (`/sys/module`, `/proc/modules`).
-    pub fn new() -> Self {
+    ///
+    /// # Errors
+    /// [`Error::Kmod`] if libkmod cannot set up a context; [`Error::Io`] if the
+    /// kernel has no module support (no `/proc/modules`).
+    pub fn new() -> Result<Self> {
+        Context::new().map_err(kmod_error)?;
+        let proc_modules = Path::new("/proc/modules");
+        std::fs::metadata(proc_modules).map_err(|source| Error::Io {
+            path: proc_modules.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::with_sys_module("/sys/module"))
+    }
+
+    fn with_sys_module(dir: impl Into<PathBuf>) -> Self {
         Self {
-            sys_module: PathBuf::from("/sys/module"),
+            sys_module: dir.into(),
         }
     }
 
@@ -349,9 +357,7 @@ mod tests {
 
     fn sysfs() -> (tempfile::TempDir, LibKmod) {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = LibKmod {
-            sys_module: dir.path().to_path_buf(),
-        };
+        let kernel = LibKmod::with_sys_module(dir.path());
         (dir, kernel)
     }
 
@@ -398,7 +404,9 @@ mod tests {
     fn load_without_depmod_output_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let req = LoadRequest::new(dir.path(), "brd");
-        let err = LibKmod::new().load(&req).unwrap_err();
+        let err = LibKmod::with_sys_module("/sys/module")
+            .load(&req)
+            .unwrap_err();
         assert!(matches!(err, Error::NoModulesDep(_)), "{err}");
         assert!(err.to_string().contains("was depmod run"), "{err}");
     }
