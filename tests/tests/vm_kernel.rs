@@ -285,6 +285,35 @@ async fn libkmod_loads_and_unloads_real_modules_in_a_real_kernel() {
         "/var/lib/firmware"
     );
 
+    // the host's loopback is 10.0.2.2 for the guest (where the API server and the
+    // registry of the e2e tests listen); a background process logs to /tmp
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut conn, _) = listener.accept().await.unwrap();
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfrom-host")
+            .await
+            .unwrap();
+    });
+    lab.vm
+        .spawn_background("fetch", &format!("wget -q -O- http://10.0.2.2:{port}/"))
+        .await
+        .unwrap();
+    server.await.unwrap();
+    let mut fetched = String::new();
+    for _ in 0..50 {
+        fetched = lab.vm.log_of("fetch").await.unwrap();
+        if !fetched.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fetched, "from-host",
+        "guest could not reach the host at 10.0.2.2"
+    );
+
     let lsmod = lab
         .ok(
             "lsmod",

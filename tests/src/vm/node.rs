@@ -299,6 +299,28 @@ impl VmNode {
         Ok(out.output)
     }
 
+    /// Starts `command` in the background in the guest (e.g. the agent), its
+    /// output in `/tmp/<name>.log` and its pid in `/tmp/<name>.pid`; see [`Self::log_of`].
+    ///
+    /// # Errors
+    /// If the guest shell could not start it.
+    pub async fn spawn_background(&self, name: &str, command: &str) -> Result<()> {
+        let script = format!(
+            "cat > /tmp/{name}.sh <<'KMM_EOF'\n{command}\nKMM_EOF\n\
+             setsid sh /tmp/{name}.sh > /tmp/{name}.log 2>&1 < /dev/null &\n\
+             echo $! > /tmp/{name}.pid"
+        );
+        self.run_ok(&script).await.map(drop)
+    }
+
+    /// What a [`Self::spawn_background`] process has printed so far.
+    ///
+    /// # Errors
+    /// Channel errors.
+    pub async fn log_of(&self, name: &str) -> Result<String> {
+        Ok(self.run(&format!("cat /tmp/{name}.log")).await?.output)
+    }
+
     /// Asks the guest to sync and power off; kills QEMU after 30 s.
     ///
     /// # Errors
