@@ -271,3 +271,31 @@ fn errors_display_field_and_message() {
         "spec.moduleLoader.container.kernelMappings[0]: regexp and literal are mutually exclusive properties"
     );
 }
+
+/// Every Module under `examples/` parses and passes the webhook rules and the CEL rules.
+#[test]
+fn examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        for doc in text.split("\n---\n") {
+            let mut m: Module =
+                serde_yaml::from_str(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            m.metadata.namespace = Some("ns".into());
+            assert_eq!(validate_module(&m), Ok(()), "{}", path.display());
+            assert!(
+                m.validate_cel().is_ok(),
+                "{}: {:?}",
+                path.display(),
+                m.validate_cel()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} example Modules found");
+}
