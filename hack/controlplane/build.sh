@@ -78,7 +78,7 @@ log "building etcd $etcd_version + etcdctl into $bin"
 )
 log "etcd done after $(($(date +%s) - start))s"
 
-log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); a cold build takes about 8 minutes on 2 cores"
+log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); a cold build takes 8-11 minutes on 2 cores"
 (
     cd "$k8s_mod"
     # One `go build` for all four commands so shared packages compile once.

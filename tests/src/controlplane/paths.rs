@@ -77,7 +77,7 @@ pub fn require_binaries(dir: &Path) -> Result<()> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "control-plane binaries missing in {}: {}. Build them first (from source; about 8 min cold on 2 cores): \
+            "control-plane binaries missing in {}: {}. Build them first (from source; about 8-11 min cold on 2 cores): \
              `bash hack/controlplane/build.sh`",
             dir.display(),
             missing.join(", ")
