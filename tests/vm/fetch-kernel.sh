@@ -4,7 +4,7 @@
 #   apt-get download linux-image-<abi>-amd64   (Debian archive only)
 #   dpkg-deb -x  ->  <cache>/root              (boot/vmlinuz-*, lib/modules/<kver>/)
 #   depmod -b                                  (the .deb ships no modules.dep)
-#   extract-vmlinux.py -> <cache>/vmlinux      (ELF, booted via PVH: ~3 s faster under TCG)
+#   extract-vmlinux.sh  -> <cache>/vmlinux      (ELF, booted via PVH: ~3 s faster under TCG)
 #
 # Usage: fetch-kernel.sh            prints the cache dir of the kernel on its last line
 # Env:   KMM_CACHE        cache root (default $HOME/.cache/kmm-rs); output in $KMM_CACHE/vm/<kver>/
@@ -25,6 +25,9 @@ fi
 KVER=${PKG#linux-image-}
 DIR=$CACHE/$KVER
 mkdir -p "$DIR/dl"
+# one preparer at a time (parallel test binaries share the cache)
+exec 9>"$DIR/.lock"
+flock 9
 
 cd "$DIR/dl"
 DEB=$(ls "${PKG}"_*.deb 2>/dev/null | head -1 || true)
@@ -34,14 +37,14 @@ if [ -z "$DEB" ]; then
   DEB=$(ls "${PKG}"_*.deb | head -1)
 fi
 SUM=$(sha256sum "$DEB" | cut -d' ' -f1)
-STAMP="$SUM $(sha256sum "$HERE/extract-vmlinux.py" | cut -d' ' -f1)"
+STAMP="$SUM $(sha256sum "$HERE/extract-vmlinux.sh" | cut -d' ' -f1)"
 
 if [ "$(cat "$DIR/ready" 2>/dev/null || true)" != "$STAMP" ]; then
   echo "fetch-kernel: preparing $KVER from $DEB" >&2
   rm -rf "$DIR/root" "$DIR/vmlinux" "$DIR/ready"
   dpkg-deb -x "$DEB" "$DIR/root.tmp"
   depmod -b "$DIR/root.tmp" "$KVER"
-  python3 "$HERE/extract-vmlinux.py" "$DIR/root.tmp/boot/vmlinuz-$KVER" "$DIR/vmlinux.tmp" >&2
+  "$HERE/extract-vmlinux.sh" "$DIR/root.tmp/boot/vmlinuz-$KVER" "$DIR/vmlinux.tmp"
   mv "$DIR/root.tmp" "$DIR/root"
   mv "$DIR/vmlinux.tmp" "$DIR/vmlinux"
   echo "$KVER" > "$DIR/kver"
