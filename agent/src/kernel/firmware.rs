@@ -83,6 +83,43 @@ pub fn remove_firmware(src: &Path, host_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Removes the files a copy installed (`FirmwareCopy::installed`, relative to
+/// `host_dir`), then their parent directories up to `host_dir` when empty; for
+/// unloading once the image is gone. Missing files are fine; absolute paths or
+/// paths with `..` are refused.
+///
+/// # Errors
+/// [`FirmwareError::Io`] for refused paths and I/O errors other than "not found".
+pub fn remove_installed(host_dir: &Path, installed: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for rel in installed {
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(FirmwareError::Io {
+                path: rel.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a relative path inside the firmware directory",
+                ),
+            });
+        }
+        let path = host_dir.join(rel);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(rel.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        // prune now-empty directories, never host_dir itself
+        let mut dir = rel.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            if fs::remove_dir(host_dir.join(d)).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    Ok(removed)
+}
+
 /// Points the kernel's firmware loader at `host_dir` by writing `param_file`
 /// (normally [`FIRMWARE_CLASS_PATH`]); skipped if it already holds that value.
 ///
@@ -328,6 +365,26 @@ mod tests {
         assert!(!dst.join("top.bin").exists());
         assert!(!dst.join("vendor/sub").exists());
         assert_eq!(fs::read(dst.join("vendor/other.bin")).unwrap(), b"not ours");
+    }
+
+    #[test]
+    fn installed_files_can_be_removed_without_the_image() {
+        let src = image();
+        let host = tempfile::tempdir().unwrap();
+        let dst = host.path().join("fw");
+        let copy = install_firmware(src.path(), &dst).unwrap();
+        drop(src);
+        fs::write(dst.join("vendor/other.bin"), b"not ours").unwrap();
+
+        let removed = remove_installed(&dst, &copy.installed).unwrap();
+        assert_eq!(removed.len(), 3);
+        assert!(!dst.join("top.bin").exists() && !dst.join("vendor/sub").exists());
+        assert_eq!(fs::read(dst.join("vendor/other.bin")).unwrap(), b"not ours");
+        assert!(dst.is_dir());
+        // idempotent, and nothing outside the directory can be named
+        assert!(remove_installed(&dst, &copy.installed).unwrap().is_empty());
+        assert!(remove_installed(&dst, &[PathBuf::from("../outside")]).is_err());
+        assert!(remove_installed(&dst, &[PathBuf::from("/etc/passwd")]).is_err());
     }
 
     #[test]
