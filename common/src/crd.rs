@@ -1,13 +1,24 @@
 //! CRD generation: the YAML committed under `deploy/crds/` is rendered from the types here, so
 //! the schema can never drift from the Rust API (a unit test compares the two).
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use serde_json::Value;
 
 use crate::{Module, NodeModulesConfig};
 
 /// Errors while rendering CRDs.
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
+    /// The CRD could not be converted for post-processing (not expected for derived types).
+    #[error("post-processing CRD {name}: {source}")]
+    Convert {
+        /// CRD name.
+        name: String,
+        /// Underlying serde error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The CRD could not be serialized to YAML.
     #[error("serializing CRD {name} to YAML: {source}")]
     Serialize {
@@ -34,8 +45,8 @@ const HEADER: &str =
 /// # Errors
 /// [`CrdError::Serialize`] if a CRD cannot be serialized (not expected for derived types).
 pub fn render_crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
-    let module = render(&Module::crd())?;
-    let nmc = render(&NodeModulesConfig::crd())?;
+    let module = render(&module_crd()?)?;
+    let nmc = render(&nmc_crd()?)?;
     let kustomization = format!(
         "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {MODULE_CRD_FILE}\n- {NMC_CRD_FILE}\n"
     );
@@ -46,9 +57,88 @@ pub fn render_crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
     ])
 }
 
-fn render(
-    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> Result<String, CrdError> {
+/// The Module CRD as committed in `deploy/crds/` (use this rather than `Module::crd()`, which
+/// lacks the upstream-compatibility adjustments described in [`upstream_compatible`]).
+///
+/// # Errors
+/// [`CrdError::Convert`] (not expected for derived types).
+pub fn module_crd() -> Result<CustomResourceDefinition, CrdError> {
+    upstream_compatible(Module::crd())
+}
+
+/// The NodeModulesConfig CRD as committed in `deploy/crds/`.
+///
+/// # Errors
+/// [`CrdError::Convert`] (not expected for derived types).
+pub fn nmc_crd() -> Result<CustomResourceDefinition, CrdError> {
+    upstream_compatible(NodeModulesConfig::crd())
+}
+
+/// Adjusts a derived CRD so it accepts and stores exactly what upstream KMM's
+/// controller-gen CRD does:
+/// - no `nullable: true` (schemars marks every `Option`): upstream prunes explicit nulls;
+/// - `LocalObjectReference.name` optional with default `""` (the Kubernetes convention that
+///   controller-gen follows, so `imageRepoSecret: {}` stays valid).
+///
+/// # Errors
+/// [`CrdError::Convert`] if the CRD does not round-trip through JSON.
+pub fn upstream_compatible(
+    crd: CustomResourceDefinition,
+) -> Result<CustomResourceDefinition, CrdError> {
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let convert = |source| CrdError::Convert {
+        name: name.clone(),
+        source,
+    };
+    let mut value = serde_json::to_value(crd).map_err(convert)?;
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
+        for version in versions {
+            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                adjust_schema(schema);
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(convert)
+}
+
+fn adjust_schema(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove("nullable");
+            if is_local_object_reference(map) {
+                map.remove("required");
+                if let Some(name) = map
+                    .get_mut("properties")
+                    .and_then(|p| p.get_mut("name"))
+                    .and_then(Value::as_object_mut)
+                {
+                    name.insert("default".into(), Value::String(String::new()));
+                }
+            }
+            map.values_mut().for_each(adjust_schema);
+        }
+        Value::Array(items) => items.iter_mut().for_each(adjust_schema),
+        _ => {}
+    }
+}
+
+/// An object schema whose only property is a required `name` documented as "Name of the
+/// referent" (k8s-openapi's LocalObjectReference).
+fn is_local_object_reference(map: &serde_json::Map<String, Value>) -> bool {
+    let properties = map.get("properties").and_then(Value::as_object);
+    let only_name = properties.is_some_and(|p| p.len() == 1 && p.contains_key("name"));
+    let referent = properties
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.get("description"))
+        .and_then(Value::as_str)
+        .is_some_and(|d| d.starts_with("Name of the referent"));
+    only_name && referent && map.get("required") == Some(&serde_json::json!(["name"]))
+}
+
+fn render(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let yaml = serde_yaml::to_string(crd).map_err(|source| CrdError::Serialize { name, source })?;
     Ok(format!("{HEADER}---\n{yaml}"))
@@ -56,6 +146,8 @@ fn render(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use std::path::PathBuf;
 
     use super::*;
@@ -81,7 +173,7 @@ mod tests {
 
     #[test]
     fn module_crd_has_status_subresource_and_printer_columns() {
-        let crd = Module::crd();
+        let crd = module_crd().expect("crd");
         let version = &crd.spec.versions[0];
         assert!(
             version
@@ -105,9 +197,34 @@ mod tests {
 
     #[test]
     fn nmc_crd_is_cluster_scoped_with_short_name() {
-        let crd = NodeModulesConfig::crd();
+        let crd = nmc_crd().expect("crd");
         assert_eq!(crd.spec.scope, "Cluster");
         assert_eq!(crd.spec.names.plural, "nodemodulesconfigs");
         assert_eq!(crd.spec.names.short_names, Some(vec!["nmc".to_string()]));
+    }
+
+    #[test]
+    fn schema_matches_upstream_optionality() {
+        let crd = serde_json::to_value(module_crd().expect("crd")).expect("json");
+        let text = crd.to_string();
+        assert!(
+            !text.contains("\"nullable\""),
+            "nullable left in the schema"
+        );
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let secret = &spec["properties"]["imageRepoSecret"];
+        assert_eq!(secret["properties"]["name"]["default"], json!(""));
+        assert!(secret.get("required").is_none());
+        assert_eq!(spec["required"], json!(["selector"]));
+        let container = &spec["properties"]["moduleLoader"]["properties"]["container"];
+        assert_eq!(container["required"], json!(["kernelMappings", "modprobe"]));
+        assert_eq!(
+            container["properties"]["modprobe"]["properties"]["dirName"]["default"],
+            json!("/opt")
+        );
+        let sign = &container["properties"]["sign"];
+        assert_eq!(sign["required"], json!(["certSecret", "keySecret"]));
+        let build = &container["properties"]["build"];
+        assert_eq!(build["required"], json!(["dockerfileConfigMap"]));
     }
 }
