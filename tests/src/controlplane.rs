@@ -141,6 +141,17 @@ impl ControlPlane {
         Client::try_from(config).context("building impersonating kube client")
     }
 
+    /// A client that authenticates with a bearer `token` only (e.g. a
+    /// service-account token from the TokenRequest API), not the admin cert.
+    pub fn client_with_token(&self, token: &str) -> Result<Client> {
+        let mut config = self.config();
+        config.auth_info = kube::config::AuthInfo::default();
+        let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("token is not a valid header value")?;
+        config.headers.push((http::header::AUTHORIZATION, value));
+        Client::try_from(config).context("building token kube client")
+    }
+
     /// Creates a uniquely named namespace for one test (labelled
     /// [`TEMP_LABEL`]`=true`); call [`TestNamespace::cleanup`] when done.
     pub async fn temp_namespace(&self, prefix: &str) -> Result<TestNamespace> {

@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kmm_tests::controlplane::{ControlPlane, pinned_kubernetes_version};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -178,6 +179,59 @@ async fn a_dropped_temp_namespace_is_deleted_anyway() -> Result<()> {
             "namespace {name} still active after drop"
         ),
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn service_account_tokens_are_issued_and_accepted() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let ns = cp.temp_namespace("smoke-sa").await?;
+    let result = sa_checks(cp, ns.name()).await;
+    ns.cleanup().await?;
+    result
+}
+
+async fn sa_checks(cp: &ControlPlane, ns: &str) -> Result<()> {
+    let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), ns);
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "kmm-smoke"}}))?;
+    sas.create(&PostParams::default(), &sa).await?;
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 600},
+    }))?;
+    let issued = sas
+        .create_token_request("kmm-smoke", &PostParams::default(), &request)
+        .await?;
+    let token = issued
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest returned no token")?;
+
+    // The API server verifies the token it signed with the SA key pair.
+    let as_sa = cp.client_with_token(&token)?;
+    let review = Api::<SelfSubjectReview>::all(as_sa.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{ns}:kmm-smoke").as_str())
+    );
+    // ... and RBAC applies to it: no binding, no secrets.
+    let err = Api::<Secret>::namespaced(as_sa, ns)
+        .list(&ListParams::default())
+        .await
+        .err()
+        .context("an unbound service account could list secrets")?;
+    assert_eq!(api_status(&err), Some(403), "{err}");
+
+    // A forged token is rejected outright.
+    let forged = cp.client_with_token("not-a-real-token")?;
+    let err = Api::<SelfSubjectReview>::all(forged)
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .err()
+        .context("a forged token was accepted")?;
+    assert_eq!(api_status(&err), Some(401), "{err}");
     Ok(())
 }
 
