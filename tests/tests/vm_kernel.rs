@@ -204,6 +204,29 @@ async fn libkmod_loads_and_unloads_real_modules_in_a_real_kernel() {
     assert!(out.contains("removed=null_blk,configfs "), "{out}");
     assert!(!lab.loaded("configfs").await && !lab.loaded("null_blk").await);
 
+    // a dependency that was there before us stays when we unload only what we inserted
+    lab.ok(
+        "configfs first",
+        &format!("kmodctl load --dir {} configfs", lab.dir("nullblk")),
+    )
+    .await;
+    let out = lab
+        .ok(
+            "load null_blk over configfs",
+            &format!("kmodctl load --dir {} null_blk", lab.dir("nullblk")),
+        )
+        .await;
+    assert!(out.contains("inserted=null_blk "), "{out}");
+    let out = lab
+        .ok(
+            "unload only ours",
+            "kmodctl unload --only-deps null_blk null_blk",
+        )
+        .await;
+    assert!(out.contains("removed=null_blk "), "{out}");
+    assert!(lab.loaded("configfs").await && !lab.loaded("null_blk").await);
+    lab.ok("unload configfs", "kmodctl unload configfs").await;
+
     // modulesLoadingOrder [dummy, brd]: brd first, then dummy; unload in list order
     let out = lab
         .ok(
