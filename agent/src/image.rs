@@ -1,1 +1,0 @@
-//! Pulling kmod OCI images (oci-client) into a content-addressed local cache.
