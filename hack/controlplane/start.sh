@@ -83,6 +83,18 @@ pid_running() {
     pid="$(cat "$run/$1.pid" 2>/dev/null)" && [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
 }
 
+# require_free NAME PORT...: fail early when a port is taken (e.g. by another
+# run dir's control plane), rather than health-checking someone else's daemon.
+require_free() {
+    local name="$1" port
+    shift
+    for port in "$@"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "cannot start $name: 127.0.0.1:$port is already in use (set KMM_*_PORT, or stop the other control plane)"
+        fi
+    done
+}
+
 # launch NAME ARGS...: start a daemon detached from this shell (own session,
 # no inherited stdio or lock fd) and record its pid.
 launch() {
@@ -216,6 +228,7 @@ start_etcd() {
         return 0
     fi
     # --unsafe-no-fsync: test data only, and fsync dominates etcd latency on CI disks.
+    require_free etcd "$etcd_port" "$etcd_peer_port"
     launch etcd \
         --name kmm-rs \
         --data-dir "$run/etcd" \
@@ -241,6 +254,7 @@ start_apiserver() {
     # ResourceQuota, webhooks, PodSecurity, ValidatingAdmissionPolicy, ...) is
     # on regardless; list the ones the tests rely on explicitly, plus
     # NodeRestriction which is off by default.
+    require_free kube-apiserver "$api_port"
     launch kube-apiserver \
         --bind-address=127.0.0.1 \
         --advertise-address=127.0.0.1 \
@@ -277,6 +291,7 @@ start_controller_manager() {
     fi
     kubeconfig "$run/controller-manager.kubeconfig" "$api_url" controller-manager system:kube-controller-manager
     local kc="$run/controller-manager.kubeconfig"
+    require_free kube-controller-manager "$kcm_port"
     launch kube-controller-manager \
         --kubeconfig="$kc" \
         --authentication-kubeconfig="$kc" \
@@ -302,6 +317,7 @@ start_scheduler() {
     fi
     kubeconfig "$run/scheduler.kubeconfig" "$api_url" scheduler system:kube-scheduler
     local kc="$run/scheduler.kubeconfig"
+    require_free kube-scheduler "$sched_port"
     launch kube-scheduler \
         --kubeconfig="$kc" \
         --authentication-kubeconfig="$kc" \
