@@ -1,4 +1,5 @@
-# Shared helpers for build.sh / start.sh / stop.sh. Source it; do not run it.
+# shellcheck shell=bash
+# Shared helpers for build.sh and start.sh. Source it; do not run it.
 #
 # Environment:
 #   KMM_CACHE   cache root (default: $HOME/.cache/kmm-rs)
