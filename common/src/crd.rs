@@ -76,7 +76,8 @@ pub fn nmc_crd() -> Result<CustomResourceDefinition, CrdError> {
 
 /// Adjusts a derived CRD so it accepts and stores exactly what upstream KMM's
 /// controller-gen CRD does:
-/// - no `nullable: true` (schemars marks every `Option`): upstream prunes explicit nulls;
+/// - no `nullable: true` (schemars marks every `Option`): like upstream, an explicit `null`
+///   is rejected rather than stored;
 /// - `LocalObjectReference.name` optional with default `""` (the Kubernetes convention that
 ///   controller-gen follows, so `imageRepoSecret: {}` stays valid).
 ///

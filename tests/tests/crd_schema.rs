@@ -156,3 +156,142 @@ async fn get_modules_prints_status_columns() -> Result<()> {
     }
     ns.cleanup().await
 }
+
+/// Manifests written for upstream's controller-gen CRD keep working: an explicitly empty
+/// mapping image next to a container-level one, an empty `imageRepoSecret`.
+#[tokio::test]
+async fn upstream_style_manifest_is_accepted() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    install_crds(cp).await?;
+    let ns = cp.temp_namespace("crd").await?;
+    let applied = apply(
+        cp,
+        ns.name(),
+        r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {name: upstream-style}
+spec:
+  selector: {}
+  imageRepoSecret: {}
+  moduleLoader:
+    container:
+      containerImage: "reg/kmod:${KERNEL_FULL_VERSION}"
+      modprobe: {moduleName: brd}
+      kernelMappings: [{regexp: "^.+$", containerImage: ""}]
+"#,
+    )?;
+    ensure!(applied.ok, "{}", applied.output);
+    let api: Api<Module> = Api::namespaced(cp.client(), ns.name());
+    let module = api.get("upstream-style").await?;
+    ensure!(
+        module
+            .spec
+            .image_repo_secret
+            .as_ref()
+            .map(|s| s.name.as_str())
+            == Some(""),
+        "{:?}",
+        module.spec.image_repo_secret
+    );
+    ns.cleanup().await
+}
+
+/// The status subresource takes the controller's counts and `kubectl get modules` shows them.
+#[tokio::test]
+async fn status_subresource_feeds_printer_columns() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let cp = ControlPlane::shared().await?;
+    install_crds(cp).await?;
+    let ns = cp.temp_namespace("crd").await?;
+    let text = std::fs::read_to_string(example_path("brd.yaml"))?;
+    let applied = apply(cp, ns.name(), &text)?;
+    ensure!(applied.ok, "{}", applied.output);
+    let api: Api<Module> = Api::namespaced(cp.client(), ns.name());
+    let status = serde_json::json!({"status": {
+        "moduleLoader": {"nodesMatchingSelectorNumber": 3, "desiredNumber": 2, "availableNumber": 1},
+        "conditions": [{
+            "type": "Available", "status": "False", "reason": "Loading",
+            "message": "1 of 2 nodes", "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]
+    }});
+    api.patch_status("brd", &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    let module = api.get("brd").await?;
+    let stored = module.status.context("status")?;
+    ensure!(stored.module_loader.desired_number == 2 && stored.conditions.len() == 1);
+    let out = cp.kubectl_ok(["get", "modules", "-n", ns.name(), "--no-headers"])?;
+    let cells: Vec<&str> = out.split_whitespace().collect();
+    ensure!(
+        cells.get(1..4) == Some(&["3", "2", "1"][..]),
+        "columns: {out}"
+    );
+    ns.cleanup().await
+}
+
+/// NodeModulesConfig: cluster scoped, `nmc` short name, spec and the agent's status fields
+/// round-trip through the typed client.
+#[tokio::test]
+async fn nmc_round_trips_spec_and_status() -> Result<()> {
+    use kmm_common::{ModuleError, NodeModulesConfig};
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+    let cp = ControlPlane::shared().await?;
+    install_crds(cp).await?;
+    let name = format!("crd-test-node-{}", std::process::id());
+    let nmc: NodeModulesConfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "NodeModulesConfig",
+        "metadata": {"name": name},
+        "spec": {"modules": [{
+            "name": "brd", "namespace": "kmm-demo", "serviceAccountName": "default",
+            "imageRepoSecret": {"name": "pull"},
+            "tolerations": [{"key": "k", "operator": "Exists"}],
+            "config": {
+                "kernelVersion": "6.1.0-56-amd64",
+                "containerImage": "10.0.2.2:5000/kmm-demo/brd:6.1.0-56-amd64",
+                "insecurePull": true,
+                "inTreeModulesToRemove": ["brd_old"],
+                "modprobe": {"moduleName": "brd", "parameters": ["rd_nr=3"]}
+            }
+        }]}
+    }))?;
+    let api: Api<NodeModulesConfig> = Api::all(cp.client());
+    let created = api.create(&PostParams::default(), &nmc).await?;
+    let config = &created.spec.modules[0].config;
+    ensure!(
+        config.image_pull_policy == "IfNotPresent",
+        "default: {config:?}"
+    );
+    ensure!(config.modprobe.dir_name == "/opt", "default: {config:?}");
+    let status = serde_json::json!({"status": {"modules": [{
+        "name": "brd", "namespace": "kmm-demo", "serviceAccountName": "default",
+        "config": serde_json::to_value(config)?,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+        "image": config.container_image,
+        "digest": "sha256:0123456789abcdef",
+        "kernel": "6.1.0-56-amd64",
+        "loadTime": "2026-01-01T00:00:01Z",
+        "lastError": {"reason": "ModprobeFailed", "message": "exit 1"}
+    }]}});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    let read = api.get(&name).await?;
+    let got = read.status.context("status")?;
+    let module = got.modules.first().context("status.modules[0]")?;
+    ensure!(module.digest == "sha256:0123456789abcdef" && module.kernel == "6.1.0-56-amd64");
+    ensure!(module.load_time.is_some() && module.config.as_ref() == Some(config));
+    ensure!(
+        module.last_error
+            == Some(ModuleError {
+                reason: "ModprobeFailed".into(),
+                message: "exit 1".into()
+            })
+    );
+    let listed = cp.kubectl_ok(["get", "nmc", &name, "-o", "name"])?;
+    ensure!(
+        listed.trim() == format!("nodemodulesconfig.kmm.sigs.x-k8s.io/{name}"),
+        "{listed}"
+    );
+    api.delete(&name, &DeleteParams::default()).await?;
+    Ok(())
+}
