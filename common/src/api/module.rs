@@ -342,7 +342,7 @@ pub struct ModuleLoaderContainerSpec {
 
     /// Version defines the current version of the kernel module being used. Used for upgrading
     /// the currently loaded kernel module to a new version (ordered upgrade): a node is only
-    /// targeted when its label kmm.node.kubernetes.io/version-module.<namespace>.<name> equals
+    /// targeted when its label `kmm.node.kubernetes.io/version-module.<namespace>.<name>` equals
     /// this value. Cannot change to or from empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 63))]

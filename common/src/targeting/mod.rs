@@ -1,7 +1,7 @@
 //! Targeting: which nodes a Module applies to and what to load there, as pure functions.
 //!
-//! - [`substitute`]: `${KERNEL_FULL_VERSION}`, `${MOD_NAME}`, `${MOD_NAMESPACE}` expansion;
-//! - [`mapping`]: the first kernel mapping that matches a kernel, merged with the container
+//! - [`mod@substitute`]: `${KERNEL_FULL_VERSION}`, `${MOD_NAME}`, `${MOD_NAMESPACE}` expansion;
+//! - [`mod@mapping`]: the first kernel mapping that matches a kernel, merged with the container
 //!   defaults into a [`ResolvedMapping`];
 //! - [`eligibility`]: selector, kernel and ordered-upgrade version checks for one node.
 //!
