@@ -228,4 +228,36 @@ mod tests {
         let build = &container["properties"]["build"];
         assert_eq!(build["required"], json!(["dockerfileConfigMap"]));
     }
+
+    /// Every property has a description, so `kubectl explain` documents every field.
+    #[test]
+    fn every_field_is_documented() {
+        fn walk(path: &str, schema: &Value, missing: &mut Vec<String>) {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (name, prop) in props {
+                    let path = format!("{path}.{name}");
+                    let documented = prop
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .is_some_and(|d| !d.trim().is_empty());
+                    if !documented && !matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+                        missing.push(path.clone());
+                    }
+                    walk(&path, prop, missing);
+                }
+            }
+            for key in ["items", "additionalProperties"] {
+                if let Some(sub) = schema.get(key) {
+                    walk(&format!("{path}[]"), sub, missing);
+                }
+            }
+        }
+        for crd in [module_crd().expect("crd"), nmc_crd().expect("crd")] {
+            let crd = serde_json::to_value(crd).expect("json");
+            let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let mut missing = Vec::new();
+            walk("", schema, &mut missing);
+            assert!(missing.is_empty(), "undocumented fields: {missing:#?}");
+        }
+    }
 }
