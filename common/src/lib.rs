@@ -1,6 +1,42 @@
 //! kmm-rs common library: the `Module` API (`kmm.sigs.x-k8s.io/v1beta1`), its CRD,
 //! and the pure decisions (eligibility, kernel mapping, substitution) shared by
 //! the agent and the controller.
+//!
+//! - [`Module`] / [`NodeModulesConfig`]: the API types (drop-in for upstream KMM's
+//!   `kmm.sigs.x-k8s.io/v1beta1`); [`crd::module_crd`] / [`crd::nmc_crd`] are the CRDs as
+//!   committed in `deploy/crds/` (regenerate with `cargo run -p kmm-common --bin crdgen --
+//!   deploy/crds`; a unit test fails when they drift).
+//! - [`validate_module`] / [`validate_module_update`]: the admission rules (the CRD's CEL rules
+//!   are the schema-checkable subset of the same rules).
+//! - [`target_node`] / [`node_eligibility`]: whether a node gets a Module and what to load
+//!   there ([`ResolvedMapping`]), or an [`Ineligible`] reason a user can read.
+//! - [`labels`]: node label keys, the finalizer and the namespace label.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use kmm_common::{Module, target_node, validate_module};
+//!
+//! let module: Module = serde_yaml::from_str(r#"
+//! apiVersion: kmm.sigs.x-k8s.io/v1beta1
+//! kind: Module
+//! metadata: {name: brd, namespace: kmm-demo}
+//! spec:
+//!   selector: {}
+//!   moduleLoader:
+//!     container:
+//!       modprobe: {moduleName: brd, parameters: [rd_nr=3]}
+//!       kernelMappings:
+//!         - regexp: '^.*-amd64$'
+//!           containerImage: '10.0.2.2:5000/${MOD_NAMESPACE}/${MOD_NAME}:${KERNEL_FULL_VERSION}'
+//! "#).unwrap();
+//! assert!(validate_module(&module).is_ok());
+//!
+//! let target = target_node(&module, &BTreeMap::new(), "6.1.0-56-amd64").unwrap();
+//! assert_eq!(target.container_image, "10.0.2.2:5000/kmm-demo/brd:6.1.0-56-amd64");
+//!
+//! let reason = target_node(&module, &BTreeMap::new(), "6.1.0-56-arm64").unwrap_err();
+//! assert_eq!(reason.to_string(), "kernel 6.1.0-56-arm64 matches no kernelMapping");
+//! ```
 #![warn(missing_docs)]
 
 pub mod api;
