@@ -150,13 +150,10 @@ fn busy_removal_and_builtins() {
     let err = k.unload(&UnloadRequest::module("m0")).unwrap_err();
     assert_eq!(err.metric_label(), "in_use");
     assert!(k.is_loaded("m0").unwrap());
-    // builtins are never removed, neither asked for nor as dependencies
-    let out = k
-        .unload(&UnloadRequest {
-            modules: vec!["m0".into(), "core".into()],
-            deps: DepPolicy::Unused,
-        })
-        .unwrap();
+    // builtins are never removed: an error when asked for, skipped as dependencies
+    let err = k.remove_in_tree("core").unwrap_err();
+    assert_eq!(err.metric_label(), "builtin");
+    let out = k.unload(&UnloadRequest::module("m0")).unwrap();
     assert_eq!(out.removed, ["m0", "mid"]);
     assert!(k.is_loaded("core").unwrap());
 }

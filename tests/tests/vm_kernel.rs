@@ -440,6 +440,21 @@ async fn libkmod_errors_from_a_real_kernel_are_readable() {
         "{err}"
     );
 
+    // inTreeModulesToRemove naming a built-in module (unix is =y in Debian's 6.1)
+    let err = lab.fails("kmodctl remove-in-tree unix").await;
+    assert!(
+        err.contains("could not remove unix: it is built into the kernel"),
+        "{err}"
+    );
+    // ... and loading a built-in one is a no-op, like modprobe
+    let out = lab
+        .ok(
+            "builtin",
+            &format!("kmodctl load --dir {} unix", lab.dir("brd")),
+        )
+        .await;
+    assert!(out.contains("inserted= already_loaded=true"), "{out}");
+
     // a failed main module rolls back the dependency this load inserted
     let err = lab
         .fails(&format!(

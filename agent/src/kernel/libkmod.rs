@@ -23,6 +23,9 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct LibKmod {
     sys_module: PathBuf,
+    /// The running kernel's `modules.builtin` (built-ins without parameters have
+    /// no `/sys/module` entry).
+    builtin: BTreeSet<String>,
 }
 
 /// A module's state as `/sys/module/<name>` shows it.
@@ -50,16 +53,29 @@ impl LibKmod {
             path: proc_modules.to_path_buf(),
             source,
         })?;
-        Ok(Self::with_sys_module("/sys/module"))
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let builtin_list = Path::new("/lib/modules")
+            .join(release.trim())
+            .join("modules.builtin");
+        let mut kernel = Self::with_sys_module("/sys/module");
+        // a node without the list still works: built-ins with parameters show in sysfs
+        kernel.builtin = std::fs::read_to_string(builtin_list)
+            .map(|text| builtin_names(&text))
+            .unwrap_or_default();
+        Ok(kernel)
     }
 
     fn with_sys_module(dir: impl Into<PathBuf>) -> Self {
         Self {
             sys_module: dir.into(),
+            builtin: BTreeSet::new(),
         }
     }
 
     fn state(&self, name: &str) -> Result<State> {
+        if self.builtin.contains(name) {
+            return Ok(State::Builtin);
+        }
         let dir = self.sys_module.join(name);
         if !dir.exists() {
             return Ok(State::NotLoaded);
@@ -161,8 +177,15 @@ impl LibKmod {
         explicit: bool,
         removed: &mut Vec<String>,
     ) -> Result<()> {
-        let State::Loaded { refcount, holders } = self.state(name)? else {
-            return Ok(());
+        let (refcount, holders) = match self.state(name)? {
+            State::Loaded { refcount, holders } => (refcount, holders),
+            State::NotLoaded => return Ok(()),
+            State::Builtin if explicit => {
+                return Err(Error::Builtin {
+                    module: name.to_owned(),
+                });
+            }
+            State::Builtin => return Ok(()),
         };
         if refcount > 0 || !holders.is_empty() {
             return if explicit {
@@ -301,6 +324,13 @@ impl Kernel for LibKmod {
     }
 }
 
+/// Module names from a `modules.builtin` (one `kernel/.../name.ko` per line).
+fn builtin_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| super::moddep::module_name(l.trim()))
+        .collect()
+}
+
 fn read_trimmed(path: &Path) -> Result<String> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
@@ -381,6 +411,19 @@ mod tests {
         assert_eq!(k.state("brd").unwrap(), State::NotLoaded);
         assert!(k.is_loaded("printk").unwrap());
         assert!(!k.is_loaded("brd").unwrap());
+    }
+
+    #[test]
+    fn builtins_come_from_modules_builtin_and_cannot_be_removed() {
+        let (_dir, mut k) = sysfs();
+        k.builtin = builtin_names("kernel/fs/configfs/configfs.ko\nkernel/lib/crc32c.ko\n");
+        assert_eq!(k.state("configfs").unwrap(), State::Builtin);
+        assert!(k.is_loaded("crc32c").unwrap());
+        let err = k.remove_in_tree("configfs").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not remove configfs: it is built into the kernel"
+        );
     }
 
     #[test]

@@ -89,6 +89,12 @@ pub enum Error {
         /// Its reference count.
         refcount: i64,
     },
+    /// Removal of a module that is built into the kernel (e.g. in `inTreeModulesToRemove`).
+    #[error("could not remove {module}: it is built into the kernel")]
+    Builtin {
+        /// The module.
+        module: String,
+    },
     /// Any other insert failure.
     #[error("could not insert {module}: {source}")]
     Insert {
@@ -144,6 +150,7 @@ impl Error {
                 "invalid_parameters"
             }
             Error::InUse { .. } => "in_use",
+            Error::Builtin { .. } => "builtin",
             Error::Insert { .. } => "insert",
             Error::Remove { .. } => "remove",
             Error::Kmod(_) => "libkmod",
@@ -337,14 +344,15 @@ pub trait Kernel: Send + Sync {
     /// is not an error (as with `modprobe -r`).
     ///
     /// # Errors
-    /// [`Error::InUse`] (nothing more is removed after it), [`Error::Remove`].
+    /// [`Error::InUse`] (nothing more is removed after it), [`Error::Builtin`],
+    /// [`Error::Remove`].
     fn unload(&self, req: &UnloadRequest) -> Result<UnloadOutcome>;
 
     /// `inTreeModulesToRemove`: removes `name` if loaded (`modprobe -r name`).
     /// A module that is not loaded is success with nothing removed.
     ///
     /// # Errors
-    /// [`Error::InUse`] with the holders, [`Error::Remove`].
+    /// [`Error::InUse`] with the holders, [`Error::Builtin`], [`Error::Remove`].
     fn remove_in_tree(&self, name: &str) -> Result<UnloadOutcome> {
         self.unload(&UnloadRequest::module(name))
     }

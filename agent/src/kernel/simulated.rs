@@ -370,7 +370,7 @@ impl Kernel for SimulatedKernel {
         for name in &req.modules {
             let name = normalize(name);
             if self.lock().builtin.contains(&name) {
-                continue;
+                return Err(Error::Builtin { module: name });
             }
             self.remove_tree(&name, &req.deps, true, &mut removed)?;
         }
