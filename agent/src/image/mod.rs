@@ -1,7 +1,21 @@
 //! Pulling kmod OCI images (oci-client) into a content-addressed local cache.
+//!
+//! [`ImageCache::pull`] resolves a reference under the Module's pull policy,
+//! downloads only blobs the cache lacks (each checked against its sha256
+//! digest), and unpacks the layers in order with [`crate::extract`] into
+//! `<cache>/unpacked/sha256/<manifest hex>/`. [`ImageSource`] abstracts the
+//! registry; [`OciSource`] is the oci-client implementation.
 
 pub mod auth;
+mod cache;
 mod error;
+mod manifest;
+mod pull;
+mod source;
 
 pub use auth::{AuthError, Credential, DockerConfig};
+pub use cache::{GcReport, ImageCache, RefEntry};
 pub use error::ImageError;
+pub use manifest::{Descriptor, Manifest, Platform, sha256_digest};
+pub use pull::{PullOptions, PullPolicy, PulledImage, parse_reference};
+pub use source::{BlobStream, ImageSource, MANIFEST_MEDIA_TYPES, OciSource, RegistryTls};

@@ -1,0 +1,417 @@
+//! The pull itself: pull policy, digest resolution, platform choice, blob
+//! download with verification, and unpacking into the cache.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use oci_client::Reference;
+
+use crate::extract::{Compression, ExtractError, Layer, Limits, unpack_image};
+
+use super::cache::{ImageCache, RefEntry};
+use super::manifest::{Descriptor, Manifest, Platform, check_digest, sha256_digest};
+use super::source::{ImageSource, OciSource, RegistryTls};
+use super::{DockerConfig, ImageError};
+
+/// Kubernetes' `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Resolve the digest every time; download and unpack only what changed.
+    Always,
+    /// Use the cached image for the reference if there is one.
+    IfNotPresent,
+    /// Only the local cache; never contact the registry.
+    Never,
+}
+
+impl PullPolicy {
+    /// Parses the Module field; empty means "not set" (`None`).
+    pub fn parse(value: &str) -> Result<Option<Self>, ImageError> {
+        match value {
+            "" => Ok(None),
+            "Always" => Ok(Some(Self::Always)),
+            "IfNotPresent" => Ok(Some(Self::IfNotPresent)),
+            "Never" => Ok(Some(Self::Never)),
+            other => Err(ImageError::InvalidPullPolicy {
+                value: other.to_owned(),
+            }),
+        }
+    }
+
+    /// Kubernetes' default: `Always` for a `:latest` tag or no tag at all,
+    /// otherwise `IfNotPresent` (a bare `@digest` reference too).
+    pub fn default_for(reference: &Reference) -> Self {
+        if reference.tag() == Some("latest") {
+            Self::Always
+        } else {
+            Self::IfNotPresent
+        }
+    }
+}
+
+/// How to pull one image.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// The policy; `None` applies [`PullPolicy::default_for`].
+    pub policy: Option<PullPolicy>,
+    /// Credentials from the Module's `imageRepoSecret` (empty: anonymous).
+    pub credentials: DockerConfig,
+    /// `registryTLS` of the Module.
+    pub tls: RegistryTls,
+    /// Platform to pick from a multi-arch index; `None` is the running one.
+    pub platform: Option<Platform>,
+    /// Extraction limits for the whole image.
+    pub limits: Limits,
+}
+
+/// A pulled image, ready to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The normalised reference.
+    pub reference: String,
+    /// The platform manifest digest (the unpacked tree's key).
+    pub digest: String,
+    /// What the reference resolved to (an index digest for multi-arch images).
+    pub resolved_digest: String,
+    /// The image root (`<root>/opt/lib/modules/...`).
+    pub root: PathBuf,
+    /// Blob bytes downloaded by this pull (manifests not counted).
+    pub bytes_downloaded: u64,
+    /// Blobs downloaded by this pull.
+    pub blobs_downloaded: u32,
+    /// The tree was unpacked by this pull (not found already unpacked).
+    pub unpacked: bool,
+    /// The registry was not contacted at all.
+    pub from_cache: bool,
+}
+
+impl ImageCache {
+    /// Pulls `reference` from its registry with oci-client.
+    ///
+    /// # Errors
+    /// See [`ImageError`]; a failed pull never leaves a partial tree and never
+    /// replaces a good one.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        options: &PullOptions,
+    ) -> Result<PulledImage, ImageError> {
+        let parsed = parse_reference(reference)?;
+        let source = OciSource::new(
+            parsed.registry(),
+            options.tls,
+            options.credentials.auth_for(&parsed),
+        );
+        self.pull_with(&source, reference, options).await
+    }
+
+    /// [`ImageCache::pull`] with any [`ImageSource`].
+    pub async fn pull_with(
+        &self,
+        source: &impl ImageSource,
+        reference: &str,
+        options: &PullOptions,
+    ) -> Result<PulledImage, ImageError> {
+        let parsed = parse_reference(reference)?;
+        let whole = parsed.whole();
+        let policy = options
+            .policy
+            .unwrap_or_else(|| PullPolicy::default_for(&parsed));
+        let _shared = self.pull_guard().await;
+        let cached = self.lookup(&whole).await?;
+        let usable = match &cached {
+            Some(entry) if self.is_unpacked(&entry.manifest)? => Some(entry.clone()),
+            _ => None,
+        };
+        match policy {
+            PullPolicy::Never => {
+                return match usable {
+                    Some(entry) => Ok(self.done(&whole, &entry, 0, 0, false, true)?),
+                    None => self.offline_unpack(&whole, cached, options).await,
+                };
+            }
+            PullPolicy::IfNotPresent => {
+                if let Some(entry) = usable {
+                    return self.done(&whole, &entry, 0, 0, false, true);
+                }
+            }
+            PullPolicy::Always => {}
+        }
+        let resolved = source.resolve(&parsed).await?;
+        check_digest(&resolved)?;
+        if let Some(entry) = &usable
+            && entry.digest == resolved
+        {
+            tracing::debug!(reference = %whole, digest = %resolved, "digest unchanged");
+            return self.done(&whole, entry, 0, 0, false, false);
+        }
+        self.fetch(source, &parsed, &resolved, options).await
+    }
+
+    /// Downloads what is missing for `resolved` and unpacks it.
+    async fn fetch(
+        &self,
+        source: &impl ImageSource,
+        parsed: &Reference,
+        resolved: &str,
+        options: &PullOptions,
+    ) -> Result<PulledImage, ImageError> {
+        let whole = parsed.whole();
+        let top = self.manifest(source, parsed, resolved).await?;
+        let (manifest_digest, layers) = match top {
+            Manifest::Image { layers } => (resolved.to_owned(), layers),
+            Manifest::Index { manifests } => {
+                let platform = options.platform.clone().unwrap_or_else(Platform::current);
+                let chosen = Manifest::select(&manifests, &platform, &whole)?;
+                check_digest(&chosen)?;
+                match self.manifest(source, parsed, &chosen).await? {
+                    Manifest::Image { layers } => (chosen, layers),
+                    Manifest::Index { .. } => {
+                        return Err(ImageError::InvalidManifest {
+                            reference: whole,
+                            reason: format!("index entry {chosen} is itself an index"),
+                        });
+                    }
+                }
+            }
+        };
+        let entry = RefEntry {
+            digest: resolved.to_owned(),
+            manifest: manifest_digest.clone(),
+            pulled_at: now(),
+        };
+        if self.is_unpacked(&manifest_digest)? {
+            self.record(&whole, entry.clone()).await?;
+            return self.done(&whole, &entry, 0, 0, false, false);
+        }
+        // Refuse unusable layers before downloading anything.
+        let compressions = compressions(&layers)?;
+        let mut bytes = 0u64;
+        let mut blobs = 0u32;
+        for layer in &layers {
+            if self.has_blob(&layer.digest)? {
+                continue;
+            }
+            let declared = u64::try_from(layer.size).unwrap_or(0);
+            let limit = options.limits.max_total_bytes;
+            if declared > limit {
+                return Err(ImageError::BlobTooLarge {
+                    digest: layer.digest.clone(),
+                    limit,
+                });
+            }
+            let max_len = if declared > 0 { declared } else { limit };
+            let stream = source.fetch_blob(parsed, &layer.digest).await?;
+            let registry = parsed.registry().to_owned();
+            let reference = whole.clone();
+            let n = self
+                .store_stream(&layer.digest, stream, max_len, move |e| {
+                    ImageError::Registry {
+                        registry: registry.clone(),
+                        reference: reference.clone(),
+                        message: format!("reading blob: {e}"),
+                    }
+                })
+                .await?;
+            tracing::debug!(digest = %layer.digest, bytes = n, "blob downloaded");
+            bytes += n;
+            blobs += 1;
+        }
+        self.unpack(&manifest_digest, &layers, compressions, &options.limits)
+            .await?;
+        self.record(&whole, entry.clone()).await?;
+        self.done(&whole, &entry, bytes, blobs, true, false)
+    }
+
+    /// A manifest by digest: from the cache, else from the source (verified, then cached).
+    async fn manifest(
+        &self,
+        source: &impl ImageSource,
+        parsed: &Reference,
+        digest: &str,
+    ) -> Result<Manifest, ImageError> {
+        let whole = parsed.whole();
+        if self.has_blob(digest)? {
+            return Manifest::parse(&self.read_blob(digest)?, &whole);
+        }
+        // By digest, so a tag moved since `resolve` cannot mix two images.
+        let by_digest = parsed.clone_with_digest(digest.to_owned());
+        let bytes = source.fetch_manifest(&by_digest).await?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(ImageError::DigestMismatch {
+                what: format!("manifest of {whole}"),
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        let manifest = Manifest::parse(&bytes, &whole)?;
+        self.put_blob(digest, &bytes)?;
+        Ok(manifest)
+    }
+
+    /// `Never` with no unpacked tree: unpack from cached blobs if they are all there.
+    async fn offline_unpack(
+        &self,
+        whole: &str,
+        cached: Option<RefEntry>,
+        options: &PullOptions,
+    ) -> Result<PulledImage, ImageError> {
+        let not_cached = || ImageError::NotCached {
+            reference: whole.to_owned(),
+        };
+        let entry = cached.ok_or_else(not_cached)?;
+        if !self.has_blob(&entry.manifest)? {
+            return Err(not_cached());
+        }
+        let Manifest::Image { layers } = Manifest::parse(&self.read_blob(&entry.manifest)?, whole)?
+        else {
+            return Err(not_cached());
+        };
+        for layer in &layers {
+            if !self.has_blob(&layer.digest)? {
+                return Err(not_cached());
+            }
+        }
+        let compressions = compressions(&layers)?;
+        self.unpack(&entry.manifest, &layers, compressions, &options.limits)
+            .await?;
+        self.done(whole, &entry, 0, 0, true, true)
+    }
+
+    async fn unpack(
+        &self,
+        manifest_digest: &str,
+        layers: &[Descriptor],
+        compressions: Vec<Compression>,
+        limits: &Limits,
+    ) -> Result<(), ImageError> {
+        let dest = self.unpacked_path(manifest_digest)?;
+        let mut paths = Vec::with_capacity(layers.len());
+        for layer in layers {
+            paths.push((layer.digest.clone(), self.blob_path(&layer.digest)?));
+        }
+        let limits = limits.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut opened = Vec::with_capacity(paths.len());
+            for ((digest, path), compression) in paths.into_iter().zip(compressions) {
+                let file = std::fs::File::open(&path).map_err(|e| ImageError::cache(&path, e))?;
+                opened.push(Layer {
+                    name: digest,
+                    compression,
+                    reader: Box::new(file),
+                });
+            }
+            unpack_image(opened, &dest, &limits).map_err(layer_error)
+        });
+        let stats = task
+            .await
+            .map_err(|e| ImageError::cache(self.dir(), std::io::Error::other(e)))??;
+        tracing::debug!(
+            manifest = manifest_digest,
+            files = stats.files,
+            bytes = stats.file_bytes,
+            skipped = stats.skipped_count,
+            "image unpacked"
+        );
+        for skipped in &stats.skipped {
+            tracing::info!(manifest = manifest_digest, path = %skipped.path, reason = %skipped.reason, "layer entry skipped");
+        }
+        Ok(())
+    }
+
+    fn done(
+        &self,
+        whole: &str,
+        entry: &RefEntry,
+        bytes_downloaded: u64,
+        blobs_downloaded: u32,
+        unpacked: bool,
+        from_cache: bool,
+    ) -> Result<PulledImage, ImageError> {
+        Ok(PulledImage {
+            reference: whole.to_owned(),
+            digest: entry.manifest.clone(),
+            resolved_digest: entry.digest.clone(),
+            root: self.unpacked_path(&entry.manifest)?,
+            bytes_downloaded,
+            blobs_downloaded,
+            unpacked,
+            from_cache,
+        })
+    }
+}
+
+/// Parses an image reference (`registry/repo:tag`, `@sha256:...`).
+pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
+    reference
+        .parse::<Reference>()
+        .map_err(|e| ImageError::InvalidReference {
+            reference: reference.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn compressions(layers: &[Descriptor]) -> Result<Vec<Compression>, ImageError> {
+    layers
+        .iter()
+        .map(|l| {
+            check_digest(&l.digest)?;
+            Compression::from_media_type(&l.media_type).map_err(|source| ImageError::Layer {
+                digest: l.digest.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// `InLayer { name: digest, source }` → `Layer { digest, source }`.
+fn layer_error(err: ExtractError) -> ImageError {
+    match err {
+        ExtractError::InLayer { name, source, .. } => ImageError::Layer {
+            digest: name,
+            source: *source,
+        },
+        other => ImageError::Layer {
+            digest: "<image>".to_owned(),
+            source: other,
+        },
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_follows_kubernetes() {
+        let p = |s: &str| PullPolicy::default_for(&parse_reference(s).unwrap());
+        assert_eq!(p("reg:5000/ns/kmod"), PullPolicy::Always);
+        assert_eq!(p("reg:5000/ns/kmod:latest"), PullPolicy::Always);
+        assert_eq!(p("reg:5000/ns/kmod:6.1.0"), PullPolicy::IfNotPresent);
+        let digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        assert_eq!(
+            p(&format!("reg:5000/ns/kmod@{digest}")),
+            PullPolicy::IfNotPresent
+        );
+    }
+
+    #[test]
+    fn policy_parsing() {
+        assert_eq!(PullPolicy::parse("").unwrap(), None);
+        assert_eq!(PullPolicy::parse("Never").unwrap(), Some(PullPolicy::Never));
+        let err = PullPolicy::parse("always").unwrap_err();
+        assert!(
+            err.to_string().contains("invalid imagePullPolicy 'always'"),
+            "{err}"
+        );
+    }
+}
