@@ -49,6 +49,7 @@ impl Lab {
         images: &[(&str, &[&str])],
         setup: impl FnOnce(&Path),
         append: &[&str],
+        forward: &[(u16, u16)],
     ) -> Result<Self> {
         let (kernel, initramfs) = tokio::task::spawn_blocking(prepared).await?;
         let share = tempfile::tempdir()?;
@@ -63,6 +64,7 @@ impl Lab {
         setup(share.path());
         let mut opts = VmOptions::new(kernel.clone(), initramfs.clone());
         opts.share = Some(share.path().to_path_buf());
+        opts.forward = forward.to_vec();
         opts.append = append.iter().map(|s| (*s).to_owned()).collect();
         let vm = VmNode::boot(opts).await?;
         println!("boot to ready: {:.1?}", vm.boot_time());
@@ -110,6 +112,11 @@ impl Lab {
 #[tokio::test(flavor = "multi_thread")]
 async fn libkmod_loads_and_unloads_real_modules_in_a_real_kernel() {
     let total = Instant::now();
+    let forward_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let lab = Lab::boot(
         &[
             ("brd", &["brd"]),
@@ -123,6 +130,7 @@ async fn libkmod_loads_and_unloads_real_modules_in_a_real_kernel() {
             std::fs::write(fw.join("sub/nested.bin"), b"nested\n").unwrap();
         },
         &[],
+        &[(forward_port, 9090)],
     )
     .await
     .unwrap();
@@ -337,6 +345,28 @@ async fn libkmod_loads_and_unloads_real_modules_in_a_real_kernel() {
         "guest could not reach the host at 10.0.2.2"
     );
 
+    // and a guest port forwarded to the host (how a test reaches the agent's server)
+    lab.vm
+        .spawn_background("serve", "echo from-guest | nc -l -p 9090")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    for _ in 0..50 {
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", forward_port)).await {
+            use tokio::io::AsyncReadExt;
+            got.clear();
+            let _ = conn.read_to_string(&mut got).await;
+            if !got.is_empty() {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        got, "from-guest\n",
+        "host could not reach the forwarded guest port"
+    );
+
     let lsmod = lab
         .ok(
             "lsmod",
@@ -383,6 +413,7 @@ async fn libkmod_errors_from_a_real_kernel_are_readable() {
             .unwrap();
         },
         &["module.sig_enforce=1"],
+        &[],
     )
     .await
     .unwrap();

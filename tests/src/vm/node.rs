@@ -36,6 +36,11 @@ pub struct VmOptions {
     pub share: Option<PathBuf>,
     /// Extra kernel command line arguments (e.g. `module.sig_enforce=1`).
     pub append: Vec<String>,
+    /// `(host port, guest port)`: host `127.0.0.1:<host port>` reaches the guest's
+    /// TCP `<guest port>` (e.g. the agent's metrics/health server). Needs `net`.
+    pub forward: Vec<(u16, u16)>,
+    /// Extra QEMU arguments, appended as given.
+    pub qemu_args: Vec<String>,
     /// Time allowed from QEMU start to the guest being ready.
     pub boot_timeout: Duration,
 }
@@ -51,6 +56,8 @@ impl VmOptions {
             net: true,
             share: None,
             append: Vec::new(),
+            forward: Vec::new(),
+            qemu_args: Vec::new(),
             boot_timeout: Duration::from_secs(120),
         }
     }
@@ -129,8 +136,14 @@ impl VmNode {
             "virtserialport,chardev=kmm0,name=kmm.0".into(),
         ]);
         if opts.net {
-            args.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
+            let mut nic = String::from("user,model=virtio-net-pci");
+            for (host, guest) in &opts.forward {
+                nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            args.extend(["-nic".into(), nic]);
             cmdline.push("kmm.net=1");
+        } else if !opts.forward.is_empty() {
+            bail!("port forwards need networking (VmOptions::net)");
         }
         if let Some(share) = &opts.share {
             args.extend([
@@ -142,6 +155,7 @@ impl VmNode {
             ]);
             cmdline.push("kmm.share=1");
         }
+        args.extend(opts.qemu_args.iter().cloned());
         let mut cmdline = cmdline.join(" ");
         for extra in &opts.append {
             cmdline.push(' ');
