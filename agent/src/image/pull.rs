@@ -204,13 +204,10 @@ impl ImageCache {
             let stream = source.fetch_blob(parsed, &layer.digest).await?;
             let registry = parsed.registry().to_owned();
             let reference = whole.clone();
+            let digest = layer.digest.clone();
             let n = self
                 .store_stream(&layer.digest, stream, max_len, move |e| {
-                    ImageError::Registry {
-                        registry: registry.clone(),
-                        reference: reference.clone(),
-                        message: format!("reading blob: {e}"),
-                    }
+                    stream_error(e, &registry, &reference, &digest)
                 })
                 .await?;
             tracing::debug!(digest = %layer.digest, bytes = n, "blob downloaded");
@@ -363,6 +360,27 @@ fn compressions(layers: &[Descriptor]) -> Result<Vec<Compression>, ImageError> {
             })
         })
         .collect()
+}
+
+/// An error while a blob streams in. oci-client checks the digest itself
+/// and reports a mismatch as an `io::Error` wrapping `DigestError`.
+fn stream_error(err: std::io::Error, registry: &str, reference: &str, digest: &str) -> ImageError {
+    use oci_client::errors::DigestError;
+    if let Some(DigestError::VerificationError { actual, .. }) = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<DigestError>())
+    {
+        return ImageError::DigestMismatch {
+            what: format!("blob {digest}"),
+            expected: digest.to_owned(),
+            actual: actual.clone(),
+        };
+    }
+    ImageError::Registry {
+        registry: registry.to_owned(),
+        reference: reference.to_owned(),
+        message: format!("reading blob {digest}: {err}"),
+    }
 }
 
 /// `InLayer { name: digest, source }` → `Layer { digest, source }`.
