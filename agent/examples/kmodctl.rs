@@ -1,27 +1,35 @@
-//! `kmodctl`: drives `kmm_agent::kernel::LibKmod` from a shell, for the VM tests
-//! (the real agent binary replaces it there later).
+//! `kmodctl`: drives `kmm_agent::kernel` from a shell, for the VM tests (the real
+//! agent binary replaces it there later).
 //!
 //! ```text
-//! kmodctl lsmod
+//! kmodctl [--simulated] lsmod
 //! kmodctl is-loaded NAME
 //! kmodctl load --dir MODULE_DIR [--order NAME,DEP_A,DEP_B] NAME [K=V ...]
 //! kmodctl unload [--only-deps A,B] NAME...        (removed in the order given)
 //! kmodctl remove-in-tree NAME
 //! kmodctl firmware SRC HOST_DIR [--class-path]
+//! kmodctl [--simulated] script < FILE              (one command per line, one kernel)
 //! ```
 //! Prints one result line (and `took=<ms>ms`); errors go to stderr, exit code 1.
+//! `script` prints `> <line>` then `ok: <result>` or `error: <message>` for each
+//! line and goes on after errors: the same file run with `LibKmod` in a VM and
+//! with `--simulated` on the host must print the same (the parity test).
 
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kmm_agent::kernel::firmware;
-use kmm_agent::kernel::{Kernel, LibKmod, LoadRequest, UnloadRequest};
+use kmm_agent::kernel::{Kernel, LibKmod, LoadRequest, SimulatedKernel, UnloadRequest};
 
 #[derive(Parser)]
-#[command(about = "load/unload kernel modules through kmm-agent's LibKmod")]
+#[command(about = "load/unload kernel modules through kmm-agent's Kernel implementations")]
 struct Args {
+    /// Use the in-memory SimulatedKernel instead of libkmod.
+    #[arg(long)]
+    simulated: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -61,26 +69,21 @@ enum Cmd {
         #[arg(long)]
         class_path: bool,
     },
+    /// Run commands from stdin (whitespace-separated words, `#` comments) on one kernel.
+    Script,
 }
 
-fn main() -> anyhow::Result<()> {
-    let Args { cmd } = Args::parse();
-    let kernel = LibKmod::new()?;
-    let start = Instant::now();
-    let took = || format!("took={}ms", start.elapsed().as_millis());
-    match cmd {
+/// Runs one command; the result line without timing.
+fn exec(kernel: &dyn Kernel, cmd: Cmd) -> anyhow::Result<String> {
+    Ok(match cmd {
         Cmd::Lsmod => {
+            let mut lines = Vec::new();
             for m in kernel.loaded_modules()? {
-                println!("{} {} {}", m.name, m.refcount, m.holders.join(","));
+                lines.push(format!("{} {} {}", m.name, m.refcount, m.holders.join(",")));
             }
+            lines.join("\n")
         }
-        Cmd::IsLoaded { name } => {
-            let loaded = kernel.is_loaded(&name)?;
-            println!("{name} loaded={loaded}");
-            if !loaded {
-                std::process::exit(1);
-            }
-        }
+        Cmd::IsLoaded { name } => format!("{name} loaded={}", kernel.is_loaded(&name)?),
         Cmd::Load {
             dir,
             order,
@@ -91,12 +94,11 @@ fn main() -> anyhow::Result<()> {
                 .with_parameters(parameters)
                 .with_loading_order(&order)?;
             let out = kernel.load(&req)?;
-            println!(
-                "loaded inserted={} already_loaded={} {}",
+            format!(
+                "loaded inserted={} already_loaded={}",
                 out.inserted.join(","),
-                out.already_loaded,
-                took()
-            );
+                out.already_loaded
+            )
         }
         Cmd::Unload { only_deps, names } => {
             let mut req = UnloadRequest {
@@ -106,16 +108,14 @@ fn main() -> anyhow::Result<()> {
             if let Some(deps) = only_deps {
                 req = req.only_deps(deps);
             }
-            let out = kernel.unload(&req)?;
-            println!("unloaded removed={} {}", out.removed.join(","), took());
+            format!(
+                "unloaded removed={}",
+                kernel.unload(&req)?.removed.join(",")
+            )
         }
         Cmd::RemoveInTree { name } => {
             let out = kernel.remove_in_tree(&name)?;
-            println!(
-                "removed-in-tree removed={} {}",
-                out.removed.join(","),
-                took()
-            );
+            format!("removed-in-tree removed={}", out.removed.join(","))
         }
         Cmd::Firmware {
             src,
@@ -130,12 +130,57 @@ fn main() -> anyhow::Result<()> {
                 )
                 .context("setting the firmware class path")?;
             }
-            println!(
-                "firmware installed={} skipped={} {}",
+            format!(
+                "firmware installed={} skipped={}",
                 copy.installed.len(),
-                copy.skipped.len(),
-                took()
-            );
+                copy.skipped.len()
+            )
+        }
+        Cmd::Script => anyhow::bail!("script cannot be nested"),
+    })
+}
+
+fn script(kernel: &dyn Kernel) -> anyhow::Result<()> {
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        println!("> {line}");
+        let words = std::iter::once("kmodctl").chain(line.split_whitespace());
+        match Args::try_parse_from(words) {
+            Ok(Args { cmd, .. }) => match exec(kernel, cmd) {
+                Ok(out) => println!("ok: {out}"),
+                Err(e) => println!("error: {e:#}"),
+            },
+            Err(e) => println!("error: {}", e.to_string().lines().next().unwrap_or("")),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let Args { simulated, cmd } = Args::parse();
+    let kernel: Box<dyn Kernel> = if simulated {
+        Box::new(SimulatedKernel::new())
+    } else {
+        Box::new(LibKmod::new()?)
+    };
+    let start = Instant::now();
+    match cmd {
+        Cmd::Script => script(kernel.as_ref())?,
+        Cmd::IsLoaded { name } => {
+            let loaded = kernel.is_loaded(&name)?;
+            println!("{name} loaded={loaded}");
+            if !loaded {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Lsmod => println!("{}", exec(kernel.as_ref(), Cmd::Lsmod)?),
+        cmd => {
+            let out = exec(kernel.as_ref(), cmd)?;
+            println!("{out} took={}ms", start.elapsed().as_millis());
         }
     }
     Ok(())

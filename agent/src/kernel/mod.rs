@@ -209,7 +209,8 @@ impl LoadRequest {
     /// means load `dep_b`, then `dep_a`, then `moduleName`. An empty order is a no-op.
     ///
     /// # Errors
-    /// [`Error::BadLoadingOrder`] if the first entry is not the module name.
+    /// [`Error::BadLoadingOrder`] if the first entry is not the module name,
+    /// [`Error::Invalid`] if a module is listed twice.
     pub fn with_loading_order(mut self, order: &[String]) -> Result<Self> {
         let Some((first, rest)) = order.split_first() else {
             return Ok(self);
@@ -218,6 +219,14 @@ impl LoadRequest {
             return Err(Error::BadLoadingOrder {
                 name: self.name,
                 first: first.clone(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        if order.iter().any(|m| !seen.insert(normalize(m))) {
+            return Err(Error::Invalid {
+                what: "modulesLoadingOrder",
+                value: order.join(","),
+                reason: "lists a module twice",
             });
         }
         self.load_first = rest.iter().rev().cloned().collect();
@@ -454,6 +463,10 @@ mod tests {
             err.to_string().contains("must start with the module name"),
             "{err}"
         );
+        let err = LoadRequest::new("/m", "a")
+            .with_loading_order(&["a".to_owned(), "b".to_owned(), "a".to_owned()])
+            .unwrap_err();
+        assert!(err.to_string().contains("lists a module twice"), "{err}");
         // '-' and '_' are the same module
         assert!(
             LoadRequest::new("/m", "my-mod")
