@@ -7,6 +7,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod node_labels;
 pub mod plan;
-// pub mod reconciler;
+pub mod reconciler;
 pub mod server;
+pub mod sim_persist;
 pub mod state;

@@ -1,3 +1,191 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("kmm-agent: not implemented yet")
+//! `kmm-agent`: one per node. Watches Modules and its own Node, pulls kmod
+//! images, loads and unloads kernel modules, and reports what it did.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kmm_agent::image::ImageCache;
+use kmm_agent::kernel::{Kernel, LibKmod};
+use kmm_agent::metrics::Metrics;
+use kmm_agent::reconciler::{self, Context, Settings};
+use kmm_agent::server::{self, Readiness};
+use kmm_agent::sim_persist::PersistentSimulatedKernel;
+use kmm_agent::state::StateFile;
+
+/// Which kernel implementation loads modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KernelKind {
+    /// The running kernel, through libkmod.
+    Libkmod,
+    /// An in-memory kernel, for scale and fault tests only: nothing reaches a real kernel.
+    Simulated,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kmm-agent",
+    version,
+    about = "kmm-rs node agent: loads kernel modules from kmod images"
+)]
+struct Args {
+    /// Name of the Node this agent runs on (downward API `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    /// Directory for the state file and the image cache.
+    #[arg(long, env = "KMM_STATE_DIR", default_value = "/var/lib/kmm-agent")]
+    state_dir: PathBuf,
+
+    /// Host directory firmware files are copied into.
+    #[arg(long, env = "KMM_FIRMWARE_DIR", default_value = "/var/lib/firmware")]
+    firmware_dir: PathBuf,
+
+    /// Also point /sys/module/firmware_class/parameters/path at --firmware-dir
+    /// (upstream's `worker.setFirmwareClassPath`).
+    #[arg(long, env = "KMM_SET_FIRMWARE_CLASS_PATH", default_value_t = false)]
+    set_firmware_class_path: bool,
+
+    /// Kernel implementation.
+    #[arg(long, env = "KMM_KERNEL", value_enum, default_value_t = KernelKind::Libkmod)]
+    kernel: KernelKind,
+
+    /// Kernel release to act for; defaults to `uname -r`. Only meaningful with
+    /// `--kernel simulated` (a real kernel is what it is).
+    #[arg(long, env = "KMM_KERNEL_RELEASE")]
+    kernel_release: Option<String>,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "KMM_METRICS_ADDR", default_value = "0.0.0.0:8081")]
+    metrics_addr: SocketAddr,
+
+    /// Seconds between full passes over all Modules.
+    #[arg(long, env = "KMM_RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+
+    /// Seconds between digest checks of images with `imagePullPolicy: Always`.
+    #[arg(long, env = "KMM_VERIFY_SECONDS", default_value_t = 300)]
+    verify_seconds: u64,
+
+    /// Image cache size limit in MiB; unused images are removed beyond it.
+    #[arg(long, env = "KMM_CACHE_LIMIT_MIB", default_value_t = 4096)]
+    cache_limit_mib: u64,
+
+    /// Log as JSON.
+    #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
+    log_json: bool,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn running_release() -> anyhow::Result<String> {
+    let uts = nix::sys::utsname::uname().context("uname")?;
+    Ok(uts.release().to_string_lossy().into_owned())
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT. Stopping never unloads:
+/// the modules stay for the next agent (or the boot path) to adopt.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Args {
+        node_name,
+        state_dir,
+        firmware_dir,
+        set_firmware_class_path,
+        kernel,
+        kernel_release,
+        metrics_addr,
+        resync_seconds,
+        verify_seconds,
+        cache_limit_mib,
+        log_json,
+    } = Args::parse();
+    init_tracing(log_json);
+
+    let (kernel, kernel_release): (Arc<dyn Kernel>, String) = match kernel {
+        KernelKind::Libkmod => {
+            let running = running_release()?;
+            if let Some(flag) = kernel_release.filter(|k| *k != running) {
+                anyhow::bail!(
+                    "--kernel-release {flag} differs from the running kernel {running}; it only applies to --kernel simulated"
+                );
+            }
+            (
+                Arc::new(LibKmod::new().context("initialising libkmod")?),
+                running,
+            )
+        }
+        KernelKind::Simulated => {
+            tracing::warn!(
+                "simulated kernel: no module reaches a real kernel (scale and fault tests only)"
+            );
+            let release = match kernel_release {
+                Some(k) => k,
+                None => running_release()?,
+            };
+            let snapshot = state_dir.join("simulated-kernel.json");
+            std::fs::create_dir_all(&state_dir)?;
+            let sim = PersistentSimulatedKernel::open(&snapshot)
+                .with_context(|| format!("opening {}", snapshot.display()))?;
+            (Arc::new(sim), release)
+        }
+    };
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let metrics = Metrics::new()?;
+    let images = Arc::new(
+        ImageCache::open(&state_dir.join("images"), cache_limit_mib * 1024 * 1024)
+            .with_context(|| format!("opening image cache under {}", state_dir.display()))?,
+    );
+    let settings = Settings {
+        node_name,
+        kernel_release,
+        firmware_dir,
+        set_firmware_class_path,
+        resync: Duration::from_secs(resync_seconds.max(1)),
+        verify_interval: Duration::from_secs(verify_seconds),
+    };
+    let ready = Readiness::default();
+    let ctx = Arc::new(Context::new(
+        settings,
+        client,
+        kernel,
+        images,
+        StateFile::in_dir(&state_dir),
+        metrics.clone(),
+    ));
+
+    let server = tokio::spawn(server::serve(metrics_addr, metrics, ready.clone()));
+    tokio::select! {
+        res = reconciler::run(ctx, ready) => res,
+        res = server => Err(anyhow::anyhow!("metrics server stopped: {res:?}")),
+        res = shutdown_signal() => {
+            tracing::info!("shutting down; loaded modules stay loaded");
+            res
+        }
+    }
 }

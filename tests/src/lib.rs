@@ -2,5 +2,8 @@
 //! registry, and a QEMU node booting Debian's kernel.
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod cluster;
 pub mod controlplane;
+pub mod images;
 pub mod vm;

@@ -1,0 +1,161 @@
+//! From Modules and this Node to what this node needs, using the shared pure
+//! targeting rules of `kmm-common` (selector, kernel mapping, version label).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kmm_common::{Module, ResolvedMapping, target_node};
+
+use crate::plan::{Desired, DesiredLoad, RegistryAccess};
+use crate::state::ModuleKey;
+
+/// The desired state of every Module the agent knows of.
+#[derive(Debug, Default)]
+pub struct DesiredSet {
+    /// By Module.
+    pub map: BTreeMap<ModuleKey, Desired>,
+}
+
+impl DesiredSet {
+    /// Whether the Module should be loaded here.
+    pub fn wants(&self, key: &ModuleKey) -> bool {
+        matches!(self.map.get(key), Some(Desired::Load(_)))
+    }
+}
+
+/// What each Module needs on `node`, whose running kernel is `kernel`
+/// (the running kernel wins over the Node's reported one).
+pub fn desired_for_node(modules: &[Arc<Module>], node: &Node, kernel: &str) -> DesiredSet {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let mut set = DesiredSet::default();
+    for m in modules {
+        let (Some(ns), Some(name)) = (m.metadata.namespace.clone(), m.metadata.name.clone()) else {
+            continue;
+        };
+        let key = ModuleKey::new(ns, name);
+        let desired = if m.metadata.deletion_timestamp.is_some() {
+            Desired::Absent("Module is being deleted".to_string())
+        } else {
+            match target_node(m, labels, kernel) {
+                Ok(target) => Desired::Load(Box::new(to_load(m, &target))),
+                Err(why) => Desired::Absent(why.to_string()),
+            }
+        };
+        set.map.insert(key, desired);
+    }
+    set
+}
+
+fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
+    DesiredLoad {
+        kernel: t.kernel_version.clone(),
+        image: t.container_image.clone(),
+        pull_policy: t.image_pull_policy.clone(),
+        registry: RegistryAccess {
+            insecure: t.registry_tls.insecure,
+            insecure_skip_tls_verify: t.registry_tls.insecure_skip_tls_verify,
+        },
+        pull_secret: module
+            .spec
+            .image_repo_secret
+            .as_ref()
+            .map(|s| s.name.clone())
+            .filter(|n| !n.is_empty()),
+        module_name: t.modprobe.module_name.clone(),
+        dir_name: t.modprobe.dir_name.clone(),
+        parameters: t.modprobe.parameters.clone(),
+        firmware_path: t.modprobe.firmware_path.clone(),
+        modules_loading_order: t.modprobe.modules_loading_order.clone().unwrap_or_default(),
+        in_tree_to_remove: t.in_tree_modules_to_remove.clone(),
+        version: t.version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(yaml: &str) -> Arc<Module> {
+        Arc::new(serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn node(labels: &[(&str, &str)]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("n1".into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
+    }
+
+    const BRD: &str = r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {name: brd, namespace: ns}
+spec:
+  selector: {role: storage}
+  imageRepoSecret: {name: pull}
+  moduleLoader:
+    container:
+      modprobe:
+        moduleName: brd
+        parameters: [rd_nr=3]
+        modulesLoadingOrder: [brd, dep]
+      kernelMappings:
+        - regexp: '^.*-amd64$'
+          containerImage: reg/${MOD_NAMESPACE}/${MOD_NAME}:${KERNEL_FULL_VERSION}
+          registryTLS: {insecure: true}
+"#;
+
+    #[test]
+    fn eligible_node_gets_a_resolved_load() {
+        let set = desired_for_node(
+            &[module(BRD)],
+            &node(&[("role", "storage")]),
+            "6.1.0-56-amd64",
+        );
+        let Some(Desired::Load(l)) = set.map.get(&ModuleKey::new("ns", "brd")) else {
+            panic!("expected a load, got {set:?}");
+        };
+        assert_eq!(l.image, "reg/ns/brd:6.1.0-56-amd64");
+        assert!(l.registry.insecure);
+        assert_eq!(l.pull_secret.as_deref(), Some("pull"));
+        assert_eq!(l.modules_loading_order, vec!["brd", "dep"]);
+        assert_eq!(l.dir_name, "/opt");
+    }
+
+    #[test]
+    fn ineligible_node_gets_a_reason() {
+        let set = desired_for_node(&[module(BRD)], &node(&[]), "6.1.0-56-amd64");
+        assert!(
+            matches!(set.map.get(&ModuleKey::new("ns", "brd")), Some(Desired::Absent(r)) if r.contains("role"))
+        );
+        let set = desired_for_node(
+            &[module(BRD)],
+            &node(&[("role", "storage")]),
+            "6.1.0-56-arm64",
+        );
+        assert!(
+            matches!(set.map.get(&ModuleKey::new("ns", "brd")), Some(Desired::Absent(r)) if r.contains("matches no kernelMapping"))
+        );
+    }
+
+    #[test]
+    fn module_being_deleted_is_absent() {
+        let mut m = (*module(BRD)).clone();
+        m.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        let set = desired_for_node(
+            &[Arc::new(m)],
+            &node(&[("role", "storage")]),
+            "6.1.0-56-amd64",
+        );
+        assert!(!set.wants(&ModuleKey::new("ns", "brd")));
+    }
+}

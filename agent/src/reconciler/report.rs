@@ -1,0 +1,306 @@
+//! What the agent tells the cluster: its own Node's labels, the per-node
+//! `NodeModulesConfig` status, and events on Modules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kmm_common::{
+    ModprobeSpec, Module, ModuleConfig, ModuleError, ModuleItem, NodeModuleStatus,
+    NodeModulesConfig, NodeModulesConfigSpec, NodeModulesConfigStatus,
+};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+
+use super::Context;
+use super::desired::DesiredSet;
+use crate::node_labels::{self, LabelChanges};
+use crate::state::{ModuleKey, NodeState};
+
+const LABEL_PREFIX: &str = "kmm.node.kubernetes.io/";
+
+/// Now, as RFC 3339.
+pub fn now_rfc3339() -> String {
+    Timestamp::now().to_string()
+}
+
+/// Publishes an event on a Module (the recorder folds repeats into a series).
+pub async fn event(
+    ctx: &Context,
+    module: &Module,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &module.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+/// A warning event for a failed action.
+pub async fn failure_event(ctx: &Context, module: &Module, err: &super::actions::ActionError) {
+    let note = format!("node {}: {err}", ctx.settings.node_name);
+    event(
+        ctx,
+        module,
+        EventType::Warning,
+        err.reason(),
+        "Reconcile",
+        note,
+    )
+    .await;
+}
+
+/// Labels this agent wants on its Node for `state`, including removals of
+/// `.ready`/`.version.ready` labels of Modules no longer loaded. The admin's
+/// `version-module.` labels and the controller's `.device-plugin-ready` are not ours.
+pub fn wanted_labels(current: &BTreeMap<String, String>, state: &NodeState) -> LabelChanges {
+    let mut wanted = LabelChanges::new();
+    for (key, rec) in &state.modules {
+        wanted.insert(
+            kmm_common::ready_label(&key.namespace, &key.name),
+            Some(String::new()),
+        );
+        wanted.insert(
+            kmm_common::version_ready_label(&key.namespace, &key.name),
+            rec.version.clone(),
+        );
+    }
+    for k in current.keys() {
+        let ours = k.starts_with(LABEL_PREFIX)
+            && k.ends_with(".ready")
+            && !k.ends_with(".device-plugin-ready")
+            && !k.starts_with(&format!("{LABEL_PREFIX}version-module."));
+        if ours && !wanted.contains_key(k) {
+            wanted.insert(k.clone(), None);
+        }
+    }
+    wanted
+}
+
+/// The NodeModulesConfig status for `state` and the current failures.
+pub fn node_status(
+    state: &NodeState,
+    failures: &BTreeMap<ModuleKey, (String, String)>,
+    modules: &BTreeMap<ModuleKey, Arc<Module>>,
+) -> NodeModulesConfigStatus {
+    let item = |key: &ModuleKey| ModuleItem {
+        name: key.name.clone(),
+        namespace: key.namespace.clone(),
+        image_repo_secret: modules
+            .get(key)
+            .and_then(|m| m.spec.image_repo_secret.clone()),
+        ..ModuleItem::default()
+    };
+    let error = |key: &ModuleKey| {
+        failures.get(key).map(|(reason, message)| ModuleError {
+            reason: reason.clone(),
+            message: message.clone(),
+        })
+    };
+    let mut out = Vec::new();
+    for (key, rec) in &state.modules {
+        let loaded_at = rec.loaded_at.parse::<Timestamp>().ok().map(Time);
+        out.push(NodeModuleStatus {
+            item: item(key),
+            config: Some(ModuleConfig {
+                kernel_version: rec.kernel.clone(),
+                container_image: rec.image.clone(),
+                modprobe: ModprobeSpec {
+                    module_name: rec.module_name.clone(),
+                    parameters: rec.parameters.clone(),
+                    modules_loading_order: (!rec.modules_loading_order.is_empty())
+                        .then(|| rec.modules_loading_order.clone()),
+                    ..ModprobeSpec::default()
+                },
+                in_tree_modules_to_remove: rec.in_tree_removed.clone(),
+                ..ModuleConfig::default()
+            }),
+            last_transition_time: loaded_at.clone(),
+            image: rec.image.clone(),
+            digest: rec.digest.clone(),
+            kernel: rec.kernel.clone(),
+            load_time: loaded_at,
+            last_error: error(key),
+        });
+    }
+    for key in failures.keys().filter(|k| !state.modules.contains_key(*k)) {
+        out.push(NodeModuleStatus {
+            item: item(key),
+            last_error: error(key),
+            ..NodeModuleStatus::default()
+        });
+    }
+    out.sort_by(|a, b| (&a.item.namespace, &a.item.name).cmp(&(&b.item.namespace, &b.item.name)));
+    NodeModulesConfigStatus { modules: out }
+}
+
+/// Writes labels and the NodeModulesConfig status, each only when it changed.
+pub async fn publish(
+    ctx: &Context,
+    node: &Node,
+    modules: &BTreeMap<ModuleKey, Arc<Module>>,
+    _desired: &DesiredSet,
+) {
+    let state = ctx.state.lock().await.clone();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let current = node.labels().clone();
+    if let Err(e) = node_labels::apply(
+        &nodes,
+        &ctx.settings.node_name,
+        &current,
+        &wanted_labels(&current, &state),
+    )
+    .await
+    {
+        ctx.metrics
+            .failures
+            .with_label_values(&["NodeLabelFailed"])
+            .inc();
+        tracing::warn!(error = %e, "could not update node labels");
+    }
+    let failures: BTreeMap<ModuleKey, (String, String)> = ctx
+        .failures
+        .lock()
+        .await
+        .iter()
+        .map(|(k, f)| (k.clone(), (f.reason.clone(), f.message.clone())))
+        .collect();
+    let status = node_status(&state, &failures, modules);
+    if let Err(e) = write_status(ctx, status).await {
+        ctx.metrics
+            .failures
+            .with_label_values(&["StatusWriteFailed"])
+            .inc();
+        tracing::warn!(error = %e, "could not write NodeModulesConfig status");
+    }
+}
+
+async fn write_status(ctx: &Context, status: NodeModulesConfigStatus) -> Result<(), kube::Error> {
+    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
+    let name = &ctx.settings.node_name;
+    let existing = match api.get_opt(name).await? {
+        Some(n) => n,
+        None => {
+            let nmc = NodeModulesConfig {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: NodeModulesConfigSpec::default(),
+                status: None,
+            };
+            match api.create(&PostParams::default(), &nmc).await {
+                Ok(n) => n,
+                Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    if existing.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    // A merge patch replaces the list whole; an explicit `[]` clears it (an
+    // apply of an empty status would be pruned to null and refused).
+    let patch = serde_json::json!({ "status": { "modules": status.modules } });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::state::LoadedModule;
+
+    fn rec(version: Option<&str>) -> LoadedModule {
+        LoadedModule {
+            image: "r/ns/brd:k".into(),
+            digest: "sha256:1".into(),
+            kernel: "k".into(),
+            module_name: "brd".into(),
+            modules_loading_order: vec![],
+            inserted: vec!["brd".into()],
+            parameters: vec![],
+            version: version.map(str::to_string),
+            in_tree_removed: vec![],
+            module_dir: PathBuf::from("/x"),
+            firmware_files: vec![],
+            loaded_at: "2026-11-25T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn labels_follow_state_and_leave_others_alone() {
+        let mut st = NodeState::default();
+        st.modules.insert(ModuleKey::new("ns", "a"), rec(Some("2")));
+        let current = BTreeMap::from([
+            (
+                "kmm.node.kubernetes.io/ns.gone.ready".to_string(),
+                String::new(),
+            ),
+            (
+                "kmm.node.kubernetes.io/ns.gone.version.ready".to_string(),
+                "1".to_string(),
+            ),
+            (
+                "kmm.node.kubernetes.io/ns.a.device-plugin-ready".to_string(),
+                String::new(),
+            ),
+            (
+                "kmm.node.kubernetes.io/version-module.ns.a".to_string(),
+                "2".to_string(),
+            ),
+            ("other".to_string(), "x".to_string()),
+        ]);
+        let w = wanted_labels(&current, &st);
+        assert_eq!(
+            w.get("kmm.node.kubernetes.io/ns.a.ready"),
+            Some(&Some(String::new()))
+        );
+        assert_eq!(
+            w.get("kmm.node.kubernetes.io/ns.a.version.ready"),
+            Some(&Some("2".into()))
+        );
+        assert_eq!(w.get("kmm.node.kubernetes.io/ns.gone.ready"), Some(&None));
+        assert_eq!(
+            w.get("kmm.node.kubernetes.io/ns.gone.version.ready"),
+            Some(&None)
+        );
+        assert!(!w.contains_key("kmm.node.kubernetes.io/ns.a.device-plugin-ready"));
+        assert!(!w.contains_key("kmm.node.kubernetes.io/version-module.ns.a"));
+        assert!(!w.contains_key("other"));
+    }
+
+    #[test]
+    fn status_lists_loaded_and_failed_modules() {
+        let mut st = NodeState::default();
+        st.modules.insert(ModuleKey::new("ns", "a"), rec(None));
+        let failures = BTreeMap::from([(
+            ModuleKey::new("ns", "b"),
+            ("ImagePullFailed".to_string(), "not found".to_string()),
+        )]);
+        let s = node_status(&st, &failures, &BTreeMap::new());
+        assert_eq!(s.modules.len(), 2);
+        assert_eq!(s.modules[0].digest, "sha256:1");
+        assert!(s.modules[0].config.is_some());
+        assert!(s.modules[1].config.is_none());
+        assert_eq!(
+            s.modules[1].last_error.as_ref().map(|e| e.reason.as_str()),
+            Some("ImagePullFailed")
+        );
+    }
+}

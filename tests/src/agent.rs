@@ -1,0 +1,157 @@
+//! Runs the real `kmm-agent` binary as a process on this machine (with the
+//! simulated kernel: scale and fault tests) against the real API server.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::vm::artifacts::cargo_artifact;
+
+/// Builds (once per test binary, cargo makes repeats cheap) and returns the agent binary.
+///
+/// # Errors
+/// If cargo fails.
+pub fn agent_binary() -> Result<PathBuf> {
+    cargo_artifact("kmm-agent", &["-p", "kmm-agent", "--bin", "kmm-agent"])
+}
+
+/// A running agent process; killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    /// State dir (state file, image cache, simulated kernel).
+    pub state_dir: PathBuf,
+    /// Port of /metrics.
+    pub metrics_port: u16,
+    log: PathBuf,
+}
+
+/// How to start an agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Node name.
+    pub node: String,
+    /// Kernel release the simulated kernel reports.
+    pub kernel_release: String,
+    /// State dir (kept across restarts of the same node).
+    pub state_dir: PathBuf,
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Resync and digest-check period.
+    pub resync_seconds: u64,
+}
+
+impl AgentProcess {
+    /// Starts `kmm-agent --kernel simulated` for `opts.node`.
+    ///
+    /// # Errors
+    /// If the binary cannot be built or spawned.
+    pub fn start(opts: &AgentOptions) -> Result<Self> {
+        let bin = agent_binary()?;
+        std::fs::create_dir_all(&opts.state_dir)?;
+        let metrics_port = free_port()?;
+        let log = opts.state_dir.join("agent.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(bin)
+            .args(["--kernel", "simulated", "--node-name", &opts.node])
+            .args(["--kernel-release", &opts.kernel_release])
+            .arg("--state-dir")
+            .arg(&opts.state_dir)
+            .arg("--firmware-dir")
+            .arg(opts.state_dir.join("firmware"))
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--resync-seconds", &opts.resync_seconds.to_string()])
+            .args(["--verify-seconds", &opts.resync_seconds.to_string()])
+            .env("KUBECONFIG", &opts.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .context("spawning kmm-agent")?;
+        Ok(Self {
+            child,
+            state_dir: opts.state_dir.clone(),
+            metrics_port,
+            log,
+        })
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's /metrics text.
+    ///
+    /// # Errors
+    /// If the endpoint does not answer.
+    pub fn metrics(&self) -> Result<String> {
+        http_get(self.metrics_port, "/metrics")
+    }
+
+    /// Waits until /readyz says ready (watches synced, state recovered).
+    ///
+    /// # Errors
+    /// On timeout, with the agent's log.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let port = self.metrics_port;
+        crate::cluster::wait_for(timeout, || async move {
+            Ok(http_get(port, "/readyz")
+                .is_ok_and(|b| b.contains("ready") && !b.contains("not ready")))
+        })
+        .await
+        .with_context(|| format!("agent not ready; log:\n{}", self.log()))
+    }
+
+    /// Kills the process (SIGKILL: as abrupt as a node losing the pod).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1 (no client crate needed for two endpoints).
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let (head, rest) = body
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(rest.to_string())
+}
+
+/// Value of a metric line `name{labels} value` (or `name value`) in a text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Path helper for per-test state dirs.
+pub fn state_dir(base: &Path, node: &str) -> PathBuf {
+    base.join(node)
+}

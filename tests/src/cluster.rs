@@ -1,0 +1,128 @@
+//! Cluster fixtures shared by integration tests: the kmm-rs CRDs, Node objects
+//! standing in for nodes (no kubelet here: a test or the VM harness plays it),
+//! and polling helpers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use tokio::sync::OnceCell;
+
+use crate::controlplane::{ControlPlane, repo_root};
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Applies `deploy/crds` (server-side) once per process and waits until the API
+/// server serves both resources.
+///
+/// # Errors
+/// If kubectl fails or the CRDs do not become established within a minute.
+pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
+    CRDS.get_or_try_init(|| async {
+        let dir = repo_root().join("deploy/crds");
+        cp.kubectl_ok([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=kmm-tests",
+            "-k",
+            dir.to_str().context("non-UTF-8 repo path")?,
+        ])?;
+        cp.kubectl_ok([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modules.kmm.sigs.x-k8s.io",
+            "crd/nodemodulesconfigs.kmm.sigs.x-k8s.io",
+        ])?;
+        Ok(())
+    })
+    .await
+    .copied()
+}
+
+/// Creates (or replaces) a Node object named `name` with `labels`, reporting
+/// `kernel` as `status.nodeInfo.kernelVersion`, as a kubelet would.
+///
+/// # Errors
+/// API errors.
+pub async fn create_node(
+    client: &Client,
+    name: &str,
+    labels: &[(&str, &str)],
+    kernel: &str,
+) -> Result<Node> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let _ = nodes.delete(name, &DeleteParams::default()).await;
+    wait_for(Duration::from_secs(30), || async {
+        Ok(nodes.get_opt(name).await?.is_none())
+    })
+    .await?;
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": labels },
+    }))?;
+    nodes.create(&PostParams::default(), &node).await?;
+    let status = serde_json::json!({ "status": { "nodeInfo": {
+        "kernelVersion": kernel, "architecture": "amd64", "operatingSystem": "linux",
+        "bootID": "", "containerRuntimeVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+        "machineID": "", "osImage": "Debian GNU/Linux 12", "systemUUID": ""
+    }}});
+    Ok(nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?)
+}
+
+/// Sets (`Some`) or removes (`None`) one label of a Node.
+///
+/// # Errors
+/// API errors.
+pub async fn set_node_label(
+    client: &Client,
+    node: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({ "metadata": { "labels": { key: value } } });
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Deletes a Node object (NotFound is fine).
+pub async fn delete_node(client: &Client, name: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let _ = nodes.delete(name, &DeleteParams::default()).await;
+}
+
+/// Polls `check` every 250 ms until it returns `true`.
+///
+/// # Errors
+/// When `timeout` passes first (the error says how long it waited), or `check` fails.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

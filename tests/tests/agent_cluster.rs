@@ -1,0 +1,422 @@
+//! The real `kmm-agent` binary against the real API server and the real
+//! registry, with the simulated kernel (the VM tests prove real loading).
+//! Each test uses its own namespace and its own Node names.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Node;
+use kmm_common::{Module, NodeModulesConfig};
+use kmm_tests::agent::{AgentOptions, AgentProcess, metric_value};
+use kmm_tests::cluster::{create_node, delete_node, ensure_crds, set_node_label, wait_for};
+use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::images::{push_corrupt_kmod, push_fake_kmod, registry_addr};
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+
+const KVER: &str = "6.1.0-90-sim-amd64";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    cp: &'static ControlPlane,
+    client: Client,
+    ns: kmm_tests::controlplane::TestNamespace,
+    node: String,
+    agent: AgentProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(prefix: &str, labels: &[(&str, &str)]) -> Result<Self> {
+        let cp = ControlPlane::shared().await?;
+        ensure_crds(cp).await?;
+        let client = cp.client();
+        let ns = cp.temp_namespace(prefix).await?;
+        let node = format!("{}-node", ns.name());
+        create_node(&client, &node, labels, KVER).await?;
+        let dir = tempfile::tempdir()?;
+        let agent = AgentProcess::start(&AgentOptions {
+            node: node.clone(),
+            kernel_release: KVER.into(),
+            state_dir: dir.path().join("state"),
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            resync_seconds: 2,
+        })?;
+        agent.wait_ready(WAIT).await?;
+        Ok(Self {
+            cp,
+            client,
+            ns,
+            node,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn image(&self, name: &str) -> String {
+        format!("{}/{}/{name}:{KVER}", registry_addr(), self.ns())
+    }
+
+    async fn apply(&self, yaml: &str) -> Result<()> {
+        let out = self
+            .cp
+            .kubectl_with_stdin(["apply", "-n", self.ns(), "-f", "-"], yaml)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    async fn labels(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        Ok(nodes
+            .get(&self.node)
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default())
+    }
+
+    fn ready_label(&self, name: &str) -> String {
+        kmm_common::ready_label(self.ns(), name)
+    }
+
+    async fn wait_label(&self, key: &str, present: bool) -> Result<()> {
+        let r = wait_for(WAIT, || async {
+            Ok(self.labels().await?.contains_key(key) == present)
+        })
+        .await;
+        r.map_err(|e| {
+            anyhow::anyhow!(
+                "label {key} present={present}: {e}\nagent log:\n{}",
+                self.agent.log()
+            )
+        })
+    }
+
+    async fn nmc(&self) -> Result<Option<NodeModulesConfig>> {
+        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
+        Ok(api.get_opt(&self.node).await?)
+    }
+
+    async fn status_of(&self, name: &str) -> Result<Option<kmm_common::NodeModuleStatus>> {
+        Ok(self.nmc().await?.and_then(|n| n.status).and_then(|s| {
+            s.modules
+                .into_iter()
+                .find(|m| m.item.name == name && m.item.namespace == self.ns())
+        }))
+    }
+
+    async fn delete_module(&self, name: &str) -> Result<()> {
+        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
+        api.delete(name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<()> {
+        delete_node(&self.client, &self.node).await;
+        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
+        let _ = api.delete(&self.node, &DeleteParams::default()).await;
+        self.ns.cleanup().await
+    }
+}
+
+fn module_yaml(name: &str, image: &str, extra_container: &str, selector: &str) -> String {
+    format!(
+        r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata:
+  name: {name}
+spec:
+  selector: {selector}
+  moduleLoader:
+    container:
+      {extra_container}
+      modprobe:
+        moduleName: {name}
+        parameters: [answer=42]
+      kernelMappings:
+        - regexp: '^.+-sim-amd64$'
+          containerImage: {image}
+          registryTLS:
+            insecure: true
+"#
+    )
+}
+
+#[tokio::test]
+async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Result<()> {
+    let f = Fixture::new("agent-load", &[("kmm-test/role", "storage")]).await?;
+    let digest = push_fake_kmod(
+        &f.image("simmod"),
+        KVER,
+        &[("simmod", &[])],
+        &[("sim/fw.bin", b"fw")],
+    )
+    .await?;
+    // The image reference uses the variables, as users write it.
+    let image = format!(
+        "{}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}",
+        registry_addr()
+    );
+    let t = Instant::now();
+    f.apply(&module_yaml(
+        "simmod",
+        &image,
+        "",
+        "{kmm-test/role: storage}",
+    ))
+    .await?;
+    f.wait_label(&f.ready_label("simmod"), true).await?;
+    println!("apply -> ready label: {:.1?}", t.elapsed());
+
+    let st = f
+        .status_of("simmod")
+        .await?
+        .expect("NodeModulesConfig status entry");
+    assert_eq!(st.digest, digest);
+    assert_eq!(st.kernel, KVER);
+    assert_eq!(st.image, f.image("simmod"));
+    assert!(st.last_error.is_none(), "{st:?}");
+    let metrics = f.agent.metrics()?;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!(
+                "kmm_agent_modules_loaded{{name=\"simmod\",namespace=\"{}\"}}",
+                f.ns()
+            )
+        ),
+        Some(1.0)
+    );
+
+    let t = Instant::now();
+    f.delete_module("simmod").await?;
+    f.wait_label(&f.ready_label("simmod"), false).await?;
+    println!("delete -> label removed: {:.1?}", t.elapsed());
+    wait_for(WAIT, || async {
+        Ok(f.status_of("simmod").await?.is_none())
+    })
+    .await?;
+    assert!(f.agent.log().contains("module unloaded"));
+    f.finish().await
+}
+
+#[tokio::test]
+async fn ineligible_nodes_get_nothing_and_the_agent_says_why() -> Result<()> {
+    let f = Fixture::new("agent-inelig", &[("kmm-test/role", "storage")]).await?;
+    push_fake_kmod(&f.image("gate"), KVER, &[("gate", &[])], &[]).await?;
+    push_fake_kmod(&f.image("other"), KVER, &[("other", &[])], &[]).await?;
+    // selector mismatch
+    f.apply(&module_yaml(
+        "other",
+        &f.image("other"),
+        "",
+        "{kmm-test/role: gpu}",
+    ))
+    .await?;
+    // version mismatch: the node has no version-module label
+    let versioned = module_yaml("versioned", &f.image("other"), "version: \"1\"", "{}");
+    f.apply(&versioned).await?;
+    // kernel mismatch
+    let wrong_kernel =
+        module_yaml("wrongkernel", &f.image("other"), "", "{}").replace("-sim-amd64$", "-arm64$");
+    f.apply(&wrong_kernel).await?;
+    // A Module that does load: once it is ready, the pass has seen the others.
+    f.apply(&module_yaml("gate", &f.image("gate"), "", "{}"))
+        .await?;
+    f.wait_label(&f.ready_label("gate"), true).await?;
+    let labels = f.labels().await?;
+    for name in ["other", "versioned", "wrongkernel"] {
+        assert!(
+            !labels.contains_key(&f.ready_label(name)),
+            "{name} must not load: {labels:?}"
+        );
+        assert!(f.status_of(name).await?.is_none());
+    }
+    let log = f.agent.log();
+    assert!(
+        log.contains("selector label kmm-test/role"),
+        "log says why (selector):\n{log}"
+    );
+    assert!(
+        log.contains("matches no kernelMapping"),
+        "log says why (kernel):\n{log}"
+    );
+    assert!(
+        log.contains("version-module"),
+        "log says why (version):\n{log}"
+    );
+    f.finish().await
+}
+
+#[tokio::test]
+async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads() -> Result<()> {
+    let f = Fixture::new("agent-upgrade", &[("kmm-test/role", "storage")]).await?;
+    let v1 = format!("{}/{}/upg:v1", registry_addr(), f.ns());
+    let v2 = format!("{}/{}/upg:v2", registry_addr(), f.ns());
+    let d1 = push_fake_kmod(&v1, KVER, &[("upg", &[])], &[]).await?;
+    let d2 = push_fake_kmod(&v2, KVER, &[("upg", &[]), ("upgdep", &[])], &[]).await?;
+    assert_ne!(d1, d2);
+    let version_label = kmm_common::version_module_label(f.ns(), "upg");
+    let version_ready = kmm_common::version_ready_label(f.ns(), "upg");
+    set_node_label(&f.client, &f.node, &version_label, Some("1")).await?;
+    f.apply(&module_yaml(
+        "upg",
+        &v1,
+        "version: \"1\"",
+        "{kmm-test/role: storage}",
+    ))
+    .await?;
+    f.wait_label(&f.ready_label("upg"), true).await?;
+    assert_eq!(
+        f.labels().await?.get(&version_ready).map(String::as_str),
+        Some("1")
+    );
+
+    // The Module moves to version 2; the node still says 1: the old one is unloaded.
+    f.apply(&module_yaml(
+        "upg",
+        &v2,
+        "version: \"2\"",
+        "{kmm-test/role: storage}",
+    ))
+    .await?;
+    f.wait_label(&f.ready_label("upg"), false).await?;
+    // The admin moves the node to 2: the new one loads.
+    set_node_label(&f.client, &f.node, &version_label, Some("2")).await?;
+    f.wait_label(&f.ready_label("upg"), true).await?;
+    assert_eq!(
+        f.labels().await?.get(&version_ready).map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(f.status_of("upg").await?.map(|s| s.digest), Some(d2));
+
+    // The node stops matching the selector: unloaded.
+    set_node_label(&f.client, &f.node, "kmm-test/role", None).await?;
+    f.wait_label(&f.ready_label("upg"), false).await?;
+    assert!(!f.labels().await?.contains_key(&version_ready));
+    f.finish().await
+}
+
+#[tokio::test]
+async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result<()> {
+    let f = Fixture::new("agent-corrupt", &[]).await?;
+    push_corrupt_kmod(&f.image("broken")).await?;
+    f.apply(&module_yaml("broken", &f.image("broken"), "", "{}"))
+        .await?;
+    f.apply(&module_yaml("missing", &f.image("missing"), "", "{}"))
+        .await?;
+    for name in ["broken", "missing"] {
+        wait_for(WAIT, || async {
+            Ok(f.status_of(name)
+                .await?
+                .and_then(|s| s.last_error)
+                .is_some())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: {e}\n{}", f.agent.log()))?;
+        let st = f.status_of(name).await?.unwrap();
+        let err = st.last_error.clone().unwrap();
+        assert_eq!(err.reason, "ImagePullFailed", "{name}: {err:?}");
+        assert!(
+            st.config.is_none() && st.digest.is_empty(),
+            "{name} must not be loaded: {st:?}"
+        );
+        println!("{name}: {}", err.message);
+    }
+    assert!(!f.labels().await?.contains_key(&f.ready_label("broken")));
+    // Nothing of the corrupt image is left unpacked in the cache.
+    let unpacked = f.agent.state_dir.join("images/unpacked");
+    let left: Vec<_> = std::fs::read_dir(&unpacked)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "partial unpack left behind: {left:?}");
+    f.finish().await
+}
+
+#[tokio::test]
+async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_reloads_a_new_one()
+-> Result<()> {
+    let f = Fixture::new("agent-always", &[]).await?;
+    let image = f.image("alw");
+    let d1 = push_fake_kmod(&image, KVER, &[("alw", &[])], &[]).await?;
+    f.apply(&module_yaml("alw", &image, "imagePullPolicy: Always", "{}"))
+        .await?;
+    f.wait_label(&f.ready_label("alw"), true).await?;
+    let bytes = |m: &str| metric_value(m, "kmm_agent_pulled_bytes_total").unwrap_or(-1.0);
+    let after_first = bytes(&f.agent.metrics()?);
+    assert!(after_first > 0.0);
+    // Several resyncs (2 s each) check the digest; none downloads a blob.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        bytes(&f.agent.metrics()?),
+        after_first,
+        "unchanged digest must download nothing"
+    );
+
+    let d2 = push_fake_kmod(&image, KVER, &[("alw", &[]), ("alwdep", &[])], &[]).await?;
+    assert_ne!(d1, d2);
+    wait_for(WAIT, || async {
+        Ok(f.status_of("alw").await?.map(|s| s.digest) == Some(d2.clone()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("new digest not picked up: {e}\n{}", f.agent.log()))?;
+    assert!(bytes(&f.agent.metrics()?) > after_first);
+    f.finish().await
+}
+
+#[tokio::test]
+async fn agent_killed_and_restarted_neither_double_loads_nor_forgets() -> Result<()> {
+    let mut f = Fixture::new("agent-restart", &[]).await?;
+    push_fake_kmod(&f.image("keep"), KVER, &[("keep", &[])], &[]).await?;
+    f.apply(&module_yaml("keep", &f.image("keep"), "", "{}"))
+        .await?;
+    f.wait_label(&f.ready_label("keep"), true).await?;
+    let loads_before = metric_value(&f.agent.metrics()?, "kmm_agent_load_duration_seconds_count");
+    assert_eq!(loads_before, Some(1.0));
+
+    // SIGKILL, then a new process with the same state dir (the simulated kernel's
+    // module list lives there too, as a real kernel outlives the agent).
+    f.agent.kill();
+    let opts = AgentOptions {
+        node: f.node.clone(),
+        kernel_release: KVER.into(),
+        state_dir: f.agent.state_dir.clone(),
+        kubeconfig: f.cp.kubeconfig_path().to_path_buf(),
+        resync_seconds: 2,
+    };
+    f.agent = AgentProcess::start(&opts)?;
+    f.agent.wait_ready(WAIT).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = f.agent.metrics()?;
+    assert_eq!(
+        metric_value(&m, "kmm_agent_load_duration_seconds_count"),
+        Some(0.0),
+        "no second load:\n{}",
+        f.agent.log()
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!(
+                "kmm_agent_modules_loaded{{name=\"keep\",namespace=\"{}\"}}",
+                f.ns()
+            )
+        ),
+        Some(1.0),
+        "the restarted agent remembers the module"
+    );
+    // And it still unloads it when the Module goes.
+    f.delete_module("keep").await?;
+    f.wait_label(&f.ready_label("keep"), false).await?;
+    f.finish().await
+}
