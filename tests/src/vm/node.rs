@@ -360,6 +360,14 @@ impl VmNode {
 
 impl Drop for VmNode {
     fn drop(&mut self) {
+        if std::env::var_os("KMM_VM_KEEP").is_some() {
+            // keep console.log / qemu.log for a post-mortem
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "KMM_VM_KEEP: VM files kept in {}",
+                self.dir.path().display()
+            );
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- guest console ({}) ---\n{}--- end of guest console ---",
