@@ -237,8 +237,7 @@ mod tests {
         for bad in ["sha256:../../etc", "sha512:ab", "sha256:ABCD", ""] {
             assert!(check_digest(bad).is_err(), "{bad}");
         }
-        let evil =
-            format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"sha256:../../x","size":1}}]}}"#);
+        let evil = r#"{"schemaVersion":2,"layers":[{"digest":"sha256:../../x","size":1}]}"#;
         assert!(matches!(
             Manifest::parse(evil.as_bytes(), "r"),
             Err(ImageError::InvalidDigest { .. })

@@ -18,4 +18,6 @@ pub use cache::{GcReport, ImageCache, RefEntry};
 pub use error::ImageError;
 pub use manifest::{Descriptor, Manifest, Platform, sha256_digest};
 pub use pull::{PullOptions, PullPolicy, PulledImage, parse_reference};
-pub use source::{BlobStream, ImageSource, MANIFEST_MEDIA_TYPES, OciSource, RegistryTls};
+pub use source::{
+    BlobStream, ImageSource, MANIFEST_MEDIA_TYPES, OciSource, RegistryTls, ensure_crypto_provider,
+};

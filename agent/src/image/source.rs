@@ -70,6 +70,7 @@ pub struct OciSource {
 impl OciSource {
     /// A client for `registry` (`host[:port]` as in the reference).
     pub fn new(registry: &str, tls: RegistryTls, auth: RegistryAuth) -> Self {
+        ensure_crypto_provider();
         let protocol = if tls.insecure {
             ClientProtocol::HttpsExcept(vec![registry.to_owned()])
         } else {
@@ -128,6 +129,17 @@ impl ImageSource for OciSource {
             .await
             .map_err(|e| map_error(e, reference, Some(digest)))?;
         Ok(stream.stream.map(|chunk| chunk.map(|b| b.to_vec())).boxed())
+    }
+}
+
+/// Installs rustls' ring crypto provider as the process default unless one
+/// is already installed. The workspace builds oci-client's rustls without a
+/// provider (no aws-lc) and reqwest panics when building a client without
+/// one; [`OciSource::new`] calls this, other oci-client users (tests that
+/// push images) should too. Losing a race to another thread is fine.
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -86,6 +86,7 @@ pub fn unique_repo(name: &str) -> String {
 }
 
 pub fn pusher() -> Client {
+    kmm_agent::image::ensure_crypto_provider();
     Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
