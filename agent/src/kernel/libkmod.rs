@@ -265,11 +265,10 @@ impl Kernel for LibKmod {
         for name in req.load_order() {
             validate_name(name)?;
         }
+        super::require_modules_dep(&req.module_dir)?;
         // libkmod reads the binary index; without it every lookup is "not found"
-        for index in ["modules.dep", "modules.dep.bin"] {
-            if !req.module_dir.join(index).is_file() {
-                return Err(Error::NoModulesDep(req.module_dir.clone()));
-            }
+        if !req.module_dir.join("modules.dep.bin").is_file() {
+            return Err(Error::NoModulesDepIndex(req.module_dir.clone()));
         }
         let ctx = Context::new_with_dirname(&req.module_dir).map_err(kmod_error)?;
         let main = normalize(&req.name);
@@ -452,6 +451,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::NoModulesDep(_)), "{err}");
         assert!(err.to_string().contains("was depmod run"), "{err}");
+    }
+
+    #[test]
+    fn load_with_a_hand_made_modules_dep_asks_for_depmod() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("modules.dep"), "kernel/brd.ko:\n").unwrap();
+        let req = LoadRequest::new(dir.path(), "brd");
+        let err = LibKmod::with_sys_module("/sys/module")
+            .load(&req)
+            .unwrap_err();
+        assert!(matches!(err, Error::NoModulesDepIndex(_)), "{err}");
+        assert!(err.to_string().contains("no modules.dep.bin"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub enum Error {
     /// The module directory has no `modules.dep` (and so libkmod cannot resolve anything).
     #[error("image has no modules.dep under {}; was depmod run when building it?", .0.display())]
     NoModulesDep(PathBuf),
+    /// `modules.dep` without the binary index libkmod reads (hand-made, not depmod's).
+    #[error(
+        "image has modules.dep but no modules.dep.bin under {}; run depmod when building it",
+        .0.display()
+    )]
+    NoModulesDepIndex(PathBuf),
     /// `dirName` or a module name is not usable.
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {
@@ -142,7 +148,7 @@ impl Error {
     /// A short, stable label for metrics (`failures{kind=...}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::NoModulesDep(_) => "no_modules_dep",
+            Error::NoModulesDep(_) | Error::NoModulesDepIndex(_) => "no_modules_dep",
             Error::Invalid { .. } | Error::BadLoadingOrder { .. } => "invalid_request",
             Error::NotFound { .. } => "not_found",
             Error::KeyRejected { .. } => "key_rejected",
