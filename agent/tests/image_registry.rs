@@ -590,3 +590,34 @@ async fn https_is_used_unless_the_registry_is_marked_insecure() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn insecure_skip_tls_verify_accepts_a_self_signed_registry() {
+    let reg = image_support::registry_tls();
+    let reference = format!("{reg}/{}:{KVER}", unique_repo("selfsigned"));
+    image_support::push_image_tls(&reference, &[kmod_layer("brd", b"over tls")]).await;
+    let (_tmp, cache) = new_cache();
+    // Verification on (the default): the self-signed certificate is refused.
+    let err = cache
+        .pull(&reference, &PullOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // insecureSkipTLSVerify: HTTPS without verification.
+    let skip = PullOptions {
+        tls: RegistryTls {
+            insecure: false,
+            insecure_skip_tls_verify: true,
+        },
+        ..PullOptions::default()
+    };
+    let pulled = cache.pull(&reference, &skip).await.unwrap();
+    assert_eq!(
+        fs::read(module_path(&pulled.root, "brd")).unwrap(),
+        b"over tls"
+    );
+}

@@ -21,12 +21,7 @@ pub const PASSWORD: &str = "kmm-secret";
 
 static START: Mutex<()> = Mutex::new(());
 
-fn port(auth: bool) -> u16 {
-    let (var, default) = if auth {
-        ("KMM_REGISTRY_AUTH_PORT", 5001)
-    } else {
-        ("KMM_REGISTRY_PORT", 5000)
-    };
+fn env_port(var: &str, default: u16) -> u16 {
     std::env::var(var)
         .ok()
         .and_then(|p| p.parse().ok())
@@ -40,14 +35,24 @@ fn listening(port: u16) -> bool {
 /// `127.0.0.1:<port>` of a running registry (with htpasswd auth when `auth`).
 /// Starts it with the project script if needed; panics if it cannot.
 pub fn registry(auth: bool) -> String {
-    let port = port(auth);
+    if auth {
+        ensure(env_port("KMM_REGISTRY_AUTH_PORT", 5001), Some("--auth"))
+    } else {
+        ensure(env_port("KMM_REGISTRY_PORT", 5000), None)
+    }
+}
+
+/// `127.0.0.1:<port>` of a registry serving HTTPS with a self-signed certificate.
+pub fn registry_tls() -> String {
+    ensure(env_port("KMM_REGISTRY_TLS_PORT", 5002), Some("--tls"))
+}
+
+fn ensure(port: u16, arg: Option<&str>) -> String {
     let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
     if !listening(port) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/registry/start.sh");
         let mut cmd = Command::new(&script);
-        if auth {
-            cmd.arg("--auth");
-        }
+        cmd.args(arg);
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
@@ -91,6 +96,32 @@ pub fn pusher() -> Client {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
     })
+}
+
+/// A client for the self-signed HTTPS registry.
+pub fn tls_pusher() -> Client {
+    kmm_agent::image::ensure_crypto_provider();
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Https,
+        accept_invalid_certificates: true,
+        ..ClientConfig::default()
+    })
+}
+
+/// [`push_image`] to the self-signed HTTPS registry.
+pub async fn push_image_tls(reference: &str, layers: &[PushLayer]) -> String {
+    let client = tls_pusher();
+    let (manifest, digest) = push_parts_with(&client, reference, layers, "amd64", false).await;
+    let r: Reference = reference.parse().unwrap();
+    client
+        .push_manifest_raw(
+            &r,
+            manifest,
+            http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .await
+        .unwrap();
+    digest
 }
 
 pub fn auth(with_auth: bool) -> RegistryAuth {
