@@ -24,10 +24,17 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only obscure the clap derive"
+)]
 pub enum Command {
     /// Build a kmod OCI image (no docker/buildah) and write it to an OCI layout
     /// and/or push it. Prints the manifest digest as the last line on stdout.
     Package(PackageArgs),
+    /// Explain, node by node, whether a Module applies, what it resolves to, what is
+    /// loaded and the last error.
+    Explain(crate::explain::ExplainArgs),
 }
 
 /// Arguments of `kmmctl package`.
@@ -140,6 +147,7 @@ impl PackageArgs {
 pub async fn run(cli: Cli) -> Result<String, Error> {
     match cli.command {
         Command::Package(args) => run_package(&args).await,
+        Command::Explain(args) => Ok(crate::explain::run(&args).await?),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod decompress;
 pub mod depmod;
 pub mod digest;
+pub mod explain;
 pub mod image;
 pub mod layer;
 pub mod layout;
@@ -46,6 +47,9 @@ pub enum Error {
     /// Talking to the registry.
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    /// Explaining a Module (`kmmctl explain`).
+    #[error(transparent)]
+    Explain(#[from] explain::Error),
 }
 
 impl Error {
@@ -55,6 +59,7 @@ impl Error {
             Error::Package(_) => "package",
             Error::Layout(_) => "layout",
             Error::Registry(_) => "registry",
+            Error::Explain(_) => "explain",
         }
     }
 }

@@ -1,0 +1,152 @@
+//! `kmmctl explain`: why a Module is (not) loaded on each node.
+//!
+//! For every node (or the one asked for): whether the Module applies and, if not, why
+//! (`kmm_common`'s targeting); the kernel mapping and image it resolves to; what the node's
+//! `NodeModulesConfig` status says is loaded; the agent's last error; the ready label.
+//!
+//! - [`verdict`]: the pure decision (Module + Node + NodeModulesConfig -> verdict);
+//! - [`report`]: the `-o json` document;
+//! - [`text`]: the text rendering;
+//! - [`fetch`]: the kube I/O around them.
+
+pub mod fetch;
+pub mod report;
+pub mod text;
+pub mod verdict;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use kmm_common::NodeModulesConfig;
+
+use report::{Explanation, ModuleRef, SCHEMA_VERSION};
+
+/// Arguments of `kmmctl explain`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  kmmctl explain brd -n kmm-demo
+  kmmctl explain brd -n kmm-demo --node worker-1 -o json")]
+pub struct ExplainArgs {
+    /// Module name.
+    #[arg(value_name = "MODULE")]
+    pub module: String,
+    /// Namespace of the Module (default: the kubeconfig context's namespace).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Explain this node only.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// `-o` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text, one block per node.
+    Text,
+    /// The [`report::Explanation`] document.
+    Json,
+}
+
+/// Why `kmmctl explain` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable kubeconfig.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    /// No answer from the API server (connection refused, timeout, TLS, ...).
+    #[error("cannot reach the API server at {url}")]
+    Unreachable {
+        /// API server URL from the kubeconfig.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Module does not exist.
+    #[error("module {namespace}/{name} not found")]
+    ModuleNotFound {
+        /// Namespace looked in.
+        namespace: String,
+        /// Module name.
+        name: String,
+    },
+    /// `--node` names a node that does not exist.
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    /// The cluster has no Node objects.
+    #[error("no nodes in the cluster")]
+    NoNodes,
+    /// The API server answered with an error.
+    #[error("API request failed")]
+    Api(#[source] kube::Error),
+    /// Serializing the JSON output.
+    #[error("encoding JSON output")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Explains every node of `snapshot` (pure).
+pub fn explain(snapshot: &fetch::Snapshot) -> Explanation {
+    let nmcs: BTreeMap<&str, &NodeModulesConfig> = snapshot
+        .nmcs
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
+        .collect();
+    let nodes: Vec<_> = snapshot
+        .nodes
+        .iter()
+        .map(|node| {
+            let nmc = node
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|name| nmcs.get(name).copied());
+            verdict::explain_node(&snapshot.module, node, nmc)
+        })
+        .collect();
+    Explanation {
+        schema_version: SCHEMA_VERSION,
+        module: ModuleRef {
+            namespace: snapshot
+                .module
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_default(),
+            name: snapshot.module.metadata.name.clone().unwrap_or_default(),
+        },
+        summary: verdict::summarize(&nodes),
+        nodes,
+    }
+}
+
+/// Renders `e` in `format`.
+///
+/// # Errors
+/// [`Error::Json`] (not expected for these types).
+pub fn render(e: &Explanation, format: OutputFormat) -> Result<String, Error> {
+    Ok(match format {
+        OutputFormat::Text => text::render(e),
+        OutputFormat::Json => serde_json::to_string_pretty(e)?,
+    })
+}
+
+/// `kmmctl explain`: connects, reads, explains, renders.
+///
+/// # Errors
+/// See [`Error`].
+pub async fn run(args: &ExplainArgs) -> Result<String, Error> {
+    let cluster = fetch::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let namespace = args.namespace.as_deref().unwrap_or(&cluster.namespace);
+    let snapshot = fetch::snapshot(&cluster, namespace, &args.module, args.node.as_deref()).await?;
+    render(&explain(&snapshot), args.output)
+}
