@@ -1,0 +1,18 @@
+//! kmm-controller library: the cluster-wide side of kmm-rs, split by concern.
+//!
+//! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease;
+//! - [`reconcile`]: the Module controller (finalizer, status, device plugin,
+//!   namespace label), run by the leader only;
+//! - [`status`] / [`device_plugin`]: the pure decisions it applies;
+//! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`.
+#![warn(missing_docs)]
+
+pub mod device_plugin;
+pub mod error;
+pub mod lease;
+pub mod metrics;
+pub mod reconcile;
+pub mod server;
+pub mod status;
+
+pub use error::{Error, Result};

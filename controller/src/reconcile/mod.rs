@@ -1,0 +1,315 @@
+//! The Module reconciler: finalizer, namespace label, device plugin, status.
+//!
+//! Runs only on the leader. Nodes, NodeModulesConfigs and device-plugin pods
+//! are read from reflector caches, and their watch streams also wake the
+//! Modules concerned, so status follows the fleet without a list per reconcile.
+
+mod namespace;
+mod objects;
+pub mod triggers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kmm_common::{DaemonSetStatus, MODULE_FINALIZER, Module, NodeModulesConfig};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tracing::instrument;
+
+use crate::device_plugin::{MANAGED_BY, ROLE_DEVICE_PLUGIN, ROLE_LABEL};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{self, Fleet};
+use triggers::NodeFingerprints;
+
+/// Settings of the reconciler.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Only Modules (and device-plugin pods) of this namespace; all when `None`.
+    pub namespace: Option<String>,
+    /// Full reconcile of every Module at least this often.
+    pub resync: Duration,
+    /// Retry delay after a failed reconcile.
+    pub error_requeue: Duration,
+    /// How often a deletion re-checks the nodes it waits for (changes of NMCs
+    /// and Nodes wake it earlier).
+    pub unload_poll: Duration,
+    /// Identity in events (`reportingInstance`).
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            resync: Duration::from_secs(300),
+            error_requeue: Duration::from_secs(10),
+            unload_poll: Duration::from_secs(5),
+            instance: "kmm-controller".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings.
+    pub settings: Settings,
+    /// Events on Modules.
+    pub recorder: Recorder,
+    /// All Nodes.
+    pub nodes: Store<Node>,
+    /// All NodeModulesConfigs.
+    pub nmcs: Store<NodeModulesConfig>,
+    /// Device-plugin pods (ours, by label).
+    pub pods: Store<Pod>,
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn device_plugin_selector() -> String {
+    format!("{ROLE_LABEL}={ROLE_DEVICE_PLUGIN},app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+/// Runs the Module controller until the process stops.
+pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
+    let ns = settings.namespace.clone();
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
+    let (pods, pods_w) = reflector::store::<Pod>();
+
+    // Nodes: a change of labels or kernel, or a Node coming or going, can
+    // change every Module's counts.
+    let mut fingerprints = NodeFingerprints::default();
+    let node_trigger = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(nodes_w)
+        .filter_map(move |ev| {
+            future::ready(match ev {
+                Ok(ev) => fingerprints.relevant(&ev).then_some(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "node watch");
+                    None
+                }
+            })
+        });
+    let nmc_trigger = watcher(
+        Api::<NodeModulesConfig>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(nmcs_w)
+    .touched_objects();
+    let pod_trigger = watcher(
+        scoped::<Pod>(&client, ns.as_deref()),
+        watcher::Config::default().labels(&device_plugin_selector()),
+    )
+    .default_backoff()
+    .reflect(pods_w)
+    .touched_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kmm-controller".into(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics,
+        settings,
+        recorder,
+        nodes,
+        nmcs,
+        pods,
+    });
+    Controller::new(
+        scoped::<Module>(&client, ns.as_deref()),
+        watcher::Config::default(),
+    )
+    .owns(
+        scoped::<DaemonSet>(&client, ns.as_deref()),
+        watcher::Config::default().labels(&device_plugin_selector()),
+    )
+    .watches_stream(nmc_trigger, triggers::modules_of_nmc)
+    .watches_stream(pod_trigger, triggers::module_of_pod)
+    .reconcile_all_on(node_trigger)
+    // Bursts of NMC/Node events (a rollout) collapse into one reconcile per Module.
+    .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(module = %obj, "reconciled"),
+            Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                tracing::debug!(module = %obj, error = %e, "reconcile failed");
+            }
+            Err(e) => tracing::warn!(error = %e, "controller"),
+        }
+    })
+    .await;
+}
+
+/// One Module: finalizer first, then [`apply`] or [`cleanup`].
+///
+/// # Errors
+/// API failures, and [`Error::StillUnloading`] while a deletion waits.
+#[instrument(skip(module, ctx), fields(ns = module.namespace(), name = module.name_any()))]
+pub async fn reconcile(module: Arc<Module>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start_reconcile();
+    // Decisions read the caches: never act on a half-listed fleet.
+    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.nmcs.wait_until_ready().await;
+    let _ = ctx.pods.wait_until_ready().await;
+    let ns = module
+        .namespace()
+        .ok_or_else(|| Error::InvalidModule("Module has no namespace".into()))?;
+    let api: Api<Module> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, MODULE_FINALIZER, module, |event| async {
+        match event {
+            Event::Apply(m) => apply(&m, &ns, &ctx).await,
+            Event::Cleanup(m) => cleanup(&m, &ns, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Requeues: soon while a deletion waits for nodes (not counted as a failure),
+/// after `error_requeue` on failures (counted by reason).
+pub fn error_policy(module: Arc<Module>, error: &Error, ctx: Arc<Context>) -> Action {
+    match error.inner() {
+        Error::StillUnloading { .. } => Action::requeue(ctx.settings.unload_poll),
+        inner => {
+            ctx.metrics
+                .reconcile_errors
+                .with_label_values(&[inner.metric_label()])
+                .inc();
+            tracing::warn!(module = %module.name_any(), error = %error, "reconcile failed");
+            Action::requeue(ctx.settings.error_requeue)
+        }
+    }
+}
+
+/// A live Module: namespace label, device plugin, node labels, status.
+async fn apply(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
+    namespace::ensure_label(&ctx.client, ns).await?;
+    let ds = objects::sync_device_plugin(module, ns, ctx).await?;
+    let ready = objects::device_plugin_ready_nodes(module, ns, ctx);
+    objects::sync_device_plugin_labels(module, ns, &ready, ctx).await?;
+    write_status(module, ns, ctx, ds.as_ref(), None).await?;
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// A deleted Module: stop the device plugin, then hold the finalizer until no
+/// node reports the Module loaded (the agents need the Terminating Module to
+/// know what to unload).
+async fn cleanup(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
+    let name = module.name_any();
+    let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
+    objects::gc(&dss, &name, None).await?;
+    objects::sync_device_plugin_labels(module, ns, &Default::default(), ctx).await?;
+
+    let nodes = ctx.nodes.state();
+    let nmcs = ctx.nmcs.state();
+    let waiting = status::nodes_still_loaded(
+        module,
+        Fleet {
+            nodes: &nodes,
+            nmcs: &nmcs,
+        },
+    );
+    if !waiting.is_empty() {
+        write_status(module, ns, ctx, None, Some(&waiting)).await?;
+        let event = KubeEvent {
+            type_: EventType::Normal,
+            reason: "Unloading".into(),
+            note: Some(status::unloading_condition(&waiting).message),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &module.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing Unloading event");
+        }
+        return Err(Error::StillUnloading { nodes: waiting });
+    }
+    tracing::info!("no node reports the Module loaded; releasing the finalizer");
+    namespace::remove_label_if_last(&ctx.client, ns, module).await?;
+    Ok(Action::await_change())
+}
+
+fn counts_json(s: &DaemonSetStatus) -> serde_json::Value {
+    // Explicit zeros: the type skips them, and a merge patch would keep old values.
+    serde_json::json!({
+        "nodesMatchingSelectorNumber": s.nodes_matching_selector_number,
+        "desiredNumber": s.desired_number,
+        "availableNumber": s.available_number,
+    })
+}
+
+/// Computes the status from the caches and writes it only when it differs from
+/// what the Module has.
+async fn write_status(
+    module: &Module,
+    ns: &str,
+    ctx: &Context,
+    ds: Option<&DaemonSet>,
+    unloading: Option<&[String]>,
+) -> Result<()> {
+    let nodes = ctx.nodes.state();
+    let nmcs = ctx.nmcs.state();
+    let fleet = Fleet {
+        nodes: &nodes,
+        nmcs: &nmcs,
+    };
+    let loader = status::loader_counts(module, fleet);
+    let dp = status::device_plugin_counts(module, fleet, ds);
+    let mut conds = status::conditions(
+        &loader,
+        module.spec.device_plugin.as_ref().map(|_| &dp),
+        status::degraded(module, fleet),
+    );
+    if let Some(waiting) = unloading {
+        conds.push(status::unloading_condition(waiting));
+    }
+    let old = module.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conds = status::stamp(conds, &old.conditions, module.metadata.generation, &now);
+    if old.module_loader == loader && old.device_plugin == dp && old.conditions == conds {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": {
+        "moduleLoader": counts_json(&loader),
+        "devicePlugin": counts_json(&dp),
+        "conditions": conds,
+    }});
+    let api: Api<Module> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        &module.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube("writing Module status", e))?;
+    Ok(())
+}

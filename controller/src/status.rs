@@ -1,0 +1,268 @@
+//! A Module's status from the fleet, as pure functions: counts from Nodes and
+//! NodeModulesConfig statuses, conditions, and the nodes a deletion waits for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kmm_common::{
+    DaemonSetStatus, Module, NodeModuleStatus, NodeModulesConfig, node_eligibility, ready_label,
+    selector_matches,
+};
+use kube::ResourceExt;
+
+/// Condition types the controller writes.
+pub const AVAILABLE: &str = "Available";
+/// See [`AVAILABLE`].
+pub const PROGRESSING: &str = "Progressing";
+/// See [`AVAILABLE`].
+pub const DEGRADED: &str = "Degraded";
+/// Set while a deletion waits for nodes to unload.
+pub const UNLOADING: &str = "Unloading";
+
+/// What the cluster looks like, from the controller's caches.
+#[derive(Clone, Copy)]
+pub struct Fleet<'a> {
+    /// All Nodes.
+    pub nodes: &'a [Arc<Node>],
+    /// All NodeModulesConfigs (one per node, named after it).
+    pub nmcs: &'a [Arc<NodeModulesConfig>],
+}
+
+/// This Module's entry in one NodeModulesConfig's status.
+pub fn module_entry<'a>(
+    nmc: &'a NodeModulesConfig,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a NodeModuleStatus> {
+    nmc.status
+        .as_ref()?
+        .modules
+        .iter()
+        .find(|m| m.item.namespace == namespace && m.item.name == name)
+}
+
+/// The agent reports a Module loaded with a config or an image digest.
+pub fn is_loaded(entry: &NodeModuleStatus) -> bool {
+    entry.config.is_some() || !entry.digest.is_empty()
+}
+
+fn labels(node: &Node) -> BTreeMap<String, String> {
+    node.metadata.labels.clone().unwrap_or_default()
+}
+
+fn node_names(fleet: Fleet<'_>) -> BTreeSet<String> {
+    fleet.nodes.iter().map(|n| n.name_any()).collect()
+}
+
+/// Nodes whose NMC status reports the Module loaded (only Nodes that exist:
+/// an NMC left behind by a deleted Node has no agent to act on it).
+pub fn loaded_nodes(module: &Module, fleet: Fleet<'_>) -> BTreeSet<String> {
+    let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
+    let existing = node_names(fleet);
+    fleet
+        .nmcs
+        .iter()
+        .filter(|nmc| existing.contains(&nmc.name_any()))
+        .filter(|nmc| module_entry(nmc, &ns, &name).is_some_and(is_loaded))
+        .map(|nmc| nmc.name_any())
+        .collect()
+}
+
+/// Nodes a deletion still waits for: loaded per NMC status, or still carrying
+/// the Module's `.ready` label.
+pub fn nodes_still_loaded(module: &Module, fleet: Fleet<'_>) -> Vec<String> {
+    let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
+    let label = ready_label(&ns, &name);
+    let mut nodes = loaded_nodes(module, fleet);
+    nodes.extend(
+        fleet
+            .nodes
+            .iter()
+            .filter(|n| labels(n).contains_key(&label))
+            .map(|n| n.name_any()),
+    );
+    nodes.into_iter().collect()
+}
+
+/// `status.moduleLoader`: nodes matching the selector; of those, the eligible
+/// ones (kernel mapping + ordered-upgrade version); nodes reporting it loaded.
+pub fn loader_counts(module: &Module, fleet: Fleet<'_>) -> DaemonSetStatus {
+    let matching: Vec<&Arc<Node>> = fleet
+        .nodes
+        .iter()
+        .filter(|n| selector_matches(&module.spec.selector, &labels(n)).is_ok())
+        .collect();
+    let desired = matching
+        .iter()
+        .filter(|n| node_eligibility(module, n).is_ok())
+        .count();
+    DaemonSetStatus {
+        nodes_matching_selector_number: count(matching.len()),
+        desired_number: count(desired),
+        available_number: count(loaded_nodes(module, fleet).len()),
+    }
+}
+
+/// `status.devicePlugin`: nodes matching the selector; of those, the ones with
+/// the `.ready` label (where the DaemonSet wants a pod); the DaemonSet's
+/// `numberAvailable`. Zero without `spec.devicePlugin`.
+pub fn device_plugin_counts(
+    module: &Module,
+    fleet: Fleet<'_>,
+    ds: Option<&DaemonSet>,
+) -> DaemonSetStatus {
+    if module.spec.device_plugin.is_none() {
+        return DaemonSetStatus::default();
+    }
+    let label = ready_label(&module.namespace().unwrap_or_default(), &module.name_any());
+    let matching: Vec<BTreeMap<String, String>> = fleet
+        .nodes
+        .iter()
+        .map(|n| labels(n))
+        .filter(|l| selector_matches(&module.spec.selector, l).is_ok())
+        .collect();
+    DaemonSetStatus {
+        nodes_matching_selector_number: count(matching.len()),
+        desired_number: count(matching.iter().filter(|l| l.contains_key(&label)).count()),
+        available_number: ds
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.number_available)
+            .unwrap_or(0),
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Errors the agents report for this Module, grouped by reason:
+/// `("ImagePullFailed", "2 nodes: ImagePullFailed: <message of the first node>")`.
+/// `None` when no node reports an error.
+pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
+    let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
+    // reason -> (nodes, first message), nodes in name order
+    let mut by_reason: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+    let mut nmcs: Vec<&Arc<NodeModulesConfig>> = fleet.nmcs.iter().collect();
+    nmcs.sort_by_key(|n| n.name_any());
+    for nmc in nmcs {
+        let Some(err) = module_entry(nmc, &ns, &name).and_then(|e| e.last_error.as_ref()) else {
+            continue;
+        };
+        let slot = by_reason
+            .entry(err.reason.clone())
+            .or_insert_with(|| (Vec::new(), err.message.clone()));
+        slot.0.push(nmc.name_any());
+    }
+    if by_reason.is_empty() {
+        return None;
+    }
+    let reason = if by_reason.len() == 1 {
+        by_reason.keys().next().cloned().unwrap_or_default()
+    } else {
+        "MultipleErrors".to_string()
+    };
+    let message = by_reason
+        .iter()
+        .map(|(reason, (nodes, msg))| {
+            let n = nodes.len();
+            let plural = if n == 1 { "node" } else { "nodes" };
+            format!("{n} {plural}: {reason}: {msg}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some((reason, message))
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        observed_generation: None,
+    }
+}
+
+/// Available / Progressing / Degraded from the counts and the aggregated errors.
+pub fn conditions(
+    loader: &DaemonSetStatus,
+    device_plugin: Option<&DaemonSetStatus>,
+    degraded: Option<(String, String)>,
+) -> Vec<Condition> {
+    let behind = |s: &DaemonSetStatus| s.available_number < s.desired_number;
+    let loader_msg = format!(
+        "module loaded on {}/{} desired nodes",
+        loader.available_number, loader.desired_number
+    );
+    let dp_msg = device_plugin.map(|d| {
+        format!(
+            "; device plugin available on {}/{} nodes",
+            d.available_number, d.desired_number
+        )
+    });
+    let msg = format!("{loader_msg}{}", dp_msg.unwrap_or_default());
+    let progressing = behind(loader) || device_plugin.is_some_and(behind);
+    let available = if progressing {
+        condition(AVAILABLE, false, "NodesPending", msg.clone())
+    } else if loader.desired_number == 0 {
+        condition(AVAILABLE, true, "NoNodesTargeted", msg.clone())
+    } else {
+        condition(AVAILABLE, true, "AllNodesLoaded", msg.clone())
+    };
+    let progressing = if progressing {
+        condition(PROGRESSING, true, "Loading", msg)
+    } else {
+        condition(PROGRESSING, false, "Complete", msg)
+    };
+    let degraded = match degraded {
+        Some((reason, message)) => condition(DEGRADED, true, &reason, message),
+        None => condition(
+            DEGRADED,
+            false,
+            "NoErrors",
+            "no node reports an error".into(),
+        ),
+    };
+    vec![available, progressing, degraded]
+}
+
+/// The `Unloading` condition of a deletion waiting for `nodes`.
+pub fn unloading_condition(nodes: &[String]) -> Condition {
+    condition(
+        UNLOADING,
+        true,
+        "WaitingForNodes",
+        format!(
+            "waiting for {} node(s) to unload: {}",
+            nodes.len(),
+            nodes.join(", ")
+        ),
+    )
+}
+
+/// Stamps generation and transition times: a condition whose status did not
+/// change keeps its old `lastTransitionTime`, so an unchanged fleet yields an
+/// identical status (and no write).
+pub fn stamp(
+    mut conds: Vec<Condition>,
+    old: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    for c in &mut conds {
+        c.observed_generation = generation;
+        c.last_transition_time = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+            .map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
+    }
+    conds
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;

@@ -1,0 +1,304 @@
+use super::*;
+use kmm_common::{ModuleConfig, ModuleError, ModuleItem};
+
+const KVER: &str = "6.1.0-9-amd64";
+
+fn module(extra: &str) -> Module {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {{name: brd, namespace: ns1}}
+spec:
+  selector: {{role: gpu}}
+  moduleLoader:
+    container:
+      modprobe: {{moduleName: brd}}
+      kernelMappings: [{{regexp: '-amd64$', containerImage: 'r/brd:1'}}]
+{extra}
+"#
+    ))
+    .unwrap()
+}
+
+fn node(name: &str, labels: &[(&str, &str)], kernel: &str) -> Arc<Node> {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "status": {"nodeInfo": {"kernelVersion": kernel, "architecture": "", "bootID": "",
+                "containerRuntimeVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""}}
+        }))
+        .unwrap(),
+    )
+}
+
+fn entry(ns: &str, name: &str) -> NodeModuleStatus {
+    NodeModuleStatus {
+        item: ModuleItem {
+            name: name.into(),
+            namespace: ns.into(),
+            ..ModuleItem::default()
+        },
+        ..NodeModuleStatus::default()
+    }
+}
+
+fn loaded() -> NodeModuleStatus {
+    NodeModuleStatus {
+        config: Some(ModuleConfig::default()),
+        ..entry("ns1", "brd")
+    }
+}
+
+fn failed(reason: &str, msg: &str) -> NodeModuleStatus {
+    NodeModuleStatus {
+        last_error: Some(ModuleError {
+            reason: reason.into(),
+            message: msg.into(),
+        }),
+        ..entry("ns1", "brd")
+    }
+}
+
+fn nmc(node: &str, modules: Vec<NodeModuleStatus>) -> Arc<NodeModulesConfig> {
+    let mut n = NodeModulesConfig::new(node, Default::default());
+    n.status = Some(kmm_common::NodeModulesConfigStatus { modules });
+    Arc::new(n)
+}
+
+#[test]
+fn mixed_fleet_counts_matching_desired_and_available() {
+    let nodes = [
+        node("a", &[("role", "gpu")], KVER),
+        node("b", &[("role", "gpu")], KVER),
+        node("c", &[("role", "gpu")], "6.1.0-9-arm64"), // no mapping
+        node("d", &[("role", "cpu")], KVER),            // not selected
+        node("e", &[], KVER),                           // not selected
+    ];
+    let nmcs = [
+        nmc("a", vec![loaded()]),
+        nmc("b", vec![entry("ns1", "brd")]), // entry but not loaded
+        nmc("gone", vec![loaded()]),         // Node deleted: not counted
+        nmc(
+            "d",
+            vec![NodeModuleStatus {
+                config: Some(ModuleConfig::default()),
+                ..entry("ns2", "brd") // another Module of the same name
+            }],
+        ),
+    ];
+    let fleet = Fleet {
+        nodes: &nodes,
+        nmcs: &nmcs,
+    };
+    let s = loader_counts(&module(""), fleet);
+    assert_eq!(
+        (
+            s.nodes_matching_selector_number,
+            s.desired_number,
+            s.available_number
+        ),
+        (3, 2, 1)
+    );
+}
+
+#[test]
+fn ordered_upgrade_version_label_limits_desired() {
+    let mut m2 = module("");
+    if let Some(l) = m2.spec.module_loader.as_mut() {
+        l.container.version = "v2".into();
+    }
+    let label = kmm_common::version_module_label("ns1", "brd");
+    let nodes = [
+        node("a", &[("role", "gpu"), (label.as_str(), "v2")], KVER),
+        node("b", &[("role", "gpu"), (label.as_str(), "v1")], KVER),
+    ];
+    let s = loader_counts(
+        &m2,
+        Fleet {
+            nodes: &nodes,
+            nmcs: &[],
+        },
+    );
+    assert_eq!((s.nodes_matching_selector_number, s.desired_number), (2, 1));
+}
+
+#[test]
+fn device_plugin_desired_is_ready_labelled_nodes_available_from_daemonset() {
+    let m = module("  devicePlugin:\n    container: {image: r/dp:1}\n");
+    let ready = ready_label("ns1", "brd");
+    let nodes = [
+        node("a", &[("role", "gpu"), (ready.as_str(), "")], KVER),
+        node("b", &[("role", "gpu")], KVER),
+        node("c", &[(ready.as_str(), "")], KVER), // not selected
+    ];
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "status": {"numberAvailable": 1, "currentNumberScheduled": 1, "desiredNumberScheduled": 1,
+                   "numberMisscheduled": 0, "numberReady": 1}
+    }))
+    .unwrap();
+    let fleet = Fleet {
+        nodes: &nodes,
+        nmcs: &[],
+    };
+    let s = device_plugin_counts(&m, fleet, Some(&ds));
+    assert_eq!(
+        (
+            s.nodes_matching_selector_number,
+            s.desired_number,
+            s.available_number
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        device_plugin_counts(&module(""), fleet, Some(&ds)),
+        DaemonSetStatus::default()
+    );
+}
+
+#[test]
+fn degraded_aggregates_errors_by_reason_with_node_counts() {
+    let nodes = [node("a", &[], KVER)];
+    let nmcs = [
+        nmc("n1", vec![failed("ImagePullFailed", "manifest unknown")]),
+        nmc(
+            "n2",
+            vec![failed("ImagePullFailed", "manifest unknown (2)")],
+        ),
+        nmc("n3", vec![failed("ModprobeFailed", "exec format error")]),
+        nmc("n4", vec![loaded()]),
+    ];
+    let fleet = Fleet {
+        nodes: &nodes,
+        nmcs: &nmcs,
+    };
+    let (reason, msg) = degraded(&module(""), fleet).unwrap();
+    assert_eq!(reason, "MultipleErrors");
+    assert_eq!(
+        msg,
+        "2 nodes: ImagePullFailed: manifest unknown; 1 node: ModprobeFailed: exec format error"
+    );
+    let single = [nmc("n1", vec![failed("ImagePullFailed", "x")])];
+    let (reason, msg) = degraded(
+        &module(""),
+        Fleet {
+            nodes: &nodes,
+            nmcs: &single,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (reason.as_str(), msg.as_str()),
+        ("ImagePullFailed", "1 node: ImagePullFailed: x")
+    );
+    assert!(
+        degraded(
+            &module(""),
+            Fleet {
+                nodes: &nodes,
+                nmcs: &[nmc("n4", vec![loaded()])]
+            }
+        )
+        .is_none()
+    );
+}
+
+fn status_of<'a>(conds: &'a [Condition], t: &str) -> (&'a str, &'a str) {
+    let c = conds.iter().find(|c| c.type_ == t).unwrap();
+    (c.status.as_str(), c.reason.as_str())
+}
+
+fn counts(desired: i32, available: i32) -> DaemonSetStatus {
+    DaemonSetStatus {
+        nodes_matching_selector_number: desired,
+        desired_number: desired,
+        available_number: available,
+    }
+}
+
+#[test]
+fn conditions_follow_counts() {
+    let c = conditions(&counts(3, 1), None, None);
+    assert_eq!(status_of(&c, AVAILABLE), ("False", "NodesPending"));
+    assert_eq!(status_of(&c, PROGRESSING), ("True", "Loading"));
+    assert_eq!(status_of(&c, DEGRADED), ("False", "NoErrors"));
+
+    let c = conditions(&counts(3, 3), None, None);
+    assert_eq!(status_of(&c, AVAILABLE), ("True", "AllNodesLoaded"));
+    assert_eq!(status_of(&c, PROGRESSING), ("False", "Complete"));
+
+    let c = conditions(&counts(0, 0), None, None);
+    assert_eq!(status_of(&c, AVAILABLE), ("True", "NoNodesTargeted"));
+
+    let c = conditions(&counts(2, 2), Some(&counts(2, 1)), None);
+    assert_eq!(status_of(&c, PROGRESSING), ("True", "Loading"));
+
+    let c = conditions(
+        &counts(2, 1),
+        None,
+        Some((
+            "ImagePullFailed".into(),
+            "1 node: ImagePullFailed: x".into(),
+        )),
+    );
+    assert_eq!(status_of(&c, DEGRADED), ("True", "ImagePullFailed"));
+}
+
+#[test]
+fn unchanged_conditions_keep_transition_time_so_status_is_stable() {
+    let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
+    let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
+    let first = stamp(conditions(&counts(2, 1), None, None), &[], Some(1), &t0);
+    let again = stamp(conditions(&counts(2, 1), None, None), &first, Some(1), &t1);
+    assert_eq!(first, again);
+    let done = stamp(conditions(&counts(2, 2), None, None), &first, Some(1), &t1);
+    let avail = done.iter().find(|c| c.type_ == AVAILABLE).unwrap();
+    assert_eq!(avail.last_transition_time, t1);
+    let degr = done.iter().find(|c| c.type_ == DEGRADED).unwrap();
+    assert_eq!(degr.last_transition_time, t0);
+}
+
+#[test]
+fn deletion_waits_for_nmc_loaded_or_ready_label() {
+    let ready = ready_label("ns1", "brd");
+    let nodes = [
+        node("a", &[], KVER),
+        node("b", &[(ready.as_str(), "")], KVER),
+        node("c", &[], KVER),
+    ];
+    let nmcs = [
+        nmc("a", vec![loaded()]),
+        nmc("c", vec![entry("ns1", "brd")]),
+        nmc("gone", vec![loaded()]),
+    ];
+    let m = module("");
+    assert_eq!(
+        nodes_still_loaded(
+            &m,
+            Fleet {
+                nodes: &nodes,
+                nmcs: &nmcs
+            }
+        ),
+        ["a", "b"]
+    );
+    let digest_only = [nmc(
+        "c",
+        vec![NodeModuleStatus {
+            digest: "sha256:00".into(),
+            ..entry("ns1", "brd")
+        }],
+    )];
+    assert_eq!(
+        nodes_still_loaded(
+            &m,
+            Fleet {
+                nodes: &nodes[2..],
+                nmcs: &digest_only
+            }
+        ),
+        ["c"]
+    );
+}
