@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
         .without_time()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "kmmctl=info,warn".into()),
+                .unwrap_or_else(|_| "kmmctl=info,warn,kube_client=off".into()),
         )
         .init();
     match run(Cli::parse()).await {

@@ -23,6 +23,17 @@ pub struct Snapshot {
     pub nmcs: Vec<NodeModulesConfig>,
 }
 
+/// Which nodes to explain.
+#[derive(Debug, Clone, Copy)]
+pub enum Nodes<'a> {
+    /// Every Node.
+    All,
+    /// The Node of this name.
+    Named(&'a str),
+    /// Nodes matching this label selector.
+    Selected(&'a str),
+}
+
 /// A client and what the kubeconfig says about it.
 #[derive(Clone)]
 pub struct Cluster {
@@ -74,8 +85,7 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result
     })
 }
 
-/// Reads the Module `namespace/name`, the Node `node` (or all Nodes) and all
-/// NodeModulesConfigs.
+/// Reads the Module `namespace/name`, the Nodes asked for and their NodeModulesConfigs.
 ///
 /// # Errors
 /// [`Error::ModuleNotFound`], [`Error::NodeNotFound`], [`Error::NoNodes`],
@@ -84,7 +94,7 @@ pub async fn snapshot(
     cluster: &Cluster,
     namespace: &str,
     name: &str,
-    node: Option<&str>,
+    nodes: Nodes<'_>,
 ) -> Result<Snapshot, Error> {
     let client = &cluster.client;
     let to_error = |e| classify(&cluster.url, e);
@@ -98,45 +108,43 @@ pub async fn snapshot(
             name: name.to_string(),
         })?;
     let nodes_api: Api<Node> = Api::all(client.clone());
-    let mut nodes = match node {
-        Some(n) => vec![
-            nodes_api
+    let nmc_api: Api<NodeModulesConfig> = Api::all(client.clone());
+    let (mut found, nmcs) = match nodes {
+        Nodes::Named(n) => {
+            let node = nodes_api
                 .get_opt(n)
                 .await
                 .map_err(to_error)?
-                .ok_or_else(|| Error::NodeNotFound(n.to_string()))?,
-        ],
-        None => {
-            nodes_api
+                .ok_or_else(|| Error::NodeNotFound(n.to_string()))?;
+            let nmc = nmc_api.get_opt(n).await.map_err(to_error)?;
+            (vec![node], nmc.into_iter().collect())
+        }
+        Nodes::All | Nodes::Selected(_) => {
+            let mut params = ListParams::default();
+            if let Nodes::Selected(selector) = nodes {
+                params = params.labels(selector);
+            }
+            let found = nodes_api.list(&params).await.map_err(to_error)?.items;
+            // NodeModulesConfigs carry no node labels: list them all, match by name.
+            let nmcs = nmc_api
                 .list(&ListParams::default())
                 .await
                 .map_err(to_error)?
-                .items
+                .items;
+            (found, nmcs)
         }
     };
-    if nodes.is_empty() {
-        return Err(Error::NoNodes);
+    if found.is_empty() {
+        let selector = match nodes {
+            Nodes::Selected(s) => Some(s.to_string()),
+            _ => None,
+        };
+        return Err(Error::NoNodes(selector));
     }
-    nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let nmc_api: Api<NodeModulesConfig> = Api::all(client.clone());
-    let nmcs = match node {
-        Some(n) => nmc_api
-            .get_opt(n)
-            .await
-            .map_err(to_error)?
-            .into_iter()
-            .collect(),
-        None => {
-            nmc_api
-                .list(&ListParams::default())
-                .await
-                .map_err(to_error)?
-                .items
-        }
-    };
+    found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok(Snapshot {
         module,
-        nodes,
+        nodes: found,
         nmcs,
     })
 }

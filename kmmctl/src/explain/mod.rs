@@ -26,7 +26,8 @@ use report::{Explanation, ModuleRef, SCHEMA_VERSION};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   kmmctl explain brd -n kmm-demo
-  kmmctl explain brd -n kmm-demo --node worker-1 -o json")]
+  kmmctl explain brd -n kmm-demo --node worker-1 -o json
+  kmmctl explain brd -n kmm-demo -l node-role.kubernetes.io/worker=")]
 pub struct ExplainArgs {
     /// Module name.
     #[arg(value_name = "MODULE")]
@@ -37,6 +38,14 @@ pub struct ExplainArgs {
     /// Explain this node only.
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
+    /// Explain only nodes matching this label selector (e.g. `role=storage`).
+    #[arg(
+        long = "node-selector",
+        short = 'l',
+        value_name = "SELECTOR",
+        conflicts_with = "node"
+    )]
+    pub node_selector: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -83,9 +92,9 @@ pub enum Error {
     /// `--node` names a node that does not exist.
     #[error("node {0} not found")]
     NodeNotFound(String),
-    /// The cluster has no Node objects.
-    #[error("no nodes in the cluster")]
-    NoNodes,
+    /// The cluster has no Node objects (matching the selector, when one is given).
+    #[error("no nodes in the cluster{}", .0.as_ref().map(|s| format!(" match {s}")).unwrap_or_default())]
+    NoNodes(Option<String>),
     /// The API server answered with an error.
     #[error("API request failed")]
     Api(#[source] kube::Error),
@@ -147,6 +156,11 @@ pub fn render(e: &Explanation, format: OutputFormat) -> Result<String, Error> {
 pub async fn run(args: &ExplainArgs) -> Result<String, Error> {
     let cluster = fetch::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let namespace = args.namespace.as_deref().unwrap_or(&cluster.namespace);
-    let snapshot = fetch::snapshot(&cluster, namespace, &args.module, args.node.as_deref()).await?;
+    let nodes = match (&args.node, &args.node_selector) {
+        (Some(name), _) => fetch::Nodes::Named(name),
+        (None, Some(selector)) => fetch::Nodes::Selected(selector),
+        (None, None) => fetch::Nodes::All,
+    };
+    let snapshot = fetch::snapshot(&cluster, namespace, &args.module, nodes).await?;
     render(&explain(&snapshot), args.output)
 }
