@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod controller;
 pub mod controlplane;
 pub mod images;
 pub mod vm;
+pub mod vm_agent;

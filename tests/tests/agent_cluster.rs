@@ -34,7 +34,11 @@ impl Fixture {
         let client = cp.client();
         let ns = cp.temp_namespace(prefix).await?;
         let node = format!("{}-node", ns.name());
-        create_node(&client, &node, labels, KVER).await?;
+        // Agents of tests running in parallel watch every Module: each test's
+        // Modules select only its own node.
+        let mut labels = labels.to_vec();
+        labels.push(("kmm-test/node", &node));
+        create_node(&client, &node, &labels, KVER).await?;
         let dir = tempfile::tempdir()?;
         let agent = AgentProcess::start(&AgentOptions {
             node: node.clone(),
@@ -128,7 +132,20 @@ impl Fixture {
     }
 }
 
-fn module_yaml(name: &str, image: &str, extra_container: &str, selector: &str) -> String {
+/// `selector` is a flow map without braces (`k: v, ...`) or empty; the
+/// node's own `kmm-test/node` label is always added.
+fn module_yaml(
+    node: &str,
+    name: &str,
+    image: &str,
+    extra_container: &str,
+    selector: &str,
+) -> String {
+    let selector = if selector.is_empty() {
+        format!("{{kmm-test/node: {node}}}")
+    } else {
+        format!("{{kmm-test/node: {node}, {selector}}}")
+    };
     format!(
         r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1
@@ -169,10 +186,11 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
     );
     let t = Instant::now();
     f.apply(&module_yaml(
+        &f.node,
         "simmod",
         &image,
         "",
-        "{kmm-test/role: storage}",
+        "kmm-test/role: storage",
     ))
     .await?;
     f.wait_label(&f.ready_label("simmod"), true).await?;
@@ -217,21 +235,28 @@ async fn ineligible_nodes_get_nothing_and_the_agent_says_why() -> Result<()> {
     push_fake_kmod(&f.image("other"), KVER, &[("other", &[])], &[]).await?;
     // selector mismatch
     f.apply(&module_yaml(
+        &f.node,
         "other",
         &f.image("other"),
         "",
-        "{kmm-test/role: gpu}",
+        "kmm-test/role: gpu",
     ))
     .await?;
     // version mismatch: the node has no version-module label
-    let versioned = module_yaml("versioned", &f.image("other"), "version: \"1\"", "{}");
+    let versioned = module_yaml(
+        &f.node,
+        "versioned",
+        &f.image("other"),
+        "version: \"1\"",
+        "",
+    );
     f.apply(&versioned).await?;
     // kernel mismatch
-    let wrong_kernel =
-        module_yaml("wrongkernel", &f.image("other"), "", "{}").replace("-sim-amd64$", "-arm64$");
+    let wrong_kernel = module_yaml(&f.node, "wrongkernel", &f.image("other"), "", "")
+        .replace("-sim-amd64$", "-arm64$");
     f.apply(&wrong_kernel).await?;
     // A Module that does load: once it is ready, the pass has seen the others.
-    f.apply(&module_yaml("gate", &f.image("gate"), "", "{}"))
+    f.apply(&module_yaml(&f.node, "gate", &f.image("gate"), "", ""))
         .await?;
     f.wait_label(&f.ready_label("gate"), true).await?;
     let labels = f.labels().await?;
@@ -270,10 +295,11 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
     let version_ready = kmm_common::version_ready_label(f.ns(), "upg");
     set_node_label(&f.client, &f.node, &version_label, Some("1")).await?;
     f.apply(&module_yaml(
+        &f.node,
         "upg",
         &v1,
         "version: \"1\"",
-        "{kmm-test/role: storage}",
+        "kmm-test/role: storage",
     ))
     .await?;
     f.wait_label(&f.ready_label("upg"), true).await?;
@@ -284,10 +310,11 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
 
     // The Module moves to version 2; the node still says 1: the old one is unloaded.
     f.apply(&module_yaml(
+        &f.node,
         "upg",
         &v2,
         "version: \"2\"",
-        "{kmm-test/role: storage}",
+        "kmm-test/role: storage",
     ))
     .await?;
     f.wait_label(&f.ready_label("upg"), false).await?;
@@ -311,10 +338,16 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
 async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result<()> {
     let f = Fixture::new("agent-corrupt", &[]).await?;
     push_corrupt_kmod(&f.image("broken")).await?;
-    f.apply(&module_yaml("broken", &f.image("broken"), "", "{}"))
+    f.apply(&module_yaml(&f.node, "broken", &f.image("broken"), "", ""))
         .await?;
-    f.apply(&module_yaml("missing", &f.image("missing"), "", "{}"))
-        .await?;
+    f.apply(&module_yaml(
+        &f.node,
+        "missing",
+        &f.image("missing"),
+        "",
+        "",
+    ))
+    .await?;
     for name in ["broken", "missing"] {
         wait_for(WAIT, || async {
             Ok(f.status_of(name)
@@ -335,7 +368,7 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
     }
     assert!(!f.labels().await?.contains_key(&f.ready_label("broken")));
     // Nothing of the corrupt image is left unpacked in the cache.
-    let unpacked = f.agent.state_dir.join("images/unpacked");
+    let unpacked = f.agent.state_dir.join("images/unpacked/sha256");
     let left: Vec<_> = std::fs::read_dir(&unpacked)
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
@@ -349,8 +382,14 @@ async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_relo
     let f = Fixture::new("agent-always", &[]).await?;
     let image = f.image("alw");
     let d1 = push_fake_kmod(&image, KVER, &[("alw", &[])], &[]).await?;
-    f.apply(&module_yaml("alw", &image, "imagePullPolicy: Always", "{}"))
-        .await?;
+    f.apply(&module_yaml(
+        &f.node,
+        "alw",
+        &image,
+        "imagePullPolicy: Always",
+        "",
+    ))
+    .await?;
     f.wait_label(&f.ready_label("alw"), true).await?;
     let bytes = |m: &str| metric_value(m, "kmm_agent_pulled_bytes_total").unwrap_or(-1.0);
     let after_first = bytes(&f.agent.metrics()?);
@@ -378,7 +417,7 @@ async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_relo
 async fn agent_killed_and_restarted_neither_double_loads_nor_forgets() -> Result<()> {
     let mut f = Fixture::new("agent-restart", &[]).await?;
     push_fake_kmod(&f.image("keep"), KVER, &[("keep", &[])], &[]).await?;
-    f.apply(&module_yaml("keep", &f.image("keep"), "", "{}"))
+    f.apply(&module_yaml(&f.node, "keep", &f.image("keep"), "", ""))
         .await?;
     f.wait_label(&f.ready_label("keep"), true).await?;
     let loads_before = metric_value(&f.agent.metrics()?, "kmm_agent_load_duration_seconds_count");

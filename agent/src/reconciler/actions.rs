@@ -265,6 +265,11 @@ async fn load(
     })
     .await??;
 
+    if outcome.already_loaded && !want.parameters.is_empty() {
+        // modprobe behaves the same: a loaded module keeps its parameters.
+        tracing::warn!(module = %key, name = %want.module_name, parameters = ?want.parameters,
+            "module was already in the kernel; its parameters were not applied");
+    }
     let record = LoadedModule {
         image: want.image.clone(),
         digest: pulled.digest.clone(),

@@ -1,0 +1,351 @@
+//! End to end on a real kernel: a Module applied to the real API server ends as
+//! modules loaded by the real `kmm-agent` inside a QEMU guest booting Debian's
+//! kernel, from a kmod image `kmmctl package` built and pushed to the real
+//! registry; and deleting it unloads them.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Node;
+use kmm_common::{Module, NodeModuleStatus, NodeModulesConfig};
+use kmm_tests::cluster::{delete_node, ensure_crds, set_node_label, wait_for};
+use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::vm_agent::{AgentVm, guest_registry, push_kernel_modules};
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+struct E2e {
+    cp: &'static ControlPlane,
+    client: Client,
+    ns: TestNamespace,
+    node: AgentVm,
+}
+
+impl E2e {
+    async fn new(prefix: &str, labels: &[(&str, &str)]) -> Result<Self> {
+        let cp = ControlPlane::shared().await?;
+        ensure_crds(cp).await?;
+        let client = cp.client();
+        let ns = cp.temp_namespace(prefix).await?;
+        // Agents of tests running in parallel watch every Module: each test's
+        // Modules select only its own node.
+        let name = format!("{}-vm", ns.name());
+        let mut labels = labels.to_vec();
+        labels.push(("kmm-test/node", &name));
+        let node = AgentVm::start(cp, &client, &name, &labels).await?;
+        Ok(Self {
+            cp,
+            client,
+            ns,
+            node,
+        })
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    async fn apply(&self, yaml: &str) -> Result<()> {
+        let out = self
+            .cp
+            .kubectl_with_stdin(["apply", "-n", self.ns(), "-f", "-"], yaml)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    async fn has_label(&self, key: &str) -> Result<bool> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        Ok(nodes
+            .get(&self.node.node)
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key(key))
+    }
+
+    async fn wait_ready(&self, name: &str, present: bool) -> Result<Duration> {
+        let t = Instant::now();
+        let key = kmm_common::ready_label(self.ns(), name);
+        if let Err(e) = wait_for(WAIT, || async {
+            Ok(self.has_label(&key).await? == present)
+        })
+        .await
+        {
+            return self
+                .node
+                .fail(format!("label {key} present={present}: {e}"));
+        }
+        Ok(t.elapsed())
+    }
+
+    async fn status_of(&self, name: &str) -> Result<Option<NodeModuleStatus>> {
+        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
+        Ok(api
+            .get_opt(&self.node.node)
+            .await?
+            .and_then(|n| n.status)
+            .and_then(|s| {
+                s.modules
+                    .into_iter()
+                    .find(|m| m.item.name == name && m.item.namespace == self.ns())
+            }))
+    }
+
+    async fn delete_module(&self, name: &str) -> Result<()> {
+        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
+        api.delete(name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<()> {
+        let node = self.node.node.clone();
+        self.node.shutdown().await?;
+        delete_node(&self.client, &node).await;
+        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
+        let _ = api.delete(&node, &DeleteParams::default()).await;
+        self.ns.cleanup().await
+    }
+}
+
+/// `selector`: flow-map entries without braces, or empty; the node's own
+/// `kmm-test/node` label is always added.
+fn module(
+    node: &str,
+    name: &str,
+    modprobe: &str,
+    container_extra: &str,
+    image: &str,
+    selector: &str,
+) -> String {
+    let selector = if selector.is_empty() {
+        format!("{{kmm-test/node: {node}}}")
+    } else {
+        format!("{{kmm-test/node: {node}, {selector}}}")
+    };
+    format!(
+        r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata:
+  name: {name}
+spec:
+  selector: {selector}
+  moduleLoader:
+    container:
+      modprobe:
+{modprobe}
+{container_extra}
+      kernelMappings:
+        - regexp: '^.+-amd64$'
+          containerImage: {image}
+          registryTLS:
+            insecure: true
+"#
+    )
+}
+
+#[tokio::test]
+async fn brd_loads_with_parameters_and_firmware_then_unloads_on_delete() -> Result<()> {
+    let e = E2e::new("e2e-brd", &[("kmm-test/e2e", "yes")]).await?;
+    let kver = e.node.kernel.release.clone();
+    let digest = push_kernel_modules(
+        &e.node.kernel,
+        &format!("{}/brd", e.ns()),
+        &kver,
+        &["brd"],
+        &[("kmm-e2e/fw.bin", b"firmware-bytes")],
+    )
+    .await?;
+    // Variables in the image, as users write them; the guest reaches the registry at 10.0.2.2.
+    let image = format!(
+        "{}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}",
+        guest_registry()
+    );
+    let modprobe = "        moduleName: brd\n        parameters: [rd_nr=3, rd_size=2048]\n        firmwarePath: /firmware";
+    e.apply(&module(
+        &e.node.node,
+        "brd",
+        modprobe,
+        "",
+        &image,
+        "kmm-test/e2e: \"yes\"",
+    ))
+    .await?;
+    let took = e.wait_ready("brd", true).await?;
+    println!("phase apply -> ready label: {took:.1?}");
+
+    assert_eq!(
+        e.node
+            .read("/sys/module/brd/parameters/rd_nr")
+            .await?
+            .as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        e.node
+            .read("/sys/module/brd/parameters/rd_size")
+            .await?
+            .as_deref(),
+        Some("2048")
+    );
+    assert_eq!(
+        e.node
+            .read("/var/lib/firmware/kmm-e2e/fw.bin")
+            .await?
+            .as_deref(),
+        Some("firmware-bytes"),
+        "firmware delivered"
+    );
+    assert_eq!(
+        e.node
+            .read("/sys/module/firmware_class/parameters/path")
+            .await?
+            .as_deref(),
+        Some("/var/lib/firmware")
+    );
+    let st = e.status_of("brd").await?.unwrap();
+    assert_eq!(st.digest, digest);
+    assert_eq!(st.kernel, kver);
+    assert_eq!(
+        st.image,
+        format!("{}/{}/brd:{kver}", guest_registry(), e.ns())
+    );
+
+    e.delete_module("brd").await?;
+    let took = e.wait_ready("brd", false).await?;
+    println!("phase delete -> label removed: {took:.1?}");
+    assert!(
+        !e.node.module_loaded("brd").await?,
+        "brd unloaded from the kernel"
+    );
+    assert!(e.status_of("brd").await?.is_none());
+    e.finish().await
+}
+
+#[tokio::test]
+async fn loading_order_and_in_tree_removal_on_a_real_kernel() -> Result<()> {
+    let e = E2e::new("e2e-order", &[]).await?;
+    let kver = e.node.kernel.release.clone();
+    let repo = format!("{}/order", e.ns());
+    push_kernel_modules(&e.node.kernel, &repo, &kver, &["null_blk", "brd"], &[]).await?;
+    // An in-tree module is loaded on the node before the Module arrives.
+    e.node
+        .vm
+        .run_ok("/sbin/modprobe dummy && test -d /sys/module/dummy")
+        .await?;
+
+    let image = format!("{}/{repo}:{kver}", guest_registry());
+    let modprobe = "        moduleName: null_blk\n        parameters: [nr_devices=1]\n        modulesLoadingOrder: [null_blk, brd]";
+    let extra = "      inTreeModulesToRemove: [dummy]";
+    e.apply(&module(&e.node.node, "order", modprobe, extra, &image, ""))
+        .await?;
+    e.wait_ready("order", true).await?;
+    for m in ["brd", "configfs", "null_blk"] {
+        assert!(e.node.module_loaded(m).await?, "{m} loaded");
+    }
+    assert!(
+        !e.node.module_loaded("dummy").await?,
+        "in-tree dummy removed"
+    );
+    // brd (loaded first) is not held by null_blk: the order came from modulesLoadingOrder.
+    assert_eq!(
+        e.node
+            .read("/sys/module/null_blk/parameters/nr_devices")
+            .await?
+            .as_deref(),
+        Some("1")
+    );
+
+    e.delete_module("order").await?;
+    e.wait_ready("order", false).await?;
+    for m in ["null_blk", "brd", "configfs"] {
+        assert!(!e.node.module_loaded(m).await?, "{m} unloaded");
+    }
+    assert!(
+        !e.node.module_loaded("dummy").await?,
+        "the in-tree module is not brought back"
+    );
+    e.finish().await
+}
+
+#[tokio::test]
+async fn ordered_upgrade_selector_change_and_missing_image_on_a_real_kernel() -> Result<()> {
+    let e = E2e::new("e2e-upgrade", &[("kmm-test/e2e", "yes")]).await?;
+    let kver = e.node.kernel.release.clone();
+    let repo = format!("{}/upg", e.ns());
+    push_kernel_modules(&e.node.kernel, &repo, "v1", &["brd"], &[]).await?;
+    push_kernel_modules(&e.node.kernel, &repo, "v2", &["brd"], &[]).await?;
+    let version_label = kmm_common::version_module_label(e.ns(), "upg");
+    set_node_label(&e.client, &e.node.node, &version_label, Some("1")).await?;
+    let sel = "kmm-test/e2e: \"yes\"";
+    let v = |n: &str| {
+        module(
+            &e.node.node,
+            "upg",
+            &format!("        moduleName: brd\n        parameters: [rd_nr={n}]"),
+            &format!("      version: \"{n}\""),
+            &format!("{}/{repo}:v{n}", guest_registry()),
+            sel,
+        )
+    };
+    e.apply(&v("1")).await?;
+    e.wait_ready("upg", true).await?;
+    assert_eq!(
+        e.node
+            .read("/sys/module/brd/parameters/rd_nr")
+            .await?
+            .as_deref(),
+        Some("1")
+    );
+
+    // Version 2 published; the node is still labelled 1: version 1 is unloaded.
+    e.apply(&v("2")).await?;
+    e.wait_ready("upg", false).await?;
+    assert!(!e.node.module_loaded("brd").await?);
+    // The admin moves the node: version 2 loads.
+    set_node_label(&e.client, &e.node.node, &version_label, Some("2")).await?;
+    e.wait_ready("upg", true).await?;
+    assert_eq!(
+        e.node
+            .read("/sys/module/brd/parameters/rd_nr")
+            .await?
+            .as_deref(),
+        Some("2")
+    );
+
+    // The node stops matching the selector: unloaded.
+    set_node_label(&e.client, &e.node.node, "kmm-test/e2e", None).await?;
+    e.wait_ready("upg", false).await?;
+    assert!(!e.node.module_loaded("brd").await?);
+
+    // A Module whose image does not exist: a clear status error, nothing loaded.
+    let missing = module(
+        &e.node.node,
+        "missing",
+        "        moduleName: loop",
+        "",
+        &format!("{}/{}/nothing-here:{kver}", guest_registry(), e.ns()),
+        "",
+    );
+    e.apply(&missing).await?;
+    wait_for(WAIT, || async {
+        Ok(e.status_of("missing")
+            .await?
+            .and_then(|s| s.last_error)
+            .is_some())
+    })
+    .await?;
+    let err = e.status_of("missing").await?.unwrap().last_error.unwrap();
+    assert_eq!(err.reason, "ImagePullFailed");
+    println!("missing image reported as: {}", err.message);
+    assert!(!e.node.module_loaded("loop").await?);
+    e.finish().await
+}
