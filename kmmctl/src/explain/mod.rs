@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use k8s_openapi::jiff::Timestamp;
 use kmm_common::NodeModulesConfig;
 
 use report::{Explanation, ModuleRef, SCHEMA_VERSION};
@@ -138,13 +139,13 @@ pub fn explain(snapshot: &fetch::Snapshot) -> Explanation {
     }
 }
 
-/// Renders `e` in `format`.
+/// Renders `e` in `format` (`now` gives load times an age in text output).
 ///
 /// # Errors
 /// [`Error::Json`] (not expected for these types).
-pub fn render(e: &Explanation, format: OutputFormat) -> Result<String, Error> {
+pub fn render(e: &Explanation, format: OutputFormat, now: Timestamp) -> Result<String, Error> {
     Ok(match format {
-        OutputFormat::Text => text::render(e),
+        OutputFormat::Text => text::render(e, now),
         OutputFormat::Json => serde_json::to_string_pretty(e)?,
     })
 }
@@ -162,5 +163,5 @@ pub async fn run(args: &ExplainArgs) -> Result<String, Error> {
         (None, None) => fetch::Nodes::All,
     };
     let snapshot = fetch::snapshot(&cluster, namespace, &args.module, nodes).await?;
-    render(&explain(&snapshot), args.output)
+    render(&explain(&snapshot), args.output, Timestamp::now())
 }

@@ -203,3 +203,30 @@ pub struct LabelInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in this module's docs is a valid document (the docs do not drift).
+    #[test]
+    fn documented_example_parses() {
+        let src = include_str!("report.rs");
+        let json: String = src
+            .lines()
+            .skip_while(|l| *l != "//! ```json")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| l.trim_start_matches("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e: Explanation = serde_json::from_str(&json).unwrap();
+        assert_eq!(e.schema_version, SCHEMA_VERSION);
+        assert_eq!(e.summary.nodes, e.nodes.len());
+        assert_eq!(e.nodes[1].state, NodeState::NotTargeted);
+        assert_eq!(
+            e.nodes[0].loaded.as_ref().and_then(|l| l.since.as_deref()),
+            Some("2026-11-25T21:00:00Z")
+        );
+    }
+}

@@ -2,18 +2,20 @@
 
 use std::fmt::Write as _;
 
+use k8s_openapi::jiff::Timestamp;
+
 use super::report::{Explanation, NodeExplanation, NodeState, Summary};
 
 /// Width of the row labels inside a node block.
 const KEY_WIDTH: usize = 12;
 
-/// Renders `e` for a terminal (no trailing newline).
-pub fn render(e: &Explanation) -> String {
+/// Renders `e` for a terminal (no trailing newline); load times get an age relative to `now`.
+pub fn render(e: &Explanation, now: Timestamp) -> String {
     let mut out = format!("Module {}/{}\n", e.module.namespace, e.module.name);
     let width = e.nodes.iter().map(|n| n.node.len()).max().unwrap_or(0);
     for n in &e.nodes {
         out.push('\n');
-        block(&mut out, n, width);
+        block(&mut out, n, width, now);
     }
     out.push('\n');
     out.push_str(&summary_line(&e.summary));
@@ -33,7 +35,27 @@ pub fn summary_line(s: &Summary) -> String {
     )
 }
 
-fn block(out: &mut String, n: &NodeExplanation, width: usize) {
+/// `5s`, `3m`, `2h`, `4d` (kubectl style, one unit).
+pub fn age(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn since(rfc3339: &str, now: Timestamp) -> String {
+    match rfc3339.parse::<Timestamp>() {
+        Ok(t) => format!(
+            ", since {rfc3339}, {} ago",
+            age(now.duration_since(t).as_secs())
+        ),
+        Err(_) => format!(", since {rfc3339}"),
+    }
+}
+
+fn block(out: &mut String, n: &NodeExplanation, width: usize, now: Timestamp) {
     let headline = if n.state == NodeState::Loaded {
         n.state.as_str().to_string()
     } else {
@@ -70,8 +92,8 @@ fn block(out: &mut String, n: &NodeExplanation, width: usize) {
                 .unwrap_or_default();
             let since = l
                 .since
-                .as_ref()
-                .map(|s| format!(", since {s}"))
+                .as_deref()
+                .map(|s| since(s, now))
                 .unwrap_or_default();
             format!("{}{digest} (kernel {}{since})", l.image, l.kernel)
         }
@@ -96,3 +118,7 @@ fn block(out: &mut String, n: &NodeExplanation, width: usize) {
         row("note", note);
     }
 }
+
+#[cfg(test)]
+#[path = "text_tests.rs"]
+mod tests;

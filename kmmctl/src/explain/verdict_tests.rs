@@ -304,3 +304,21 @@ fn json_field_names_are_the_documented_ones() {
     assert_eq!(v["state"], "NotTargeted");
     assert_eq!(v["notTargeted"]["reason"], "NoKernelMapping");
 }
+
+#[test]
+fn explain_pairs_each_node_with_its_own_nmc_and_counts() {
+    let mut other = node(json!({}), KVER);
+    other.metadata.name = Some("w2".into());
+    let snapshot = crate::explain::fetch::Snapshot {
+        module: plain_module(),
+        nodes: vec![node(ready(), KVER), other],
+        // Only w1 has a NodeModulesConfig; w2 must not borrow it.
+        nmcs: vec![nmc(json!([loaded_entry(IMAGE, KVER)]))],
+    };
+    let e = crate::explain::explain(&snapshot);
+    assert_eq!(e.module.namespace, "kmm-demo");
+    assert_eq!(e.module.name, "brd");
+    assert_eq!(e.nodes[0].state, NodeState::Loaded);
+    assert_eq!(e.nodes[1].reason, "NoNodeModulesConfig");
+    assert_eq!((e.summary.loaded, e.summary.pending), (1, 1));
+}
