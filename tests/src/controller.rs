@@ -1,0 +1,198 @@
+//! Runs the real `kmm-controller` binary as a process against the real API
+//! server, scoped to one test namespace (its Modules, device-plugin pods and
+//! leader Lease), so parallel tests do not see each other's Modules.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::vm::artifacts::cargo_artifact;
+
+/// Builds (once per test binary, cargo makes repeats cheap) and returns the controller binary.
+///
+/// # Errors
+/// If cargo fails.
+pub fn controller_binary() -> Result<PathBuf> {
+    cargo_artifact(
+        "kmm-controller",
+        &["-p", "kmm-controller", "--bin", "kmm-controller"],
+    )
+}
+
+/// How to start a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Namespace of the Modules it reconciles and of its leader Lease.
+    pub namespace: String,
+    /// Lease identity.
+    pub identity: String,
+    /// Directory for the log file.
+    pub log_dir: PathBuf,
+    /// Extra arguments (e.g. `--lease-duration-seconds`).
+    pub extra_args: Vec<String>,
+}
+
+/// A running controller process; killed on drop.
+#[derive(Debug)]
+pub struct ControllerProcess {
+    child: Child,
+    /// Lease identity.
+    pub identity: String,
+    /// Port of /metrics, /healthz, /readyz.
+    pub metrics_port: u16,
+    log: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts `kmm-controller --namespace <ns> --lease-namespace <ns>`.
+    ///
+    /// # Errors
+    /// If the binary cannot be built or spawned.
+    pub fn start(opts: &ControllerOptions) -> Result<Self> {
+        let bin = controller_binary()?;
+        std::fs::create_dir_all(&opts.log_dir)?;
+        let metrics_port = free_port()?;
+        let log = opts
+            .log_dir
+            .join(format!("controller-{}.log", opts.identity));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(bin)
+            .args(["--namespace", &opts.namespace])
+            .args(["--lease-namespace", &opts.namespace])
+            .args(["--identity", &opts.identity])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(&opts.extra_args)
+            .env("KUBECONFIG", &opts.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .context("spawning kmm-controller")?;
+        Ok(Self {
+            child,
+            identity: opts.identity.clone(),
+            metrics_port,
+            log,
+        })
+    }
+
+    /// The controller's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The controller's /metrics text.
+    ///
+    /// # Errors
+    /// If the endpoint does not answer.
+    pub fn metrics(&self) -> Result<String> {
+        http_get(self.metrics_port, "/metrics")
+    }
+
+    /// Value of one series of /metrics (0 when absent or unreachable).
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .ok()
+            .and_then(|t| crate::agent::metric_value(&t, series))
+            .unwrap_or(0.0)
+    }
+
+    /// Whether /metrics says this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.metric("kmm_controller_is_leader") == 1.0
+    }
+
+    /// Waits until /readyz answers 200.
+    ///
+    /// # Errors
+    /// On timeout, with the log.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let port = self.metrics_port;
+        crate::cluster::wait_for(
+            timeout,
+            || async move { Ok(http_get(port, "/readyz").is_ok()) },
+        )
+        .await
+        .with_context(|| format!("controller not ready; log:\n{}", self.log()))
+    }
+
+    /// Waits until this replica leads.
+    ///
+    /// # Errors
+    /// On timeout, with the log.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<()> {
+        crate::cluster::wait_for(timeout, || async { Ok(self.is_leader()) })
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not become leader; log:\n{}",
+                    self.identity,
+                    self.log()
+                )
+            })
+    }
+
+    /// OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the leader dies without releasing anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (a clean pod shutdown) and wait for the exit.
+    ///
+    /// # Errors
+    /// If `kill` cannot be run.
+    pub fn terminate(&mut self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1.
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let (head, rest) = body
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(rest.to_string())
+}
+
+/// Path of a per-test log dir.
+pub fn log_dir(base: &Path) -> PathBuf {
+    base.join("controller")
+}
