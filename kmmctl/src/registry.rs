@@ -165,7 +165,16 @@ fn registry_aliases(registry: &str) -> Vec<String> {
     }
 }
 
+/// oci-client is built without a TLS crypto provider (kube brings ring; two
+/// providers would make rustls refuse to pick one): install ring once.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 fn client(reference: &Reference, opts: &RegistryOptions) -> Client {
+    ensure_crypto_provider();
     let protocol = if opts.insecure {
         ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
     } else {

@@ -67,6 +67,9 @@ pub async fn push_fake_kmod(
 /// Push failures.
 pub async fn push_corrupt_kmod(reference: &str) -> Result<String> {
     let reference: Reference = reference.parse().context("parsing reference")?;
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     let client = Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..Default::default()

@@ -140,10 +140,13 @@ impl InitramfsSpec {
 pub fn cargo_artifact(rel: &str, build_args: &[&str]) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;
     // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not under target/<profile>/deps")?;
+    // target/<profile>/deps/<test binary>, or target/<profile>/<bin> (the demo).
+    let parent = exe.parent().context("binary has no parent dir")?;
+    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().context("deps dir has no parent")?
+    } else {
+        parent
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build").args(build_args).current_dir(repo_root());
