@@ -42,6 +42,9 @@ pub struct DesiredLoad {
     pub in_tree_to_remove: Vec<String>,
     /// `version`, for ordered upgrade.
     pub version: Option<String>,
+    /// Why this cannot be loaded as asked (e.g. `modprobe.args`, which has no
+    /// libkmod equivalent); reported as an error instead of loading.
+    pub rejected: Option<String>,
 }
 
 impl DesiredLoad {
@@ -189,6 +192,7 @@ mod tests {
             modules_loading_order: vec![],
             in_tree_to_remove: vec![],
             version: version.map(str::to_string),
+            rejected: None,
         })
     }
 

@@ -70,6 +70,24 @@ fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
         modules_loading_order: t.modprobe.modules_loading_order.clone().unwrap_or_default(),
         in_tree_to_remove: t.in_tree_modules_to_remove.clone(),
         version: t.version.clone(),
+        rejected: unsupported_modprobe(&t.modprobe),
+    }
+}
+
+/// `modprobe.args` and `rawArgs` are command lines for upstream's modprobe
+/// worker; the agent loads through libkmod, so it refuses them instead of
+/// silently loading something else.
+fn unsupported_modprobe(m: &kmm_common::ModprobeSpec) -> Option<String> {
+    let describe = |field: &str, a: &kmm_common::ModprobeArgs| {
+        format!(
+            "modprobe.{field} (load: {:?}, unload: {:?}) is not supported: kmm-agent loads through libkmod, not a modprobe command line; use moduleName, parameters and modulesLoadingOrder",
+            a.load, a.unload
+        )
+    };
+    match (&m.args, &m.raw_args) {
+        (Some(a), _) => Some(describe("args", a)),
+        (None, Some(a)) => Some(describe("rawArgs", a)),
+        (None, None) => None,
     }
 }
 
@@ -142,6 +160,24 @@ spec:
         );
         assert!(
             matches!(set.map.get(&ModuleKey::new("ns", "brd")), Some(Desired::Absent(r)) if r.contains("matches no kernelMapping"))
+        );
+    }
+
+    #[test]
+    fn modprobe_args_are_rejected_with_a_reason() {
+        let yaml = BRD.replace("modulesLoadingOrder: [brd, dep]", "args: {load: [-v]}");
+        let set = desired_for_node(
+            &[module(&yaml)],
+            &node(&[("role", "storage")]),
+            "6.1.0-56-amd64",
+        );
+        let Some(Desired::Load(l)) = set.map.get(&ModuleKey::new("ns", "brd")) else {
+            panic!("expected a load, got {set:?}");
+        };
+        assert!(
+            l.rejected
+                .as_deref()
+                .is_some_and(|r| r.contains("modprobe.args"))
         );
     }
 
