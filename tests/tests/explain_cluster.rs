@@ -408,6 +408,42 @@ async fn explain_tells_the_true_reason_per_node_in_text_and_json() -> Result<()>
         "{stderr}"
     );
 
+    let out = run(
+        &bin,
+        &[
+            "explain",
+            MODULE,
+            "-n",
+            &c.ns,
+            "--node",
+            "no-such-node",
+            "--kubeconfig",
+            kubeconfig,
+        ],
+    )?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node no-such-node not found"), "{stderr}");
+    // A user without RBAC: the API server's own words, not a wall of debug output.
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    kc["users"][0]["user"]["as"] = "nobody".into();
+    let forbidden = dir.path().join("nobody.kubeconfig");
+    std::fs::write(&forbidden, serde_yaml::to_string(&kc)?)?;
+    let forbidden = forbidden.to_str().context("path")?;
+    let out = run(
+        &bin,
+        &["explain", MODULE, "-n", &c.ns, "--kubeconfig", forbidden],
+    )?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("API request failed:")
+            && stderr.contains("User \"nobody\" cannot get resource \"modules\"")
+            && stderr.contains("(403 Forbidden)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
     drop(agents);
     c.cleanup().await;
     c.nodes.clear();

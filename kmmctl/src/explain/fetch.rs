@@ -152,7 +152,10 @@ pub async fn snapshot(
 /// API answers (a `Status`) stay [`Error::Api`]; anything else means we never got an answer.
 fn classify(url: &str, err: kube::Error) -> Error {
     match err {
-        kube::Error::Api(_) => Error::Api(err),
+        kube::Error::Api(status) => Error::Api(format!(
+            "{} ({} {})",
+            status.message, status.code, status.reason
+        )),
         other => Error::Unreachable {
             url: url.to_string(),
             source: other,

@@ -63,7 +63,7 @@ pub struct ExplainArgs {
 pub enum OutputFormat {
     /// Aligned text, one block per node.
     Text,
-    /// The [`report::Explanation`] document.
+    /// JSON (the documented `report::Explanation` shape).
     Json,
 }
 
@@ -96,9 +96,9 @@ pub enum Error {
     /// The cluster has no Node objects (matching the selector, when one is given).
     #[error("no nodes in the cluster{}", .0.as_ref().map(|s| format!(" match {s}")).unwrap_or_default())]
     NoNodes(Option<String>),
-    /// The API server answered with an error.
-    #[error("API request failed")]
-    Api(#[source] kube::Error),
+    /// The API server answered with an error (forbidden, ...): its code and message.
+    #[error("API request failed: {0}")]
+    Api(String),
     /// Serializing the JSON output.
     #[error("encoding JSON output")]
     Json(#[from] serde_json::Error),
