@@ -1,0 +1,395 @@
+//! `deploy/` installs cleanly on the real API server and its RBAC is least
+//! privilege: `kubectl apply --server-side -k deploy/` succeeds with nothing on
+//! stderr (twice: idempotent), the objects are what the manifests promise, and
+//! `kubectl auth can-i` as each service account answers as designed.
+//!
+//! The install is left in place (kmm-system, RBAC, policies, workloads): the
+//! deploy tests share it, tests that run their own agents and controllers use
+//! the admin kubeconfig and other namespaces, and with no kubelet the
+//! DaemonSet's and Deployment's pods only stay Pending (the agent pods go
+//! with their test Nodes).
+//!
+//! Needs the binaries from `bash hack/controlplane/build.sh`.
+
+use anyhow::{Context, Result, bail};
+use kmm_tests::cluster::ensure_crds;
+use kmm_tests::controlplane::{ControlPlane, repo_root};
+use serde_json::Value;
+
+const AGENT: &str = "system:serviceaccount:kmm-system:kmm-agent";
+const CONTROLLER: &str = "system:serviceaccount:kmm-system:kmm-controller";
+
+fn deploy_dir() -> Result<String> {
+    Ok(repo_root()
+        .join("deploy")
+        .to_str()
+        .context("non-UTF-8 repo path")?
+        .to_string())
+}
+
+/// `kubectl apply --server-side -k deploy/`; returns (stdout, stderr).
+fn apply_deploy(cp: &ControlPlane) -> Result<(String, String)> {
+    let out = cp.kubectl(["apply", "--server-side", "-k", &deploy_dir()?]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!(
+            "kubectl apply -k deploy/ failed ({}):\n{stderr}",
+            out.status
+        );
+    }
+    Ok((stdout, stderr))
+}
+
+fn get_json(cp: &ControlPlane, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    Ok(serde_json::from_str(&cp.kubectl_ok(all)?)?)
+}
+
+#[tokio::test]
+async fn apply_k_deploy_installs_without_warnings_and_is_idempotent() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    // Same CRD content under the tests' field manager first, so the apply
+    // below never conflicts with a parallel test's copy.
+    ensure_crds(cp).await?;
+
+    for round in 1..=2 {
+        let (stdout, stderr) = apply_deploy(cp)?;
+        assert_eq!(stderr.trim(), "", "round {round}: warnings on stderr");
+        for object in [
+            "namespace/kmm-system",
+            "customresourcedefinition.apiextensions.k8s.io/modules.kmm.sigs.x-k8s.io",
+            "clusterrole.rbac.authorization.k8s.io/kmm-agent",
+            "clusterrole.rbac.authorization.k8s.io/kmm-controller",
+            "role.rbac.authorization.k8s.io/kmm-controller-leader-election",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/kmm-agent-own-node",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/kmm-agent-own-nodemodulesconfig",
+            "daemonset.apps/kmm-agent",
+            "deployment.apps/kmm-controller",
+            "service/kmm-agent-metrics",
+            "service/kmm-controller-metrics",
+        ] {
+            assert!(
+                stdout.contains(&format!("{object} serverside-applied")),
+                "round {round}: {object} missing from:\n{stdout}"
+            );
+        }
+    }
+
+    check_installed_objects(cp)
+}
+
+fn check_installed_objects(cp: &ControlPlane) -> Result<()> {
+    let ns = get_json(cp, &["namespace", "kmm-system"])?;
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+
+    // Both policies compiled with no type-checking warnings.
+    for policy in ["kmm-agent-own-node", "kmm-agent-own-nodemodulesconfig"] {
+        let vap = get_json(cp, &["validatingadmissionpolicy", policy])?;
+        let warnings = &vap["status"]["typeChecking"]["expressionWarnings"];
+        assert!(
+            warnings.is_null() || warnings == &Value::Array(vec![]),
+            "{policy}: {warnings}"
+        );
+    }
+
+    let ds = get_json(cp, &["-n", "kmm-system", "daemonset", "kmm-agent"])?;
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["serviceAccountName"], "kmm-agent");
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    assert_eq!(c["image"], "kmm-rs:dev");
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["containerPort"], 8081);
+    assert_eq!(c["resources"]["requests"]["cpu"], "10m");
+    assert_eq!(c["resources"]["requests"]["memory"], "32Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+    let env = c["env"].as_array().context("agent env")?;
+    let node_name = env
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .context("NODE_NAME")?;
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let mounts: Vec<(String, bool)> = c["volumeMounts"]
+        .as_array()
+        .context("agent mounts")?
+        .iter()
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap_or_default().to_string(),
+                m["readOnly"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    for (path, read_only) in [
+        ("/lib/modules", true),
+        ("/sys", false),
+        ("/var/lib/firmware", false),
+        ("/var/lib/kmm-agent", false),
+    ] {
+        assert!(
+            mounts.contains(&(path.to_string(), read_only)),
+            "{path} (readOnly={read_only}) not in {mounts:?}"
+        );
+    }
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .context("agent volumes")?
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(
+        host_paths,
+        [
+            "/lib/modules",
+            "/sys",
+            "/var/lib/firmware",
+            "/var/lib/kmm-agent"
+        ]
+    );
+
+    let deploy = get_json(cp, &["-n", "kmm-system", "deployment", "kmm-controller"])?;
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["serviceAccountName"], "kmm-controller");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env = c["env"].as_array().context("controller env")?;
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e["name"] == name)
+            .with_context(|| format!("{name} not set"))?;
+        assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], path, "{name}");
+    }
+
+    for (svc, port) in [
+        ("kmm-agent-metrics", 8081),
+        ("kmm-controller-metrics", 8080),
+    ] {
+        let s = get_json(cp, &["-n", "kmm-system", "service", svc])?;
+        assert_eq!(s["spec"]["ports"][0]["port"], port, "{svc}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn base_leaves_out_examples_and_monitoring_which_the_overlay_adds() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let kinds = |dir: &str| -> Result<Vec<String>> {
+        let out = cp.kubectl_ok(["kustomize", dir])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .map(str::to_string)
+            .collect())
+    };
+    let base = kinds(&deploy_dir()?)?;
+    assert!(!base.iter().any(|k| k == "Module"), "{base:?}");
+    assert!(!base.iter().any(|k| k == "ServiceMonitor"), "{base:?}");
+
+    let overlay_dir = repo_root().join("deploy/overlays/monitoring");
+    let overlay = kinds(overlay_dir.to_str().context("non-UTF-8 path")?)?;
+    assert_eq!(
+        overlay.iter().filter(|k| *k == "ServiceMonitor").count(),
+        2,
+        "{overlay:?}"
+    );
+    // The overlay is deploy/ plus monitoring, nothing dropped.
+    for kind in &base {
+        assert!(overlay.contains(kind), "{kind} missing from the overlay");
+    }
+    Ok(())
+}
+
+/// `kubectl auth can-i --as=<sa> <args>`: true for "yes", false for "no".
+fn can_i(cp: &ControlPlane, who: &str, args: &[&str]) -> Result<bool> {
+    let mut all = vec!["auth", "can-i", "--as", who];
+    all.extend_from_slice(args);
+    let out = cp.kubectl(&all);
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => bail!(
+            "kubectl auth can-i {args:?}: {other:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn expect(cp: &ControlPlane, who: &str, allowed: &[&[&str]], denied: &[&[&str]]) -> Result<()> {
+    let mut wrong = Vec::new();
+    for args in allowed {
+        if !can_i(cp, who, args)? {
+            wrong.push(format!("should be allowed: {args:?}"));
+        }
+    }
+    for args in denied {
+        if can_i(cp, who, args)? {
+            wrong.push(format!("should be denied: {args:?}"));
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("{who}:\n{}", wrong.join("\n"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    ensure_crds(cp).await?;
+    apply_deploy(cp)?;
+
+    expect(
+        cp,
+        AGENT,
+        &[
+            &["list", "modules.kmm.sigs.x-k8s.io", "-A"],
+            &["watch", "modules.kmm.sigs.x-k8s.io", "-A"],
+            &["patch", "nodes"],
+            &["watch", "nodes"],
+            &["create", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            &[
+                "patch",
+                "nodemodulesconfigs.kmm.sigs.x-k8s.io",
+                "--subresource=status",
+            ],
+            &["get", "secrets", "-n", "some-module-ns"],
+            &["create", "events.events.k8s.io", "-n", "some-module-ns"],
+        ],
+        &[
+            &["delete", "modules.kmm.sigs.x-k8s.io", "-n", "default"],
+            &["patch", "modules.kmm.sigs.x-k8s.io", "-n", "default"],
+            &[
+                "patch",
+                "modules.kmm.sigs.x-k8s.io",
+                "-n",
+                "default",
+                "--subresource=status",
+            ],
+            &["create", "pods", "-n", "kmm-system"],
+            &["create", "pods", "-n", "default", "--subresource=exec"],
+            &["get", "pods", "-n", "default", "--subresource=exec"],
+            &["delete", "nodes"],
+            &["patch", "nodes", "--subresource=status"],
+            &["delete", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            &["update", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            &["list", "secrets", "-n", "default"],
+            &["watch", "secrets", "-A"],
+            &["create", "daemonsets.apps", "-n", "kmm-system"],
+            &["create", "events", "-n", "default"],
+            &["create", "leases.coordination.k8s.io", "-n", "kmm-system"],
+        ],
+    )?;
+
+    expect(
+        cp,
+        CONTROLLER,
+        &[
+            &["watch", "modules.kmm.sigs.x-k8s.io", "-A"],
+            &["patch", "modules.kmm.sigs.x-k8s.io", "-n", "ns1"],
+            &[
+                "patch",
+                "modules.kmm.sigs.x-k8s.io",
+                "-n",
+                "ns1",
+                "--subresource=status",
+            ],
+            &[
+                "update",
+                "modules.kmm.sigs.x-k8s.io",
+                "-n",
+                "ns1",
+                "--subresource=finalizers",
+            ],
+            &["watch", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            &["patch", "nodes"],
+            &["patch", "namespaces"],
+            &["watch", "pods", "-A"],
+            &["create", "daemonsets.apps", "-n", "ns1"],
+            &["patch", "daemonsets.apps", "-n", "ns1"],
+            &["delete", "daemonsets.apps", "-n", "ns1"],
+            &["create", "serviceaccounts", "-n", "ns1"],
+            &["delete", "serviceaccounts", "-n", "ns1"],
+            &["create", "events.events.k8s.io", "-n", "ns1"],
+            &["create", "leases.coordination.k8s.io", "-n", "kmm-system"],
+            &[
+                "update",
+                "leases.coordination.k8s.io/kmm-controller-leader",
+                "-n",
+                "kmm-system",
+            ],
+        ],
+        &[
+            &["get", "secrets", "-n", "kmm-system"],
+            &["get", "secrets", "-n", "ns1"],
+            &["list", "secrets", "-A"],
+            &["create", "pods", "-n", "ns1", "--subresource=exec"],
+            &["get", "pods", "-n", "ns1", "--subresource=exec"],
+            &["create", "pods", "-n", "ns1"],
+            &["delete", "pods", "-n", "ns1"],
+            &["delete", "modules.kmm.sigs.x-k8s.io", "-n", "ns1"],
+            &["create", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            &[
+                "patch",
+                "nodemodulesconfigs.kmm.sigs.x-k8s.io",
+                "--subresource=status",
+            ],
+            &["delete", "nodes"],
+            &["delete", "namespaces"],
+            &["create", "leases.coordination.k8s.io", "-n", "default"],
+            &[
+                "update",
+                "leases.coordination.k8s.io/other-lease",
+                "-n",
+                "kmm-system",
+            ],
+            &[
+                "delete",
+                "leases.coordination.k8s.io/kmm-controller-leader",
+                "-n",
+                "kmm-system",
+            ],
+            &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+            &[
+                "create",
+                "rolebindings.rbac.authorization.k8s.io",
+                "-n",
+                "ns1",
+            ],
+            &["impersonate", "users"],
+            &[
+                "create",
+                "serviceaccounts",
+                "-n",
+                "ns1",
+                "--subresource=token",
+            ],
+        ],
+    )
+}
