@@ -1,6 +1,7 @@
 //! kmm-agent library: everything the per-node agent does, split by concern.
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod extract;
 pub mod image;
 pub mod kernel;

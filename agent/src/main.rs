@@ -29,7 +29,8 @@ enum KernelKind {
 #[command(
     name = "kmm-agent",
     version,
-    about = "kmm-rs node agent: loads kernel modules from kmod images"
+    about = "kmm-rs node agent: loads kernel modules from kmod images",
+    after_help = "Boot mode (at node boot, before the kubelet, no network): kmm-agent boot --help"
 )]
 struct Args {
     /// Name of the Node this agent runs on (downward API `spec.nodeName`).
@@ -79,6 +80,49 @@ struct Args {
     log_json: bool,
 }
 
+/// `kmm-agent boot`: loads again, from the local image cache, what the state file
+/// records for the running kernel. No Node, API server or network, hence its own parser.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kmm-agent boot",
+    version,
+    about = "Loads the modules recorded in the state file for the running kernel, from the local image cache, without network"
+)]
+struct BootArgs {
+    /// Directory of the state file and the image cache (the agent's --state-dir).
+    #[arg(long, env = "KMM_STATE_DIR", default_value = "/var/lib/kmm-agent")]
+    state_dir: PathBuf,
+
+    /// Host directory firmware files are copied into.
+    #[arg(long, env = "KMM_FIRMWARE_DIR", default_value = "/var/lib/firmware")]
+    firmware_dir: PathBuf,
+
+    /// Also point /sys/module/firmware_class/parameters/path at --firmware-dir.
+    #[arg(long, env = "KMM_SET_FIRMWARE_CLASS_PATH", default_value_t = false)]
+    set_firmware_class_path: bool,
+
+    /// Log as JSON.
+    #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
+    log_json: bool,
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_json);
+    let running = running_release()?;
+    let kernel = LibKmod::new().context("initialising libkmod")?;
+    let settings = kmm_agent::boot::BootSettings {
+        firmware_dir: args.firmware_dir,
+        set_firmware_class_path: args.set_firmware_class_path,
+        firmware_class_path: kmm_agent::kernel::firmware::FIRMWARE_CLASS_PATH.into(),
+    };
+    let state = StateFile::in_dir(&args.state_dir);
+    let report = kmm_agent::boot::run(&state, &running, &kernel, &settings)?;
+    // The summary goes to the journal either way; a failure also fails the unit.
+    anyhow::ensure!(report.success(), "boot: {}", report.summary());
+    tracing::info!(kernel = %running, "boot: {}", report.summary());
+    Ok(())
+}
+
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -112,6 +156,9 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "boot") {
+        return boot(BootArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let Args {
         node_name,
         state_dir,

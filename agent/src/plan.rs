@@ -209,6 +209,7 @@ mod tests {
             in_tree_removed: vec![],
             module_dir: PathBuf::from("/x"),
             firmware_files: vec![],
+            firmware_source: None,
             loaded_at: String::new(),
         }
     }

@@ -116,6 +116,10 @@ pub struct LoadedModule {
     /// Firmware files this agent installed on the host, relative to the firmware dir.
     #[serde(default)]
     pub firmware_files: Vec<PathBuf>,
+    /// The image's firmware directory inside the cache (`<root>/<firmwarePath>`), so the
+    /// boot path can install the firmware again without network. Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_source: Option<PathBuf>,
     /// When the load finished (RFC 3339).
     pub loaded_at: String,
 }
@@ -220,6 +224,7 @@ mod tests {
             in_tree_removed: vec![],
             module_dir: PathBuf::from("/var/lib/kmm/images/x/opt/lib/modules/6.1.0-56-amd64"),
             firmware_files: vec![],
+            firmware_source: None,
             loaded_at: "2026-11-25T00:00:00Z".into(),
         }
     }

@@ -237,6 +237,7 @@ async fn load(
     } else {
         Some(image_path(&pulled.root, &want.firmware_path)?)
     };
+    let firmware_source = firmware_src.clone();
     let firmware_dir = ctx.settings.firmware_dir.clone();
     let set_class_path = ctx.settings.set_firmware_class_path;
     let (removed, firmware_files, outcome) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -282,6 +283,7 @@ async fn load(
         in_tree_removed: removed,
         module_dir,
         firmware_files,
+        firmware_source,
         loaded_at: report::now_rfc3339(),
     };
     {

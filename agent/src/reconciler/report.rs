@@ -239,6 +239,7 @@ mod tests {
             in_tree_removed: vec![],
             module_dir: PathBuf::from("/x"),
             firmware_files: vec![],
+            firmware_source: None,
             loaded_at: "2026-11-25T00:00:00Z".into(),
         }
     }
