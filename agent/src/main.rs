@@ -157,7 +157,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|a| a == "boot") {
-        return boot(BootArgs::parse_from(std::env::args_os().skip(1)));
+        let argv = std::iter::once("kmm-agent boot".into()).chain(std::env::args_os().skip(2));
+        return boot(BootArgs::parse_from(argv));
     }
     let Args {
         node_name,
