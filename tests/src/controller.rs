@@ -97,6 +97,14 @@ impl ControllerProcess {
         http_get(self.metrics_port, "/metrics")
     }
 
+    /// GET one of the controller's endpoints (`/healthz`, `/readyz`, `/metrics`).
+    ///
+    /// # Errors
+    /// If the endpoint does not answer 200.
+    pub fn get(&self, path: &str) -> Result<String> {
+        http_get(self.metrics_port, path)
+    }
+
     /// Value of one series of /metrics (0 when absent or unreachable).
     pub fn metric(&self, series: &str) -> f64 {
         self.metrics()

@@ -243,6 +243,44 @@ async fn finalizer_and_namespace_label_are_added_to_every_module() -> Result<()>
     })
     .await?;
     assert!(f.controller.metric("kmm_controller_reconciles_total") >= 1.0);
+    assert_eq!(f.controller.get("/healthz")?, "ok");
+    assert_eq!(f.controller.get("/readyz")?, "ready");
+    let metrics = f.controller.metrics()?;
+    for family in [
+        "kmm_controller_reconciles_total",
+        "kmm_controller_reconcile_duration_seconds_bucket",
+        "kmm_controller_is_leader 1",
+    ] {
+        assert!(metrics.contains(family), "missing {family} in\n{metrics}");
+    }
+    f.finish().await
+}
+
+#[tokio::test]
+async fn failed_reconciles_are_counted_by_reason_and_retried() -> Result<()> {
+    let f = Fixture::new("ctl-err").await?;
+    // A user volume named like the controller's own kubelet volume: the API
+    // server rejects the DaemonSet.
+    let clash = DEVICE_PLUGIN.replace(
+        "name: config\n        configMap",
+        "name: kubelet-device-plugins\n        configMap",
+    );
+    assert_ne!(clash, DEVICE_PLUGIN);
+    f.apply(&module_yaml("bad", &f.sel(), &clash)).await?;
+    let series = "kmm_controller_reconcile_errors_total{reason=\"kube_api\"}";
+    wait_for(WAIT, || async { Ok(f.controller.metric(series) >= 2.0) })
+        .await
+        .with_context(|| f.controller.log())?;
+    assert!(f.controller.log().contains("reconcile failed"));
+    // Fixed spec: the next retry succeeds.
+    f.apply(&module_yaml("bad", &f.sel(), DEVICE_PLUGIN))
+        .await?;
+    let dss: Api<DaemonSet> = Api::namespaced(f.client.clone(), f.ns());
+    wait_for(WAIT, || async {
+        Ok(dss.get_opt("bad-device-plugin").await?.is_some())
+    })
+    .await
+    .with_context(|| f.controller.log())?;
     f.finish().await
 }
 

@@ -164,6 +164,11 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
             Err(controller::Error::ReconcilerFailed(e, obj)) => {
                 tracing::debug!(module = %obj, error = %e, "reconcile failed");
             }
+            // NMCs list Modules of every namespace; outside our scope (or just
+            // deleted) they are not in the store.
+            Err(controller::Error::ObjectNotFound(obj)) => {
+                tracing::debug!(module = %obj, "not in scope or gone");
+            }
             Err(e) => tracing::warn!(error = %e, "controller"),
         }
     })
