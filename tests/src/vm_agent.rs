@@ -31,7 +31,39 @@ pub struct AgentVm {
     pub node: String,
     /// The guest's kernel.
     pub kernel: KernelArtifacts,
-    share: tempfile::TempDir,
+    /// The agent's `--state-dir` in the guest.
+    pub state_dir: String,
+    share: PathBuf,
+    /// The share when this VM created it (removed on drop).
+    _own_share: Option<tempfile::TempDir>,
+}
+
+/// How [`AgentVm::start_with`] boots the node; the default is what [`AgentVm::start`] does.
+#[derive(Debug, Clone)]
+pub struct AgentVmOptions {
+    /// Host directory shared as `/host`; `None`: a fresh temp dir owned by the VM.
+    /// Passing the same directory to a second VM is a reboot that keeps what is on it.
+    pub share: Option<PathBuf>,
+    /// The agent's `--state-dir` in the guest; under `/host` it survives the VM.
+    pub state_dir: String,
+    /// Guest networking; without it nothing (API server, registry) can be reached.
+    pub net: bool,
+    /// Start the in-cluster agent once booted.
+    pub start_agent: bool,
+    /// (Re)create the Node object; `false` keeps the existing one, as a rebooted node does.
+    pub create_node: bool,
+}
+
+impl Default for AgentVmOptions {
+    fn default() -> Self {
+        Self {
+            share: None,
+            state_dir: "/var/lib/kmm-agent".into(),
+            net: true,
+            start_agent: true,
+            create_node: true,
+        }
+    }
 }
 
 /// The kernel and an initramfs with the agent in it, prepared once per process.
@@ -39,6 +71,14 @@ pub struct AgentVm {
 /// # Errors
 /// Kernel fetch, cargo build or initramfs failures.
 pub async fn prepare() -> Result<(KernelArtifacts, PathBuf)> {
+    // Once: each call runs cargo, which waits for the build lock while other
+    // builds run (a test booting three VMs waited minutes for it).
+    static PREPARED: tokio::sync::OnceCell<(KernelArtifacts, PathBuf)> =
+        tokio::sync::OnceCell::const_new();
+    PREPARED.get_or_try_init(build_artifacts).await.cloned()
+}
+
+async fn build_artifacts() -> Result<(KernelArtifacts, PathBuf)> {
     tokio::task::spawn_blocking(|| -> Result<(KernelArtifacts, PathBuf)> {
         let kernel = KernelArtifacts::fetch()?;
         let agent = agent_binary()?;
@@ -75,29 +115,56 @@ impl AgentVm {
         node: &str,
         labels: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_with(cp, client, node, labels, AgentVmOptions::default()).await
+    }
+
+    /// [`AgentVm::start`] with options (shared state dir, no network, no agent).
+    ///
+    /// # Errors
+    /// Boot failures or an agent that does not get ready (with its log).
+    pub async fn start_with(
+        cp: &ControlPlane,
+        client: &Client,
+        node: &str,
+        labels: &[(&str, &str)],
+        options: AgentVmOptions,
+    ) -> Result<Self> {
         let t = Instant::now();
         let (kernel, initramfs) = prepare().await?;
         let prepared = t.elapsed();
-        create_node(client, node, labels, &kernel.release).await?;
-        let share = tempfile::Builder::new().prefix("kmm-agent-vm-").tempdir()?;
+        if options.create_node {
+            create_node(client, node, labels, &kernel.release).await?;
+        }
+        let (share, own_share) = match options.share {
+            Some(dir) => (dir, None),
+            None => {
+                let tmp = tempfile::Builder::new().prefix("kmm-agent-vm-").tempdir()?;
+                (tmp.path().to_path_buf(), Some(tmp))
+            }
+        };
         let guest_kubeconfig = cp
             .kubeconfig_path()
             .parent()
             .context("kubeconfig has no parent dir")?
             .join("admin-guest.kubeconfig");
-        std::fs::copy(&guest_kubeconfig, share.path().join("kubeconfig"))
+        std::fs::copy(&guest_kubeconfig, share.join("kubeconfig"))
             .with_context(|| format!("copying {}", guest_kubeconfig.display()))?;
         let mut opts = VmOptions::new(kernel.clone(), initramfs);
-        opts.share = Some(share.path().to_path_buf());
+        opts.share = Some(share.clone());
+        opts.net = options.net;
         let vm = VmNode::boot(opts).await?;
         let booted = t.elapsed();
         let me = Self {
             vm,
             node: node.to_string(),
             kernel,
+            state_dir: options.state_dir,
             share,
+            _own_share: own_share,
         };
-        me.start_agent().await?;
+        if options.start_agent {
+            me.start_agent().await?;
+        }
         println!(
             "[vm-agent {node}] prepared {prepared:.1?}, booted {:.1?}, agent ready {:.1?}",
             booted - prepared,
@@ -113,11 +180,12 @@ impl AgentVm {
     pub async fn start_agent(&self) -> Result<()> {
         let script = format!(
             "cd / && KUBECONFIG=/host/kubeconfig RUST_LOG=info,kube=warn \
-             setsid /bin/kmm-agent --node-name {node} --state-dir /var/lib/kmm-agent \
+             setsid /bin/kmm-agent --node-name {node} --state-dir {state_dir} \
              --firmware-dir /var/lib/firmware --set-firmware-class-path \
              --metrics-addr 127.0.0.1:8081 --resync-seconds 5 --verify-seconds 5 \
              >> /host/agent.log 2>&1 < /dev/null &\necho started",
-            node = self.node
+            node = self.node,
+            state_dir = self.state_dir
         );
         self.vm.run_ok(&script).await?;
         let vm = &self.vm;
@@ -138,7 +206,7 @@ impl AgentVm {
 
     /// The agent's log so far.
     pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.share.path().join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.share.join("agent.log")).unwrap_or_default()
     }
 
     /// Reads a file in the guest (trimmed), or `None` if it does not exist.
