@@ -24,6 +24,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub is_leader: IntGauge,
+    /// Module status writes (only when the status changed).
+    pub status_writes: IntCounter,
 }
 
 impl Metrics {
@@ -53,12 +55,17 @@ impl Metrics {
                 "kmm_controller_is_leader",
                 "1 while this replica holds the leader Lease",
             )?,
+            status_writes: IntCounter::new(
+                "kmm_controller_status_writes_total",
+                "Module status writes (only when the status changed)",
+            )?,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.reconcile_errors.clone()))?;
         m.registry
             .register(Box::new(m.reconcile_duration.clone()))?;
         m.registry.register(Box::new(m.is_leader.clone()))?;
+        m.registry.register(Box::new(m.status_writes.clone()))?;
         Ok(m)
     }
 
@@ -110,6 +117,7 @@ mod tests {
             "kmm_controller_reconcile_duration_seconds_count 1",
             "kmm_controller_reconcile_errors_total{reason=\"kube_api\"} 1",
             "kmm_controller_is_leader 1",
+            "kmm_controller_status_writes_total 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

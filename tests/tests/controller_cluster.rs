@@ -614,3 +614,44 @@ async fn device_plugin_ready_label_follows_pod_readiness() -> Result<()> {
     .with_context(|| f.controller.log())?;
     f.finish().await
 }
+
+#[tokio::test]
+async fn a_rollout_to_many_nodes_costs_few_status_writes() -> Result<()> {
+    const NODES: usize = 30;
+    let mut f = Fixture::new("ctl-rollout").await?;
+    let mut names = Vec::new();
+    for i in 0..NODES {
+        names.push(f.node(&format!("r{i}"), true, KVER).await?);
+    }
+    f.apply(&module_yaml("roll", &f.sel(), "")).await?;
+    for n in &names {
+        f.set_nmc_status(n, serde_json::json!([])).await?;
+    }
+    let n = i32::try_from(NODES)?;
+    f.wait_module("roll", "all desired, none loaded", |m| {
+        m.is_some_and(|m| loader_counts(m) == (n, n, 0))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let series = "kmm_controller_status_writes_total";
+    let before = f.controller.metric(series);
+
+    // Every agent reports the module loaded, one NMC write per node.
+    for n in &names {
+        f.set_nmc_status(n, serde_json::json!([f.loaded_entry("roll")]))
+            .await?;
+    }
+    f.wait_module("roll", "all loaded", |m| {
+        m.is_some_and(|m| loader_counts(m) == (n, n, n))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = f.controller.metric(series) - before;
+    eprintln!("{NODES} NMC updates -> {writes} status writes");
+    assert!(writes >= 1.0);
+    assert!(
+        writes <= (NODES / 3) as f64,
+        "{writes} status writes for {NODES} node events"
+    );
+    f.finish().await
+}

@@ -316,5 +316,6 @@ async fn write_status(
     )
     .await
     .map_err(|e| Error::kube("writing Module status", e))?;
+    ctx.metrics.status_writes.inc();
     Ok(())
 }
