@@ -251,22 +251,20 @@ mod tests {
 
     const KVER: &str = "6.1.0-56-amd64";
 
+    /// From JSON, as the state file holds it: fields added later (with serde defaults)
+    /// do not need touching these tests.
     fn rec(module_dir: &Path, name: &str, loaded_at: &str) -> LoadedModule {
-        LoadedModule {
-            image: format!("reg/ns/{name}:{KVER}"),
-            digest: "sha256:1".into(),
-            kernel: KVER.into(),
-            module_name: name.into(),
-            modules_loading_order: vec![],
-            inserted: vec![name.into()],
-            parameters: vec![],
-            version: None,
-            in_tree_removed: vec![],
-            module_dir: module_dir.to_path_buf(),
-            firmware_files: vec![],
-            firmware_source: None,
-            loaded_at: loaded_at.into(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "image": format!("reg/ns/{name}:{KVER}"),
+            "digest": "sha256:1",
+            "kernel": KVER,
+            "moduleName": name,
+            "inserted": [name],
+            "parameters": [],
+            "moduleDir": module_dir,
+            "loadedAt": loaded_at,
+        }))
+        .unwrap()
     }
 
     fn state(records: Vec<(&str, LoadedModule)>) -> NodeState {
