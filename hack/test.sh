@@ -15,7 +15,9 @@ bash hack/setup.sh
 step "control plane binaries"
 bash hack/controlplane/build.sh >/dev/null
 step "VM node kernel"
-bash tests/vm/fetch-kernel.sh >/dev/null
+kdir=$(bash tests/vm/fetch-kernel.sh | tail -1)
+# kmmctl's real-kernel packaging test reads the same tree.
+export KMM_REAL_KERNEL_TESTS=1 KMM_KERNEL_TREE="$kdir/root" KMM_KERNEL_VERSION="$(cat "$kdir/kver")"
 
 started_cp=0
 if ! curl -fsk --max-time 2 "https://127.0.0.1:${KMM_APISERVER_PORT:-6443}/readyz" >/dev/null 2>&1; then started_cp=1; fi
@@ -28,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "control plane and registry"
-bash hack/controlplane/start.sh
+START_CONTROLLERS=1 bash hack/controlplane/start.sh
 bash hack/registry/start.sh
 
 step "cargo test (unit, integration, VM end-to-end)"

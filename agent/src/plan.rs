@@ -211,6 +211,7 @@ mod tests {
             firmware_files: vec![],
             firmware_source: None,
             loaded_at: String::new(),
+            module_uid: None,
         }
     }
 

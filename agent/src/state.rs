@@ -122,6 +122,9 @@ pub struct LoadedModule {
     pub firmware_source: Option<PathBuf>,
     /// When the load finished (RFC 3339).
     pub loaded_at: String,
+    /// The Module's uid, so events can name it after it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_uid: Option<String>,
 }
 
 /// Everything this agent loaded, by Module.
@@ -226,6 +229,7 @@ mod tests {
             firmware_files: vec![],
             firmware_source: None,
             loaded_at: "2026-11-25T00:00:00Z".into(),
+            module_uid: None,
         }
     }
 

@@ -16,6 +16,31 @@ pub fn registry_addr() -> String {
     )
 }
 
+/// The htpasswd-protected registry (`hack/registry/start.sh --auth`), started
+/// if it is not running; returns its address and the credentials.
+///
+/// # Errors
+/// If the script fails.
+pub fn auth_registry() -> Result<(String, String, String)> {
+    let script = crate::controlplane::repo_root().join("hack/registry/start.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--auth")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} --auth failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    Ok((
+        format!("127.0.0.1:{}", env("KMM_REGISTRY_AUTH_PORT", "5001")),
+        env("KMM_REGISTRY_USER", "kmm"),
+        env("KMM_REGISTRY_PASSWORD", "kmm-secret"),
+    ))
+}
+
 /// Packages fake modules (ELF-looking files; the simulated kernel only needs them
 /// to exist) for `kver` and pushes them as `reference`. `modules` is
 /// `(name, deps)`; `firmware` files go under `/firmware`. Returns the digest.
@@ -27,6 +52,20 @@ pub async fn push_fake_kmod(
     kver: &str,
     modules: &[(&str, &[&str])],
     firmware: &[(&str, &[u8])],
+) -> Result<String> {
+    push_fake_kmod_as(reference, kver, modules, firmware, RegistryAuth::Anonymous).await
+}
+
+/// [`push_fake_kmod`] with registry credentials.
+///
+/// # Errors
+/// Packaging or push failures.
+pub async fn push_fake_kmod_as(
+    reference: &str,
+    kver: &str,
+    modules: &[(&str, &[&str])],
+    firmware: &[(&str, &[u8])],
+    auth: RegistryAuth,
 ) -> Result<String> {
     let dir = tempfile::tempdir()?;
     let tree = dir.path().join("tree");
@@ -55,6 +94,7 @@ pub async fn push_fake_kmod(
     let reference = kmmctl::registry::parse_reference(reference, "latest")?;
     let opts = kmmctl::registry::RegistryOptions {
         insecure: true,
+        auth,
         ..Default::default()
     };
     Ok(kmmctl::registry::push(&packaged.image, &reference, &opts).await?)

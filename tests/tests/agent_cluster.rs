@@ -7,13 +7,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kmm_common::{Module, NodeModulesConfig};
 use kmm_tests::agent::{AgentOptions, AgentProcess, metric_value};
 use kmm_tests::cluster::{create_node, delete_node, ensure_crds, set_node_label, wait_for};
 use kmm_tests::controlplane::ControlPlane;
-use kmm_tests::images::{push_corrupt_kmod, push_fake_kmod, registry_addr};
+use kmm_tests::images::{
+    auth_registry, push_corrupt_kmod, push_fake_kmod, push_fake_kmod_as, registry_addr,
+};
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 
 const KVER: &str = "6.1.0-90-sim-amd64";
 const WAIT: Duration = Duration::from_secs(60);
@@ -225,6 +229,24 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
     })
     .await?;
     assert!(f.agent.log().contains("module unloaded"));
+    // The image no loaded Module uses is removed from the cache.
+    let unpacked = f.agent.state_dir.join("images/unpacked/sha256");
+    wait_for(WAIT, || async {
+        Ok(std::fs::read_dir(&unpacked)?.next().is_none())
+    })
+    .await?;
+    // Events on the Module tell users what happened on which node.
+    let events: Api<Event> = Api::namespaced(f.client.clone(), f.ns());
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("simmod"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "ModuleLoaded"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "ModuleUnloaded"), "{reasons:?}");
     f.finish().await
 }
 
@@ -457,5 +479,67 @@ async fn agent_killed_and_restarted_neither_double_loads_nor_forgets() -> Result
     // And it still unloads it when the Module goes.
     f.delete_module("keep").await?;
     f.wait_label(&f.ready_label("keep"), false).await?;
+    f.finish().await
+}
+
+fn docker_config_secret(name: &str, registry: &str, user: &str, password: &str) -> Result<Secret> {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({ "auths": { registry: { "auth": auth } } }).to_string();
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": { ".dockerconfigjson": config },
+    }))?)
+}
+
+#[tokio::test]
+async fn image_repo_secret_pulls_from_an_authenticated_registry_and_a_wrong_one_is_reported()
+-> Result<()> {
+    let f = Fixture::new("agent-auth", &[]).await?;
+    let (registry, user, password) = auth_registry()?;
+    let image = |name: &str| format!("{registry}/{}/{name}:{KVER}", f.ns());
+    let auth = oci_client::secrets::RegistryAuth::Basic(user.clone(), password.clone());
+    for name in ["authmod", "denied"] {
+        push_fake_kmod_as(&image(name), KVER, &[(name, &[])], &[], auth.clone()).await?;
+    }
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), f.ns());
+    secrets
+        .create(
+            &PostParams::default(),
+            &docker_config_secret("good", &registry, &user, &password)?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &docker_config_secret("bad", &registry, &user, "wrong")?,
+        )
+        .await?;
+    let with_secret = |name: &str, secret: &str| {
+        module_yaml(&f.node, name, &image(name), "", "").replace(
+            "  moduleLoader:",
+            &format!("  imageRepoSecret: {{name: {secret}}}\n  moduleLoader:"),
+        )
+    };
+    f.apply(&with_secret("authmod", "good")).await?;
+    f.wait_label(&f.ready_label("authmod"), true).await?;
+    f.apply(&with_secret("denied", "bad")).await?;
+    wait_for(WAIT, || async {
+        Ok(f.status_of("denied")
+            .await?
+            .and_then(|s| s.last_error)
+            .is_some())
+    })
+    .await?;
+    let err = f
+        .status_of("denied")
+        .await?
+        .and_then(|s| s.last_error)
+        .unwrap();
+    assert_eq!(err.reason, "ImagePullFailed");
+    assert!(err.message.contains("unauthorized"), "{}", err.message);
     f.finish().await
 }

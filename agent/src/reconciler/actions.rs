@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
 use kmm_common::Module;
-use kube::Api;
 use kube::runtime::events::EventType;
+use kube::{Api, Resource};
 
 use super::{Context, report};
 use crate::image::{DockerConfig, PullOptions, PullPolicy, PulledImage, RegistryTls};
@@ -285,6 +285,7 @@ async fn load(
         firmware_files,
         firmware_source,
         loaded_at: report::now_rfc3339(),
+        module_uid: module.and_then(|m| m.metadata.uid.clone()),
     };
     {
         let mut state = ctx.state.lock().await;
@@ -309,7 +310,15 @@ async fn load(
             "Loaded {} from {}@{} on node {}",
             want.module_name, want.image, pulled.digest, ctx.settings.node_name
         );
-        report::event(ctx, m, EventType::Normal, "ModuleLoaded", "Load", note).await;
+        report::event(
+            ctx,
+            &m.object_ref(&()),
+            EventType::Normal,
+            "ModuleLoaded",
+            "Load",
+            note,
+        )
+        .await;
     }
     Ok(())
 }
@@ -387,13 +396,23 @@ async fn unload(ctx: &Context, key: &ModuleKey, why: &str, module: Option<&Modul
         .modules_loaded
         .remove_label_values(&[&key.namespace, &key.name]);
     tracing::info!(module = %key, removed = ?outcome.removed, why, "module unloaded");
-    if let Some(m) = module {
-        let note = format!(
-            "Unloaded {} on node {}: {why}",
-            record.module_name, ctx.settings.node_name
-        );
-        report::event(ctx, m, EventType::Normal, "ModuleUnloaded", "Unload", note).await;
-    }
+    let reference = match module {
+        Some(m) => m.object_ref(&()),
+        None => report::module_ref(key, record.module_uid.as_deref()),
+    };
+    let note = format!(
+        "Unloaded {} on node {}: {why}",
+        record.module_name, ctx.settings.node_name
+    );
+    report::event(
+        ctx,
+        &reference,
+        EventType::Normal,
+        "ModuleUnloaded",
+        "Unload",
+        note,
+    )
+    .await;
     Ok(())
 }
 

@@ -224,6 +224,7 @@ async fn reconcile_pass(
         plan::plan(&desired.map, &state)
     };
     let now = Instant::now();
+    let mut freed_images = false;
     for action in actions {
         let key = action.key().clone();
         let backed_off = ctx
@@ -241,6 +242,7 @@ async fn reconcile_pass(
         match result {
             Ok(()) => {
                 failures.remove(&key);
+                freed_images |= matches!(action, Action::Unload { .. } | Action::Replace { .. });
             }
             Err(e) => {
                 let attempts = failures.get(&key).map_or(0, |f| f.attempts) + 1;
@@ -264,7 +266,10 @@ async fn reconcile_pass(
     // Failures of Modules no longer wanted here are stale.
     ctx.failures.lock().await.retain(|k, _| desired.wants(k));
 
-    report::publish(ctx, &node, &by_key, &desired).await;
+    report::publish(ctx, &node, &by_key).await;
+    if freed_images {
+        collect_unused_images(ctx).await;
+    }
 
     let now = Instant::now();
     ctx.failures
@@ -273,6 +278,24 @@ async fn reconcile_pass(
         .values()
         .map(|f| f.retry_at.saturating_duration_since(now))
         .min()
+}
+
+/// Removes cached images no loaded Module uses (the state's digests are kept,
+/// so the boot path can always load from the cache).
+async fn collect_unused_images(ctx: &Context) {
+    let keep: Vec<String> = ctx
+        .state
+        .lock()
+        .await
+        .modules
+        .values()
+        .map(|r| r.digest.clone())
+        .collect();
+    let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+    match ctx.images.gc(&keep).await {
+        Ok(report) => tracing::info!(?report, "removed unused images from the cache"),
+        Err(e) => tracing::warn!(error = %e, "image cache cleanup failed"),
+    }
 }
 
 /// Logs why a Module does not apply to this node, once per change of reason.

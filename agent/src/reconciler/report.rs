@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kmm_common::{
@@ -16,7 +16,6 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::desired::DesiredSet;
 use crate::node_labels::{self, LabelChanges};
 use crate::state::{ModuleKey, NodeState};
 
@@ -30,7 +29,7 @@ pub fn now_rfc3339() -> String {
 /// Publishes an event on a Module (the recorder folds repeats into a series).
 pub async fn event(
     ctx: &Context,
-    module: &Module,
+    module: &ObjectReference,
     type_: EventType,
     reason: &str,
     action: &str,
@@ -43,7 +42,7 @@ pub async fn event(
         action: action.to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &module.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, module).await {
         tracing::warn!(error = %e, reason, "could not publish event");
     }
 }
@@ -53,13 +52,26 @@ pub async fn failure_event(ctx: &Context, module: &Module, err: &super::actions:
     let note = format!("node {}: {err}", ctx.settings.node_name);
     event(
         ctx,
-        module,
+        &module.object_ref(&()),
         EventType::Warning,
         err.reason(),
         "Reconcile",
         note,
     )
     .await;
+}
+
+/// A reference to a Module that may already be gone from the API (deleted
+/// without a finalizer): events about its unload still reach its namespace.
+pub fn module_ref(key: &ModuleKey, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("kmm.sigs.x-k8s.io/v1beta1".into()),
+        kind: Some("Module".into()),
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        uid: uid.map(str::to_string),
+        ..ObjectReference::default()
+    }
 }
 
 /// Labels this agent wants on its Node for `state`, including removals of
@@ -147,29 +159,11 @@ pub fn node_status(
 }
 
 /// Writes labels and the NodeModulesConfig status, each only when it changed.
-pub async fn publish(
-    ctx: &Context,
-    node: &Node,
-    modules: &BTreeMap<ModuleKey, Arc<Module>>,
-    _desired: &DesiredSet,
-) {
+///
+/// The status goes first: when a `.ready` label appears, the per-node status
+/// that explains it is already there.
+pub async fn publish(ctx: &Context, node: &Node, modules: &BTreeMap<ModuleKey, Arc<Module>>) {
     let state = ctx.state.lock().await.clone();
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let current = node.labels().clone();
-    if let Err(e) = node_labels::apply(
-        &nodes,
-        &ctx.settings.node_name,
-        &current,
-        &wanted_labels(&current, &state),
-    )
-    .await
-    {
-        ctx.metrics
-            .failures
-            .with_label_values(&["NodeLabelFailed"])
-            .inc();
-        tracing::warn!(error = %e, "could not update node labels");
-    }
     let failures: BTreeMap<ModuleKey, (String, String)> = ctx
         .failures
         .lock()
@@ -184,6 +178,16 @@ pub async fn publish(
             .with_label_values(&["StatusWriteFailed"])
             .inc();
         tracing::warn!(error = %e, "could not write NodeModulesConfig status");
+    }
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let current = node.labels().clone();
+    let wanted = wanted_labels(&current, &state);
+    if let Err(e) = node_labels::apply(&nodes, &ctx.settings.node_name, &current, &wanted).await {
+        ctx.metrics
+            .failures
+            .with_label_values(&["NodeLabelFailed"])
+            .inc();
+        tracing::warn!(error = %e, "could not update node labels");
     }
 }
 
@@ -241,6 +245,7 @@ mod tests {
             firmware_files: vec![],
             firmware_source: None,
             loaded_at: "2026-11-25T00:00:00Z".into(),
+            module_uid: None,
         }
     }
 
