@@ -19,6 +19,15 @@ pub enum CrdError {
         #[source]
         source: serde_json::Error,
     },
+    /// A core-type field listed in [`CORE_TYPE_FIELDS`] is not in the schema (a field was
+    /// renamed or moved: update the list so its descriptions keep being stripped).
+    #[error("CRD {name}: no schema at {path}")]
+    MissingField {
+        /// CRD name.
+        name: String,
+        /// The dotted schema path that was not found.
+        path: String,
+    },
     /// The CRD could not be serialized to YAML.
     #[error("serializing CRD {name} to YAML: {source}")]
     Serialize {
@@ -63,7 +72,105 @@ pub fn render_crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
 /// # Errors
 /// [`CrdError::Convert`] (not expected for derived types).
 pub fn module_crd() -> Result<CustomResourceDefinition, CrdError> {
-    upstream_compatible(Module::crd())
+    strip_core_type_descriptions(upstream_compatible(Module::crd())?)
+}
+
+/// Fields of the Module schema (paths of property names from `openAPIV3Schema`) whose type is
+/// an embedded Kubernetes core type (k8s-openapi's Volume, EnvVar, ResourceRequirements,
+/// VolumeMount, Toleration). The field keeps its own description (ours); everything below it
+/// loses its descriptions, as controller-gen's `crd:maxDescLen=0` would do.
+pub const CORE_TYPE_FIELDS: &[&[&str]] = &[
+    &["spec", "tolerations"],
+    &["spec", "devicePlugin", "volumes"],
+    &["spec", "devicePlugin", "container", "env"],
+    &["spec", "devicePlugin", "container", "resources"],
+    &["spec", "devicePlugin", "container", "volumeMounts"],
+    &["spec", "devicePlugin", "initContainer", "env"],
+    &["spec", "devicePlugin", "initContainer", "resources"],
+    &["spec", "devicePlugin", "initContainer", "volumeMounts"],
+    &["spec", "dra", "volumes"],
+    &["spec", "dra", "container", "env"],
+    &["spec", "dra", "container", "resources"],
+    &["spec", "dra", "container", "volumeMounts"],
+    &["spec", "dra", "initContainer", "env"],
+    &["spec", "dra", "initContainer", "resources"],
+    &["spec", "dra", "initContainer", "volumeMounts"],
+];
+
+/// Removes the descriptions inside the embedded core types of [`CORE_TYPE_FIELDS`].
+///
+/// Why: with every k8s-openapi description the Module CRD is ~265 KB of JSON, more than the
+/// 256 KiB `kubectl.kubernetes.io/last-applied-configuration` annotation allows, so the plain
+/// client-side `kubectl apply -k deploy/` fails ("metadata.annotations: Too long"). Those
+/// descriptions are the Kubernetes API docs (`kubectl explain pod.spec.volumes` has them); the
+/// descriptions of kmm-rs's own fields are all kept.
+///
+/// # Errors
+/// [`CrdError::MissingField`] if a listed field is not in the schema; [`CrdError::Convert`] if
+/// the CRD does not round-trip through JSON.
+pub fn strip_core_type_descriptions(
+    crd: CustomResourceDefinition,
+) -> Result<CustomResourceDefinition, CrdError> {
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let convert = |source| CrdError::Convert {
+        name: name.clone(),
+        source,
+    };
+    let mut value = serde_json::to_value(crd).map_err(convert)?;
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
+        for version in versions {
+            let Some(root) = version.pointer_mut("/schema/openAPIV3Schema") else {
+                continue;
+            };
+            for field in CORE_TYPE_FIELDS {
+                let schema =
+                    property_schema(root, field).ok_or_else(|| CrdError::MissingField {
+                        name: name.clone(),
+                        path: field.join("."),
+                    })?;
+                strip_nested_descriptions(schema);
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(convert)
+}
+
+/// The schema of the property at `path` (property names from `schema`), if present.
+fn property_schema<'a>(schema: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(schema, |node, name| {
+        node.get_mut("properties")?.get_mut(*name)
+    })
+}
+
+/// Removes `description` from every schema below `schema` (not from `schema` itself). Walks the
+/// schema keywords only, so a property that happens to be named `description` stays.
+fn strip_nested_descriptions(schema: &mut Value) {
+    let Some(map) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(props) = map.get_mut("properties").and_then(Value::as_object_mut) {
+        props.values_mut().for_each(strip_schema_descriptions);
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(sub) = map.get_mut(key) {
+            strip_schema_descriptions(sub);
+        }
+    }
+    for key in ["anyOf", "allOf", "oneOf"] {
+        if let Some(subs) = map.get_mut(key).and_then(Value::as_array_mut) {
+            subs.iter_mut().for_each(strip_schema_descriptions);
+        }
+    }
+}
+
+fn strip_schema_descriptions(schema: &mut Value) {
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("description");
+    }
+    strip_nested_descriptions(schema);
 }
 
 /// The NodeModulesConfig CRD as committed in `deploy/crds/`.
@@ -229,10 +336,20 @@ mod tests {
         assert_eq!(build["required"], json!(["dockerfileConfigMap"]));
     }
 
-    /// Every property has a description, so `kubectl explain` documents every field.
+    /// Dotted paths (as `walk` below spells them) of the fields whose type is a core type.
+    fn core_type_paths() -> Vec<String> {
+        CORE_TYPE_FIELDS
+            .iter()
+            .map(|field| format!(".{}", field.join(".")))
+            .collect()
+    }
+
+    /// Every property of kmm-rs's own types has a description, so `kubectl explain` documents
+    /// every field; below an embedded core type (whose descriptions are stripped) only the
+    /// field itself must be documented.
     #[test]
     fn every_field_is_documented() {
-        fn walk(path: &str, schema: &Value, missing: &mut Vec<String>) {
+        fn walk(path: &str, schema: &Value, skip: &[String], missing: &mut Vec<String>) {
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (name, prop) in props {
                     let path = format!("{path}.{name}");
@@ -243,21 +360,119 @@ mod tests {
                     if !documented && !matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
                         missing.push(path.clone());
                     }
-                    walk(&path, prop, missing);
+                    if !skip.contains(&path) {
+                        walk(&path, prop, skip, missing);
+                    }
                 }
             }
             for key in ["items", "additionalProperties"] {
                 if let Some(sub) = schema.get(key) {
-                    walk(&format!("{path}[]"), sub, missing);
+                    walk(&format!("{path}[]"), sub, skip, missing);
                 }
             }
         }
+        let skip = core_type_paths();
         for crd in [module_crd().expect("crd"), nmc_crd().expect("crd")] {
             let crd = serde_json::to_value(crd).expect("json");
             let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             let mut missing = Vec::new();
-            walk("", schema, &mut missing);
+            walk("", schema, &skip, &mut missing);
             assert!(missing.is_empty(), "undocumented fields: {missing:#?}");
         }
+    }
+
+    /// Size budget of the Module CRD as JSON. Client-side `kubectl apply` copies the whole
+    /// object into the `last-applied-configuration` annotation, and all annotations together
+    /// must stay under 256 KiB; this leaves room for schema growth.
+    const MODULE_CRD_JSON_BUDGET: usize = 100_000;
+
+    #[test]
+    fn module_crd_fits_client_side_apply_with_margin() {
+        let json = serde_json::to_vec(&module_crd().expect("crd")).expect("json");
+        assert!(
+            json.len() < MODULE_CRD_JSON_BUDGET,
+            "Module CRD is {} bytes of JSON, budget {MODULE_CRD_JSON_BUDGET} (annotation limit \
+             262144): strip more embedded core-type docs or shrink the schema",
+            json.len()
+        );
+        // Without the stripping it would not fit at all: the check above measures something.
+        let unstripped = upstream_compatible(Module::crd()).expect("crd");
+        let unstripped = serde_json::to_vec(&unstripped).expect("json");
+        assert!(unstripped.len() > 262_144, "{}", unstripped.len());
+    }
+
+    #[test]
+    fn core_types_keep_field_docs_but_lose_nested_ones() {
+        let crd = serde_json::to_value(module_crd().expect("crd")).expect("json");
+        let mut root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        for field in CORE_TYPE_FIELDS {
+            let schema = property_schema(&mut root, field).expect("field");
+            assert!(
+                schema.get("description").and_then(Value::as_str).is_some(),
+                "{field:?} lost its own description"
+            );
+            let mut below = schema.clone();
+            if let Some(map) = below.as_object_mut() {
+                map.remove("description");
+            }
+            assert!(
+                !below.to_string().contains("\"description\""),
+                "{field:?} still has nested descriptions"
+            );
+        }
+        // Our own types keep theirs, down to the leaves.
+        let spec = &root["properties"]["spec"]["properties"];
+        let mapping = &spec["moduleLoader"]["properties"]["container"]["properties"]["kernelMappings"]
+            ["items"]["properties"]["regexp"];
+        assert!(mapping["description"].as_str().is_some());
+        let image = &spec["devicePlugin"]["properties"]["container"]["properties"]["image"];
+        assert!(image["description"].as_str().is_some());
+        // Validation is untouched: stripping only removes docs.
+        let volume = &spec["devicePlugin"]["properties"]["volumes"]["items"];
+        assert_eq!(volume["required"], json!(["name"]));
+    }
+
+    #[test]
+    fn stripping_keeps_a_property_named_description() {
+        let mut schema = json!({
+            "description": "kept: the field's own doc",
+            "type": "object",
+            "properties": {
+                "description": {"type": "string", "description": "dropped"},
+                "list": {"type": "array", "items": {"description": "dropped", "type": "string"}},
+                "either": {"anyOf": [{"description": "dropped"}]}
+            }
+        });
+        strip_nested_descriptions(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "description": "kept: the field's own doc",
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string"},
+                    "list": {"type": "array", "items": {"type": "string"}},
+                    "either": {"anyOf": [{}]}
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_core_type_field_is_an_error() {
+        let mut crd = Module::crd();
+        let schema = crd.spec.versions[0].schema.as_mut().expect("schema");
+        let root = schema.open_api_v3_schema.as_mut().expect("root");
+        let spec = root
+            .properties
+            .as_mut()
+            .and_then(|p| p.get_mut("spec"))
+            .expect("spec");
+        spec.properties
+            .as_mut()
+            .expect("properties")
+            .remove("tolerations");
+        let err = strip_core_type_descriptions(crd).expect_err("tolerations removed");
+        assert!(err.to_string().contains("spec.tolerations"), "{err}");
     }
 }
