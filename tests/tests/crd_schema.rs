@@ -14,7 +14,8 @@ use kmm_tests::controlplane::ControlPlane;
 use kube::Api;
 
 use crd_support::{
-    apply, example_path, get_module_json, install_crds, missing_fields, retry, yaml_documents,
+    apply, crd_path, example_path, get_module_json, install_crds, missing_fields, retry,
+    yaml_documents,
 };
 
 #[tokio::test]
@@ -113,6 +114,33 @@ spec:
         "dirName not defaulted: {stored}"
     );
     ns.cleanup().await
+}
+
+/// Plain client-side `kubectl apply` (what users type) stores the whole object in the
+/// `last-applied-configuration` annotation, limited to 256 KiB. Creating the committed Module
+/// CRD that way, under a throwaway group so the shared CRD is untouched, is a server dry run
+/// that must succeed with nothing on stderr (the unstripped CRD failed: "Too long").
+#[tokio::test]
+async fn module_crd_applies_client_side_within_annotation_limit() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let text = std::fs::read_to_string(crd_path(kmm_common::crd::MODULE_CRD_FILE))?;
+    let mut crd = yaml_documents(&text)?
+        .into_iter()
+        .next()
+        .context("no document in the Module CRD file")?;
+    let group = "client-side-apply.kmm-rs.test";
+    crd["metadata"]["name"] = format!("modules.{group}").into();
+    crd["spec"]["group"] = group.into();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("module-crd.json");
+    std::fs::write(&file, serde_json::to_vec(&crd)?)?;
+    let out = cp.kubectl(["apply", "--dry-run=server", "-f", &file.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && stderr.trim().is_empty(),
+        "client-side apply of the Module CRD: {stderr}"
+    );
+    Ok(())
 }
 
 #[tokio::test]
