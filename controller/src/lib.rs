@@ -4,7 +4,8 @@
 //! - [`reconcile`]: the Module controller (finalizer, status, device plugin,
 //!   namespace label), run by the leader only;
 //! - [`status`] / [`device_plugin`]: the pure decisions it applies;
-//! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`webhook`]: admission webhooks (every replica), HTTPS.
 #![warn(missing_docs)]
 
 pub mod device_plugin;
@@ -14,5 +15,6 @@ pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod status;
+pub mod webhook;
 
 pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! `kmm-controller`: one leader per cluster (standbys wait on a Lease) runs the
 //! Module controller: finalizers, status, device-plugin DaemonSets.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,6 +12,7 @@ use kmm_controller::lease::{LeaderElector, LeaseConfig, default_identity};
 use kmm_controller::metrics::Metrics;
 use kmm_controller::reconcile::{self, Settings};
 use kmm_controller::server::{self, Readiness};
+use kmm_controller::webhook::WebhookSettings;
 
 #[derive(Debug, Parser)]
 #[command(name = "kmm-controller", version, about = "kmm-rs controller")]
@@ -53,6 +56,57 @@ struct Args {
     /// Log as JSON.
     #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
     log_json: bool,
+
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// Admission webhooks (served by every replica, leader or not).
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    /// Serve the admission webhooks (`false` disables them and their registration).
+    #[arg(long = "webhook", env = "KMM_WEBHOOK", default_value_t = true, action = clap::ArgAction::Set)]
+    enabled: bool,
+
+    /// HTTPS address of /validate-namespace and /validate-module.
+    #[arg(long, env = "KMM_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+
+    /// Directory with tls.crt and tls.key (e.g. a cert-manager Secret). When
+    /// unset, certificates are self-managed: a CA is generated at startup and
+    /// written into the configuration's caBundle.
+    #[arg(long, env = "KMM_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+
+    /// ValidatingWebhookConfiguration to register into.
+    #[arg(long, env = "KMM_WEBHOOK_CONFIG", default_value = "kmm-webhook")]
+    webhook_config: String,
+
+    /// Service (in the controller's namespace) the configuration points at.
+    #[arg(long, env = "KMM_WEBHOOK_SERVICE", default_value = "kmm-webhook")]
+    webhook_service: String,
+
+    /// Base URL the API server calls instead of the Service (e.g.
+    /// https://127.0.0.1:9443); the controller then creates the whole configuration.
+    #[arg(long, env = "KMM_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+
+    /// Only namespaces with these labels (key=value, comma-separated) are
+    /// subject to the webhooks (URL mode).
+    #[arg(long, env = "KMM_WEBHOOK_NAMESPACE_SELECTOR", value_parser = parse_labels, default_value = "")]
+    webhook_namespace_selector: BTreeMap<String, String>,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("{p:?} is not key=value"))
+        })
+        .collect()
 }
 
 fn init_tracing(json: bool) {
@@ -89,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         lease_renew_seconds,
         resync_seconds,
         log_json,
+        webhook,
     } = Args::parse();
     init_tracing(log_json);
     let identity = identity.unwrap_or_else(default_identity);
@@ -103,6 +158,31 @@ async fn main() -> anyhow::Result<()> {
         .apiserver_version()
         .await
         .context("reaching the API server")?;
+
+    let webhook_server = if webhook.enabled {
+        let settings = WebhookSettings {
+            addr: webhook.webhook_addr,
+            cert_dir: webhook.webhook_cert_dir,
+            config_name: webhook.webhook_config,
+            service_name: webhook.webhook_service,
+            service_namespace: lease_namespace.clone(),
+            url: webhook.webhook_url,
+            namespace_selector: webhook.webhook_namespace_selector,
+        };
+        let serve = kmm_controller::webhook::start(client.clone(), &settings)
+            .await
+            .context("starting the admission webhooks")?;
+        Some(tokio::spawn(serve))
+    } else {
+        tracing::info!("admission webhooks disabled");
+        None
+    };
+    let webhook_stopped = async {
+        match webhook_server {
+            Some(h) => h.await,
+            None => std::future::pending().await,
+        }
+    };
     ready.set_ready();
 
     let settings = Settings {
@@ -150,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
             res = lead => Some(res),
             res = shutdown_signal() => { res?; None }
             res = server => Some(Err(anyhow::anyhow!("metrics server stopped: {res:?}"))),
+            res = webhook_stopped => Some(Err(anyhow::anyhow!("webhook server stopped: {res:?}"))),
         }
     };
     match outcome {

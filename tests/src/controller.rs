@@ -72,6 +72,9 @@ impl ControllerProcess {
             .args(&opts.extra_args)
             .env("KUBECONFIG", &opts.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
+            // Parallel controllers cannot share :9443 nor one webhook configuration;
+            // webhook tests opt in with `--webhook true` (flags beat env).
+            .env("KMM_WEBHOOK", "false")
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .spawn()

@@ -1,0 +1,170 @@
+//! The admission endpoints: `/validate-namespace` (refuse deleting a namespace
+//! that still holds Modules) and `/validate-module` (upstream's Module
+//! checks). The decisions are pure functions; the handlers only decode,
+//! look up and encode.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use k8s_openapi::api::core::v1::Namespace;
+use kmm_common::{Module, validate_module, validate_module_update};
+use kube::api::{Api, ListParams};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
+
+/// Path of the Namespace webhook.
+pub const NAMESPACE_PATH: &str = "/validate-namespace";
+/// Path of the Module webhook.
+pub const MODULE_PATH: &str = "/validate-module";
+
+/// The denial for deleting namespace `ns` that holds `modules`, or `None` when it holds none.
+pub fn namespace_denial(ns: &str, modules: &[String]) -> Option<String> {
+    if modules.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "namespace {ns} holds Modules {}: delete them first so kmm-agent can unload their kernel modules",
+        modules.join(", ")
+    ))
+}
+
+/// The denial for a Module create/update, listing every failed check, or `None` to admit.
+pub fn module_denial(op: &Operation, old: Option<&Module>, new: Option<&Module>) -> Option<String> {
+    let result = match (op, old, new) {
+        (Operation::Create, _, Some(new)) => validate_module(new),
+        (Operation::Update, Some(old), Some(new)) => validate_module_update(old, new),
+        // Without the object to check there is nothing to validate (the rules scope CREATE/UPDATE).
+        _ => Ok(()),
+    };
+    result.err().map(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// The router of both endpoints, separate from binding so tests can drive it.
+pub fn router(client: Client) -> Router {
+    Router::new()
+        .route(NAMESPACE_PATH, post(validate_namespace))
+        .route(MODULE_PATH, post(validate_module_handler))
+        .with_state(client)
+}
+
+/// The request of an AdmissionReview body, or why it is not one (answered with 400).
+fn decode<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
+where
+    T: kube::Resource + DeserializeOwned,
+{
+    let review: AdmissionReview<T> =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    review.try_into().map_err(|e| format!("{e}"))
+}
+
+fn reply(resp: AdmissionResponse) -> Response {
+    match serde_json::to_vec(&resp.into_review()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn validate_namespace(State(client): State<Client>, body: Bytes) -> Response {
+    let req = match decode::<Namespace>(&body) {
+        Ok(req) => req,
+        Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+    };
+    let resp = AdmissionResponse::from(&req);
+    if req.operation != Operation::Delete {
+        return reply(resp);
+    }
+    // The label may lag (or be removed by hand): ask for the Modules themselves.
+    let api: Api<Module> = Api::namespaced(client, &req.name);
+    let resp = match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => {
+            let mut names: Vec<String> = list.items.iter().map(ResourceExt::name_any).collect();
+            names.sort();
+            match namespace_denial(&req.name, &names) {
+                Some(msg) => {
+                    tracing::info!(namespace = %req.name, modules = ?names, "refusing namespace deletion");
+                    resp.deny(msg)
+                }
+                None => resp,
+            }
+        }
+        Err(e) => {
+            // Fail closed: the configuration's failurePolicy decides for unreachable webhooks,
+            // but a webhook that answers must not wave through what it could not check.
+            tracing::warn!(namespace = %req.name, error = %e, "listing Modules for namespace deletion");
+            resp.deny(format!(
+                "cannot list Modules of namespace {}: {e}",
+                req.name
+            ))
+        }
+    };
+    reply(resp)
+}
+
+async fn validate_module_handler(body: Bytes) -> Response {
+    let req = match decode::<Module>(&body) {
+        Ok(req) => req,
+        Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+    };
+    let resp = AdmissionResponse::from(&req);
+    let resp = match module_denial(&req.operation, req.old_object.as_ref(), req.object.as_ref()) {
+        Some(msg) => {
+            tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
+            resp.deny(msg)
+        }
+        None => resp,
+    };
+    reply(resp)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn module(regexp: &str) -> Module {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module",
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {
+                "selector": {"a": "b"},
+                "moduleLoader": {"container": {
+                    "modprobe": {"moduleName": "m"},
+                    "kernelMappings": [{"regexp": regexp, "containerImage": "r/x:1"}]
+                }}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn namespace_denial_names_every_module() {
+        assert_eq!(namespace_denial("x", &[]), None);
+        let msg = namespace_denial("x", &["a".into(), "b".into()]).unwrap();
+        assert_eq!(
+            msg,
+            "namespace x holds Modules a, b: delete them first so kmm-agent can unload their kernel modules"
+        );
+    }
+
+    #[test]
+    fn module_denial_reports_the_regexp_error() {
+        let bad = module("[");
+        let msg = module_denial(&Operation::Create, None, Some(&bad)).unwrap();
+        assert!(msg.contains("kernelMappings[0]"), "{msg}");
+        assert!(msg.contains("regex") || msg.contains("unclosed"), "{msg}");
+        let good = module("^.+$");
+        assert_eq!(module_denial(&Operation::Create, None, Some(&good)), None);
+        assert!(module_denial(&Operation::Update, Some(&good), Some(&bad)).is_some());
+        assert_eq!(module_denial(&Operation::Delete, Some(&bad), None), None);
+    }
+}
