@@ -67,6 +67,15 @@ where
     review.try_into().map_err(|e| format!("{e}"))
 }
 
+/// A denial as controller-runtime's `admission.Denied` answers it: 403 Forbidden
+/// (kube's `deny` leaves the code 0, which the API server reports as 400).
+fn forbid(resp: AdmissionResponse, message: String) -> AdmissionResponse {
+    let mut resp = resp.deny(message);
+    resp.result.code = 403;
+    resp.result.reason = "Forbidden".to_string();
+    resp
+}
+
 fn reply(resp: AdmissionResponse) -> Response {
     match serde_json::to_vec(&resp.into_review()) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -92,7 +101,7 @@ async fn validate_namespace(State(client): State<Client>, body: Bytes) -> Respon
             match namespace_denial(&req.name, &names) {
                 Some(msg) => {
                     tracing::info!(namespace = %req.name, modules = ?names, "refusing namespace deletion");
-                    resp.deny(msg)
+                    forbid(resp, msg)
                 }
                 None => resp,
             }
@@ -101,10 +110,13 @@ async fn validate_namespace(State(client): State<Client>, body: Bytes) -> Respon
             // Fail closed: the configuration's failurePolicy decides for unreachable webhooks,
             // but a webhook that answers must not wave through what it could not check.
             tracing::warn!(namespace = %req.name, error = %e, "listing Modules for namespace deletion");
-            resp.deny(format!(
+            let mut resp = resp.deny(format!(
                 "cannot list Modules of namespace {}: {e}",
                 req.name
-            ))
+            ));
+            resp.result.code = 500;
+            resp.result.reason = "InternalError".to_string();
+            resp
         }
     };
     reply(resp)
@@ -119,7 +131,7 @@ async fn validate_module_handler(body: Bytes) -> Response {
     let resp = match module_denial(&req.operation, req.old_object.as_ref(), req.object.as_ref()) {
         Some(msg) => {
             tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
-            resp.deny(msg)
+            forbid(resp, msg)
         }
         None => resp,
     };

@@ -1,0 +1,310 @@
+//! The controller's admission webhooks called by the REAL kube-apiserver over
+//! HTTPS at 127.0.0.1: the controller (scoped to the test namespace) generates
+//! its CA, serves on a free port and registers a ValidatingWebhookConfiguration
+//! of its own (`--webhook-url`), restricted by a namespaceSelector to a label
+//! only this test's namespace carries, so parallel tests are not affected.
+//! The configuration is deleted at the end and on drop.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kmm_common::Module;
+use kmm_tests::cluster::{ensure_crds, wait_for};
+use kmm_tests::controller::{ControllerOptions, ControllerProcess};
+use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+const WAIT: Duration = Duration::from_secs(60);
+const SELECTOR_KEY: &str = "kmm-test/webhook";
+
+/// Deletes the webhook configuration when the test ends, however it ends,
+/// so a dead webhook never blocks other tests.
+struct ConfigGuard {
+    cp: &'static ControlPlane,
+    name: String,
+}
+
+impl Drop for ConfigGuard {
+    fn drop(&mut self) {
+        let _ = self.cp.kubectl([
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+struct Fixture {
+    client: Client,
+    ns: Option<TestNamespace>,
+    ns_name: String,
+    config: ValidatingWebhookConfiguration,
+    // Dropped in declaration order: the configuration goes before the webhook server.
+    _guard: ConfigGuard,
+    controller: ControllerProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Result<Self> {
+        let cp = ControlPlane::shared().await?;
+        ensure_crds(cp).await?;
+        let client = cp.client();
+        let ns = cp.temp_namespace(prefix).await?;
+        let ns_name = ns.name().to_string();
+        let patch = serde_json::json!({ "metadata": { "labels": { SELECTOR_KEY: &ns_name } } });
+        Api::<Namespace>::all(client.clone())
+            .patch(&ns_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config_name = format!("kmm-webhook-{ns_name}");
+        let guard = ConfigGuard {
+            cp,
+            name: config_name.clone(),
+        };
+        let dir = tempfile::tempdir()?;
+        let controller = ControllerProcess::start(&ControllerOptions {
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            namespace: ns_name.clone(),
+            identity: format!("{ns_name}-ctl"),
+            log_dir: dir.path().to_path_buf(),
+            extra_args: [
+                "--webhook",
+                "true",
+                "--webhook-addr",
+                &format!("127.0.0.1:{port}"),
+                "--webhook-url",
+                &format!("https://127.0.0.1:{port}"),
+                "--webhook-config",
+                &config_name,
+                "--webhook-namespace-selector",
+                &format!("{SELECTOR_KEY}={ns_name}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        })?;
+        controller.wait_leader(WAIT).await?;
+        let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        let config = configs
+            .get(&config_name)
+            .await
+            .with_context(|| format!("no webhook configuration; log:\n{}", controller.log()))?;
+        Ok(Self {
+            client,
+            ns: Some(ns),
+            ns_name,
+            config,
+            _guard: guard,
+            controller,
+            _dir: dir,
+        })
+    }
+
+    fn modules(&self) -> Api<Module> {
+        Api::namespaced(self.client.clone(), &self.ns_name)
+    }
+
+    /// Waits until the API server calls the webhook: a dry-run create of an
+    /// invalid Module is refused by it (the API server loads new
+    /// configurations asynchronously). Returns the refusal.
+    async fn wait_webhook_active(&self) -> Result<String> {
+        let refusal = std::sync::Mutex::new(String::new());
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        wait_for(WAIT, || async {
+            match self.modules().create(&dry, &module("probe", "[")).await {
+                Err(kube::Error::Api(s)) => {
+                    *refusal.lock().unwrap() = s.message;
+                    Ok(true)
+                }
+                Err(e) => Err(e.into()),
+                Ok(_) => Ok(false),
+            }
+        })
+        .await
+        .with_context(|| format!("webhook never called; log:\n{}", self.controller.log()))?;
+        Ok(refusal.into_inner().unwrap())
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        for m in self.modules().list(&Default::default()).await? {
+            let patch = serde_json::json!({ "metadata": { "finalizers": null } });
+            let _ = self
+                .modules()
+                .patch(
+                    &m.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await;
+            let _ = self
+                .modules()
+                .delete(&m.name_any(), &DeleteParams::default())
+                .await;
+        }
+        let configs: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        configs
+            .delete(&self.config.name_any(), &DeleteParams::default())
+            .await?;
+        if let Some(ns) = self.ns.take() {
+            ns.cleanup().await?;
+        }
+        Ok(())
+    }
+}
+
+fn module(name: &str, regexp: &str) -> Module {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"kmm-test/webhook-none": "yes"},
+            "moduleLoader": {"container": {
+                "modprobe": {"moduleName": name},
+                "kernelMappings": [{"regexp": regexp, "containerImage": format!("registry.example/kmm/{name}:1")}]
+            }}
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_regexp_is_refused_and_valid_module_admitted() -> Result<()> {
+    let f = Fixture::new("webhook-module").await?;
+    let cfg = &f.config;
+    for wh in cfg.webhooks.as_ref().unwrap() {
+        assert!(
+            wh.client_config.ca_bundle.is_some(),
+            "{}: caBundle set",
+            wh.name
+        );
+        assert_eq!(wh.side_effects, "None");
+    }
+
+    let refusal = f.wait_webhook_active().await?;
+    // The regexp crate's own error, through the API server.
+    assert!(
+        refusal.contains("vmodule.kmm.sigs.x-k8s.io")
+            && refusal.contains("spec.moduleLoader.container.kernelMappings[0].regexp")
+            && refusal.contains("invalid regexp '['")
+            && refusal.contains("unclosed character class"),
+        "{refusal}"
+    );
+    // A real (not dry-run) create is refused too, and nothing is stored.
+    let err = f
+        .modules()
+        .create(&PostParams::default(), &module("bad", "["))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (403, "Forbidden"),
+        "{status:?}"
+    );
+    assert!(status.message.contains("invalid regexp"), "{status:?}");
+    assert!(f.modules().get_opt("bad").await?.is_none());
+
+    // A valid Module is admitted.
+    f.modules()
+        .create(&PostParams::default(), &module("good", "^.+-amd64$"))
+        .await
+        .with_context(|| format!("valid Module refused; log:\n{}", f.controller.log()))?;
+
+    // UPDATE goes through validate_module_update: breaking the regexp is refused.
+    let patch = serde_json::json!({ "spec": { "moduleLoader": { "container": {
+        "kernelMappings": [{"regexp": "(", "containerImage": "registry.example/kmm/good:1"}]
+    }}}});
+    let err = f
+        .modules()
+        .patch("good", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid regexp '('"), "{err}");
+    let stored = f.modules().get("good").await?;
+    let mapping = &stored
+        .spec
+        .module_loader
+        .as_ref()
+        .unwrap()
+        .container
+        .kernel_mappings[0];
+    assert_eq!(mapping.regexp, "^.+-amd64$");
+
+    f.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_holding_modules_cannot_be_deleted_until_they_are_gone() -> Result<()> {
+    let mut f = Fixture::new("webhook-ns").await?;
+    f.wait_webhook_active().await?;
+    for name in ["mod-b", "mod-a"] {
+        f.modules()
+            .create(&PostParams::default(), &module(name, "^.+$"))
+            .await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(f.client.clone());
+    let ns = f.ns_name.clone();
+
+    let err = namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .expect_err("namespace deletion must be refused while it holds Modules");
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    assert_eq!(status.code, 403, "{status:?}");
+    assert!(
+        status.message.contains(&format!(
+            "namespace {ns} holds Modules mod-a, mod-b: delete them first so kmm-agent can unload their kernel modules"
+        )),
+        "{}",
+        status.message
+    );
+    // The refusal is real: the namespace is not terminating.
+    let live = namespaces.get(&ns).await?;
+    assert!(live.metadata.deletion_timestamp.is_none());
+    assert_eq!(live.status.and_then(|s| s.phase).as_deref(), Some("Active"));
+
+    // Delete the Modules; the controller releases its finalizer (no node has them loaded).
+    for name in ["mod-a", "mod-b"] {
+        f.modules().delete(name, &DeleteParams::default()).await?;
+    }
+    wait_for(WAIT, || async {
+        Ok(f.modules()
+            .list(&Default::default())
+            .await?
+            .items
+            .is_empty())
+    })
+    .await
+    .with_context(|| format!("Modules not released; log:\n{}", f.controller.log()))?;
+
+    // Now the same webhook admits the deletion.
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .with_context(|| format!("namespace deletion refused; log:\n{}", f.controller.log()))?;
+    assert!(
+        f.controller.log().contains("refusing namespace deletion"),
+        "the refusal came from this webhook"
+    );
+    let live = namespaces.get_opt(&ns).await?;
+    assert!(live.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
+    // Already deleted: cleanup tolerates that.
+    f.ns.take().unwrap().cleanup().await?;
+    f.finish().await
+}
