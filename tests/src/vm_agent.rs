@@ -162,13 +162,15 @@ impl AgentVm {
             share,
             _own_share: own_share,
         };
-        if options.start_agent {
+        let agent = if options.start_agent {
             me.start_agent().await?;
-        }
+            format!("agent ready {:.1?}", t.elapsed() - booted)
+        } else {
+            "agent not started".to_string()
+        };
         println!(
-            "[vm-agent {node}] prepared {prepared:.1?}, booted {:.1?}, agent ready {:.1?}",
-            booted - prepared,
-            t.elapsed() - booted
+            "[vm-agent {node}] prepared {prepared:.1?}, booted {:.1?}, {agent}",
+            booted - prepared
         );
         Ok(me)
     }

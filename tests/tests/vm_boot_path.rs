@@ -194,6 +194,22 @@ async fn modules_come_back_at_boot_without_network_and_the_agent_adopts_them() -
     // Run again: idempotent, nothing inserted twice, still success.
     let again = vm2.vm.run(&format!("{BOOT_CMD} 2>&1")).await?;
     assert_eq!(again.rc, 0, "{}", again.output);
+    // A record whose image is gone from the cache fails the run (the unit fails).
+    let out = vm2
+        .vm
+        .run(
+            "mkdir -p /tmp/gone && sed 's#\"moduleDir\": \"#\"moduleDir\": \"/gone#' \
+             /host/state/state.json > /tmp/gone/state.json && \
+             /bin/kmm-agent boot --state-dir /tmp/gone 2>&1",
+        )
+        .await?;
+    assert_ne!(out.rc, 0, "{}", out.output);
+    assert!(
+        out.output.contains("0 loaded, 0 failed, 1 skipped")
+            && out.output.contains("is not in the cache"),
+        "{}",
+        out.output
+    );
     vm2.shutdown().await?;
 
     // VM 3: boot path first, then the in-cluster agent, which adopts brd.
