@@ -1,11 +1,15 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: test demo crds fmt lint
+.PHONY: test demo bench crds fmt lint
 
 test:
 	bash hack/test.sh
 
 demo:
 	bash hack/demo.sh
+
+bench:
+	bash benches/scale.sh
+	cargo bench -p kmm-common --bench targeting
 
 crds:
 	cargo run -q -p kmm-common --bin crdgen -- deploy/crds

@@ -10,12 +10,17 @@ use anyhow::{Context, Result};
 
 use crate::vm::artifacts::cargo_artifact;
 
-/// Builds (once per test binary, cargo makes repeats cheap) and returns the agent binary.
+/// Builds the agent binary once per process and returns its path.
 ///
 /// # Errors
 /// If cargo fails.
 pub fn agent_binary() -> Result<PathBuf> {
-    cargo_artifact("kmm-agent", &["-p", "kmm-agent", "--bin", "kmm-agent"])
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = BUILT.get() {
+        return Ok(p.clone());
+    }
+    let p = cargo_artifact("kmm-agent", &["-p", "kmm-agent", "--bin", "kmm-agent"])?;
+    Ok(BUILT.get_or_init(|| p).clone())
 }
 
 /// A running agent process; killed on drop.
@@ -80,6 +85,20 @@ impl AgentProcess {
             metrics_port,
             log,
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process in KiB (from /proc), if it is running.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// The agent's log so far.

@@ -395,6 +395,28 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "partial unpack left behind: {left:?}");
+
+    // modprobe.args has no libkmod equivalent: refused with a reason, not ignored.
+    push_fake_kmod(&f.image("withargs"), KVER, &[("withargs", &[])], &[]).await?;
+    let yaml = module_yaml(&f.node, "withargs", &f.image("withargs"), "", "").replace(
+        "        parameters: [answer=42]",
+        "        args: {load: [\"-v\"]}",
+    );
+    f.apply(&yaml).await?;
+    wait_for(WAIT, || async {
+        Ok(f.status_of("withargs")
+            .await?
+            .and_then(|s| s.last_error)
+            .is_some())
+    })
+    .await?;
+    let err = f
+        .status_of("withargs")
+        .await?
+        .and_then(|s| s.last_error)
+        .unwrap();
+    assert_eq!(err.reason, "InvalidModuleSpec", "{err:?}");
+    assert!(err.message.contains("modprobe.args"), "{}", err.message);
     f.finish().await
 }
 

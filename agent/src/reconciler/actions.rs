@@ -223,6 +223,9 @@ async fn load(
     want: &DesiredLoad,
     module: Option<&Module>,
 ) -> Result<()> {
+    if let Some(why) = &want.rejected {
+        return Err(ActionError::InvalidSpec(why.clone()));
+    }
     let pulled = pull(ctx, key, want).await?;
     let started = Instant::now();
     let module_dir = kernel::module_dir(&pulled.root, &want.dir_name, &want.kernel)?;
