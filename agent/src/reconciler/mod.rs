@@ -225,6 +225,7 @@ async fn reconcile_pass(
     };
     let now = Instant::now();
     let mut freed_images = false;
+    let mut pulled_any = false;
     for action in actions {
         let key = action.key().clone();
         let backed_off = ctx
@@ -237,6 +238,7 @@ async fn reconcile_pass(
             continue;
         }
         let module = by_key.get(&key).cloned();
+        pulled_any |= !matches!(action, Action::Unload { .. });
         let result = actions::execute(ctx, &action, module.as_deref()).await;
         let mut failures = ctx.failures.lock().await;
         match result {
@@ -268,7 +270,9 @@ async fn reconcile_pass(
 
     report::publish(ctx, &node, &by_key).await;
     if freed_images {
-        collect_unused_images(ctx).await;
+        collect_unused_images(ctx, false).await;
+    } else if pulled_any {
+        collect_unused_images(ctx, true).await;
     }
 
     let now = Instant::now();
@@ -281,8 +285,9 @@ async fn reconcile_pass(
 }
 
 /// Removes cached images no loaded Module uses (the state's digests are kept,
-/// so the boot path can always load from the cache).
-async fn collect_unused_images(ctx: &Context) {
+/// so the boot path can always load from the cache): always after an unload,
+/// and after pulls only when the cache is over its size limit.
+async fn collect_unused_images(ctx: &Context, only_over_limit: bool) {
     let keep: Vec<String> = ctx
         .state
         .lock()
@@ -292,8 +297,14 @@ async fn collect_unused_images(ctx: &Context) {
         .map(|r| r.digest.clone())
         .collect();
     let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-    match ctx.images.gc(&keep).await {
-        Ok(report) => tracing::info!(?report, "removed unused images from the cache"),
+    let result = if only_over_limit {
+        ctx.images.enforce_limit(&keep).await
+    } else {
+        ctx.images.gc(&keep).await.map(Some)
+    };
+    match result {
+        Ok(Some(report)) => tracing::info!(?report, "removed unused images from the cache"),
+        Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "image cache cleanup failed"),
     }
 }
