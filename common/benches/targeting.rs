@@ -34,7 +34,10 @@ fn fleet(n: usize) -> Vec<(BTreeMap<String, String>, String)> {
     (0..n)
         .map(|i| {
             let labels = BTreeMap::from([
-                ("feature.node.kubernetes.io/gpu".to_string(), (i % 2 == 0).to_string()),
+                (
+                    "feature.node.kubernetes.io/gpu".to_string(),
+                    (i % 2 == 0).to_string(),
+                ),
                 ("kubernetes.io/hostname".to_string(), format!("node-{i}")),
             ]);
             (labels, format!("6.1.0-{}-amd64", i % 60))
