@@ -13,6 +13,7 @@ use kmm_controller::metrics::Metrics;
 use kmm_controller::reconcile::{self, Settings};
 use kmm_controller::server::{self, Readiness};
 use kmm_controller::webhook::WebhookSettings;
+use kmm_controller::webhook::register::unregister;
 
 #[derive(Debug, Parser)]
 #[command(name = "kmm-controller", version, about = "kmm-rs controller")]
@@ -159,6 +160,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("reaching the API server")?;
 
+    // URL mode registers a configuration of its own: removed again on a clean
+    // shutdown, so a stopped controller does not leave a dead webhook behind.
+    let own_config =
+        (webhook.enabled && webhook.webhook_url.is_some() && webhook.webhook_cert_dir.is_none())
+            .then(|| webhook.webhook_config.clone());
     let webhook_server = if webhook.enabled {
         let settings = WebhookSettings {
             addr: webhook.webhook_addr,
@@ -236,6 +242,11 @@ async fn main() -> anyhow::Result<()> {
     match outcome {
         Some(res) => res,
         None => {
+            if let Some(name) = &own_config
+                && let Err(e) = unregister(client.clone(), name).await
+            {
+                tracing::warn!(error = %e, "removing the webhook configuration");
+            }
             tracing::info!("shutting down; releasing the lease");
             if leader_elect && let Err(e) = elector.release().await {
                 tracing::warn!(error = %e, "releasing the lease");

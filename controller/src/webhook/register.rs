@@ -16,7 +16,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 
 use super::handlers::{MODULE_PATH, NAMESPACE_PATH};
 
@@ -219,6 +219,25 @@ pub async fn register(client: Client, reg: &Registration) -> Result<(), Register
     }
     tracing::info!(name = %reg.config_name, target = ?reg.target, "webhook configuration registered");
     Ok(())
+}
+
+/// Deletes the configuration (URL mode, on shutdown); already gone is fine.
+///
+/// # Errors
+/// If the API server refuses.
+pub async fn unregister(client: Client, name: &str) -> Result<(), RegisterError> {
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            tracing::info!(name, "webhook configuration removed");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(RegisterError::Kube {
+            name: name.to_string(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
