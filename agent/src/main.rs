@@ -107,7 +107,7 @@ struct BootArgs {
 }
 
 fn boot(args: BootArgs) -> anyhow::Result<()> {
-    init_tracing(args.log_json);
+    kmm_runtime::init_tracing(args.log_json);
     let running = running_release()?;
     let kernel = LibKmod::new().context("initialising libkmod")?;
     let settings = kmm_agent::boot::BootSettings {
@@ -121,20 +121,6 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
     anyhow::ensure!(report.success(), "boot: {}", report.summary());
     tracing::info!(kernel = %running, "boot: {}", report.summary());
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: logs usually go to files and collectors.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn running_release() -> anyhow::Result<String> {
@@ -173,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         cache_limit_mib,
         log_json,
     } = Args::parse();
-    init_tracing(log_json);
+    kmm_runtime::init_tracing(log_json);
 
     let (kernel, kernel_release): (Arc<dyn Kernel>, String) = match kernel {
         KernelKind::Libkmod => {

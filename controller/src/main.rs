@@ -110,17 +110,6 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -146,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
         log_json,
         webhook,
     } = Args::parse();
-    init_tracing(log_json);
+    kmm_runtime::init_tracing(log_json);
     let identity = identity.unwrap_or_else(default_identity);
 
     let client = kube::Client::try_default()
