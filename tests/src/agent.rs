@@ -141,12 +141,13 @@ impl Drop for AgentProcess {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A free TCP port on 127.0.0.1 (for a process to bind next).
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A minimal HTTP/1.0 GET against 127.0.0.1 (no client crate needed for two endpoints).
-fn http_get(port: u16, path: &str) -> Result<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

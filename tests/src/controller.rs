@@ -2,13 +2,13 @@
 //! server, scoped to one test namespace (its Modules, device-plugin pods and
 //! leader Lease), so parallel tests do not see each other's Modules.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::agent::{free_port, http_get};
 use crate::vm::artifacts::cargo_artifact;
 
 /// Builds (once per test binary, cargo makes repeats cheap) and returns the controller binary.
@@ -180,27 +180,6 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A minimal HTTP/1.0 GET against 127.0.0.1.
-fn http_get(port: u16, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    let (head, rest) = body
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(rest.to_string())
 }
 
 /// Path of a per-test log dir.
