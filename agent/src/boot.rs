@@ -274,6 +274,7 @@ mod tests {
                 .into_iter()
                 .map(|(n, r)| (ModuleKey::new("ns", n), r))
                 .collect(),
+            ..NodeState::default()
         }
     }
 

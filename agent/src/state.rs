@@ -134,6 +134,22 @@ pub struct NodeState {
     pub version: u32,
     /// Loaded Modules.
     pub modules: BTreeMap<ModuleKey, LoadedModule>,
+    /// Loads in progress, written before the first insert: after a crash mid-load
+    /// the agent knows which modules the interrupted attempt may have inserted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loading: BTreeMap<ModuleKey, Loading>,
+}
+
+/// A load that has started and not yet been recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Loading {
+    /// Kernel release it was for.
+    pub kernel: String,
+    /// The modules it was to insert, in load order.
+    pub load_order: Vec<String>,
+    /// Those of them already in the kernel before it started (not ours).
+    pub already_loaded: Vec<String>,
 }
 
 const STATE_VERSION: u32 = 1;

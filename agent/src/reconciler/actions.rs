@@ -99,6 +99,19 @@ type Result<T, E = ActionError> = std::result::Result<T, E>;
 /// If the state file cannot be read or written.
 pub async fn recover_state(ctx: &Context) -> anyhow::Result<()> {
     let mut state = ctx.state_file.load()?;
+    let interrupted = std::mem::take(&mut state.loading);
+    if !interrupted.is_empty() {
+        let kernel = ctx.kernel.clone();
+        let running = ctx.settings.kernel_release.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            roll_back_interrupted(kernel.as_ref(), &running, &interrupted)
+        })
+        .await?;
+        tracing::info!(
+            ?removed,
+            "rolled back loads interrupted by a restart; they are retried from the start"
+        );
+    }
     let kernel = ctx.kernel.clone();
     let running = ctx.settings.kernel_release.clone();
     let records: Vec<(ModuleKey, LoadedModule)> = state.modules.clone().into_iter().collect();
@@ -127,6 +140,44 @@ pub async fn recover_state(ctx: &Context) -> anyhow::Result<()> {
     tracing::info!(loaded = state.modules.len(), "node state recovered");
     *ctx.state.lock().await = state;
     Ok(())
+}
+
+/// Removes what loads interrupted by a crash inserted (modules of their load order
+/// that are loaded now and were not before), so the retry records exactly what
+/// it inserts: nothing is loaded twice, nothing is forgotten. Dependencies libkmod
+/// pulled in stay loaded (they are not known to have been ours).
+pub fn roll_back_interrupted(
+    kernel: &dyn crate::kernel::Kernel,
+    running: &str,
+    interrupted: &std::collections::BTreeMap<ModuleKey, crate::state::Loading>,
+) -> Vec<String> {
+    let mut removed = Vec::new();
+    for (key, l) in interrupted {
+        if l.kernel != running {
+            continue; // a reboot into another kernel: nothing of it is loaded
+        }
+        let ours: Vec<String> = l
+            .load_order
+            .iter()
+            .rev()
+            .filter(|m| !l.already_loaded.contains(m) && kernel.is_loaded(m).unwrap_or(false))
+            .cloned()
+            .collect();
+        if ours.is_empty() {
+            continue;
+        }
+        let req = UnloadRequest {
+            modules: ours,
+            deps: crate::kernel::DepPolicy::None,
+        };
+        match kernel.unload(&req) {
+            Ok(out) => removed.extend(out.removed),
+            Err(e) => {
+                tracing::warn!(module = %key, error = %e, "could not roll back an interrupted load")
+            }
+        }
+    }
+    removed
 }
 
 /// Executes one action.
@@ -233,6 +284,28 @@ async fn load(
         .with_parameters(want.parameters.iter().cloned())
         .with_loading_order(&want.modules_loading_order)?;
 
+    // Written before the first insert, so a crash mid-load can be rolled back.
+    let order: Vec<String> = req.load_order().map(str::to_owned).collect();
+    let (k, probe) = (ctx.kernel.clone(), order.clone());
+    let already_loaded = tokio::task::spawn_blocking(move || {
+        probe
+            .into_iter()
+            .filter(|m| k.is_loaded(m).unwrap_or(false))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    {
+        let mut state = ctx.state.lock().await;
+        state.loading.insert(
+            key.clone(),
+            crate::state::Loading {
+                kernel: want.kernel.clone(),
+                load_order: order,
+                already_loaded,
+            },
+        );
+        ctx.state_file.save(&state)?;
+    }
     let k = ctx.kernel.clone();
     let in_tree = want.in_tree_to_remove.clone();
     let firmware_src = if want.firmware_path.is_empty() {
@@ -243,7 +316,7 @@ async fn load(
     let firmware_source = firmware_src.clone();
     let firmware_dir = ctx.settings.firmware_dir.clone();
     let set_class_path = ctx.settings.set_firmware_class_path;
-    let (removed, firmware_files, outcome) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let result = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut removed = Vec::new();
         for name in &in_tree {
             let out = k
@@ -267,7 +340,17 @@ async fn load(
         let outcome = k.load(&req)?;
         Ok((removed, firmware_files, outcome))
     })
-    .await??;
+    .await?;
+    let (removed, firmware_files, outcome) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The kernel layer removed what the failed attempt inserted.
+            let mut state = ctx.state.lock().await;
+            state.loading.remove(key);
+            ctx.state_file.save(&state)?;
+            return Err(e);
+        }
+    };
 
     if outcome.already_loaded && !want.parameters.is_empty() {
         // modprobe behaves the same: a loaded module keeps its parameters.
@@ -292,6 +375,7 @@ async fn load(
     };
     {
         let mut state = ctx.state.lock().await;
+        state.loading.remove(key);
         state.modules.insert(key.clone(), record);
         ctx.state_file.save(&state)?;
     }
@@ -434,4 +518,50 @@ fn image_path(root: &Path, path: &str) -> Result<std::path::PathBuf> {
         )));
     }
     Ok(root.join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::kernel::{Kernel, SimulatedKernel};
+    use crate::state::Loading;
+
+    #[test]
+    fn interrupted_load_is_rolled_back_but_modules_that_were_there_stay() {
+        let k = SimulatedKernel::new();
+        // The crashed attempt inserted dep and main; pre was loaded before it.
+        k.preload("pre", &[]);
+        k.preload("dep", &[]);
+        k.preload("main", &[]);
+        let interrupted = BTreeMap::from([(
+            ModuleKey::new("ns", "m"),
+            Loading {
+                kernel: "6.1.0-56-amd64".into(),
+                load_order: vec!["pre".into(), "dep".into(), "main".into()],
+                already_loaded: vec!["pre".into()],
+            },
+        )]);
+        let removed = roll_back_interrupted(&k, "6.1.0-56-amd64", &interrupted);
+        assert_eq!(removed, vec!["main".to_string(), "dep".to_string()]);
+        assert!(k.is_loaded("pre").unwrap());
+        assert!(!k.is_loaded("main").unwrap());
+    }
+
+    #[test]
+    fn interrupted_load_for_another_kernel_touches_nothing() {
+        let k = SimulatedKernel::new();
+        k.preload("main", &[]);
+        let interrupted = BTreeMap::from([(
+            ModuleKey::new("ns", "m"),
+            Loading {
+                kernel: "5.14.0".into(),
+                load_order: vec!["main".into()],
+                already_loaded: vec![],
+            },
+        )]);
+        assert!(roll_back_interrupted(&k, "6.1.0-56-amd64", &interrupted).is_empty());
+        assert!(k.is_loaded("main").unwrap());
+    }
 }
