@@ -45,6 +45,31 @@ pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
     .copied()
 }
 
+/// `kubectl apply -n ns -f -` of `yaml`; fails with kubectl's stderr.
+///
+/// # Errors
+/// kubectl failures.
+pub fn apply_yaml(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
+    let out = cp.kubectl_with_stdin(["apply", "-n", ns, "-f", "-"], yaml)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A Module selector (YAML flow map) matching only `node`'s `kmm-test/node`
+/// label, plus `extra` entries (`k: v, ...`, may be empty). Agents of tests
+/// running in parallel watch every Module, so each test targets only its nodes.
+pub fn own_node_selector(node: &str, extra: &str) -> String {
+    if extra.is_empty() {
+        format!("{{kmm-test/node: {node}}}")
+    } else {
+        format!("{{kmm-test/node: {node}, {extra}}}")
+    }
+}
+
 /// Creates (or replaces) a Node object named `name` with `labels`, reporting
 /// `kernel` as `status.nodeInfo.kernelVersion`, as a kubelet would.
 ///

@@ -81,15 +81,7 @@ impl Fixture {
     }
 
     async fn apply(&self, yaml: &str) -> Result<()> {
-        let out = self
-            .cp
-            .kubectl_with_stdin(["apply", "-n", self.ns(), "-f", "-"], yaml)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        kmm_tests::cluster::apply_yaml(self.cp, self.ns(), yaml)
     }
 
     fn modules(&self) -> Api<Module> {

@@ -49,15 +49,7 @@ impl E2e {
     }
 
     async fn apply(&self, yaml: &str) -> Result<()> {
-        let out = self
-            .cp
-            .kubectl_with_stdin(["apply", "-n", self.ns(), "-f", "-"], yaml)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        kmm_tests::cluster::apply_yaml(self.cp, self.ns(), yaml)
     }
 
     async fn has_label(&self, key: &str) -> Result<bool> {
@@ -125,11 +117,7 @@ fn module(
     image: &str,
     selector: &str,
 ) -> String {
-    let selector = if selector.is_empty() {
-        format!("{{kmm-test/node: {node}}}")
-    } else {
-        format!("{{kmm-test/node: {node}, {selector}}}")
-    };
+    let selector = kmm_tests::cluster::own_node_selector(node, selector);
     format!(
         r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1
