@@ -393,3 +393,57 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
         ],
     )
 }
+
+#[tokio::test]
+async fn cert_manager_overlay_serves_the_webhook_with_an_issued_certificate() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let dir = repo_root().join("deploy/overlays/cert-manager");
+    let rendered = cp.kubectl_ok(["kustomize", dir.to_str().context("non-UTF-8 path")?])?;
+    let docs: Vec<serde_json::Value> = rendered
+        .split("\n---\n")
+        .map(serde_yaml::from_str)
+        .collect::<Result<_, _>>()?;
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .with_context(|| format!("{kind}/{name} not rendered"))
+    };
+    let cert = find("Certificate", "kmm-webhook")?;
+    assert_eq!(cert["spec"]["secretName"], "kmm-webhook-tls");
+    assert!(
+        cert["spec"]["dnsNames"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|d| d == "kmm-webhook.kmm-system.svc")),
+        "{cert}"
+    );
+    let hook = find("ValidatingWebhookConfiguration", "kmm-webhook")?;
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "kmm-system/kmm-webhook"
+    );
+    let deploy = find("Deployment", "kmm-controller")?;
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .context("controller env")?
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    // The patch adds the cert dir and keeps the base's environment.
+    assert!(env.contains(&"KMM_WEBHOOK_CERT_DIR"), "{env:?}");
+    assert!(env.contains(&"POD_NAME"), "{env:?}");
+    assert_eq!(
+        container["volumeMounts"][0]["mountPath"],
+        "/etc/kmm/webhook-tls"
+    );
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "kmm-webhook-tls");
+    // Everything of the base is still there.
+    let base = cp.kubectl_ok(["kustomize", &deploy_dir()?])?;
+    assert_eq!(
+        base.matches("\nkind: ").count() + 2,
+        rendered.matches("\nkind: ").count(),
+        "the overlay adds exactly the Issuer and the Certificate"
+    );
+    Ok(())
+}
