@@ -125,6 +125,45 @@ pub async fn set_node_label(
     Ok(())
 }
 
+/// What `node`'s NodeModulesConfig status says about Module `ns/name`, if anything.
+///
+/// # Errors
+/// API errors.
+pub async fn node_module_status(
+    client: &Client,
+    node: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Option<kmm_common::NodeModuleStatus>> {
+    let api: Api<kmm_common::NodeModulesConfig> = Api::all(client.clone());
+    Ok(api
+        .get_opt(node)
+        .await?
+        .and_then(|n| n.status)
+        .and_then(|s| {
+            s.modules
+                .into_iter()
+                .find(|m| m.item.name == name && m.item.namespace == ns)
+        }))
+}
+
+/// Deletes Module `ns/name`.
+///
+/// # Errors
+/// API errors (NotFound included).
+pub async fn delete_module(client: &Client, ns: &str, name: &str) -> Result<()> {
+    let api: Api<kmm_common::Module> = Api::namespaced(client.clone(), ns);
+    api.delete(name, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// Deletes a Node object and its NodeModulesConfig (NotFound is fine).
+pub async fn delete_node_and_status(client: &Client, name: &str) {
+    delete_node(client, name).await;
+    let api: Api<kmm_common::NodeModulesConfig> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
 /// Deletes a Node object (NotFound is fine).
 pub async fn delete_node(client: &Client, name: &str) {
     let nodes: Api<Node> = Api::all(client.clone());

@@ -9,15 +9,17 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kmm_common::{Module, NodeModulesConfig};
 use kmm_tests::agent::{AgentOptions, AgentProcess, metric_value};
-use kmm_tests::cluster::{create_node, delete_node, ensure_crds, set_node_label, wait_for};
+use kmm_tests::cluster::{
+    create_node, delete_module, delete_node_and_status, ensure_crds, node_module_status,
+    set_node_label, wait_for,
+};
 use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{
     auth_registry, push_corrupt_kmod, push_fake_kmod, push_fake_kmod_as, registry_addr,
 };
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 
 const KVER: &str = "6.1.0-90-sim-amd64";
 const WAIT: Duration = Duration::from_secs(60);
@@ -101,29 +103,16 @@ impl Fixture {
         })
     }
 
-    async fn nmc(&self) -> Result<Option<NodeModulesConfig>> {
-        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
-        Ok(api.get_opt(&self.node).await?)
-    }
-
     async fn status_of(&self, name: &str) -> Result<Option<kmm_common::NodeModuleStatus>> {
-        Ok(self.nmc().await?.and_then(|n| n.status).and_then(|s| {
-            s.modules
-                .into_iter()
-                .find(|m| m.item.name == name && m.item.namespace == self.ns())
-        }))
+        node_module_status(&self.client, &self.node, self.ns(), name).await
     }
 
     async fn delete_module(&self, name: &str) -> Result<()> {
-        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
-        api.delete(name, &DeleteParams::default()).await?;
-        Ok(())
+        delete_module(&self.client, self.ns(), name).await
     }
 
     async fn finish(self) -> Result<()> {
-        delete_node(&self.client, &self.node).await;
-        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
-        let _ = api.delete(&self.node, &DeleteParams::default()).await;
+        delete_node_and_status(&self.client, &self.node).await;
         self.ns.cleanup().await
     }
 }

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
-use kmm_common::{Module, NodeModuleStatus, NodeModulesConfig};
-use kmm_tests::cluster::{delete_node, ensure_crds, set_node_label, wait_for};
+use kmm_common::NodeModuleStatus;
+use kmm_tests::cluster::{
+    delete_module, delete_node_and_status, ensure_crds, node_module_status, set_node_label,
+    wait_for,
+};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::vm_agent::{AgentVm, guest_registry, push_kernel_modules};
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -79,30 +82,17 @@ impl E2e {
     }
 
     async fn status_of(&self, name: &str) -> Result<Option<NodeModuleStatus>> {
-        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
-        Ok(api
-            .get_opt(&self.node.node)
-            .await?
-            .and_then(|n| n.status)
-            .and_then(|s| {
-                s.modules
-                    .into_iter()
-                    .find(|m| m.item.name == name && m.item.namespace == self.ns())
-            }))
+        node_module_status(&self.client, &self.node.node, self.ns(), name).await
     }
 
     async fn delete_module(&self, name: &str) -> Result<()> {
-        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
-        api.delete(name, &DeleteParams::default()).await?;
-        Ok(())
+        delete_module(&self.client, self.ns(), name).await
     }
 
     async fn finish(self) -> Result<()> {
         let node = self.node.node.clone();
         self.node.shutdown().await?;
-        delete_node(&self.client, &node).await;
-        let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
-        let _ = api.delete(&node, &DeleteParams::default()).await;
+        delete_node_and_status(&self.client, &node).await;
         self.ns.cleanup().await
     }
 }
