@@ -45,6 +45,44 @@ pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
     .copied()
 }
 
+/// Installs `deploy/` (`kubectl apply --server-side -k deploy/`), the CRDs
+/// first under the tests' field manager so the two never conflict.
+///
+/// # Errors
+/// kubectl failures.
+pub async fn install_deploy(cp: &ControlPlane) -> Result<()> {
+    ensure_crds(cp).await?;
+    let dir = repo_root().join("deploy");
+    cp.kubectl_ok([
+        "apply",
+        "--server-side",
+        "-k",
+        dir.to_str().context("non-UTF-8 repo path")?,
+    ])?;
+    Ok(())
+}
+
+/// Deletes a ValidatingWebhookConfiguration when dropped, however a test ends,
+/// so a dead webhook never blocks other tests.
+pub struct WebhookConfigGuard {
+    /// The control plane.
+    pub cp: &'static ControlPlane,
+    /// The configuration's name.
+    pub name: String,
+}
+
+impl Drop for WebhookConfigGuard {
+    fn drop(&mut self) {
+        let _ = self.cp.kubectl([
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
 /// `kubectl apply -n ns -f -` of `yaml`; fails with kubectl's stderr.
 ///
 /// # Errors

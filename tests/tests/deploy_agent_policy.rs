@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kmm_common::NodeModulesConfig;
-use kmm_tests::cluster::{create_node, ensure_crds};
-use kmm_tests::controlplane::{ControlPlane, repo_root};
+use kmm_tests::cluster::{create_node, install_deploy};
+use kmm_tests::controlplane::ControlPlane;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -22,20 +22,6 @@ use serde_json::json;
 const NS: &str = "kmm-system";
 const SA: &str = "kmm-agent";
 const READY: &str = "kmm.node.kubernetes.io/x.y.ready";
-
-/// `kubectl apply --server-side -k deploy/` (the CRDs first under the tests'
-/// field manager, so the two never conflict).
-async fn install(cp: &ControlPlane) -> Result<()> {
-    ensure_crds(cp).await?;
-    let dir = repo_root().join("deploy");
-    cp.kubectl_ok([
-        "apply",
-        "--server-side",
-        "-k",
-        dir.to_str().context("non-UTF-8 repo path")?,
-    ])?;
-    Ok(())
-}
 
 /// The admission denial of a kube error: (code, message).
 fn denial(result: Result<impl std::fmt::Debug, kube::Error>) -> Result<(u16, String)> {
@@ -110,7 +96,7 @@ struct Names {
 #[tokio::test]
 async fn agent_token_bound_to_node_a_may_only_label_a_and_write_a_s_nmc() -> Result<()> {
     let cp = ControlPlane::shared().await?;
-    install(cp).await?;
+    install_deploy(cp).await?;
     let tag = format!("deploy-vap-{}", std::process::id());
     let names = Names {
         a: format!("{tag}-a"),

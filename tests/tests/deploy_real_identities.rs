@@ -19,9 +19,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
 use kmm_common::{Module, NodeModulesConfig};
 use kmm_tests::agent::{AgentOptions, AgentProcess};
-use kmm_tests::cluster::{create_node, delete_node, ensure_crds, wait_for};
+use kmm_tests::cluster::{create_node, delete_node, install_deploy, wait_for};
 use kmm_tests::controller::controller_binary;
-use kmm_tests::controlplane::{ControlPlane, TestNamespace, repo_root, run_dir};
+use kmm_tests::controlplane::{ControlPlane, TestNamespace, run_dir};
 use kmm_tests::images::{auth_registry, push_fake_kmod_as};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -31,18 +31,6 @@ const KVER: &str = "6.1.0-90-sim-amd64";
 const WAIT: Duration = Duration::from_secs(60);
 const SYSTEM_NS: &str = "kmm-system";
 const LEASE: &str = "kmm-controller-leader";
-
-async fn install(cp: &ControlPlane) -> Result<()> {
-    ensure_crds(cp).await?;
-    let dir = repo_root().join("deploy");
-    cp.kubectl_ok([
-        "apply",
-        "--server-side",
-        "-k",
-        dir.to_str().context("non-UTF-8 repo path")?,
-    ])?;
-    Ok(())
-}
 
 /// A token for `sa` in kmm-system, bound to `pod` when given.
 async fn token(client: &Client, sa: &str, pod: Option<&Pod>) -> Result<String> {
@@ -155,7 +143,7 @@ spec:
 #[tokio::test]
 async fn agent_and_controller_work_with_only_their_deployed_permissions() -> Result<()> {
     let cp = ControlPlane::shared().await?;
-    install(cp).await?;
+    install_deploy(cp).await?;
     let ns = cp.temp_namespace("deploy-ids").await?;
     let node = format!("{}-node", ns.name());
     let pod_name = format!("{}-agent", ns.name());

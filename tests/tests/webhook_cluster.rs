@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kmm_common::Module;
-use kmm_tests::cluster::{ensure_crds, wait_for};
+use kmm_tests::cluster::{WebhookConfigGuard, ensure_crds, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -21,32 +21,13 @@ use kube::{Client, ResourceExt};
 const WAIT: Duration = Duration::from_secs(60);
 const SELECTOR_KEY: &str = "kmm-test/webhook";
 
-/// Deletes the webhook configuration when the test ends, however it ends,
-/// so a dead webhook never blocks other tests.
-struct ConfigGuard {
-    cp: &'static ControlPlane,
-    name: String,
-}
-
-impl Drop for ConfigGuard {
-    fn drop(&mut self) {
-        let _ = self.cp.kubectl([
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.name,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
-}
-
 struct Fixture {
     client: Client,
     ns: Option<TestNamespace>,
     ns_name: String,
     config: ValidatingWebhookConfiguration,
     // Dropped in declaration order: the configuration goes before the webhook server.
-    _guard: ConfigGuard,
+    _guard: WebhookConfigGuard,
     controller: ControllerProcess,
     _dir: tempfile::TempDir,
 }
@@ -67,7 +48,7 @@ impl Fixture {
             .local_addr()?
             .port();
         let config_name = format!("kmm-webhook-{ns_name}");
-        let guard = ConfigGuard {
+        let guard = WebhookConfigGuard {
             cp,
             name: config_name.clone(),
         };

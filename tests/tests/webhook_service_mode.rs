@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use kmm_tests::cluster::ensure_crds;
+use kmm_tests::cluster::{WebhookConfigGuard, ensure_crds};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::ControlPlane;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -21,23 +21,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct ConfigGuard {
-    cp: &'static ControlPlane,
-    name: String,
-}
-
-impl Drop for ConfigGuard {
-    fn drop(&mut self) {
-        let _ = self.cp.kubectl([
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.name,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
-}
 
 fn configuration(name: &str, ns: &str, svc: &str) -> Result<ValidatingWebhookConfiguration> {
     let webhook = |wh: &str, service: &str, path: &str| {
@@ -130,7 +113,7 @@ async fn every_replica_adds_its_ca_and_serves() -> Result<()> {
     let ns_name = ns.name().to_string();
     let svc = "kmm-webhook";
     let config_name = format!("kmm-webhook-{ns_name}");
-    let _guard = ConfigGuard {
+    let _guard = WebhookConfigGuard {
         cp,
         name: config_name.clone(),
     };
