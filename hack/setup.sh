@@ -11,8 +11,10 @@ set -euo pipefail
 #  openssl                                - control-plane certificates
 #  apache2-utils                          - htpasswd, for the registry-auth tests
 #  xz-utils, zstd                         - kernel/initramfs (de)compression
+#  libssl-dev                             - the openssl crate (kmmctl sign: PKCS#7 module signatures)
+#  buildah                                - executes the in-cluster build recipe for real in tests
 PKGS=(libkmod-dev libclang-dev pkg-config kmod docker-registry qemu-system-x86 busybox-static cpio
-      openssl apache2-utils xz-utils zstd ca-certificates curl)
+      openssl apache2-utils xz-utils zstd ca-certificates curl libssl-dev buildah)
 
 missing=()
 for p in "${PKGS[@]}"; do

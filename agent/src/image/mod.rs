@@ -6,7 +6,7 @@
 //! `<cache>/unpacked/sha256/<manifest hex>/`. [`ImageSource`] abstracts the
 //! registry; [`OciSource`] is the oci-client implementation.
 
-pub mod auth;
+pub use kmm_registry::auth;
 mod cache;
 mod error;
 mod manifest;

@@ -3,11 +3,9 @@
 //! and platforms chosen by the caller, so a test double needs no logic.
 
 use std::future::Future;
-use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
@@ -52,14 +50,7 @@ pub trait ImageSource: Send + Sync {
     ) -> impl Future<Output = Result<BlobStream, ImageError>> + Send;
 }
 
-/// Registry TLS options of a Module (`registryTLS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RegistryTls {
-    /// `insecure`: talk plain HTTP to this registry.
-    pub insecure: bool,
-    /// `insecureSkipTLSVerify`: HTTPS without certificate verification.
-    pub insecure_skip_tls_verify: bool,
-}
+pub use kmm_registry::RegistryTls;
 
 /// The oci-client implementation, for one registry with one set of credentials.
 pub struct OciSource {
@@ -70,23 +61,8 @@ pub struct OciSource {
 impl OciSource {
     /// A client for `registry` (`host[:port]` as in the reference).
     pub fn new(registry: &str, tls: RegistryTls, auth: RegistryAuth) -> Self {
-        ensure_crypto_provider();
-        let protocol = if tls.insecure {
-            ClientProtocol::HttpsExcept(vec![registry.to_owned()])
-        } else {
-            ClientProtocol::Https
-        };
-        let config = ClientConfig {
-            protocol,
-            accept_invalid_certificates: tls.insecure_skip_tls_verify,
-            // Platforms are chosen by the caller from the raw index.
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
-            ..ClientConfig::default()
-        };
         Self {
-            client: Client::new(config),
+            client: kmm_registry::client(registry, tls),
             auth,
         }
     }
@@ -132,16 +108,7 @@ impl ImageSource for OciSource {
     }
 }
 
-/// Installs rustls' ring crypto provider as the process default unless one
-/// is already installed. The workspace builds oci-client's rustls without a
-/// provider (no aws-lc) and reqwest panics when building a client without
-/// one; [`OciSource::new`] calls this, other oci-client users (tests that
-/// push images) should too. Losing a race to another thread is fine.
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
+pub use kmm_registry::ensure_crypto_provider;
 
 /// Turns an oci-client error into a message a user can act on.
 fn map_error(err: OciDistributionError, reference: &Reference, blob: Option<&str>) -> ImageError {
@@ -205,22 +172,7 @@ fn map_error(err: OciDistributionError, reference: &Reference, blob: Option<&str
         other => ImageError::Registry {
             registry,
             reference: whole,
-            message: error_chain(&other),
+            message: kmm_registry::lookup::error_chain(&other),
         },
     }
-}
-
-/// An error with all its causes, e.g. "error sending request: connection refused".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
