@@ -33,6 +33,7 @@ pub mod layout;
 pub mod modtree;
 pub mod package;
 pub mod registry;
+pub mod sign;
 pub mod stage;
 
 /// Any kmmctl failure, by step.
