@@ -35,6 +35,32 @@ pub enum Command {
     /// Explain, node by node, whether a Module applies, what it resolves to, what is
     /// loaded and the last error.
     Explain(crate::explain::ExplainArgs),
+    /// Sign a kernel module file like the kernel's scripts/sign-file (replacing
+    /// any signature it has). Prints the path written.
+    SignFile(SignFileArgs),
+}
+
+/// Arguments of `kmmctl sign-file`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  kmmctl sign-file --key signing_key.pem --cert signing_key.x509 mymod.ko
+  kmmctl sign-file --key key.der --cert cert.der --hash sha512 mymod.ko.xz  # writes mymod.ko")]
+pub struct SignFileArgs {
+    /// Private key (RSA or EC; PEM or DER, unencrypted).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The key's X.509 certificate (PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// Signature digest.
+    #[arg(long, value_enum, default_value_t = crate::sign::HashAlgorithm::Sha256)]
+    pub hash: crate::sign::HashAlgorithm,
+    /// The module (.ko; .ko.xz/.zst/.gz are signed decompressed).
+    #[arg(value_name = "MODULE")]
+    pub module: PathBuf,
+    /// Where to write (default: in place; `foo.ko` next to a compressed `foo.ko.xz`).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Arguments of `kmmctl package`.
@@ -148,7 +174,16 @@ pub async fn run(cli: Cli) -> Result<String, Error> {
     match cli.command {
         Command::Package(args) => run_package(&args).await,
         Command::Explain(args) => Ok(crate::explain::run(&args).await?),
+        Command::SignFile(args) => run_sign_file(&args),
     }
+}
+
+/// `kmmctl sign-file`: returns the path written.
+pub fn run_sign_file(args: &SignFileArgs) -> Result<String, Error> {
+    let signer = crate::sign::Signer::from_files(&args.key, &args.cert)?;
+    let out = crate::sign::sign_file(&signer, args.hash, &args.module, args.output.as_deref())?;
+    tracing::info!("signed {} ({})", args.module.display(), args.hash);
+    Ok(out.display().to_string())
 }
 
 /// `kmmctl package`: returns the manifest digest.

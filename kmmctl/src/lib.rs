@@ -51,6 +51,9 @@ pub enum Error {
     /// Explaining a Module (`kmmctl explain`).
     #[error(transparent)]
     Explain(#[from] explain::Error),
+    /// Signing a module file (`kmmctl sign-file`).
+    #[error(transparent)]
+    Sign(#[from] sign::Error),
 }
 
 impl Error {
@@ -61,6 +64,7 @@ impl Error {
             Error::Layout(_) => "layout",
             Error::Registry(_) => "registry",
             Error::Explain(_) => "explain",
+            Error::Sign(_) => "sign",
         }
     }
 }
