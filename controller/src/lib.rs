@@ -5,9 +5,11 @@
 //!   namespace label), run by the leader only;
 //! - [`status`] / [`device_plugin`]: the pure decisions it applies;
 //! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`build`]: in-cluster build and sign Jobs for missing kernel images;
 //! - [`webhook`]: admission webhooks (every replica), HTTPS.
 #![warn(missing_docs)]
 
+pub mod build;
 pub mod device_plugin;
 pub mod error;
 pub mod lease;

@@ -54,6 +54,10 @@ struct Args {
     #[arg(long, env = "KMM_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
 
+    /// Image run by sign Jobs: the kmm-rs image, which carries `kmmctl sign`.
+    #[arg(long, env = "KMM_SIGNER_IMAGE", default_value = kmm_controller::reconcile::DEFAULT_SIGNER_IMAGE)]
+    signer_image: String,
+
     /// Log as JSON.
     #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
     log_json: bool,
@@ -132,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         lease_duration_seconds,
         lease_renew_seconds,
         resync_seconds,
+        signer_image,
         log_json,
         webhook,
     } = Args::parse();
@@ -184,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         namespace,
         resync: Duration::from_secs(resync_seconds.max(1)),
         instance: identity.clone(),
+        signer_image,
         ..Settings::default()
     };
     let renew = Duration::from_secs(lease_renew_seconds.max(1));

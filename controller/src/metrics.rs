@@ -26,6 +26,9 @@ pub struct Metrics {
     pub is_leader: IntGauge,
     /// Module status writes (only when the status changed).
     pub status_writes: IntCounter,
+    /// Build and sign Jobs created, by kind (`build`, `sign`). Two replicas
+    /// never both count one Job: a create that finds it existing is not counted.
+    pub jobs_created: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +62,13 @@ impl Metrics {
                 "kmm_controller_status_writes_total",
                 "Module status writes (only when the status changed)",
             )?,
+            jobs_created: IntCounterVec::new(
+                Opts::new(
+                    "kmm_controller_jobs_created_total",
+                    "Build and sign Jobs created, by kind",
+                ),
+                &["kind"],
+            )?,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.reconcile_errors.clone()))?;
@@ -66,6 +76,7 @@ impl Metrics {
             .register(Box::new(m.reconcile_duration.clone()))?;
         m.registry.register(Box::new(m.is_leader.clone()))?;
         m.registry.register(Box::new(m.status_writes.clone()))?;
+        m.registry.register(Box::new(m.jobs_created.clone()))?;
         Ok(m)
     }
 

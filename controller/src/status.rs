@@ -21,6 +21,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// Set while a deletion waits for nodes to unload.
 pub const UNLOADING: &str = "Unloading";
+/// Condition type: the images of kernels that build or sign are in the registry.
+pub const IMAGES_READY: &str = "ImagesReady";
 
 /// What the cluster looks like, from the controller's caches.
 #[derive(Clone, Copy)]
@@ -228,6 +230,11 @@ pub fn conditions(
         ),
     };
     vec![available, progressing, degraded]
+}
+
+/// The `ImagesReady` condition of a Module that builds or signs images.
+pub fn images_ready_condition(ready: bool, reason: &str, message: String) -> Condition {
+    condition(IMAGES_READY, ready, reason, message)
 }
 
 /// The `Unloading` condition of a deletion waiting for `nodes`.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kmm_common::{DaemonSetStatus, MODULE_FINALIZER, Module, NodeModulesConfig};
@@ -25,6 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::instrument;
 
+use crate::build::{self, ImageLookups};
 use crate::device_plugin::{MANAGED_BY, ROLE_DEVICE_PLUGIN, ROLE_LABEL};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -45,6 +47,8 @@ pub struct Settings {
     pub unload_poll: Duration,
     /// Identity in events (`reportingInstance`).
     pub instance: String,
+    /// The image with `kmmctl`, run by sign Jobs.
+    pub signer_image: String,
 }
 
 impl Default for Settings {
@@ -55,9 +59,13 @@ impl Default for Settings {
             error_requeue: Duration::from_secs(10),
             unload_poll: Duration::from_secs(5),
             instance: "kmm-controller".into(),
+            signer_image: DEFAULT_SIGNER_IMAGE.into(),
         }
     }
 }
+
+/// The kmm-rs image (it carries `kmmctl`), as deploy/ names it.
+pub const DEFAULT_SIGNER_IMAGE: &str = "kmm-rs:latest";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -75,6 +83,10 @@ pub struct Context {
     pub nmcs: Store<NodeModulesConfig>,
     /// Device-plugin pods (ours, by label).
     pub pods: Store<Pod>,
+    /// Build and sign Jobs (ours, by label).
+    pub jobs: Store<Job>,
+    /// Recent "image exists" answers of registries.
+    pub image_lookups: ImageLookups,
 }
 
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -91,12 +103,20 @@ fn device_plugin_selector() -> String {
     format!("{ROLE_LABEL}={ROLE_DEVICE_PLUGIN},app.kubernetes.io/managed-by={MANAGED_BY}")
 }
 
+fn build_job_selector() -> String {
+    format!(
+        "{},app.kubernetes.io/managed-by={MANAGED_BY}",
+        build::job::JOB_TYPE_LABEL
+    )
+}
+
 /// Runs the Module controller until the process stops.
 pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     let ns = settings.namespace.clone();
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
     let (pods, pods_w) = reflector::store::<Pod>();
+    let (jobs, jobs_w) = reflector::store::<Job>();
 
     // Nodes: a change of labels or kernel, or a Node coming or going, can
     // change every Module's counts.
@@ -127,6 +147,14 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     .default_backoff()
     .reflect(pods_w)
     .touched_objects();
+    // A Job finishing moves its kernel to the next step (or collection).
+    let job_trigger = watcher(
+        scoped::<Job>(&client, ns.as_deref()),
+        watcher::Config::default().labels(&build_job_selector()),
+    )
+    .default_backoff()
+    .reflect(jobs_w)
+    .touched_objects();
 
     let recorder = Recorder::new(
         client.clone(),
@@ -143,6 +171,8 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
         nodes,
         nmcs,
         pods,
+        jobs,
+        image_lookups: ImageLookups::default(),
     });
     Controller::new(
         scoped::<Module>(&client, ns.as_deref()),
@@ -154,6 +184,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     )
     .watches_stream(nmc_trigger, triggers::modules_of_nmc)
     .watches_stream(pod_trigger, triggers::module_of_pod)
+    .watches_stream(job_trigger, triggers::module_of_job)
     .reconcile_all_on(node_trigger)
     // Bursts of NMC/Node events (a rollout) collapse into one reconcile per Module.
     .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
@@ -186,6 +217,7 @@ pub async fn reconcile(module: Arc<Module>, ctx: Arc<Context>) -> Result<Action>
     let _ = ctx.nodes.wait_until_ready().await;
     let _ = ctx.nmcs.wait_until_ready().await;
     let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.jobs.wait_until_ready().await;
     let ns = module
         .namespace()
         .ok_or_else(|| Error::InvalidModule("Module has no namespace".into()))?;
@@ -222,7 +254,15 @@ async fn apply(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
     let ds = objects::sync_device_plugin(module, ns, ctx).await?;
     let ready = objects::device_plugin_ready_nodes(module, ns, ctx);
     objects::sync_device_plugin_labels(module, ns, &ready, ctx).await?;
-    write_status(module, ns, ctx, ds.as_ref(), None).await?;
+    let images = build::sync(module, ns, ctx).await?;
+    write_status(module, ns, ctx, ds.as_ref(), None, &images).await?;
+    // Builds wake us through their Jobs; a registry that was unreachable or an
+    // image a Job should have pushed is asked again sooner than the resync.
+    if images.degraded.is_some() {
+        return Ok(Action::requeue(
+            ctx.settings.error_requeue.max(Duration::from_secs(30)),
+        ));
+    }
     Ok(Action::requeue(ctx.settings.resync))
 }
 
@@ -245,7 +285,7 @@ async fn cleanup(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
         },
     );
     if !waiting.is_empty() {
-        write_status(module, ns, ctx, None, Some(&waiting)).await?;
+        write_status(module, ns, ctx, None, Some(&waiting), &Default::default()).await?;
         let event = KubeEvent {
             type_: EventType::Normal,
             reason: "Unloading".into(),
@@ -280,6 +320,7 @@ async fn write_status(
     ctx: &Context,
     ds: Option<&DaemonSet>,
     unloading: Option<&[String]>,
+    images: &build::BuildReport,
 ) -> Result<()> {
     let nodes = ctx.nodes.state();
     let nmcs = ctx.nmcs.state();
@@ -292,8 +333,15 @@ async fn write_status(
     let mut conds = status::conditions(
         &loader,
         module.spec.device_plugin.as_ref().map(|_| &dp),
-        status::degraded(module, fleet),
+        status::degraded(module, fleet).or_else(|| images.degraded.clone()),
     );
+    if let Some((ready, reason, message)) = &images.images_ready {
+        conds.push(status::images_ready_condition(
+            *ready,
+            reason,
+            message.clone(),
+        ));
+    }
     if let Some(waiting) = unloading {
         conds.push(status::unloading_condition(waiting));
     }

@@ -1,10 +1,11 @@
 //! What wakes the Module reconciler besides Module changes: Node changes that
 //! matter (labels, kernel, add/remove), NodeModulesConfig statuses, and the
-//! device-plugin pods.
+//! device-plugin pods, and build/sign Jobs.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kmm_common::{Module, NodeModulesConfig, node_kernel_version};
 use kube::ResourceExt;
@@ -60,6 +61,13 @@ pub fn modules_of_nmc(nmc: NodeModulesConfig) -> Vec<ObjectRef<Module>> {
 pub fn module_of_pod(pod: Pod) -> Option<ObjectRef<Module>> {
     let ns = pod.namespace()?;
     let name = pod.labels().get(MODULE_NAME_LABEL)?.clone();
+    Some(ObjectRef::new(&name).within(&ns))
+}
+
+/// The Module a build or sign Job belongs to (its label, in its namespace).
+pub fn module_of_job(job: Job) -> Option<ObjectRef<Module>> {
+    let ns = job.namespace()?;
+    let name = job.labels().get(MODULE_NAME_LABEL)?.clone();
     Some(ObjectRef::new(&name).within(&ns))
 }
 
