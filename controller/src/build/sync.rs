@@ -97,14 +97,18 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
         .collect();
     let by_hash: BTreeMap<&str, &JobView> = jobs.iter().map(|j| (j.hash.as_str(), j)).collect();
 
+    if targets.is_empty() {
+        // Nothing builds (any more): no registry questions, only collection.
+        if force {
+            record_trigger(module, ns, ctx).await?;
+        }
+        delete_jobs(ns, jobs.iter().map(|j| j.name.clone()), ctx).await?;
+        return Ok(BuildReport::default());
+    }
     let auth = match registry_auth(module, ns, ctx).await {
         Ok(auth) => auth,
         Err(message) => {
-            return Ok(blocked(
-                !targets.is_empty(),
-                "ImageRepoSecretInvalid",
-                message,
-            ));
+            return Ok(blocked("ImageRepoSecretInvalid", message));
         }
     };
     let mut kernels = Vec::new();
@@ -148,18 +152,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
     }
     // While a kernel cannot be evaluated, its Jobs are not judged obsolete.
     if problems.is_empty() {
-        let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-        for job_name in plan::jobs_to_delete(&jobs, &outcomes, force) {
-            tracing::info!(job = %job_name, "deleting finished or obsolete build Job");
-            match jobs_api
-                .delete(&job_name, &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(Error::kube(format!("deleting Job {ns}/{job_name}"), e)),
-            }
-        }
+        delete_jobs(ns, plan::jobs_to_delete(&jobs, &outcomes, force), ctx).await?;
     }
     for (_, _, outcome) in &kernels {
         if let Outcome::Failed { job, kind, message } = outcome {
@@ -336,6 +329,24 @@ async fn create_job(module: &Module, step: &job::Step, kernel: &str, ctx: &Conte
     }
 }
 
+async fn delete_jobs(
+    ns: &str,
+    names: impl IntoIterator<Item = String>,
+    ctx: &Context,
+) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    for name in names {
+        tracing::info!(job = %name, "deleting finished or obsolete build Job");
+        // Background: the Job's pods go with it.
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("deleting Job {ns}/{name}"), e)),
+        }
+    }
+    Ok(())
+}
+
 async fn record_trigger(module: &Module, ns: &str, ctx: &Context) -> Result<()> {
     let patch = serde_json::json!({ "status": {
         "imageRebuildTriggerGeneration": module.spec.image_rebuild_trigger_generation,
@@ -371,10 +382,7 @@ fn failed_reason(kind: StepKind) -> &'static str {
     }
 }
 
-fn blocked(any: bool, reason: &str, message: String) -> BuildReport {
-    if !any {
-        return BuildReport::default();
-    }
+fn blocked(reason: &str, message: String) -> BuildReport {
     BuildReport {
         images_ready: Some((false, reason.into(), message.clone())),
         degraded: Some((reason.into(), message)),
