@@ -102,7 +102,8 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
         if force {
             record_trigger(module, ns, ctx).await?;
         }
-        delete_jobs(ns, jobs.iter().map(|j| j.name.clone()), ctx).await?;
+        let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        delete_jobs(ns, names, ctx).await?;
         return Ok(BuildReport::default());
     }
     let auth = match registry_auth(module, ns, ctx).await {
@@ -329,11 +330,7 @@ async fn create_job(module: &Module, step: &job::Step, kernel: &str, ctx: &Conte
     }
 }
 
-async fn delete_jobs(
-    ns: &str,
-    names: impl IntoIterator<Item = String>,
-    ctx: &Context,
-) -> Result<()> {
+async fn delete_jobs(ns: &str, names: Vec<String>, ctx: &Context) -> Result<()> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     for name in names {
         tracing::info!(job = %name, "deleting finished or obsolete build Job");
