@@ -38,6 +38,53 @@ pub enum Command {
     /// Sign a kernel module file like the kernel's scripts/sign-file (replacing
     /// any signature it has). Prints the path written.
     SignFile(SignFileArgs),
+    /// Sign the kernel modules inside an image: pull --from, sign the --file
+    /// matches, push --to with one layer of signed files appended. Prints the
+    /// pushed manifest digest as the last line on stdout.
+    Sign(SignArgs),
+}
+
+/// Arguments of `kmmctl sign` (the interface the controller's sign Job uses).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  kmmctl sign --from 127.0.0.1:5000/kmod/mymod:6.1.0-56-amd64 --from-insecure \\
+      --to 127.0.0.1:5000/kmod/mymod-signed:6.1.0-56-amd64 --to-insecure \\
+      --key /signing-key/key --cert /signing-cert/cert \\
+      --file '/opt/lib/modules/*/extra/*.ko'")]
+pub struct SignArgs {
+    /// The image with unsigned modules.
+    #[arg(long, value_name = "IMAGE")]
+    pub from: String,
+    /// Where to push the signed image.
+    #[arg(long, value_name = "IMAGE")]
+    pub to: String,
+    /// Private key (RSA or EC; PEM or DER, unencrypted).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The key's X.509 certificate (PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// Absolute path or shell glob of files to sign (repeatable); each must match.
+    #[arg(long = "file", value_name = "PATH_OR_GLOB", required = true)]
+    pub files: Vec<String>,
+    /// Pull --from over plain HTTP.
+    #[arg(long)]
+    pub from_insecure: bool,
+    /// Pull --from over HTTPS without verifying the certificate.
+    #[arg(long)]
+    pub from_insecure_skip_tls_verify: bool,
+    /// Push --to over plain HTTP.
+    #[arg(long)]
+    pub to_insecure: bool,
+    /// Push --to over HTTPS without verifying the certificate.
+    #[arg(long)]
+    pub to_insecure_skip_tls_verify: bool,
+    /// A .dockerconfigjson (or legacy .dockercfg) with credentials for pull and push.
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+    /// Signature digest.
+    #[arg(long, value_enum, default_value_t = crate::sign::HashAlgorithm::Sha256)]
+    pub hash: crate::sign::HashAlgorithm,
 }
 
 /// Arguments of `kmmctl sign-file`.
@@ -175,6 +222,7 @@ pub async fn run(cli: Cli) -> Result<String, Error> {
         Command::Package(args) => run_package(&args).await,
         Command::Explain(args) => Ok(crate::explain::run(&args).await?),
         Command::SignFile(args) => run_sign_file(&args),
+        Command::Sign(args) => run_sign(&args).await,
     }
 }
 
@@ -184,6 +232,46 @@ pub fn run_sign_file(args: &SignFileArgs) -> Result<String, Error> {
     let out = crate::sign::sign_file(&signer, args.hash, &args.module, args.output.as_deref())?;
     tracing::info!("signed {} ({})", args.module.display(), args.hash);
     Ok(out.display().to_string())
+}
+
+/// `kmmctl sign`: returns the pushed manifest digest.
+pub async fn run_sign(args: &SignArgs) -> Result<String, Error> {
+    use crate::sign::image::{FilePatterns, SignImageRequest, sign_image};
+    // Everything that can be checked locally fails before any registry traffic.
+    let signer = crate::sign::Signer::from_files(&args.key, &args.cert)?;
+    FilePatterns::new(&args.files)?;
+    let from = registry::parse_reference(&args.from, "latest")?;
+    let to = registry::parse_reference(&args.to, "latest")?;
+    let auth = |reference: &oci_client::Reference| match &args.docker_config {
+        Some(file) => registry::auth_from_file(file, reference.resolve_registry()),
+        None => Ok(RegistryAuth::Anonymous),
+    };
+    let req = SignImageRequest {
+        from_opts: RegistryOptions {
+            insecure: args.from_insecure,
+            skip_tls_verify: args.from_insecure_skip_tls_verify,
+            auth: auth(&from)?,
+        },
+        to_opts: RegistryOptions {
+            insecure: args.to_insecure,
+            skip_tls_verify: args.to_insecure_skip_tls_verify,
+            auth: auth(&to)?,
+        },
+        from,
+        to,
+        files: args.files.clone(),
+        hash: args.hash,
+    };
+    let started = Instant::now();
+    let signed = sign_image(&req, &signer).await?;
+    tracing::info!(
+        "pushed {}@{} with {} signed file(s) in {:.2}s",
+        req.to.whole(),
+        signed.digest,
+        signed.files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(signed.digest)
 }
 
 /// `kmmctl package`: returns the manifest digest.

@@ -102,7 +102,12 @@ pub fn build(root: &Path, mtime: u64) -> Result<Layer> {
         entry: "end of archive".into(),
         source,
     })?;
+    compress(tar_bytes, entries)
+}
 
+/// Turns a finished tar archive into a layer: gzip without timestamp or file
+/// name, and both digests. `entries` are the archive's names, in order.
+pub fn compress(tar_bytes: Vec<u8>, entries: Vec<String>) -> Result<Layer> {
     // GzBuilder writes mtime 0 and no file name unless told otherwise.
     let mut gz = GzBuilder::new().write(Vec::new(), Compression::best());
     let gz_err = |source| Error::Tar {

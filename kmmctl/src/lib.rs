@@ -54,6 +54,9 @@ pub enum Error {
     /// Signing a module file (`kmmctl sign-file`).
     #[error(transparent)]
     Sign(#[from] sign::Error),
+    /// Signing the modules of an image (`kmmctl sign`).
+    #[error(transparent)]
+    SignImage(#[from] sign::image::Error),
 }
 
 impl Error {
@@ -65,6 +68,7 @@ impl Error {
             Error::Registry(_) => "registry",
             Error::Explain(_) => "explain",
             Error::Sign(_) => "sign",
+            Error::SignImage(_) => "sign_image",
         }
     }
 }

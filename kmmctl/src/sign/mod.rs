@@ -38,6 +38,8 @@
 //! works). Certificates: PEM or DER X.509 (the kernel's `signing_key.x509` and
 //! upstream KMM's `--from-file=cert=...der` secrets are DER).
 
+pub mod image;
+mod merged;
 mod pkcs7;
 pub mod trailer;
 
