@@ -42,6 +42,9 @@ pub struct DesiredLoad {
     pub in_tree_to_remove: Vec<String>,
     /// `version`, for ordered upgrade.
     pub version: Option<String>,
+    /// The mapping has `build` or `sign`: the controller produces the image,
+    /// so while the registry does not have it the node waits, not fails.
+    pub built_in_cluster: bool,
     /// Why this cannot be loaded as asked (e.g. `modprobe.args`, which has no
     /// libkmod equivalent); reported as an error instead of loading.
     pub rejected: Option<String>,
@@ -193,6 +196,7 @@ mod tests {
             in_tree_to_remove: vec![],
             version: version.map(str::to_string),
             rejected: None,
+            built_in_cluster: false,
         })
     }
 

@@ -56,7 +56,7 @@ pub use api::module::{
 };
 pub use api::nmc::{
     ModuleConfig, ModuleError, ModuleItem, NodeModuleSpec, NodeModuleStatus, NodeModulesConfig,
-    NodeModulesConfigSpec, NodeModulesConfigStatus,
+    NodeModulesConfigSpec, NodeModulesConfigStatus, REASON_WAITING_FOR_IMAGE,
 };
 pub use labels::{
     MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,

@@ -153,6 +153,10 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
         let Some(err) = module_entry(nmc, &ns, &name).and_then(|e| e.last_error.as_ref()) else {
             continue;
         };
+        // A node waiting for an in-cluster build is progress, not an error.
+        if err.reason == kmm_common::REASON_WAITING_FOR_IMAGE {
+            continue;
+        }
         let slot = by_reason
             .entry(err.reason.clone())
             .or_insert_with(|| (Vec::new(), err.message.clone()));

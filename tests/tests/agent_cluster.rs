@@ -397,6 +397,63 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
     f.finish().await
 }
 
+/// A mapping with `build` whose image is not in the registry yet: the node
+/// reports that it waits (reason WaitingForImage, no Warning event, no
+/// failure counted) and loads as soon as the image appears.
+#[tokio::test]
+async fn a_node_waits_for_an_image_built_in_cluster_then_loads_it() -> Result<()> {
+    let f = Fixture::new("agent-wait-build", &[]).await?;
+    let image = f.image("built");
+    let yaml = module_yaml(&f.node, "built", &image, "", "").replace(
+        "          registryTLS:\n            insecure: true\n",
+        "          registryTLS:\n            insecure: true\n          build:\n            dockerfileConfigMap: {name: built-dockerfile}\n",
+    );
+    assert!(yaml.contains("dockerfileConfigMap"), "{yaml}");
+    f.apply(&yaml).await?;
+    wait_for(WAIT, || async {
+        Ok(f.status_of("built")
+            .await?
+            .and_then(|s| s.last_error)
+            .is_some())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", f.agent.log()))?;
+    let err = f
+        .status_of("built")
+        .await?
+        .and_then(|s| s.last_error)
+        .unwrap();
+    assert_eq!(err.reason, kmm_common::REASON_WAITING_FOR_IMAGE, "{err:?}");
+    assert!(err.message.contains(&image), "{}", err.message);
+    let metrics = f.agent.metrics()?;
+    assert!(
+        !metrics.contains("reason=\"WaitingForImage\""),
+        "a wait is not a failure:\n{metrics}"
+    );
+    let events: Api<Event> = Api::namespaced(f.client.clone(), f.ns());
+    let warnings: Vec<_> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| e.reason.unwrap_or_default())
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "no warning while waiting: {warnings:?}"
+    );
+
+    // What the build Job would push: the node picks it up by itself.
+    push_fake_kmod(&image, KVER, &[("built", &[])], &[]).await?;
+    f.wait_label(&f.ready_label("built"), true).await?;
+    let st = f.status_of("built").await?.unwrap();
+    assert!(st.last_error.is_none(), "{st:?}");
+    f.delete_module("built").await?;
+    f.wait_label(&f.ready_label("built"), false).await?;
+    f.finish().await
+}
+
 #[tokio::test]
 async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_reloads_a_new_one()
 -> Result<()> {

@@ -45,6 +45,13 @@ pub enum ActionError {
         #[source]
         source: crate::image::ImageError,
     },
+    /// The image is not in the registry yet and the controller builds or
+    /// signs it: the node waits for it (retried at a steady pace, no warning).
+    #[error("waiting for {image} to be built or signed in the cluster (not in the registry yet)")]
+    WaitingForImage {
+        /// Image reference.
+        image: String,
+    },
     /// The image does not hold the modules for this kernel, or a load failed.
     #[error("{0}")]
     Kernel(#[from] kernel::Error),
@@ -79,6 +86,7 @@ impl ActionError {
                 "PullSecretFailed"
             }
             ActionError::Pull { .. } => "ImagePullFailed",
+            ActionError::WaitingForImage { .. } => kmm_common::REASON_WAITING_FOR_IMAGE,
             ActionError::Kernel(_) => "ModprobeFailed",
             ActionError::InTree { .. } => "InTreeRemovalFailed",
             ActionError::Firmware(_) => "FirmwareFailed",
@@ -86,6 +94,13 @@ impl ActionError {
             ActionError::InvalidSpec(_) => "InvalidModuleSpec",
             ActionError::Join(_) => "Internal",
         }
+    }
+}
+
+impl ActionError {
+    /// Whether this is a wait rather than a failure (no backoff growth, no warning).
+    pub fn is_wait(&self) -> bool {
+        matches!(self, ActionError::WaitingForImage { .. })
     }
 }
 
@@ -257,9 +272,16 @@ async fn pull(ctx: &Context, key: &ModuleKey, want: &DesiredLoad) -> Result<Pull
         .images
         .pull(&want.image, &opts)
         .await
-        .map_err(|source| ActionError::Pull {
-            image: want.image.clone(),
-            source,
+        .map_err(|source| match source {
+            crate::image::ImageError::NotFound { .. } if want.built_in_cluster => {
+                ActionError::WaitingForImage {
+                    image: want.image.clone(),
+                }
+            }
+            source => ActionError::Pull {
+                image: want.image.clone(),
+                source,
+            },
         })?;
     ctx.metrics
         .pull_duration

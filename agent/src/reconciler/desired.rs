@@ -71,6 +71,7 @@ fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
         in_tree_to_remove: t.in_tree_modules_to_remove.clone(),
         version: t.version.clone(),
         rejected: unsupported_modprobe(&t.modprobe),
+        built_in_cluster: t.build.is_some() || t.sign.is_some(),
     }
 }
 

@@ -115,6 +115,9 @@ impl Context {
     }
 }
 
+/// How often a node waiting for an in-cluster build asks the registry again.
+const WAIT_FOR_IMAGE_POLL: Duration = Duration::from_secs(10);
+
 /// Backoff after `attempts` consecutive failures: 5 s doubling up to 5 min.
 pub fn backoff(attempts: u32) -> Duration {
     let secs = 5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(6));
@@ -245,6 +248,20 @@ async fn reconcile_pass(
             Ok(()) => {
                 failures.remove(&key);
                 freed_images |= matches!(action, Action::Unload { .. } | Action::Replace { .. });
+            }
+            Err(e) if e.is_wait() => {
+                // The image is being built: look again at a steady pace, the
+                // status says why, and nothing is counted as a failure.
+                tracing::info!(module = %key, reason = e.reason(), "{e}");
+                failures.insert(
+                    key,
+                    Failure {
+                        reason: e.reason().to_string(),
+                        message: e.to_string(),
+                        attempts: 0,
+                        retry_at: Instant::now() + WAIT_FOR_IMAGE_POLL,
+                    },
+                );
             }
             Err(e) => {
                 let attempts = failures.get(&key).map_or(0, |f| f.attempts) + 1;

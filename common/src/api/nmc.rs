@@ -123,6 +123,11 @@ pub struct NodeModuleSpec {
     pub config: ModuleConfig,
 }
 
+/// [`ModuleError::reason`] of a node waiting for the controller to build or
+/// sign its image: reported like an error so users see it, counted as
+/// progress, not degradation.
+pub const REASON_WAITING_FOR_IMAGE: &str = "WaitingForImage";
+
 /// A failure the agent hit for a module.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
