@@ -1,0 +1,426 @@
+//! `kmmctl sign` (the command the controller's sign Job runs) against the real
+//! registry: the signed image is the original layers plus one layer of signed
+//! files, which the agent's extractor lays over the unsigned ones.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use kmm_agent::extract::{Compression, Layer, Limits, unpack_image};
+use kmm_tests::images::{auth_registry, push_fake_kmod, push_fake_kmod_as, registry_addr};
+use kmm_tests::vm::artifacts::{cargo_artifact, repo_root};
+use kmmctl::registry::{PulledImage, RegistryOptions, parse_reference, pull};
+use oci_client::secrets::RegistryAuth;
+use serde_json::Value;
+
+const KVER: &str = "6.1.0-77-signtest";
+const CN: &str = "kmm-rs sign image test key";
+const PATTERN: &str = "/opt/lib/modules/*/extra/*.ko";
+
+fn kmmctl() -> Command {
+    // Built once per test binary: `cargo build` is not free even when fresh.
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    Command::new(
+        BIN.get_or_init(|| cargo_artifact("kmmctl", &["-p", "kmmctl", "--bin", "kmmctl"]).unwrap()),
+    )
+}
+
+fn start_registry() {
+    let script = repo_root().join("hack/registry/start.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// RSA key (PEM) and self-signed certificate (DER, like upstream KMM's secrets).
+fn keys(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (key, der, pem) = (
+        dir.join("key.pem"),
+        dir.join("cert.der"),
+        dir.join("cert.pem"),
+    );
+    let ok = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("openssl")
+        .args([
+            "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500",
+        ])
+        .args(["-batch", "-x509", "-newkey", "rsa:2048", "-subj"])
+        .arg(format!("/CN={CN}"))
+        .args(["-outform", "DER", "-out"])
+        .arg(&der)
+        .arg("-keyout")
+        .arg(&key));
+    ok(Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-in"])
+        .arg(&der)
+        .arg("-out")
+        .arg(&pem));
+    (key, der, pem)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn insecure() -> RegistryOptions {
+    RegistryOptions {
+        insecure: true,
+        ..Default::default()
+    }
+}
+
+async fn pull_image(reference: &str, opts: &RegistryOptions) -> PulledImage {
+    pull(&parse_reference(reference, "latest").unwrap(), opts)
+        .await
+        .unwrap()
+}
+
+/// The tree the agent unpacks from an image, as (relative path -> (mode, bytes)).
+fn agent_view(image: &PulledImage, dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let dest = dir.join("rootfs");
+    unpack_image(
+        image.layers.iter().map(|l| Layer {
+            name: l.digest.clone(),
+            compression: Compression::Auto,
+            reader: Box::new(l.blob.as_slice()),
+        }),
+        &dest,
+        &Limits::default(),
+    )
+    .unwrap();
+    let mut out = BTreeMap::new();
+    walk(&dest, &dest, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir() {
+            out.insert(format!("{rel}/"), (mode, Vec::new()));
+            walk(root, &path, out);
+        } else {
+            out.insert(rel, (mode, std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+fn cms_verifies(dir: &Path, module: &[u8], pkcs7: &[u8], cert_pem: &Path) -> bool {
+    let (content, sig) = (dir.join("content"), dir.join("sig.p7"));
+    std::fs::write(&content, module).unwrap();
+    std::fs::write(&sig, pkcs7).unwrap();
+    Command::new("openssl")
+        .args(["cms", "-verify", "-binary", "-inform", "DER", "-in"])
+        .arg(&sig)
+        .arg("-content")
+        .arg(&content)
+        .arg("-certfile")
+        .arg(cert_pem)
+        .args(["-nointern", "-noverify", "-out", "/dev/null"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn sign_appends_one_layer_the_agent_lays_over_the_unsigned_modules() {
+    start_registry();
+    let reg = registry_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert_der, cert_pem) = keys(dir.path());
+    let from = format!("{reg}/kmmctl-sign/alpha:{KVER}");
+    let to = format!("{reg}/kmmctl-sign/alpha-signed:{KVER}");
+    push_fake_kmod(
+        &from,
+        KVER,
+        &[("alpha", &[]), ("beta", &["alpha"])],
+        &[("fw.bin", b"firmware bytes")],
+    )
+    .await
+    .unwrap();
+
+    let out = run(kmmctl()
+        .args([
+            "sign",
+            "--from",
+            &from,
+            "--from-insecure",
+            "--to",
+            &to,
+            "--to-insecure",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert_der)
+        .args(["--file", PATTERN]));
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let digest = stdout.lines().last().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{stdout}");
+
+    let original = pull_image(&from, &insecure()).await;
+    let signed = pull_image(&to, &insecure()).await;
+    assert_eq!(signed.digest, digest);
+    assert_eq!(signed.media_type, original.media_type);
+
+    // Original layers untouched, one gzip layer appended.
+    assert_eq!(signed.layers.len(), original.layers.len() + 1);
+    for (a, b) in original.layers.iter().zip(&signed.layers) {
+        assert_eq!(a.digest, b.digest);
+    }
+    let added = signed.layers.last().unwrap();
+    assert_eq!(
+        added.media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let (oc, sc) = (json(&original.config), json(&signed.config));
+    let diff_ids = sc["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(
+        diff_ids.len(),
+        oc["rootfs"]["diff_ids"].as_array().unwrap().len() + 1
+    );
+    assert_eq!(
+        diff_ids[..diff_ids.len() - 1],
+        oc["rootfs"]["diff_ids"].as_array().unwrap()[..]
+    );
+    assert_eq!(
+        sc["history"].as_array().unwrap().len(),
+        oc["history"].as_array().unwrap().len() + 1
+    );
+    assert_eq!(sc["config"]["Labels"], oc["config"]["Labels"]);
+    assert!(sc["config"]["Labels"]["io.k8s.kmod.modules"].is_string());
+
+    // The appended layer: only the signed files and their parents, with the
+    // originals' modes and owners.
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(added.blob.as_slice()),
+        &mut tar_bytes,
+    )
+    .unwrap();
+    assert_eq!(
+        kmmctl::digest::sha256_digest(&tar_bytes),
+        diff_ids.last().unwrap().as_str().unwrap()
+    );
+    let mut names = Vec::new();
+    for e in tar::Archive::new(tar_bytes.as_slice()).entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        names.push(e.path().unwrap().display().to_string());
+        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+        let want = if h.entry_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        assert_eq!(h.mode().unwrap(), want, "{names:?}");
+    }
+    let m = format!("opt/lib/modules/{KVER}");
+    assert_eq!(
+        names,
+        [
+            "opt/".to_string(),
+            "opt/lib/".into(),
+            "opt/lib/modules/".into(),
+            format!("{m}/"),
+            format!("{m}/extra/"),
+            format!("{m}/extra/alpha.ko"),
+            format!("{m}/extra/beta.ko"),
+        ]
+    );
+
+    // What the agent unpacks: the signed modules over the unsigned ones, every
+    // other file as before.
+    let before = agent_view(&original, &dir.path().join("a"));
+    let after = agent_view(&signed, &dir.path().join("b"));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (path, (mode, bytes)) in &before {
+        let (mode2, bytes2) = &after[path];
+        assert_eq!(mode, mode2, "{path}");
+        if !path.ends_with(".ko") {
+            assert_eq!(bytes, bytes2, "{path} changed");
+            continue;
+        }
+        assert!(path.contains("/extra/"), "{path}");
+        assert_eq!(
+            kmmctl::sign::inspect(bytes).unwrap(),
+            None,
+            "{path} was unsigned"
+        );
+        let info = kmmctl::sign::inspect(bytes2)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} is not signed"));
+        assert_eq!(&bytes2[..info.appended.module_len], bytes.as_slice());
+        assert!(info.signer.unwrap().issuer.contains(CN));
+        let blob = &bytes2[info.appended.signature.clone()];
+        assert!(cms_verifies(dir.path(), bytes, blob, &cert_pem), "{path}");
+    }
+    assert!(after.contains_key(&format!("{m}/modules.dep")));
+    assert!(after.contains_key("firmware/fw.bin"));
+}
+
+#[tokio::test]
+async fn a_pattern_matching_nothing_fails_naming_it_and_pushes_nothing() {
+    start_registry();
+    let reg = registry_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert_der, _) = keys(dir.path());
+    let from = format!("{reg}/kmmctl-sign/nomatch:{KVER}");
+    let to = format!("{reg}/kmmctl-sign/nomatch-signed:{KVER}");
+    push_fake_kmod(&from, KVER, &[("gamma", &[])], &[])
+        .await
+        .unwrap();
+    let out = run(kmmctl()
+        .args([
+            "sign",
+            "--from",
+            &from,
+            "--from-insecure",
+            "--to",
+            &to,
+            "--to-insecure",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert_der)
+        .args([
+            "--file",
+            PATTERN,
+            "--file",
+            "/opt/lib/modules/*/kernel/*.ko",
+        ]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'/opt/lib/modules/*/kernel/*.ko' matches no regular file")
+            && err.contains(&from),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let missing = pull(&parse_reference(&to, "latest").unwrap(), &insecure()).await;
+    assert!(missing.is_err(), "nothing may be pushed to {to}");
+
+    // A key that is not the certificate's is refused before any registry traffic.
+    let (other_key, _, _) = keys(&dir.path().join("other").tap_mkdir());
+    let out = run(kmmctl()
+        .args([
+            "sign",
+            "--from",
+            &from,
+            "--from-insecure",
+            "--to",
+            &to,
+            "--to-insecure",
+        ])
+        .arg("--key")
+        .arg(&other_key)
+        .arg("--cert")
+        .arg(&cert_der)
+        .args(["--file", PATTERN]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}
+
+#[tokio::test]
+async fn docker_config_credentials_are_used_for_pull_and_push() {
+    let (reg, user, pass) = auth_registry().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, cert_pem) = keys(dir.path());
+    let from = format!("{reg}/kmmctl-sign/private:{KVER}");
+    let to = format!("{reg}/kmmctl-sign/private-signed:{KVER}");
+    let auth = RegistryAuth::Basic(user.clone(), pass.clone());
+    push_fake_kmod_as(&from, KVER, &[("delta", &[])], &[], auth.clone())
+        .await
+        .unwrap();
+    let config = dir.path().join("config.json");
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths":{{"{reg}":{{"auth":"{token}"}}}}}}"#),
+    )
+    .unwrap();
+    let sign = |with_config: bool| {
+        let mut cmd = kmmctl();
+        cmd.args([
+            "sign",
+            "--from",
+            &from,
+            "--from-insecure",
+            "--to",
+            &to,
+            "--to-insecure",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert_pem)
+        .args([
+            "--file",
+            "/opt/lib/modules/*/extra/delta.ko",
+            "--hash",
+            "sha384",
+        ]);
+        if with_config {
+            cmd.arg("--docker-config").arg(&config);
+        }
+        run(&mut cmd)
+    };
+    let denied = sign(false);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains(&reg));
+
+    let out = sign(true);
+    assert!(out.status.success());
+    let opts = RegistryOptions {
+        insecure: true,
+        auth,
+        ..Default::default()
+    };
+    let signed = pull_image(&to, &opts).await;
+    let view = agent_view(&signed, dir.path());
+    let (_, ko) = &view[&format!("opt/lib/modules/{KVER}/extra/delta.ko")];
+    let info = kmmctl::sign::inspect(ko).unwrap().unwrap();
+    assert_eq!(
+        info.signer.unwrap().hash,
+        Some(kmmctl::sign::HashAlgorithm::Sha384)
+    );
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
