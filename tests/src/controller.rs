@@ -54,6 +54,16 @@ impl ControllerProcess {
     /// # Errors
     /// If the binary cannot be built or spawned.
     pub fn start(opts: &ControllerOptions) -> Result<Self> {
+        Self::start_with_env(opts, &[])
+    }
+
+    /// [`ControllerProcess::start`] with extra environment variables (e.g. a
+    /// proxy through which the controller reaches the registry by the name
+    /// the VM guest uses).
+    ///
+    /// # Errors
+    /// If the binary cannot be built or spawned.
+    pub fn start_with_env(opts: &ControllerOptions, env: &[(&str, &str)]) -> Result<Self> {
         let bin = controller_binary()?;
         std::fs::create_dir_all(&opts.log_dir)?;
         let metrics_port = free_port()?;
@@ -75,6 +85,7 @@ impl ControllerProcess {
             // Parallel controllers cannot share :9443 nor one webhook configuration;
             // webhook tests opt in with `--webhook true` (flags beat env).
             .env("KMM_WEBHOOK", "false")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .spawn()
