@@ -58,6 +58,10 @@ struct Args {
     #[arg(long, env = "KMM_SIGNER_IMAGE", default_value = kmm_controller::reconcile::DEFAULT_SIGNER_IMAGE)]
     signer_image: String,
 
+    /// Seconds between sweeps for NodeModulesConfigs whose Node is gone.
+    #[arg(long, env = "KMM_NMC_GC_SECONDS", default_value_t = 60)]
+    nmc_gc_seconds: u64,
+
     /// Log as JSON.
     #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
     log_json: bool,
@@ -137,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         lease_renew_seconds,
         resync_seconds,
         signer_image,
+        nmc_gc_seconds,
         log_json,
         webhook,
     } = Args::parse();
@@ -190,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(resync_seconds.max(1)),
         instance: identity.clone(),
         signer_image,
+        nmc_gc_interval: Duration::from_secs(nmc_gc_seconds.max(1)),
         ..Settings::default()
     };
     let renew = Duration::from_secs(lease_renew_seconds.max(1));

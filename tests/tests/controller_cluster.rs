@@ -45,7 +45,7 @@ impl Fixture {
             namespace: ns.name().to_string(),
             identity: format!("{}-ctl", ns.name()),
             log_dir: dir.path().to_path_buf(),
-            extra_args: vec![],
+            extra_args: vec!["--nmc-gc-seconds".into(), "1".into()],
         })?;
         controller.wait_leader(WAIT).await?;
         Ok(Self {
@@ -328,6 +328,33 @@ async fn deletion_waits_until_no_node_reports_the_module_loaded() -> Result<()> 
         Ok(ns_label(&f.client, f.ns()).await?.is_none())
     })
     .await?;
+    f.finish().await
+}
+
+/// An agent cannot delete the NMC of its own deleted Node: the controller
+/// does, and only once the Node stayed gone (a Node registered again under
+/// the same name keeps it).
+#[tokio::test]
+async fn the_nmc_of_a_deleted_node_is_collected() -> Result<()> {
+    let mut f = Fixture::new("ctl-nmc-gc").await?;
+    let kept = f.node("kept", true, KVER).await?;
+    let gone = f.node("gone", true, KVER).await?;
+    for n in [&kept, &gone] {
+        f.set_nmc_status(n, serde_json::json!([f.loaded_entry("x")]))
+            .await?;
+    }
+    delete_node(&f.client, &gone).await;
+    let nmcs: Api<NodeModulesConfig> = Api::all(f.client.clone());
+    wait_for(WAIT, || async { Ok(nmcs.get_opt(&gone).await?.is_none()) })
+        .await
+        .with_context(|| f.controller.log())?;
+    // Several sweeps later the NMC of the live Node is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        nmcs.get_opt(&kept).await?.is_some(),
+        "{}",
+        f.controller.log()
+    );
     f.finish().await
 }
 

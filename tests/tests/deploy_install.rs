@@ -337,6 +337,14 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["create", "serviceaccounts", "-n", "ns1"],
             &["delete", "serviceaccounts", "-n", "ns1"],
             &["create", "events.events.k8s.io", "-n", "ns1"],
+            // In-cluster builds: Jobs, their Dockerfile, the pull secret for
+            // the registry check; NMCs of deleted Nodes.
+            &["watch", "jobs.batch", "-A"],
+            &["create", "jobs.batch", "-n", "ns1"],
+            &["delete", "jobs.batch", "-n", "ns1"],
+            &["get", "configmaps", "-n", "ns1"],
+            &["get", "secrets", "-n", "ns1"],
+            &["delete", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
             &["create", "leases.coordination.k8s.io", "-n", "kmm-system"],
             &[
                 "update",
@@ -346,9 +354,10 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             ],
         ],
         &[
-            &["get", "secrets", "-n", "kmm-system"],
-            &["get", "secrets", "-n", "ns1"],
             &["list", "secrets", "-A"],
+            &["update", "secrets", "-n", "ns1"],
+            &["update", "jobs.batch", "-n", "ns1"],
+            &["list", "configmaps", "-A"],
             &["create", "pods", "-n", "ns1", "--subresource=exec"],
             &["get", "pods", "-n", "ns1", "--subresource=exec"],
             &["create", "pods", "-n", "ns1"],

@@ -5,6 +5,7 @@
 //! Modules concerned, so status follows the fleet without a list per reconcile.
 
 mod namespace;
+pub mod nmc_gc;
 mod objects;
 pub mod triggers;
 
@@ -49,6 +50,8 @@ pub struct Settings {
     pub instance: String,
     /// The image with `kmmctl`, run by sign Jobs.
     pub signer_image: String,
+    /// How often NodeModulesConfigs of deleted Nodes are looked for.
+    pub nmc_gc_interval: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +63,7 @@ impl Default for Settings {
             unload_poll: Duration::from_secs(5),
             instance: "kmm-controller".into(),
             signer_image: DEFAULT_SIGNER_IMAGE.into(),
+            nmc_gc_interval: Duration::from_secs(60),
         }
     }
 }
@@ -163,6 +167,13 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
             instance: Some(settings.instance.clone()),
         },
     );
+    // Polled with the controller (not spawned): losing the lease drops both.
+    let nmc_gc = nmc_gc::run(
+        client.clone(),
+        nodes.clone(),
+        nmcs.clone(),
+        settings.nmc_gc_interval,
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -174,7 +185,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
         jobs,
         image_lookups: ImageLookups::default(),
     });
-    Controller::new(
+    let controller = Controller::new(
         scoped::<Module>(&client, ns.as_deref()),
         watcher::Config::default(),
     )
@@ -202,8 +213,11 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
             }
             Err(e) => tracing::warn!(error = %e, "controller"),
         }
-    })
-    .await;
+    });
+    tokio::select! {
+        () = controller => {}
+        () = nmc_gc => {}
+    }
 }
 
 /// One Module: finalizer first, then [`apply`] or [`cleanup`].
