@@ -424,3 +424,76 @@ impl TapMkdir for PathBuf {
         self
     }
 }
+
+#[tokio::test]
+async fn an_index_is_signed_as_its_linux_amd64_image() {
+    start_registry();
+    let reg = registry_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert_der, _) = keys(dir.path());
+    let amd = format!("{reg}/kmmctl-sign/multi:amd64");
+    let arm = format!("{reg}/kmmctl-sign/multi:arm64");
+    let index = format!("{reg}/kmmctl-sign/multi:{KVER}");
+    let to = format!("{reg}/kmmctl-sign/multi-signed:{KVER}");
+    push_fake_kmod(&amd, KVER, &[("on_amd", &[])], &[])
+        .await
+        .unwrap();
+    push_fake_kmod(&arm, KVER, &[("on_arm", &[])], &[])
+        .await
+        .unwrap();
+    let mut entries = Vec::new();
+    // arm64 first: the choice must be by platform, not by position.
+    for (reference, arch) in [(&arm, "arm64"), (&amd, "amd64")] {
+        let (bytes, digest) = kmmctl::registry::fetch_manifest(
+            &parse_reference(reference, "latest").unwrap(),
+            &insecure(),
+        )
+        .await
+        .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": bytes.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index_bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    kmmctl::registry::push_parts(
+        &parse_reference(&index, "latest").unwrap(),
+        &insecure(),
+        &[],
+        &index_bytes,
+        "application/vnd.oci.image.index.v1+json",
+        &kmmctl::digest::sha256_digest(&index_bytes),
+    )
+    .await
+    .unwrap();
+
+    let out = run(kmmctl()
+        .args([
+            "sign",
+            "--from",
+            &index,
+            "--from-insecure",
+            "--to",
+            &to,
+            "--to-insecure",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert_der)
+        .args(["--file", PATTERN]));
+    assert!(out.status.success());
+    let signed = pull_image(&to, &insecure()).await;
+    let view = agent_view(&signed, dir.path());
+    let extra = format!("opt/lib/modules/{KVER}/extra");
+    assert!(!view.contains_key(&format!("{extra}/on_arm.ko")));
+    let (_, ko) = &view[&format!("{extra}/on_amd.ko")];
+    assert!(kmmctl::sign::inspect(ko).unwrap().is_some());
+}
