@@ -7,7 +7,9 @@
 //! the vfs driver (no overlay mounts left behind) and chroot isolation, so
 //! `RUN` steps work without an OCI runtime (none is installed here). A Job
 //! the mapping does not fully understand (an unknown kaniko flag, container
-//! field or volume) is refused rather than half-executed.
+//! field or volume) is refused rather than half-executed. Pod-level fields
+//! (node selector, tolerations, restart and backoff policy) only say where the
+//! build runs and are not looked at; the Job's status is left alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -251,6 +253,12 @@ pub async fn run_build_job_with(client: &Client, job: &Job, opts: &BuildOptions)
             let out = vols.join("auth.json");
             std::fs::write(&out, rewritten)?;
             Some(out)
+        }
+        Some(p) if host_mounts.iter().any(|(at, _)| at.starts_with("/kaniko/")) => {
+            bail!(
+                "registry credentials are mounted under /kaniko but {KANIKO_DOCKER_CONFIG} is not a file ({})",
+                p.display()
+            )
         }
         _ => None,
     };
