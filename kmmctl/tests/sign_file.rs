@@ -330,3 +330,111 @@ fn a_key_that_is_not_the_certificates_is_refused() {
     );
     assert_eq!(std::fs::read(&ko).unwrap(), b"\x7fELF not really a module");
 }
+
+/// The kernel's own `scripts/sign-file` (Debian's linux-kbuild package):
+/// `$KMM_SIGN_FILE`, an installed linux-kbuild, or one unpacked into
+/// `$KMM_CACHE/sign-file` by `apt-get download` (like tests/vm/fetch-kernel.sh
+/// fetches the kernel).
+fn kernel_sign_file(brd: &Path) -> Option<PathBuf> {
+    let find_in = |root: &Path| -> Option<PathBuf> {
+        std::fs::read_dir(root.join("usr/lib"))
+            .ok()?
+            .flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("linux-kbuild-"))
+            .map(|d| d.path().join("scripts/sign-file"))
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = std::env::var_os("KMM_SIGN_FILE") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = find_in(Path::new("/")) {
+        return Some(p);
+    }
+    let cache = std::env::var_os("KMM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/kmm-rs")
+        })
+        .join("sign-file");
+    if let Some(p) = find_in(&cache) {
+        return Some(p);
+    }
+    // brd.ko is in lib/modules/<6.1.0-56-amd64>/kernel/...: the package is linux-kbuild-6.1.
+    let kver = brd
+        .ancestors()
+        .nth(4)?
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    let series: Vec<&str> = kver.split(['.', '-']).take(2).collect();
+    let pkg = format!("linux-kbuild-{}", series.join("."));
+    std::fs::create_dir_all(&cache).ok()?;
+    let downloaded = Command::new("apt-get")
+        .args(["download", &pkg])
+        .current_dir(&cache)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !downloaded {
+        return None;
+    }
+    for deb in std::fs::read_dir(&cache).ok()?.flatten() {
+        if deb.file_name().to_string_lossy().ends_with(".deb") {
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb.path())
+                .arg(&cache)
+                .status()
+                .ok()?;
+        }
+    }
+    find_in(&cache)
+}
+
+#[test]
+fn output_is_byte_identical_to_the_kernels_sign_file_for_every_hash() {
+    let Some(brd) = real_module() else { return };
+    let Some(sign_file) = kernel_sign_file(&brd) else {
+        assert_ne!(
+            std::env::var("KMM_REAL_KERNEL_TESTS").as_deref(),
+            Ok("1"),
+            "KMM_REAL_KERNEL_TESTS=1 but the kernel's sign-file (linux-kbuild) is not available"
+        );
+        eprintln!("sign-file comparison not run: no linux-kbuild sign-file");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = make_keys(dir.path(), "signing_key");
+    let unsigned = trailer::strip(&std::fs::read(&brd).unwrap())
+        .unwrap()
+        .to_vec();
+    for hash in ["sha256", "sha384", "sha512"] {
+        let theirs = dir.path().join(format!("theirs-{hash}.ko"));
+        let ours = dir.path().join(format!("ours-{hash}.ko"));
+        std::fs::write(&theirs, &unsigned).unwrap();
+        std::fs::write(&ours, &unsigned).unwrap();
+        // sign-file <hash> <key> <x509> <module>: signs in place.
+        run_ok(
+            Command::new(&sign_file)
+                .arg(hash)
+                .arg(&keys.key)
+                .arg(&keys.cert_der)
+                .arg(&theirs),
+        );
+        run_ok(
+            kmmctl()
+                .args(["sign-file", "--hash", hash, "--key"])
+                .arg(&keys.key)
+                .arg("--cert")
+                .arg(&keys.cert_der)
+                .arg(&ours),
+        );
+        let (a, b) = (
+            std::fs::read(&theirs).unwrap(),
+            std::fs::read(&ours).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{hash}: lengths differ");
+        // RSA PKCS#1 v1.5 is deterministic: the whole files must be equal.
+        assert!(a == b, "{hash}: kmmctl and sign-file differ");
+    }
+}
