@@ -8,5 +8,6 @@ pub mod cluster;
 pub mod controller;
 pub mod controlplane;
 pub mod images;
+pub mod kwok;
 pub mod vm;
 pub mod vm_agent;

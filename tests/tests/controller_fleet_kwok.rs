@@ -1,0 +1,695 @@
+//! Issue 6 acceptance: the real `kmm-controller` with a fleet of fake Nodes
+//! whose kubelets kwok simulates, on the real control plane (kube-scheduler
+//! binds the device-plugin Pods, kube-controller-manager runs the DaemonSet,
+//! Job and garbage collectors). A simulated `kmm-agent` serves each fake Node
+//! that should load modules, so NodeModulesConfig statuses and `.ready`
+//! labels are the agents' own; the fake kmod images are in the real registry.
+//!
+//! Each test has its own namespace (the controller is scoped to it), its own
+//! Nodes and a selector value only its Nodes carry.
+//!
+//! Needs the control-plane binaries, kwok (`bash hack/kwok/build.sh`) and the
+//! registry (`hack/registry/start.sh`).
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kmm_common::{MODULE_FINALIZER, Module, device_plugin_ready_label, ready_label};
+use kmm_tests::agent::{AgentOptions, AgentProcess};
+use kmm_tests::cluster::{delete_node_and_status, ensure_crds, node_module_status, wait_for};
+use kmm_tests::controller::{ControllerOptions, ControllerProcess};
+use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::images::{push_fake_kmod, registry_addr};
+use kmm_tests::kwok::{Kwok, TOLERATION_YAML};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+/// Mapped by the Modules' kernel mapping.
+const KVER: &str = "6.1.0-90-sim-amd64";
+/// Not mapped: the Node matches the selector but gets nothing.
+const UNMAPPED_KVER: &str = "6.1.0-90-sim-arm64";
+/// Generous: two cores, other engineers building, several processes per test.
+const WAIT: Duration = Duration::from_secs(180);
+const SELECTOR_KEY: &str = "kmm-test/node";
+const MODULE_NAME_LABEL: &str = "kmm.node.kubernetes.io/module.name";
+
+struct Fixture {
+    cp: &'static ControlPlane,
+    kwok: &'static Kwok,
+    client: Client,
+    ns: TestNamespace,
+    controller: ControllerProcess,
+    nodes: Vec<String>,
+    agents: BTreeMap<String, AgentProcess>,
+    kernels: BTreeMap<String, String>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Result<Self> {
+        let cp = ControlPlane::shared().await?;
+        let kwok = Kwok::shared().await?;
+        ensure_crds(cp).await?;
+        let client = cp.client();
+        let ns = cp.temp_namespace(prefix).await?;
+        let dir = tempfile::tempdir()?;
+        let controller = ControllerProcess::start(&ControllerOptions {
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            namespace: ns.name().to_string(),
+            identity: format!("{}-ctl", ns.name()),
+            log_dir: dir.path().to_path_buf(),
+            extra_args: vec![],
+        })?;
+        controller.wait_leader(WAIT).await?;
+        Ok(Self {
+            cp,
+            kwok,
+            client,
+            ns,
+            controller,
+            nodes: Vec::new(),
+            agents: BTreeMap::new(),
+            kernels: BTreeMap::new(),
+            dir,
+        })
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    /// A fake Node `<ns>-<suffix>` reporting `kernel`; `selected` decides
+    /// whether it carries the value this test's Modules select.
+    async fn node(&mut self, suffix: &str, kernel: &str, selected: bool) -> Result<String> {
+        let name = format!("{}-{suffix}", self.ns());
+        let value = if selected {
+            self.ns().to_string()
+        } else {
+            format!("{}-not", self.ns())
+        };
+        self.nodes.push(name.clone());
+        self.kwok
+            .create_fake_node(&self.client, &name, kernel, &[(SELECTOR_KEY, &value)])
+            .await?;
+        self.kernels.insert(name.clone(), kernel.to_string());
+        Ok(name)
+    }
+
+    /// Starts (or restarts, keeping its state dir) the simulated agent of `node`.
+    async fn start_agent(&mut self, node: &str) -> Result<()> {
+        if let Some(mut old) = self.agents.remove(node) {
+            old.kill();
+        }
+        let agent = AgentProcess::start(&AgentOptions {
+            node: node.to_string(),
+            kernel_release: self.kernels[node].clone(),
+            state_dir: self.dir.path().join(node),
+            kubeconfig: self.cp.kubeconfig_path().to_path_buf(),
+            resync_seconds: 2,
+        })?;
+        agent.wait_ready(WAIT).await?;
+        self.agents.insert(node.to_string(), agent);
+        Ok(())
+    }
+
+    /// Pushes the fake kmod image of Module `name` for [`KVER`].
+    async fn push_image(&self, name: &str) -> Result<()> {
+        let image = format!("{}/{}/{name}:{KVER}", registry_addr(), self.ns());
+        push_fake_kmod(&image, KVER, &[(name, &[])], &[]).await?;
+        Ok(())
+    }
+
+    /// Module `name` selecting this test's Nodes, tolerating the fake Nodes'
+    /// taint, with a device plugin whose image is `dp_image` (none if empty).
+    fn module_yaml(&self, name: &str, dp_image: &str) -> String {
+        let device_plugin = if dp_image.is_empty() {
+            String::new()
+        } else {
+            format!("  devicePlugin:\n    container:\n      image: {dp_image}\n")
+        };
+        format!(
+            r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata:
+  name: {name}
+spec:
+  selector: {{{SELECTOR_KEY}: {ns}}}
+  tolerations: [{TOLERATION_YAML}]
+  moduleLoader:
+    container:
+      modprobe:
+        moduleName: {name}
+      kernelMappings:
+        - regexp: '^.+-sim-amd64$'
+          containerImage: {registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}
+          registryTLS:
+            insecure: true
+{device_plugin}"#,
+            ns = self.ns(),
+            registry = registry_addr(),
+        )
+    }
+
+    async fn apply(&self, yaml: &str) -> Result<()> {
+        kmm_tests::cluster::apply_yaml(self.cp, self.ns(), yaml)
+    }
+
+    async fn module(&self, name: &str) -> Result<Option<Module>> {
+        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
+        Ok(api.get_opt(name).await?)
+    }
+
+    /// What the controller, kwok and the agents said, for failure messages.
+    fn logs(&self) -> String {
+        let tail = |text: String, n: usize| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        let mut out = format!(
+            "--- controller log (tail):\n{}\n--- kwok log (tail):\n{}\n",
+            tail(self.controller.log(), 60),
+            self.kwok.log_tail(20)
+        );
+        for (node, agent) in &self.agents {
+            out.push_str(&format!(
+                "--- agent {node} log (tail):\n{}\n",
+                tail(agent.log(), 20)
+            ));
+        }
+        out
+    }
+
+    /// Polls `check` until it holds; the error names `what` and carries the logs.
+    async fn wait<F, Fut>(&self, what: &str, check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        wait_for(WAIT, check)
+            .await
+            .with_context(|| format!("waiting for: {what}\n{}", self.logs()))
+    }
+
+    /// Waits until `check` holds for Module `name` (the last one seen is in the error).
+    async fn wait_module<F>(&self, name: &str, what: &str, check: F) -> Result<()>
+    where
+        F: Fn(Option<&Module>) -> bool,
+    {
+        let last = std::sync::Mutex::new(None);
+        let r = wait_for(WAIT, || async {
+            let m = self.module(name).await?;
+            let ok = check(m.as_ref());
+            *last.lock().unwrap() = m;
+            Ok(ok)
+        })
+        .await;
+        r.with_context(|| {
+            format!(
+                "waiting for: {what}\nlast Module status:\n{}\n{}",
+                serde_yaml::to_string(&last.lock().unwrap().as_ref().map(|m| &m.status))
+                    .unwrap_or_default(),
+                self.logs()
+            )
+        })
+    }
+
+    async fn labels(&self, node: &str) -> Result<BTreeMap<String, String>> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        Ok(nodes.get(node).await?.metadata.labels.unwrap_or_default())
+    }
+
+    async fn has_label(&self, node: &str, key: &str) -> Result<bool> {
+        Ok(self.labels(node).await?.contains_key(key))
+    }
+
+    /// Pods of Module `name`'s device plugin (any DaemonSet of it), not being deleted.
+    async fn dp_pods(&self, name: &str) -> Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        Ok(pods
+            .list(&ListParams::default().labels(&format!("{MODULE_NAME_LABEL}={name}")))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect())
+    }
+
+    /// Waits until the Module's device-plugin Pods run on exactly `nodes`
+    /// (bound by the scheduler, `Running` through kwok; Ready or not).
+    async fn wait_dp_pods_on(&self, name: &str, nodes: &[&str]) -> Result<()> {
+        let mut want: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        want.sort();
+        self.wait(
+            &format!("device-plugin Pods Running on {want:?}"),
+            || async {
+                let pods = self.dp_pods(name).await?;
+                let mut on: Vec<String> = pods.iter().filter_map(bound_node).collect();
+                on.sort();
+                Ok(on == want && pods.iter().all(running))
+            },
+        )
+        .await
+    }
+
+    /// Whether the device-plugin Pod of Module `name` on `node` is Ready.
+    async fn dp_pod_ready(&self, name: &str, node: &str) -> Result<bool> {
+        let pods = self.dp_pods(name).await?;
+        Ok(pods
+            .iter()
+            .any(|p| bound_node(p).as_deref() == Some(node) && running(p) && ready(p)))
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        for (_, mut agent) in std::mem::take(&mut self.agents) {
+            agent.kill();
+        }
+        // Strip finalizers so the namespace can go even if a test failed midway.
+        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
+        for m in api.list(&ListParams::default()).await? {
+            let patch = serde_json::json!({ "metadata": { "finalizers": null } });
+            let _ = api
+                .patch(
+                    &m.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await;
+        }
+        for n in &self.nodes {
+            delete_node_and_status(&self.client, n).await;
+        }
+        self.ns.cleanup().await
+    }
+}
+
+/// The Node a Pod is bound to (by the scheduler).
+fn bound_node(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+}
+
+fn running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// (nodesMatchingSelectorNumber, desiredNumber, availableNumber) of the
+/// module loader and of the device plugin.
+type Counts = ((i32, i32, i32), (i32, i32, i32));
+
+fn counts(m: &Module) -> Counts {
+    let Some(s) = m.status.as_ref() else {
+        return ((-1, -1, -1), (-1, -1, -1));
+    };
+    let l = &s.module_loader;
+    let d = &s.device_plugin;
+    (
+        (
+            l.nodes_matching_selector_number,
+            l.desired_number,
+            l.available_number,
+        ),
+        (
+            d.nodes_matching_selector_number,
+            d.desired_number,
+            d.available_number,
+        ),
+    )
+}
+
+fn condition<'a>(
+    m: &'a Module,
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    m.status.as_ref()?.conditions.iter().find(|c| c.type_ == t)
+}
+
+#[tokio::test]
+async fn kwok_runs_a_job_pod_to_succeeded() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let kwok = Kwok::shared().await?;
+    let client = cp.client();
+    let ns = cp.temp_namespace("kw-job").await?;
+    let node = format!("{}-n", ns.name());
+    kwok.create_fake_node(&client, &node, KVER, &[(SELECTOR_KEY, ns.name())])
+        .await?;
+    let job: Job = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: smoke}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {{{SELECTOR_KEY}: {ns}}}
+      tolerations: [{TOLERATION_YAML}]
+      containers: [{{name: build, image: registry.example/kmm/build:1}}]
+"#,
+        ns = ns.name()
+    ))?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns.name());
+    jobs.create(&PostParams::default(), &job).await?;
+
+    // kube-controller-manager's Job controller makes the Pod, kube-scheduler
+    // binds it to the fake Node, kwok runs it to completion.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let r = wait_for(WAIT, || async {
+        let complete = jobs.get("smoke").await?.status.is_some_and(|s| {
+            s.succeeded == Some(1)
+                && s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Complete" && c.status == "True")
+        });
+        Ok(complete)
+    })
+    .await;
+    r.with_context(|| format!("Job not Complete; kwok log:\n{}", kwok.log_tail(30)))?;
+    let list = pods
+        .list(&ListParams::default().labels("job-name=smoke"))
+        .await?
+        .items;
+    assert_eq!(list.len(), 1, "one Pod, no retries");
+    let pod = &list[0];
+    assert_eq!(bound_node(pod).as_deref(), Some(node.as_str()));
+    let status = pod.status.as_ref().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let terminated = status.container_statuses.as_ref().unwrap()[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap();
+    assert_eq!(terminated.exit_code, 0);
+
+    delete_node_and_status(&client, &node).await;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn device_plugin_lands_only_on_ready_nodes_and_its_label_follows_pod_readiness() -> Result<()>
+{
+    let mut f = Fixture::new("kw-dp").await?;
+    let a = f.node("a", KVER, true).await?;
+    let late = f.node("late", KVER, true).await?; // its agent starts later
+    let unmapped = f.node("unmapped", UNMAPPED_KVER, true).await?;
+    let other = f.node("other", KVER, false).await?;
+    for n in [&a, &unmapped, &other] {
+        f.start_agent(n).await?;
+    }
+    f.push_image("gpu").await?;
+    f.apply(&f.module_yaml("gpu", "registry.example/kmm/dp:1"))
+        .await?;
+
+    let ready = ready_label(f.ns(), "gpu");
+    let dp_ready = device_plugin_ready_label(f.ns(), "gpu");
+    f.wait(&format!("{a} has {ready}"), || async {
+        f.has_label(&a, &ready).await
+    })
+    .await?;
+    // Scheduled by kube-scheduler, Running and Ready through kwok: on `a` only.
+    f.wait_dp_pods_on("gpu", &[&a]).await?;
+    f.wait(&format!("{a} has {dp_ready}"), || async {
+        f.has_label(&a, &dp_ready).await
+    })
+    .await?;
+    assert!(f.dp_pod_ready("gpu", &a).await?);
+    f.wait_module(
+        "gpu",
+        "devicePlugin 3 matching, 1 desired, 1 available",
+        |m| m.is_some_and(|m| counts(m).1 == (3, 1, 1)),
+    )
+    .await?;
+    for n in [&late, &unmapped, &other] {
+        let labels = f.labels(n).await?;
+        assert!(!labels.contains_key(&ready), "{n}: {labels:?}");
+        assert!(!labels.contains_key(&dp_ready), "{n}: {labels:?}");
+    }
+
+    // `late`'s agent comes up and loads the module: the DaemonSet follows.
+    f.start_agent(&late).await?;
+    f.wait_dp_pods_on("gpu", &[&a, &late]).await?;
+    f.wait(&format!("{late} has {dp_ready}"), || async {
+        f.has_label(&late, &dp_ready).await
+    })
+    .await?;
+
+    // The device plugin on `a` fails its readiness probe: the label goes
+    // from `a` only, and the DaemonSet counts one Pod fewer available.
+    let changed = f
+        .kwok
+        .set_pods_ready(&f.client, f.ns(), &a, false, WAIT)
+        .await?;
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(!f.dp_pod_ready("gpu", &a).await?);
+    f.wait(&format!("{dp_ready} removed from {a}"), || async {
+        Ok(!f.has_label(&a, &dp_ready).await?)
+    })
+    .await?;
+    assert!(f.has_label(&late, &dp_ready).await?);
+    assert!(f.has_label(&a, &ready).await?, "the module stays loaded");
+    f.wait_module("gpu", "devicePlugin 1 available", |m| {
+        m.is_some_and(|m| counts(m).1 == (3, 2, 1))
+    })
+    .await?;
+
+    // Ready again: the label comes back.
+    f.kwok
+        .set_pods_ready(&f.client, f.ns(), &a, true, WAIT)
+        .await?;
+    f.wait(&format!("{dp_ready} back on {a}"), || async {
+        f.has_label(&a, &dp_ready).await
+    })
+    .await?;
+    f.finish().await
+}
+
+#[tokio::test]
+async fn obsolete_device_plugin_daemonsets_are_collected() -> Result<()> {
+    let mut f = Fixture::new("kw-gc").await?;
+    let a = f.node("a", KVER, true).await?;
+    f.start_agent(&a).await?;
+    f.push_image("gc").await?;
+
+    // A device-plugin DaemonSet of Module `gc` under another name (what an
+    // older controller or a rename leaves behind), running on `a`.
+    let stale: DaemonSet = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: gc-device-plugin-old
+  labels: &l
+    {MODULE_NAME_LABEL}: gc
+    kmm.node.kubernetes.io/role: device-plugin
+    app.kubernetes.io/managed-by: kmm-rs-controller
+spec:
+  selector: {{matchLabels: *l}}
+  template:
+    metadata: {{labels: *l}}
+    spec:
+      nodeSelector: {{{SELECTOR_KEY}: {ns}}}
+      tolerations: [{TOLERATION_YAML}]
+      containers: [{{name: device-plugin, image: registry.example/kmm/dp:0}}]
+"#,
+        ns = f.ns()
+    ))?;
+    let dss: Api<DaemonSet> = Api::namespaced(f.client.clone(), f.ns());
+    dss.create(&PostParams::default(), &stale).await?;
+    f.wait_dp_pods_on("gc", &[&a]).await?;
+
+    // The Module comes: the stale DaemonSet and its Pod go, the current one runs.
+    f.apply(&f.module_yaml("gc", "registry.example/kmm/dp:1"))
+        .await?;
+    f.wait("stale DaemonSet deleted", || async {
+        Ok(dss.get_opt("gc-device-plugin-old").await?.is_none())
+    })
+    .await?;
+    f.wait_dp_pods_on("gc", &[&a]).await?;
+    let pods = f.dp_pods("gc").await?;
+    let owner = &pods[0].owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("DaemonSet", "gc-device-plugin")
+    );
+    let dp_ready = device_plugin_ready_label(f.ns(), "gc");
+    f.wait(&format!("{a} has {dp_ready}"), || async {
+        f.has_label(&a, &dp_ready).await
+    })
+    .await?;
+
+    // devicePlugin removed from the Module: its DaemonSet is obsolete.
+    f.apply(&f.module_yaml("gc", "")).await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(f.client.clone(), f.ns());
+    f.wait("DaemonSet, ServiceAccount and Pod collected", || async {
+        Ok(dss.get_opt("gc-device-plugin").await?.is_none()
+            && sas.get_opt("gc-device-plugin").await?.is_none()
+            && f.dp_pods("gc").await?.is_empty())
+    })
+    .await?;
+    f.wait(&format!("{dp_ready} removed from {a}"), || async {
+        Ok(!f.has_label(&a, &dp_ready).await?)
+    })
+    .await?;
+    f.wait_module("gc", "devicePlugin counts zero, module still loaded", |m| {
+        m.is_some_and(|m| counts(m) == ((1, 1, 1), (0, 0, 0)))
+    })
+    .await?;
+    assert!(f.has_label(&a, &ready_label(f.ns(), "gc")).await?);
+    f.finish().await
+}
+
+#[tokio::test]
+async fn deleting_a_module_waits_for_every_node_to_unload() -> Result<()> {
+    let mut f = Fixture::new("kw-del").await?;
+    let a = f.node("a", KVER, true).await?;
+    let b = f.node("b", KVER, true).await?;
+    f.start_agent(&a).await?;
+    f.start_agent(&b).await?;
+    f.push_image("del").await?;
+    f.apply(&f.module_yaml("del", "registry.example/kmm/dp:1"))
+        .await?;
+    f.wait_module(
+        "del",
+        "loaded on both, device plugin available on both",
+        |m| {
+            m.is_some_and(|m| {
+                counts(m) == ((2, 2, 2), (2, 2, 2))
+                    && m.finalizers().iter().any(|x| x == MODULE_FINALIZER)
+            })
+        },
+    )
+    .await?;
+
+    // b's agent is down when the Module is deleted: b cannot unload yet.
+    f.agents.remove(&b).unwrap().kill();
+    let api: Api<Module> = Api::namespaced(f.client.clone(), f.ns());
+    api.delete("del", &DeleteParams::default()).await?;
+    let ready = ready_label(f.ns(), "del");
+    f.wait(&format!("{a} unloaded"), || async {
+        Ok(!f.has_label(&a, &ready).await?
+            && node_module_status(&f.client, &a, f.ns(), "del")
+                .await?
+                .is_none())
+    })
+    .await?;
+    f.wait_module("del", "Unloading names b only", |m| {
+        m.and_then(|m| condition(m, "Unloading")).is_some_and(|c| {
+            c.status == "True" && c.message.contains(&b) && !c.message.contains(&a)
+        })
+    })
+    .await?;
+    // The device plugin stops at once; the Module waits for b.
+    let dss: Api<DaemonSet> = Api::namespaced(f.client.clone(), f.ns());
+    f.wait("device plugin gone", || async {
+        Ok(dss.get_opt("del-device-plugin").await?.is_none() && f.dp_pods("del").await?.is_empty())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = f
+        .module("del")
+        .await?
+        .context("Module released before b unloaded")?;
+    assert!(m.metadata.deletion_timestamp.is_some());
+    assert!(f.has_label(&b, &ready).await?);
+    let events: Api<Event> = Api::namespaced(f.client.clone(), f.ns());
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Unloading"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("del"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(notes.iter().any(|n| n.contains(&b)), "{notes:?}");
+
+    // b's agent comes back, sees the Terminating Module and unloads: it goes.
+    f.start_agent(&b).await?;
+    f.wait_module("del", "Module gone", |m| m.is_none()).await?;
+    assert!(!f.has_label(&b, &ready).await?);
+    assert!(
+        node_module_status(&f.client, &b, f.ns(), "del")
+            .await?
+            .is_none()
+    );
+    f.finish().await
+}
+
+#[tokio::test]
+async fn status_counts_a_mixed_fleet_exactly() -> Result<()> {
+    let mut f = Fixture::new("kw-mix").await?;
+    let a = f.node("a", KVER, true).await?;
+    let b = f.node("b", KVER, true).await?;
+    let unmapped = f.node("unmapped", UNMAPPED_KVER, true).await?;
+    let other = f.node("other", KVER, false).await?;
+    for n in [&a, &b, &unmapped, &other] {
+        f.start_agent(n).await?;
+    }
+    f.push_image("mix").await?;
+    f.apply(&f.module_yaml("mix", "registry.example/kmm/dp:1"))
+        .await?;
+
+    // moduleLoader: 3 match the selector (a, b, unmapped), 2 have a kernel
+    // mapping, both load. devicePlugin: 3 match, 2 carry `.ready`, 2 Pods
+    // available.
+    f.wait_module(
+        "mix",
+        "moduleLoader (3,2,2), devicePlugin (3,2,2), Available",
+        |m| {
+            m.is_some_and(|m| {
+                counts(m) == ((3, 2, 2), (3, 2, 2))
+                    && condition(m, "Available").is_some_and(|c| c.status == "True")
+                    && condition(m, "Degraded").is_none_or(|c| c.status == "False")
+            })
+        },
+    )
+    .await?;
+    f.wait_dp_pods_on("mix", &[&a, &b]).await?;
+    let ready = ready_label(f.ns(), "mix");
+    for (n, loaded) in [(&a, true), (&b, true), (&unmapped, false), (&other, false)] {
+        assert_eq!(f.has_label(n, &ready).await?, loaded, "{n}");
+        let st = node_module_status(&f.client, n, f.ns(), "mix").await?;
+        assert_eq!(st.is_some_and(|s| s.kernel == KVER), loaded, "{n}");
+    }
+
+    // b's device plugin turns unready: only its availability changes.
+    f.kwok
+        .set_pods_ready(&f.client, f.ns(), &b, false, WAIT)
+        .await?;
+    f.wait_module("mix", "devicePlugin (3,2,1)", |m| {
+        m.is_some_and(|m| counts(m) == ((3, 2, 2), (3, 2, 1)))
+    })
+    .await?;
+
+    // The not-selected node joins the selector: it loads, gets a device plugin.
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    let patch = serde_json::json!({ "metadata": { "labels": { SELECTOR_KEY: f.ns() } } });
+    nodes
+        .patch(&other, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    f.wait_module("mix", "moduleLoader (4,3,3), devicePlugin (4,3,2)", |m| {
+        m.is_some_and(|m| counts(m) == ((4, 3, 3), (4, 3, 2)))
+    })
+    .await?;
+    f.wait_dp_pods_on("mix", &[&a, &b, &other]).await?;
+    f.finish().await
+}
