@@ -28,14 +28,30 @@ fn kmmctl() -> Command {
     )
 }
 
-fn start_registry() {
+/// `hack/registry/start.sh [flag]`, once per test binary: two concurrent
+/// starts race for the port.
+fn start_registry_with(flag: Option<&'static str>) {
+    static STARTED: std::sync::Mutex<Vec<Option<&'static str>>> = std::sync::Mutex::new(Vec::new());
+    let mut started = STARTED.lock().unwrap();
+    if started.contains(&flag) {
+        return;
+    }
     let script = repo_root().join("hack/registry/start.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(flag)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    started.push(flag);
+}
+
+fn start_registry() {
+    start_registry_with(None);
 }
 
 /// RSA key (PEM) and self-signed certificate (DER, like upstream KMM's secrets).
@@ -495,5 +511,50 @@ async fn an_index_is_signed_as_its_linux_amd64_image() {
     let extra = format!("opt/lib/modules/{KVER}/extra");
     assert!(!view.contains_key(&format!("{extra}/on_arm.ko")));
     let (_, ko) = &view[&format!("{extra}/on_amd.ko")];
+    assert!(kmmctl::sign::inspect(ko).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn push_over_tls_needs_skip_verify_for_a_self_signed_registry() {
+    start_registry();
+    start_registry_with(Some("--tls"));
+    let tls_reg = format!(
+        "127.0.0.1:{}",
+        std::env::var("KMM_REGISTRY_TLS_PORT").unwrap_or_else(|_| "5002".into())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert_der, _) = keys(dir.path());
+    let from = format!("{}/kmmctl-sign/tls:{KVER}", registry_addr());
+    let to = format!("{tls_reg}/kmmctl-sign/tls-signed:{KVER}");
+    push_fake_kmod(&from, KVER, &[("epsilon", &[])], &[])
+        .await
+        .unwrap();
+    let sign = |extra: &[&str]| {
+        run(kmmctl()
+            .args(["sign", "--from", &from, "--from-insecure", "--to", &to])
+            .args(extra)
+            .arg("--key")
+            .arg(&key)
+            .arg("--cert")
+            .arg(&cert_der)
+            .args(["--file", PATTERN]))
+    };
+    let refused = sign(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&tls_reg));
+
+    let out = sign(&["--to-insecure-skip-tls-verify"]);
+    assert!(out.status.success());
+    let opts = RegistryOptions {
+        skip_tls_verify: true,
+        ..Default::default()
+    };
+    let signed = pull_image(&to, &opts).await;
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().last(),
+        Some(signed.digest.as_str())
+    );
+    let view = agent_view(&signed, dir.path());
+    let (_, ko) = &view[&format!("opt/lib/modules/{KVER}/extra/epsilon.ko")];
     assert!(kmmctl::sign::inspect(ko).unwrap().is_some());
 }
