@@ -220,6 +220,25 @@ fn check_signing(container: &ModuleLoaderContainerSpec, errors: &mut Vec<Validat
             check_sign(&field, sign, &dir, errors);
         }
     }
+    // Without a build there is nothing to sign but unsignedImage. The mapping's
+    // sign/build replace the container's, so check what each mapping resolves to.
+    let mut reported = std::collections::BTreeSet::new();
+    for (i, m) in container.kernel_mappings.iter().enumerate() {
+        let (field, sign) = match (&m.sign, &container.sign) {
+            (Some(s), _) => (format!("{CONTAINER}.kernelMappings[{i}].sign"), s),
+            (None, Some(s)) => (format!("{CONTAINER}.sign"), s),
+            (None, None) => continue,
+        };
+        let builds = m.build.is_some() || container.build.is_some();
+        if !builds && sign.unsigned_image.is_empty() && reported.insert(field.clone()) {
+            errors.push(ValidationError::new(
+                format!("{field}.unsignedImage"),
+                format!(
+                    "required when kernelMappings[{i}] signs without a build (the image to sign)"
+                ),
+            ));
+        }
+    }
 }
 
 fn check_sign(field: &str, sign: &Sign, dir: &str, errors: &mut Vec<ValidationError>) {

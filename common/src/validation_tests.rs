@@ -11,6 +11,7 @@ moduleLoader:
       modulesLoadingOrder: [mod_a, mod_b]
     containerImage: "reg/default:${KERNEL_FULL_VERSION}"
     sign:
+      unsignedImage: "reg/unsigned:${KERNEL_FULL_VERSION}"
       keySecret: {name: k}
       certSecret: {name: c}
       filesToSign: ["/opt/lib/modules/${KERNEL_FULL_VERSION}/mod_a.ko"]
@@ -140,6 +141,21 @@ const CASES: &[Case] = &[
         "- literal: 6.1.0-56-amd64",
         "- literal: 6.1.0-56-amd64\n        sign: {keySecret: {name: k}, certSecret: {name: c}, filesToSign: [/opt2/x.ko]}",
         Some("spec.moduleLoader.container.kernelMappings[0].sign.filesToSign[0]"),
+    ),
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "sign without build and without unsignedImage",
+            "      unsignedImage: \"reg/unsigned:${KERNEL_FULL_VERSION}\"\n",
+            "",
+            Some("spec.moduleLoader.container.sign.unsignedImage"),
+        )
+    },
+    case(
+        "sign after a build needs no unsignedImage",
+        "    sign:\n      unsignedImage: \"reg/unsigned:${KERNEL_FULL_VERSION}\"\n",
+        "    build: {dockerfileConfigMap: {name: df}}\n    sign:\n",
+        None,
     ),
     Case {
         cel_checks_it: false,
