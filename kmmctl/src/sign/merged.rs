@@ -147,7 +147,11 @@ impl Merged {
                 let Some(path) = normalize(&entry.path_bytes()) else {
                     continue;
                 };
-                if entry.header().entry_type().is_file() && paths.contains(&path.as_str()) {
+                if matches!(
+                    entry.header().entry_type(),
+                    tar::EntryType::Regular | tar::EntryType::Continuous
+                ) && paths.contains(&path.as_str())
+                {
                     let mut data = Vec::with_capacity(entry.size() as usize);
                     entry.read_to_end(&mut data)?;
                     // The last entry of a name in a layer is the one that counts.
