@@ -7,6 +7,11 @@
 //!
 //! A multi-arch `--from` resolves to one platform's image (see
 //! [`crate::registry::pull`]); `--to` is that single image, not an index.
+//!
+//! Selection: each `--file` must match at least one regular file, or nothing
+//! is pushed. Matched symlinks and directories are skipped; a matched hard
+//! link or compressed module (`.ko.xz`, ...) is an error naming it. The image
+//! is held in memory while it is signed (kmod images are small).
 
 use std::collections::BTreeMap;
 
