@@ -26,8 +26,7 @@ if ! curl -fsk --max-time 2 "https://127.0.0.1:${KMM_APISERVER_PORT:-6443}/ready
 started_reg=0
 if ! curl -fs --max-time 2 "http://127.0.0.1:${KMM_REGISTRY_PORT:-5000}/v2/" >/dev/null 2>&1; then started_reg=1; fi
 cleanup() {
-  # kwok is started by the tests (kmm_tests::kwok) and goes with the control plane.
-  if ((started_cp)); then bash "$root/hack/kwok/stop.sh" || true; bash "$root/hack/controlplane/stop.sh" || true; fi
+  if ((started_cp)); then bash "$root/hack/controlplane/stop.sh" || true; fi
   if ((started_reg)); then bash "$root/hack/registry/stop.sh" || true; fi
 }
 trap cleanup EXIT

@@ -35,7 +35,9 @@ stop_one() {
     rm -f "$pidfile"
 }
 
-# Reverse start order: clients of the API server first, etcd last.
+# Reverse start order: clients of the API server first, etcd last. kwok
+# (hack/kwok, started by the tests) is one of those clients.
+bash "$(dirname "${BASH_SOURCE[0]}")/../kwok/stop.sh" || true
 for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
     stop_one "$name"
 done
