@@ -437,4 +437,121 @@ fn output_is_byte_identical_to_the_kernels_sign_file_for_every_hash() {
         // RSA PKCS#1 v1.5 is deterministic: the whole files must be equal.
         assert!(a == b, "{hash}: kmmctl and sign-file differ");
     }
+
+    // ECDSA signatures are randomised: the same structure, field by field,
+    // with only the signature value differing.
+    let (ec_key, ec_cert) = (dir.path().join("ec.pem"), dir.path().join("ec.x509"));
+    let genkey = dir.path().join("ec.genkey");
+    std::fs::write(&genkey, GENKEY).unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500",
+            ])
+            .args(["-batch", "-x509", "-config"])
+            .arg(&genkey)
+            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-outform", "DER", "-out"])
+            .arg(&ec_cert)
+            .arg("-keyout")
+            .arg(&ec_key),
+    );
+    let structure = |ko: &Path| {
+        let (_, pkcs7) = split_by_struct(&std::fs::read(ko).unwrap());
+        let der = ko.with_extension("p7");
+        std::fs::write(&der, pkcs7).unwrap();
+        let dump = run_ok(
+            Command::new("openssl")
+                .args(["asn1parse", "-inform", "DER", "-in"])
+                .arg(&der),
+        );
+        // "  12:d=3  hl=2 l=  9 prim: OBJECT :sha256" -> "d=3 prim: OBJECT :sha256"
+        dump.lines()
+            .map(|l| {
+                let l = l.split_once(':').map_or(l, |(_, rest)| rest);
+                let depth = l.split_whitespace().next().unwrap_or_default().to_string();
+                let kind = l.split_once("prim:").or_else(|| l.split_once("cons:"));
+                let body = kind.map_or("", |(_, b)| b);
+                let body = body.split("[HEX DUMP]").next().unwrap_or_default();
+                format!(
+                    "{depth} {}",
+                    body.split_whitespace().collect::<Vec<_>>().join(" ")
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (theirs, ours) = (
+        dir.path().join("theirs-ec.ko"),
+        dir.path().join("ours-ec.ko"),
+    );
+    std::fs::write(&theirs, &unsigned).unwrap();
+    std::fs::write(&ours, &unsigned).unwrap();
+    run_ok(
+        Command::new(&sign_file)
+            .arg("sha256")
+            .arg(&ec_key)
+            .arg(&ec_cert)
+            .arg(&theirs),
+    );
+    run_ok(
+        kmmctl()
+            .args(["sign-file", "--key"])
+            .arg(&ec_key)
+            .arg("--cert")
+            .arg(&ec_cert)
+            .arg(&ours),
+    );
+    let (a, b) = (structure(&theirs), structure(&ours));
+    assert!(a.iter().any(|l| l.contains("ecdsa-with-SHA256")), "{a:#?}");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn an_ecdsa_key_signs_a_real_module_that_verifies() {
+    let Some(brd) = real_module() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = make_keys(dir.path(), "rsa_key");
+    let genkey = dir.path().join("ec.genkey");
+    std::fs::write(&genkey, GENKEY).unwrap();
+    let (key, cert_der, cert_pem) = (
+        dir.path().join("ec.pem"),
+        dir.path().join("ec.x509"),
+        dir.path().join("ec.crt.pem"),
+    );
+    // As certs/Makefile does for CONFIG_MODULE_SIG_KEY_TYPE_ECDSA.
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500",
+            ])
+            .args(["-batch", "-x509", "-config"])
+            .arg(&genkey)
+            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"])
+            .args(["-outform", "DER", "-out"])
+            .arg(&cert_der)
+            .arg("-keyout")
+            .arg(&key),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-outform", "PEM", "-in"])
+            .arg(&cert_der)
+            .arg("-out")
+            .arg(&cert_pem),
+    );
+    let ko = dir.path().join("brd.ko");
+    std::fs::copy(&brd, &ko).unwrap();
+    run_ok(
+        kmmctl()
+            .args(["sign-file", "--hash", "sha384", "--key"])
+            .arg(&key)
+            .arg("--cert")
+            .arg(&cert_der)
+            .arg(&ko),
+    );
+    assert_eq!(modinfo("signer", &ko), CN);
+    assert_eq!(modinfo("sig_hashalgo", &ko), "sha384");
+    let (module, pkcs7) = split_by_struct(&std::fs::read(&ko).unwrap());
+    assert!(cms_verifies(dir.path(), &module, &pkcs7, &cert_pem));
+    assert!(!cms_verifies(dir.path(), &module, &pkcs7, &rsa.cert_pem));
 }
