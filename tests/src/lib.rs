@@ -9,5 +9,6 @@ pub mod controller;
 pub mod controlplane;
 pub mod images;
 pub mod kwok;
+pub mod signjob;
 pub mod vm;
 pub mod vm_agent;

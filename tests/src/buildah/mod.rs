@@ -29,7 +29,8 @@ pub use job::{
     parse_job, parse_kaniko_args,
 };
 pub use plan::{BuildahPlan, plan_buildah, rewrite_registry};
-use plan::{resolve, rewrite_auths};
+// Shared with the sign Job executor (`crate::signjob`).
+pub(crate) use plan::{resolve, rewrite_auths};
 
 /// How the host reaches the registries a Job names.
 #[derive(Debug, Clone, Default)]
@@ -182,7 +183,12 @@ fn write_files(
 }
 
 /// Fetches the volume's object and lays its files out under `dir`.
-async fn materialize(client: &Client, ns: &str, data: &VolumeData, dir: &Path) -> Result<()> {
+pub(crate) async fn materialize(
+    client: &Client,
+    ns: &str,
+    data: &VolumeData,
+    dir: &Path,
+) -> Result<()> {
     match data {
         VolumeData::ConfigMap { name, items } => {
             let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)

@@ -18,7 +18,7 @@ fn under<'a>(path: &'a str, base: &str) -> Option<&'a str> {
 }
 
 /// Host location of container path `path`: the deepest mount holding it.
-pub(super) fn resolve(mounts: &[(String, PathBuf)], path: &str) -> Option<PathBuf> {
+pub(crate) fn resolve(mounts: &[(String, PathBuf)], path: &str) -> Option<PathBuf> {
     mounts
         .iter()
         .filter_map(|(at, host)| Some((at.len(), host, under(path, at)?)))
@@ -144,7 +144,7 @@ pub fn plan_buildah(
 
 /// Rewrites the `auths` keys of a docker config for `aliases`, so credentials
 /// the Job gives for a registry name apply where the host reaches it.
-pub(super) fn rewrite_auths(config: &[u8], aliases: &[(String, String)]) -> Result<Vec<u8>> {
+pub(crate) fn rewrite_auths(config: &[u8], aliases: &[(String, String)]) -> Result<Vec<u8>> {
     let mut v: serde_json::Value =
         serde_json::from_slice(config).context("registry credentials are not JSON")?;
     if let Some(auths) = v.get_mut("auths").and_then(|a| a.as_object_mut()) {
