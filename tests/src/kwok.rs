@@ -13,7 +13,11 @@
 //! [`FAKE_NODE_ANNOTATION`]`=fake`); other tests' Node objects are left alone.
 //! Fake Nodes carry the `NoSchedule` taint [`FAKE_NODE_TAINT`], so only Pods
 //! that tolerate it ([`TOLERATION_YAML`], [`toleration`]) land there: a
-//! Module's `spec.tolerations` carries it to its device-plugin Pods.
+//! Module's `spec.tolerations` carries it to its device-plugin Pods. For Pods
+//! that cannot carry it (e.g. Jobs a controller makes without the Module's
+//! tolerations), [`Kwok::remove_fake_taint`]. `deploy/`'s agent DaemonSet
+//! tolerates every taint, so its Pods "run" on fake Nodes too: look for your
+//! Pods by namespace or label, not by Node alone.
 //!
 //! ```no_run
 //! # async fn t() -> anyhow::Result<()> {

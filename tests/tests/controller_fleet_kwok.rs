@@ -44,9 +44,11 @@ struct Fixture {
     cp: &'static ControlPlane,
     kwok: &'static Kwok,
     client: Client,
+    // Before `ns`: fields drop in order, and this must run before the
+    // namespace's own best-effort deletion.
+    leftovers: Leftovers,
     ns: TestNamespace,
     controller: ControllerProcess,
-    nodes: Vec<String>,
     agents: BTreeMap<String, AgentProcess>,
     kernels: BTreeMap<String, String>,
     dir: tempfile::TempDir,
@@ -72,9 +74,9 @@ impl Fixture {
             cp,
             kwok,
             client,
+            leftovers: Leftovers::new(cp, ns.name()),
             ns,
             controller,
-            nodes: Vec::new(),
             agents: BTreeMap::new(),
             kernels: BTreeMap::new(),
             dir,
@@ -94,7 +96,7 @@ impl Fixture {
         } else {
             format!("{}-not", self.ns())
         };
-        self.nodes.push(name.clone());
+        self.leftovers.nodes.push(name.clone());
         self.kwok
             .create_fake_node(&self.client, &name, kernel, &[(SELECTOR_KEY, &value)])
             .await?;
@@ -283,10 +285,72 @@ spec:
                 )
                 .await;
         }
-        for n in &self.nodes {
+        for n in &self.leftovers.nodes {
             delete_node_and_status(&self.client, n).await;
         }
+        self.leftovers.disarm();
         self.ns.cleanup().await
+    }
+}
+
+/// Best-effort cleanup when a test fails before its `finish`: fake Nodes
+/// would stay Ready forever (kwok keeps them alive, deploy/'s agent
+/// DaemonSet runs Pods on them) and a Module's finalizer, with its
+/// controller gone, would keep the namespace Terminating.
+struct Leftovers {
+    cp: &'static ControlPlane,
+    ns: String,
+    nodes: Vec<String>,
+    armed: bool,
+}
+
+impl Leftovers {
+    fn new(cp: &'static ControlPlane, ns: &str) -> Self {
+        Self {
+            cp,
+            ns: ns.to_string(),
+            nodes: Vec::new(),
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // No async in drop: kubectl, as TestNamespace does.
+        let out = self
+            .cp
+            .kubectl(["get", "modules", "-n", &self.ns, "-o", "name"]);
+        for m in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.cp.kubectl([
+                "patch",
+                "-n",
+                &self.ns,
+                m,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+        for n in &self.nodes {
+            let _ = self
+                .cp
+                .kubectl(["delete", "node", n, "--ignore-not-found", "--wait=false"]);
+            let _ = self.cp.kubectl([
+                "delete",
+                "nodemodulesconfig",
+                n,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
     }
 }
 
@@ -347,7 +411,9 @@ async fn kwok_runs_a_job_pod_to_succeeded() -> Result<()> {
     let kwok = Kwok::shared().await?;
     let client = cp.client();
     let ns = cp.temp_namespace("kw-job").await?;
+    let mut leftovers = Leftovers::new(cp, ns.name());
     let node = format!("{}-n", ns.name());
+    leftovers.nodes.push(node.clone());
     kwok.create_fake_node(&client, &node, KVER, &[(SELECTOR_KEY, ns.name())])
         .await?;
     let job: Job = serde_yaml::from_str(&format!(
@@ -401,6 +467,7 @@ spec:
     assert_eq!(terminated.exit_code, 0);
 
     delete_node_and_status(&client, &node).await;
+    leftovers.disarm();
     ns.cleanup().await
 }
 
