@@ -35,7 +35,7 @@ use kmm_tests::vm::KernelArtifacts;
 use kmm_tests::vm_agent::{AgentVm, guest_registry, push_kernel_modules};
 use kmmctl::registry::{RegistryOptions, parse_reference, pull};
 use kmmctl::sign::trailer;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use oci_client::secrets::RegistryAuth;
@@ -426,16 +426,33 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
         "build + push {:.1?}: {unsigned}@{unsigned_digest}",
         t.elapsed()
     );
-    // The intermediate image is not the one the node waits for, and while
-    // the build Job has not finished the controller does not sign.
+    // The intermediate image is not the one the node waits for. Nor does
+    // the controller sign it while the build Job has not finished: a
+    // reconcile after the push (woken by touching the Module) leaves the
+    // kernel at the build step.
     waiting().await?;
     assert!(!node.module_loaded("brd").await?);
+    let reconciled = || controller.metric("kmm_controller_reconcile_duration_seconds_count");
+    let before = reconciled();
+    let poke = serde_json::json!({ "metadata": { "annotations": { "kmm-test/poke": "1" } } });
+    modules
+        .patch("brd", &PatchParams::default(), &Patch::Merge(&poke))
+        .await?;
+    wait_for(WAIT, || async { Ok(reconciled() > before) }).await?;
+    assert_eq!(
+        controller.metric("kmm_controller_jobs_created_total{kind=\"sign\"}"),
+        0.0
+    );
+    let message = modules
+        .get("brd")
+        .await?
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "ImagesReady"))
+        .map(|c| c.message)
+        .unwrap_or_default();
     assert!(
-        jobs.list(&ListParams::default().labels("kmm.node.kubernetes.io/job.type=sign"))
-            .await?
-            .items
-            .is_empty(),
-        "no sign Job while the build Job runs"
+        message.contains(&format!("build for {kver} (Job {})", build.name_any())),
+        "{message}"
     );
 
     // The kubelet's report: the build pod exited 0, the Job controller
@@ -588,6 +605,10 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
         );
     }
     watch_task.abort();
+    for kind in ["build", "sign"] {
+        let series = format!("kmm_controller_jobs_created_total{{kind=\"{kind}\"}}");
+        assert_eq!(controller.metric(&series), 1.0, "{series}");
+    }
     let log = controller.log();
     let noisy: Vec<&str> = log
         .lines()
@@ -720,6 +741,11 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
         "--docker-config=/run/secrets/kmm-registry-auth/.dockerconfigjson".into(),
     ];
     assert_sign_job_shape(&sign, &expected, Some("pull-secret"));
+    println!(
+        "sign Job {}: {}",
+        sign.name_any(),
+        serde_json::to_string(&sign.spec.as_ref().unwrap().template)?
+    );
     let status = || node_module_status(&client, &node_name, &ns_name, "brd");
     wait_for(WAIT, || async {
         Ok(status().await?.is_some_and(|s| {
@@ -814,6 +840,18 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
         seen_jobs.lock().unwrap().values().collect::<Vec<_>>(),
         vec!["sign"],
         "only the sign Job"
+    );
+    let events = module_events(&client, &ns_name, "brd").await?;
+    println!("events: {events:?}");
+    assert!(events.iter().all(|(_, t)| t != "Warning"), "{events:?}");
+    assert_eq!(
+        events.iter().filter(|(r, _)| r == "SignCreated").count(),
+        1,
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|(r, _)| r == "BuildCreated"),
+        "{events:?}"
     );
     watch_task.abort();
 
