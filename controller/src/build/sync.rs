@@ -128,8 +128,8 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
         let chain = plan::chain(&input, target, dockerfile.as_deref());
         let facts = match facts(&chain, target, auth.as_ref(), ctx).await {
             Ok(f) => f,
-            Err(message) => {
-                problems.push(("RegistryUnavailable".into(), message));
+            Err(problem) => {
+                problems.push(problem);
                 continue;
             }
         };
@@ -237,13 +237,13 @@ async fn dockerfile(ns: &str, name: &str, ctx: &Context) -> std::result::Result<
 }
 
 /// Asks the registry about the final image and, for build+sign, the
-/// intermediate one.
+/// intermediate one. Errors are a reason and a message for the status.
 async fn facts(
     chain: &[job::Step],
     target: &ResolvedMapping,
     auth: Option<&DockerConfig>,
     ctx: &Context,
-) -> std::result::Result<Facts, String> {
+) -> std::result::Result<Facts, (String, String)> {
     let image_exists = exists(&target.container_image, &target.registry_tls, auth, ctx).await?;
     let unsigned_exists = match chain {
         [build, _sign] if !image_exists => {
@@ -262,13 +262,18 @@ async fn exists(
     tls: &TlsOptions,
     auth: Option<&DockerConfig>,
     ctx: &Context,
-) -> std::result::Result<bool, String> {
+) -> std::result::Result<bool, (String, String)> {
     if ctx.image_lookups.fresh(image) {
         return Ok(true);
     }
-    let reference: Reference = image
-        .parse()
-        .map_err(|e| format!("image '{image}' is not a valid reference: {e}"))?;
+    // E.g. upstream's intermediate tag of a long namespace and name exceeds
+    // the 128 characters a tag may have: say so, not "registry unavailable".
+    let reference: Reference = image.parse().map_err(|e| {
+        (
+            "InvalidImageReference".to_string(),
+            format!("image '{image}' is not a valid reference: {e}"),
+        )
+    })?;
     let client = kmm_registry::client(
         reference.resolve_registry(),
         RegistryTls {
@@ -279,7 +284,7 @@ async fn exists(
     let auth = auth.map_or(RegistryAuth::Anonymous, |a| a.auth_for(&reference));
     let found = kmm_registry::manifest_digest(&client, &reference, &auth)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ("RegistryUnavailable".to_string(), e.to_string()))?
         .is_some();
     if found {
         ctx.image_lookups.remember(image);
@@ -333,7 +338,7 @@ async fn create_job(module: &Module, step: &job::Step, kernel: &str, ctx: &Conte
 async fn delete_jobs(ns: &str, names: Vec<String>, ctx: &Context) -> Result<()> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     for name in names {
-        tracing::info!(job = %name, "deleting finished or obsolete build Job");
+        tracing::info!(job = %name, "deleting a finished or obsolete build/sign Job");
         // Background: the Job's pods go with it.
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => {}
