@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod controller;
 pub mod controlplane;
 pub mod images;
+mod jobexec;
 pub mod kwok;
 pub mod signjob;
 pub mod vm;

@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::KeyToPath;
+
+use crate::jobexec::{items, single_container};
 
 /// Image (without tag) of the only builder the controller's Jobs use.
 pub const KANIKO_IMAGE: &str = "gcr.io/kaniko-project/executor";
@@ -138,39 +139,14 @@ pub struct BuildJob {
     pub mounts: Vec<Mount>,
 }
 
-fn items(items: Option<&Vec<KeyToPath>>) -> Vec<(String, String)> {
-    items
-        .map(|v| v.iter().map(|i| (i.key.clone(), i.path.clone())).collect())
-        .unwrap_or_default()
-}
-
 /// Reads a build Job: one kaniko container, its args and its ConfigMap/Secret mounts.
 ///
 /// # Errors
 /// Anything outside that shape (other images, commands, env, init containers,
 /// other volume types, unknown flags).
 pub fn parse_job(job: &Job) -> Result<BuildJob> {
-    let name = job.metadata.name.as_deref().unwrap_or("<unnamed>");
-    let namespace = job
-        .metadata
-        .namespace
-        .clone()
-        .with_context(|| format!("Job {name} has no namespace"))?;
-    let pod = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .with_context(|| format!("Job {name} has no pod template"))?;
-    ensure!(
-        pod.init_containers.as_ref().is_none_or(Vec::is_empty),
-        "Job {name}: init containers are not supported"
-    );
-    let [c] = pod.containers.as_slice() else {
-        bail!(
-            "Job {name}: expected one kaniko container, found {}",
-            pod.containers.len()
-        );
-    };
+    let job = single_container(job, "kaniko")?;
+    let (name, c) = (job.name, job.container);
     let image = c.image.as_deref().unwrap_or_default();
     ensure!(
         image
@@ -183,23 +159,11 @@ pub fn parse_job(job: &Job) -> Result<BuildJob> {
         "Job {name}: a command overrides kaniko's entrypoint: {:?}",
         c.command
     );
-    ensure!(
-        c.env.as_ref().is_none_or(Vec::is_empty) && c.env_from.as_ref().is_none_or(Vec::is_empty),
-        "Job {name}: container env is not supported by the buildah mapping"
-    );
-    ensure!(
-        c.working_dir.is_none(),
-        "Job {name}: workingDir is not supported"
-    );
+    job.refuse_env_and_working_dir()?;
     let args = parse_kaniko_args(c.args.as_deref().unwrap_or_default())
         .with_context(|| format!("Job {name}"))?;
-    let volumes = pod.volumes.as_deref().unwrap_or_default();
     let mut mounts = Vec::new();
-    for m in c.volume_mounts.as_deref().unwrap_or_default() {
-        let v = volumes
-            .iter()
-            .find(|v| v.name == m.name)
-            .with_context(|| format!("Job {name}: mount of unknown volume {}", m.name))?;
+    for (m, v) in job.mounts()? {
         let data = if let Some(cm) = &v.config_map {
             VolumeData::ConfigMap {
                 name: cm.name.clone(),
@@ -226,7 +190,7 @@ pub fn parse_job(job: &Job) -> Result<BuildJob> {
         });
     }
     Ok(BuildJob {
-        namespace,
+        namespace: job.namespace,
         args,
         mounts,
     })
@@ -235,10 +199,7 @@ pub fn parse_job(job: &Job) -> Result<BuildJob> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-
-    pub(crate) fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| (*x).to_string()).collect()
-    }
+    use crate::jobexec::testing::{patched, s};
 
     pub(crate) const BASE: &[&str] = &[
         "--dockerfile=/workspace/Dockerfile",
@@ -398,20 +359,7 @@ pub(super) mod tests {
             ),
         ];
         for (path, value, why) in cases {
-            let mut v = controller_job();
-            if let Some(slot) = v.pointer_mut(path) {
-                *slot = value;
-            } else {
-                let (parent, key) = path.rsplit_once('/').unwrap();
-                match v.pointer_mut(parent).unwrap() {
-                    serde_json::Value::Array(a) => a.push(value),
-                    serde_json::Value::Object(o) => {
-                        o.insert(key.to_string(), value);
-                    }
-                    other => panic!("{path}: {other}"),
-                }
-            }
-            let job: Job = serde_json::from_value(v).unwrap();
+            let job = patched(controller_job(), path, value);
             let err = format!("{:#}", parse_job(&job).unwrap_err());
             assert!(err.contains(why), "{path}: {err}");
         }

@@ -168,9 +168,10 @@ pub(crate) fn rewrite_auths(config: &[u8], aliases: &[(String, String)]) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::super::job::tests::{args, s};
+    use super::super::job::tests::args;
     use super::super::job::{Mount, parse_kaniko_args};
     use super::*;
+    use crate::jobexec::testing::s;
 
     fn job_with(mounts: Vec<Mount>, extra: &[&str]) -> BuildJob {
         BuildJob {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::batch::v1::Job;
 
 use crate::buildah::{VolumeData, resolve, rewrite_registry};
+use crate::jobexec::{items, single_container};
 
 /// Name of the sign Job's container.
 pub const SIGNER_CONTAINER: &str = "signer";
@@ -102,27 +103,8 @@ pub fn parse_sign_args(args: &[String]) -> Result<Vec<SignArg>> {
 /// # Errors
 /// Anything outside that shape.
 pub fn parse_sign_job(job: &Job) -> Result<SignJob> {
-    let name = job.metadata.name.as_deref().unwrap_or("<unnamed>");
-    let namespace = job
-        .metadata
-        .namespace
-        .clone()
-        .with_context(|| format!("Job {name} has no namespace"))?;
-    let pod = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .with_context(|| format!("Job {name} has no pod template"))?;
-    ensure!(
-        pod.init_containers.as_ref().is_none_or(Vec::is_empty),
-        "Job {name}: init containers are not supported"
-    );
-    let [c] = pod.containers.as_slice() else {
-        bail!(
-            "Job {name}: expected one {SIGNER_CONTAINER} container, found {}",
-            pod.containers.len()
-        );
-    };
+    let job = single_container(job, SIGNER_CONTAINER)?;
+    let (name, c) = (job.name, job.container);
     ensure!(
         c.name == SIGNER_CONTAINER,
         "Job {name}: container {:?} is not {SIGNER_CONTAINER:?}",
@@ -133,21 +115,13 @@ pub fn parse_sign_job(job: &Job) -> Result<SignJob> {
         "Job {name}: command {:?} is not [{SIGNER_COMMAND:?}]",
         c.command
     );
-    ensure!(
-        c.env.as_ref().is_none_or(Vec::is_empty) && c.env_from.as_ref().is_none_or(Vec::is_empty),
-        "Job {name}: container env is not supported"
-    );
-    ensure!(
-        c.working_dir.is_none(),
-        "Job {name}: workingDir is not supported"
-    );
+    job.refuse_env_and_working_dir()?;
     let args = c.args.as_deref().unwrap_or_default();
     let Some((_, rest)) = args.split_first().filter(|(s, _)| *s == "sign") else {
         bail!("Job {name}: args {args:?} are not `sign ...`");
     };
     let args = parse_sign_args(rest).with_context(|| format!("Job {name}"))?;
-    let volumes = pod.volumes.as_deref().unwrap_or_default();
-    for v in volumes {
+    for v in job.volumes {
         ensure!(
             v.secret.is_some(),
             "Job {name}: volume {} is not a Secret",
@@ -155,11 +129,7 @@ pub fn parse_sign_job(job: &Job) -> Result<SignJob> {
         );
     }
     let mut mounts = Vec::new();
-    for m in c.volume_mounts.as_deref().unwrap_or_default() {
-        let v = volumes
-            .iter()
-            .find(|v| v.name == m.name)
-            .with_context(|| format!("Job {name}: mount of unknown volume {}", m.name))?;
+    for (m, v) in job.mounts()? {
         ensure!(
             m.sub_path.as_deref().is_none_or(str::is_empty)
                 && m.sub_path_expr.as_deref().is_none_or(str::is_empty),
@@ -175,13 +145,6 @@ pub fn parse_sign_job(job: &Job) -> Result<SignJob> {
             "Job {name}: optional secret volume {} is not supported",
             v.name
         );
-        let items = s
-            .items
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|i| (i.key.clone(), i.path.clone()))
-            .collect();
         let secret = s
             .secret_name
             .clone()
@@ -190,12 +153,12 @@ pub fn parse_sign_job(job: &Job) -> Result<SignJob> {
             m.mount_path.clone(),
             VolumeData::Secret {
                 name: secret,
-                items,
+                items: items(s.items.as_ref()),
             },
         ));
     }
     Ok(SignJob {
-        namespace,
+        namespace: job.namespace,
         image: c.image.clone().unwrap_or_default(),
         args,
         mounts,

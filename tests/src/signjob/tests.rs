@@ -6,10 +6,7 @@ use k8s_openapi::api::batch::v1::Job;
 
 use super::job::*;
 use crate::buildah::VolumeData;
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| (*x).to_string()).collect()
-}
+use crate::jobexec::testing::{patched, s};
 
 const ARGS: &[&str] = &[
     "--from=10.0.2.2:5000/ns/brd:6.1.0-56-amd64-ns_brd_kmm_unsigned",
@@ -162,20 +159,7 @@ fn refuses_jobs_of_another_shape() {
         ),
     ];
     for (path, value, why) in cases {
-        let mut v = controller_job();
-        if let Some(slot) = v.pointer_mut(path) {
-            *slot = value;
-        } else {
-            let (parent, key) = path.rsplit_once('/').unwrap();
-            match v.pointer_mut(parent).unwrap() {
-                serde_json::Value::Array(a) => a.push(value),
-                serde_json::Value::Object(o) => {
-                    o.insert(key.to_string(), value);
-                }
-                other => panic!("{path}: {other}"),
-            }
-        }
-        let job: Job = serde_json::from_value(v).unwrap();
+        let job = patched(controller_job(), path, value);
         let err = format!("{:#}", parse_sign_job(&job).unwrap_err());
         assert!(err.contains(why), "{path}: {err}");
     }
