@@ -115,6 +115,23 @@ pub(crate) mod testing {
         v.iter().map(|x| (*x).to_string()).collect()
     }
 
+    /// (JSON pointer, value, expected error) of what both executors refuse
+    /// through [`super::single_container`]: env and init containers.
+    pub(crate) fn refused_by_both() -> [(&'static str, serde_json::Value, &'static str); 2] {
+        [
+            (
+                "/spec/template/spec/containers/0/env",
+                serde_json::json!([{ "name": "A", "value": "b" }]),
+                "env",
+            ),
+            (
+                "/spec/template/spec/initContainers",
+                serde_json::json!([{ "name": "i", "image": "x" }]),
+                "init containers",
+            ),
+        ]
+    }
+
     /// `job` with `value` at JSON pointer `path`: replaced when the slot
     /// exists, else appended to its parent array or inserted in its object.
     ///
