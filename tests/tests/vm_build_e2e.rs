@@ -8,19 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kmm_tests::build_e2e::{BrdE2e, condition, wait_images_ready_and_jobs_collected, wait_job};
 use kmm_tests::buildah::{Buildah, run_build_job, run_build_job_with};
-use kmm_tests::cluster::{
-    delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
-};
-use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{auth_registry, registry_addr};
-use kmm_tests::vm_agent::{AgentVm, guest_registry, push_kernel_modules};
+use kmm_tests::vm_agent::guest_registry;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -426,8 +423,6 @@ async fn failing_recipe_and_unknown_job_shapes_are_errors_not_silent_successes()
     e.ns.cleanup().await
 }
 
-const WAIT: Duration = Duration::from_secs(120);
-
 /// The Module of the end-to-end test: brd, built from [`DOCKERFILE`] for the
 /// node's kernel, pushed where the guest's agent pulls it.
 fn build_module(node: &str, ns: &str) -> String {
@@ -468,83 +463,30 @@ spec:
     )
 }
 
-fn labels_of(job: &Job) -> BTreeMap<String, String> {
-    job.metadata.labels.clone().unwrap_or_default()
-}
-
-fn condition(module: &kmm_common::Module, type_: &str) -> Option<(String, String, String)> {
-    module
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 #[tokio::test]
 async fn controller_build_job_executed_with_buildah_is_loaded_by_the_agent_in_the_vm() -> Result<()>
 {
-    let cp = ControlPlane::shared().await?;
-    ensure_crds(cp).await?;
-    let client = cp.client();
-    let ns = cp.temp_namespace("e2e-build").await?;
-    let ns_name = ns.name().to_string();
-    let node_name = format!("{ns_name}-vm");
-    let node = AgentVm::start(cp, &client, &node_name, &[("kmm-test/node", &node_name)]).await?;
-    let kver = node.kernel.release.clone();
+    let e = BrdE2e::start("e2e-build").await?;
+    let (client, ns_name, kver) = (&e.client, e.ns_name.as_str(), e.kver.as_str());
 
     // The builder base: brd and its module tree for the VM's kernel (kmmctl's
     // packaging), plus busybox so the recipe's RUN step has a shell.
     let src = format!("{}/{ns_name}/brd-src:{kver}", registry_addr());
-    push_kernel_modules(
-        &node.kernel,
-        &format!("{ns_name}/brd-src"),
-        &kver,
-        &["brd"],
-        &[],
-    )
-    .await?;
     push_builder_base(
         Some(&src),
         &[],
         &format!("{}/{ns_name}/builder:{kver}", registry_addr()),
     )
     .await?;
-    create_recipe_objects(&client, &ns_name, DOCKERFILE).await?;
+    create_recipe_objects(client, ns_name, DOCKERFILE).await?;
+    let controller = e.start_controller(vec![]).await?;
 
-    // The controller asks the registry by the guest's name (10.0.2.2:5000),
-    // which on the host is not the registry: plain-HTTP lookups go through the
-    // registry itself as proxy (it serves absolute-form requests by path).
-    let dir = tempfile::tempdir()?;
-    let proxy = format!("http://{}", registry_addr());
-    let controller = ControllerProcess::start_with_env(
-        &ControllerOptions {
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            namespace: ns_name.clone(),
-            identity: format!("{ns_name}-ctl"),
-            log_dir: dir.path().to_path_buf(),
-            extra_args: vec![],
-        },
-        &[("http_proxy", &proxy), ("no_proxy", "127.0.0.1,localhost")],
-    )?;
-    controller.wait_leader(WAIT).await?;
-
-    kmm_tests::cluster::apply_yaml(cp, &ns_name, &build_module(&node_name, &ns_name))?;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns_name);
-    let build_jobs = kube::api::ListParams::default()
-        .labels("kmm.node.kubernetes.io/module.name=brd,kmm.node.kubernetes.io/job.type=build");
-    wait_for(WAIT, || async {
-        Ok(!jobs.list(&build_jobs).await?.items.is_empty())
-    })
-    .await
-    .with_context(|| format!("no build Job; controller log:\n{}", controller.log()))?;
-    let mut found = jobs.list(&build_jobs).await?.items;
-    assert_eq!(found.len(), 1, "one build Job for one kernel");
-    let job = found.remove(0);
+    kmm_tests::cluster::apply_yaml(e.cp, ns_name, &build_module(&e.node_name, ns_name))?;
+    let jobs = e.jobs();
+    let job = wait_job(&jobs, "build", &controller).await?;
 
     // The Job's shape: upstream KMM's kaniko Job.
-    let labels = labels_of(&job);
+    let labels = job.labels();
     assert_eq!(labels["kmm.node.kubernetes.io/module.name"], "brd");
     assert_eq!(labels["kmm.node.kubernetes.io/job.type"], "build");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "kmm-rs-controller");
@@ -567,10 +509,10 @@ async fn controller_build_job_executed_with_buildah_is_loaded_by_the_agent_in_th
             &[
                 ("BUILDER_IMAGE", &builder),
                 ("FLAVOUR", "turbo"),
-                ("KERNEL_FULL_VERSION", &kver),
-                ("KERNEL_VERSION", &kver),
+                ("KERNEL_FULL_VERSION", kver),
+                ("KERNEL_VERSION", kver),
                 ("MOD_NAME", "brd"),
-                ("MOD_NAMESPACE", &ns_name),
+                ("MOD_NAMESPACE", ns_name),
             ],
             &["--insecure", "--insecure-pull"],
         )
@@ -602,88 +544,33 @@ async fn controller_build_job_executed_with_buildah_is_loaded_by_the_agent_in_th
     );
 
     // Before the build the node waits for the image: no pull failure, nothing loaded.
-    let status = || node_module_status(&client, &node_name, &ns_name, "brd");
-    wait_for(WAIT, || async {
-        Ok(status().await?.is_some_and(|s| s.last_error.is_some()))
-    })
-    .await
-    .or_else(|e| node.fail(format!("no status for brd before the build: {e}")))?;
-    let waiting = status().await?.unwrap().last_error.unwrap();
+    e.wait_waiting_for_image().await?;
+    assert!(!e.node.module_loaded("brd").await?);
+    let modules = e.modules();
     assert_eq!(
-        waiting.reason,
-        "WaitingForImage",
-        "{waiting:?}\n{}",
-        node.agent_log()
+        condition(&modules.get("brd").await?, "ImagesReady"),
+        Some(("False".into(), "Building".into()))
     );
-    assert!(!node.module_loaded("brd").await?);
-    let modules: Api<kmm_common::Module> = Api::namespaced(client.clone(), &ns_name);
-    let (st, reason, _) = condition(&modules.get("brd").await?, "ImagesReady").unwrap();
-    assert_eq!((st.as_str(), reason.as_str()), ("False", "Building"));
 
     // The builder runs the Job's recipe; the agent picks the image up.
     let t = Instant::now();
-    let digest = run_build_job(&client, &job).await?;
+    let digest = run_build_job(client, &job).await?;
     println!("build + push {:.1?}: {image}@{digest}", t.elapsed());
-    let key = kmm_common::ready_label(&ns_name, "brd");
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for(WAIT, || async {
-        Ok(nodes.get(&node_name).await?.labels().contains_key(&key))
-    })
-    .await
-    .or_else(|e| node.fail(format!("{key} after the build: {e}")))?;
+    e.wait_ready_label(true, "after the build").await?;
     println!("build -> ready label: {:.1?}", t.elapsed());
-    assert!(node.module_loaded("brd").await?);
+    e.assert_loaded("2", &image, &digest).await?;
     assert_eq!(
-        node.read("/sys/module/brd/parameters/rd_nr")
-            .await?
-            .as_deref(),
-        Some("2")
-    );
-    assert_eq!(
-        node.read("/var/lib/firmware/kmm-build/info").await?,
+        e.node.read("/var/lib/firmware/kmm-build/info").await?,
         Some(format!("turbo {ns_name}/brd {kver}")),
         "the recipe's build args reached the loaded image"
     );
     assert_eq!(
-        node.read("/var/lib/firmware/kmm-build/token.sha").await?,
+        e.node.read("/var/lib/firmware/kmm-build/token.sha").await?,
         Some(token_sha()?),
         "the build secret was mounted for the RUN step"
     );
-    let st = status().await?.unwrap();
-    assert_eq!(
-        (st.image.as_str(), st.digest.as_str(), st.kernel.as_str()),
-        (image.as_str(), digest.as_str(), kver.as_str())
-    );
-    assert!(st.last_error.is_none(), "{:?}", st.last_error);
 
     // The controller sees the image: ImagesReady, and the build Job is collected.
-    wait_for(WAIT, || async {
-        let m = modules.get("brd").await?;
-        Ok(
-            condition(&m, "ImagesReady").is_some_and(|(s, ..)| s == "True")
-                && jobs
-                    .get_opt(&job.name_any())
-                    .await?
-                    .is_none_or(|j| j.metadata.deletion_timestamp.is_some()),
-        )
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "ImagesReady / Job cleanup; controller log:\n{}",
-            controller.log()
-        )
-    })?;
-
-    delete_module(&client, &ns_name, "brd").await?;
-    wait_for(WAIT, || async {
-        Ok(!nodes.get(&node_name).await?.labels().contains_key(&key))
-    })
-    .await
-    .or_else(|e| node.fail(format!("unload after delete: {e}")))?;
-    assert!(!node.module_loaded("brd").await?);
-    drop(controller);
-    node.shutdown().await?;
-    delete_node_and_status(&client, &node_name).await;
-    ns.cleanup().await
+    wait_images_ready_and_jobs_collected(&modules, &jobs, &[&job], &controller).await?;
+    e.finish(controller).await
 }

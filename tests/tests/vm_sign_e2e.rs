@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
@@ -23,6 +23,9 @@ use k8s_openapi::api::events::v1::Event;
 use kmm_agent::extract::{Compression, Layer, Limits, unpack_image};
 use kmm_common::Module;
 use kmm_tests::agent::{AgentOptions, AgentProcess};
+use kmm_tests::build_e2e::{
+    BrdE2e, WAIT, condition, wait_images_ready_and_jobs_collected, wait_job,
+};
 use kmm_tests::buildah::{VolumeData, run_build_job};
 use kmm_tests::cluster::{
     create_node, delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
@@ -32,7 +35,7 @@ use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{auth_registry, registry_addr};
 use kmm_tests::signjob::{complete_job_pod, kmmctl_binary, parse_sign_job, run_sign_job};
 use kmm_tests::vm::KernelArtifacts;
-use kmm_tests::vm_agent::{AgentVm, guest_registry, push_kernel_modules};
+use kmm_tests::vm_agent::{guest_registry, push_kernel_modules};
 use kmmctl::registry::{RegistryOptions, parse_reference, pull};
 use kmmctl::sign::trailer;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -41,9 +44,7 @@ use kube::{Client, ResourceExt};
 use oci_client::secrets::RegistryAuth;
 
 const CN: &str = "kmm-rs sign job e2e key";
-const WAIT: Duration = Duration::from_secs(120);
 const SIGNER_IMAGE: &str = "registry.example/kmm-rs:sign-e2e";
-const MODULE_LABEL: &str = "kmm.node.kubernetes.io/module.name=brd";
 /// Where `kmmctl package` puts brd (the kernel tree's path, under /opt).
 const BRD: &str = "kernel/drivers/block/brd.ko";
 
@@ -209,30 +210,6 @@ async fn module_events(client: &Client, ns: &str, module: &str) -> Result<Vec<(S
         .collect())
 }
 
-fn condition(module: &Module, type_: &str) -> Option<(String, String)> {
-    module
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-async fn wait_job(jobs: &Api<Job>, kind: &str, controller: &ControllerProcess) -> Result<Job> {
-    let lp = ListParams::default().labels(&format!(
-        "{MODULE_LABEL},kmm.node.kubernetes.io/job.type={kind}"
-    ));
-    wait_for(WAIT, || async {
-        Ok(!jobs.list(&lp).await?.items.is_empty())
-    })
-    .await
-    .with_context(|| format!("no {kind} Job; controller log:\n{}", controller.log()))?;
-    let mut found = jobs.list(&lp).await?.items;
-    ensure!(found.len() == 1, "one {kind} Job for one kernel: {found:?}");
-    Ok(found.remove(0))
-}
-
 /// The sign Job's shape as the controller makes it (`sign_pod`), checked
 /// against what the brief of the sign recipe promises.
 fn assert_sign_job_shape(job: &Job, expected_args: &[String], with_auth: Option<&str>) {
@@ -333,30 +310,14 @@ spec:
 #[tokio::test]
 async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module_in_the_vm()
 -> Result<()> {
-    let cp = ControlPlane::shared().await?;
-    ensure_crds(cp).await?;
-    let client = cp.client();
     start_registry()?;
     // Built before the clock runs: the timings below are the signer's own.
     tokio::task::spawn_blocking(kmmctl_binary).await??;
-    let ns = cp.temp_namespace("e2e-sign").await?;
-    let ns_name = ns.name().to_string();
-    let node_name = format!("{ns_name}-vm");
-    let node = AgentVm::start(cp, &client, &node_name, &[("kmm-test/node", &node_name)]).await?;
-    let kver = node.kernel.release.clone();
-
-    push_kernel_modules(
-        &node.kernel,
-        &format!("{ns_name}/brd-src"),
-        &kver,
-        &["brd"],
-        &[],
-    )
-    .await?;
-    let dir = tempfile::tempdir()?;
-    let keys = make_keys(dir.path())?;
-    create_signing_secrets(&client, &ns_name, &keys).await?;
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns_name);
+    let e = BrdE2e::start("e2e-sign").await?;
+    let (client, ns_name, kver, node) = (&e.client, e.ns_name.as_str(), e.kver.as_str(), &e.node);
+    let keys = make_keys(e.dir.path())?;
+    create_signing_secrets(client, ns_name, &keys).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns_name);
     cms.create(
         &PostParams::default(),
         &serde_json::from_value(serde_json::json!({
@@ -365,26 +326,14 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
         }))?,
     )
     .await?;
-    let (seen_jobs, watch_task) = record_jobs(&client, &ns_name);
-
-    // As in vm_build_e2e: the controller asks the registry by the guest's name
-    // through the registry itself as plain-HTTP proxy.
-    let proxy = format!("http://{}", registry_addr());
-    let controller = ControllerProcess::start_with_env(
-        &ControllerOptions {
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            namespace: ns_name.clone(),
-            identity: format!("{ns_name}-ctl"),
-            log_dir: dir.path().to_path_buf(),
-            extra_args: vec!["--signer-image".into(), SIGNER_IMAGE.into()],
-        },
-        &[("http_proxy", &proxy), ("no_proxy", "127.0.0.1,localhost")],
-    )?;
-    controller.wait_leader(WAIT).await?;
+    let (seen_jobs, watch_task) = record_jobs(client, ns_name);
+    let controller = e
+        .start_controller(vec!["--signer-image".into(), SIGNER_IMAGE.into()])
+        .await?;
     let t0 = Instant::now();
-    kmm_tests::cluster::apply_yaml(cp, &ns_name, &build_and_sign_module(&node_name, &ns_name))?;
+    kmm_tests::cluster::apply_yaml(e.cp, ns_name, &build_and_sign_module(&e.node_name, ns_name))?;
 
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns_name);
+    let jobs = e.jobs();
     let build = wait_job(&jobs, "build", &controller).await?;
     println!("build Job {} after {:.1?}", build.name_any(), t0.elapsed());
     let image = format!("{}/{ns_name}/brd:{kver}", guest_registry());
@@ -400,28 +349,16 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
     );
 
     // The node waits for the final image; the Module is building.
-    let status = || node_module_status(&client, &node_name, &ns_name, "brd");
-    let waiting = || async {
-        wait_for(WAIT, || async {
-            Ok(status().await?.is_some_and(|s| {
-                s.last_error
-                    .as_ref()
-                    .is_some_and(|e| e.reason == "WaitingForImage")
-            }))
-        })
-        .await
-        .or_else(|e| node.fail(format!("brd not WaitingForImage: {e}")))
-    };
-    waiting().await?;
+    e.wait_waiting_for_image().await?;
     assert!(!node.module_loaded("brd").await?);
-    let modules: Api<Module> = Api::namespaced(client.clone(), &ns_name);
+    let modules = e.modules();
     assert_eq!(
         condition(&modules.get("brd").await?, "ImagesReady"),
         Some(("False".into(), "Building".into()))
     );
 
     let t = Instant::now();
-    let unsigned_digest = run_build_job(&client, &build).await?;
+    let unsigned_digest = run_build_job(client, &build).await?;
     println!(
         "build + push {:.1?}: {unsigned}@{unsigned_digest}",
         t.elapsed()
@@ -430,7 +367,7 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
     // the controller sign it while the build Job has not finished: a
     // reconcile after the push (woken by touching the Module) leaves the
     // kernel at the build step.
-    waiting().await?;
+    e.wait_waiting_for_image().await?;
     assert!(!node.module_loaded("brd").await?);
     let reconciled = || controller.metric("kmm_controller_reconcile_duration_seconds_count");
     let before = reconciled();
@@ -458,7 +395,7 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
     // The kubelet's report: the build pod exited 0, the Job controller
     // completes the Job, the controller moves on to signing.
     let t = Instant::now();
-    complete_job_pod(&client, &build, WAIT).await?;
+    complete_job_pod(client, &build, WAIT).await?;
     let sign = wait_job(&jobs, "sign", &controller).await?;
     println!(
         "build Complete -> sign Job {}: {:.1?}",
@@ -506,23 +443,11 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
     );
 
     let t = Instant::now();
-    let digest = run_sign_job(&client, &sign).await?;
+    let digest = run_sign_job(client, &sign).await?;
     println!("sign + push {:.1?}: {image}@{digest}", t.elapsed());
-    let key = kmm_common::ready_label(&ns_name, "brd");
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for(WAIT, || async {
-        Ok(nodes.get(&node_name).await?.labels().contains_key(&key))
-    })
-    .await
-    .or_else(|e| node.fail(format!("{key} after signing: {e}")))?;
+    e.wait_ready_label(true, "after signing").await?;
     println!("sign -> ready label: {:.1?}", t.elapsed());
-    assert!(node.module_loaded("brd").await?);
-    assert_eq!(
-        node.read("/sys/module/brd/parameters/rd_nr")
-            .await?
-            .as_deref(),
-        Some("3")
-    );
+    e.assert_loaded("3", &image, &digest).await?;
     // The kernel parsed our signature but does not know the key: it loads
     // and marks the module 'E' (a malformed signature is refused outright,
     // and Debian's own signature, trusted, leaves no mark).
@@ -531,31 +456,8 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
         .await?
         .unwrap_or_default();
     assert!(taint.contains('E'), "taint {taint:?}");
-    let st = status().await?.unwrap();
-    assert_eq!(
-        (st.image.as_str(), st.digest.as_str(), st.kernel.as_str()),
-        (image.as_str(), digest.as_str(), kver.as_str())
-    );
-    assert!(st.last_error.is_none(), "{:?}", st.last_error);
 
-    wait_for(WAIT, || async {
-        let m = modules.get("brd").await?;
-        let mut gone = true;
-        for j in [&build, &sign] {
-            gone &= jobs
-                .get_opt(&j.name_any())
-                .await?
-                .is_none_or(|j| j.metadata.deletion_timestamp.is_some());
-        }
-        Ok(condition(&m, "ImagesReady").is_some_and(|(s, _)| s == "True") && gone)
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "ImagesReady / Jobs collected; controller log:\n{}",
-            controller.log()
-        )
-    })?;
+    wait_images_ready_and_jobs_collected(&modules, &jobs, &[&build, &sign], &controller).await?;
     println!(
         "Module applied -> images ready, Jobs collected: {:.1?}",
         t0.elapsed()
@@ -564,12 +466,17 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
     // The images on the host: the final file carries our signature, the
     // intermediate one Debian's, over the same module bytes.
     let host = |r: &str| r.replacen(&guest_registry(), &registry_addr(), 1);
-    let signed_root =
-        agent_view(&host(&image), RegistryAuth::Anonymous, dir.path(), "signed").await?;
+    let signed_root = agent_view(
+        &host(&image),
+        RegistryAuth::Anonymous,
+        e.dir.path(),
+        "signed",
+    )
+    .await?;
     let unsigned_root = agent_view(
         &host(&unsigned),
         RegistryAuth::Anonymous,
-        dir.path(),
+        e.dir.path(),
         "unsigned",
     )
     .await?;
@@ -594,7 +501,7 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
             (sign.name_any(), "sign".to_string())
         ])
     );
-    let events = module_events(&client, &ns_name, "brd").await?;
+    let events = module_events(client, ns_name, "brd").await?;
     println!("events: {events:?}");
     assert!(events.iter().all(|(_, t)| t != "Warning"), "{events:?}");
     for reason in ["BuildCreated", "SignCreated"] {
@@ -616,17 +523,7 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
         .collect();
     println!("controller warnings/errors: {noisy:#?}");
 
-    delete_module(&client, &ns_name, "brd").await?;
-    wait_for(WAIT, || async {
-        Ok(!nodes.get(&node_name).await?.labels().contains_key(&key))
-    })
-    .await
-    .or_else(|e| node.fail(format!("unload after delete: {e}")))?;
-    assert!(!node.module_loaded("brd").await?);
-    drop(controller);
-    node.shutdown().await?;
-    delete_node_and_status(&client, &node_name).await;
-    ns.cleanup().await
+    e.finish(controller).await
 }
 
 fn sign_only_module(node: &str, ns: &str, kver: &str, target_registry: &str) -> String {
@@ -808,22 +705,7 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
         (image.as_str(), digest.as_str())
     );
     let modules: Api<Module> = Api::namespaced(client.clone(), &ns_name);
-    wait_for(WAIT, || async {
-        Ok(
-            condition(&modules.get("brd").await?, "ImagesReady").is_some_and(|(s, _)| s == "True")
-                && jobs
-                    .get_opt(&sign.name_any())
-                    .await?
-                    .is_none_or(|j| j.metadata.deletion_timestamp.is_some()),
-        )
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "ImagesReady / Job collected; controller log:\n{}",
-            controller.log()
-        )
-    })?;
+    wait_images_ready_and_jobs_collected(&modules, &jobs, &[&sign], &controller).await?;
 
     let signed_root = agent_view(
         &image,
