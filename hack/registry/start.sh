@@ -83,7 +83,9 @@ http:
 $AUTH_YAML
 YML
 
-nohup docker-registry serve "$DIR/config.yml" > "$DIR/registry.log" 2>&1 &
+# setsid: its own session, so the registry outlives the process group of
+# whoever started it first (a test process, a shell job), like the control plane.
+setsid nohup docker-registry serve "$DIR/config.yml" > "$DIR/registry.log" 2>&1 < /dev/null &
 echo $! > "$PIDFILE"
 for _ in $(seq 1 100); do
     case "$(status)" in
