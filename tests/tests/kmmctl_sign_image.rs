@@ -87,6 +87,68 @@ fn keys(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (key, der, pem)
 }
 
+/// `kmmctl sign --from <from> --from-insecure --to <to> <to_flags>
+/// --key <key> --cert <cert> <rest>`.
+fn sign_cmd(
+    from: &str,
+    to: &str,
+    to_flags: &[&str],
+    key: &Path,
+    cert: &Path,
+    rest: &[&str],
+) -> Command {
+    let mut cmd = kmmctl();
+    cmd.args(["sign", "--from", from, "--from-insecure", "--to", to])
+        .args(to_flags)
+        .arg("--key")
+        .arg(key)
+        .arg("--cert")
+        .arg(cert)
+        .args(rest);
+    cmd
+}
+
+/// A temp dir and a key pair in it ([`keys`]).
+struct Signer {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    cert_der: PathBuf,
+    cert_pem: PathBuf,
+}
+
+impl Signer {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert_der, cert_pem) = keys(dir.path());
+        Self {
+            dir,
+            key,
+            cert_der,
+            cert_pem,
+        }
+    }
+
+    /// `kmmctl sign` of `from` to `to`, both plain HTTP, `--file PATTERN`.
+    fn sign_pattern(&self, from: &str, to: &str) -> Output {
+        run(&mut sign_cmd(
+            from,
+            to,
+            &["--to-insecure"],
+            &self.key,
+            &self.cert_der,
+            &["--file", PATTERN],
+        ))
+    }
+}
+
+/// `<reg>/kmmctl-sign/<name>:<KVER>` and the `<name>-signed` target.
+fn images(reg: &str, name: &str) -> (String, String) {
+    (
+        format!("{reg}/kmmctl-sign/{name}:{KVER}"),
+        format!("{reg}/kmmctl-sign/{name}-signed:{KVER}"),
+    )
+}
+
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -164,11 +226,8 @@ fn cms_verifies(dir: &Path, module: &[u8], pkcs7: &[u8], cert_pem: &Path) -> boo
 #[tokio::test]
 async fn sign_appends_one_layer_the_agent_lays_over_the_unsigned_modules() {
     start_registry();
-    let reg = registry_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let (key, cert_der, cert_pem) = keys(dir.path());
-    let from = format!("{reg}/kmmctl-sign/alpha:{KVER}");
-    let to = format!("{reg}/kmmctl-sign/alpha-signed:{KVER}");
+    let s = Signer::new();
+    let (from, to) = images(&registry_addr(), "alpha");
     push_fake_kmod(
         &from,
         KVER,
@@ -178,21 +237,7 @@ async fn sign_appends_one_layer_the_agent_lays_over_the_unsigned_modules() {
     .await
     .unwrap();
 
-    let out = run(kmmctl()
-        .args([
-            "sign",
-            "--from",
-            &from,
-            "--from-insecure",
-            "--to",
-            &to,
-            "--to-insecure",
-        ])
-        .arg("--key")
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert_der)
-        .args(["--file", PATTERN]));
+    let out = s.sign_pattern(&from, &to);
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     let digest = stdout.lines().last().unwrap().to_string();
@@ -271,8 +316,8 @@ async fn sign_appends_one_layer_the_agent_lays_over_the_unsigned_modules() {
 
     // What the agent unpacks: the signed modules over the unsigned ones, every
     // other file as before.
-    let before = agent_view(&original, &dir.path().join("a"));
-    let after = agent_view(&signed, &dir.path().join("b"));
+    let before = agent_view(&original, &s.dir.path().join("a"));
+    let after = agent_view(&signed, &s.dir.path().join("b"));
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>()
@@ -296,7 +341,10 @@ async fn sign_appends_one_layer_the_agent_lays_over_the_unsigned_modules() {
         assert_eq!(&bytes2[..info.appended.module_len], bytes.as_slice());
         assert!(info.signer.unwrap().issuer.contains(CN));
         let blob = &bytes2[info.appended.signature.clone()];
-        assert!(cms_verifies(dir.path(), bytes, blob, &cert_pem), "{path}");
+        assert!(
+            cms_verifies(s.dir.path(), bytes, blob, &s.cert_pem),
+            "{path}"
+        );
     }
     assert!(after.contains_key(&format!("{m}/modules.dep")));
     assert!(after.contains_key("firmware/fw.bin"));
@@ -305,34 +353,24 @@ async fn sign_appends_one_layer_the_agent_lays_over_the_unsigned_modules() {
 #[tokio::test]
 async fn a_pattern_matching_nothing_fails_naming_it_and_pushes_nothing() {
     start_registry();
-    let reg = registry_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let (key, cert_der, _) = keys(dir.path());
-    let from = format!("{reg}/kmmctl-sign/nomatch:{KVER}");
-    let to = format!("{reg}/kmmctl-sign/nomatch-signed:{KVER}");
+    let s = Signer::new();
+    let (from, to) = images(&registry_addr(), "nomatch");
     push_fake_kmod(&from, KVER, &[("gamma", &[])], &[])
         .await
         .unwrap();
-    let out = run(kmmctl()
-        .args([
-            "sign",
-            "--from",
-            &from,
-            "--from-insecure",
-            "--to",
-            &to,
-            "--to-insecure",
-        ])
-        .arg("--key")
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert_der)
-        .args([
+    let out = run(&mut sign_cmd(
+        &from,
+        &to,
+        &["--to-insecure"],
+        &s.key,
+        &s.cert_der,
+        &[
             "--file",
             PATTERN,
             "--file",
             "/opt/lib/modules/*/kernel/*.ko",
-        ]));
+        ],
+    ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -345,22 +383,15 @@ async fn a_pattern_matching_nothing_fails_naming_it_and_pushes_nothing() {
     assert!(missing.is_err(), "nothing may be pushed to {to}");
 
     // A key that is not the certificate's is refused before any registry traffic.
-    let (other_key, _, _) = keys(&dir.path().join("other").tap_mkdir());
-    let out = run(kmmctl()
-        .args([
-            "sign",
-            "--from",
-            &from,
-            "--from-insecure",
-            "--to",
-            &to,
-            "--to-insecure",
-        ])
-        .arg("--key")
-        .arg(&other_key)
-        .arg("--cert")
-        .arg(&cert_der)
-        .args(["--file", PATTERN]));
+    let (other_key, _, _) = keys(&s.dir.path().join("other").tap_mkdir());
+    let out = run(&mut sign_cmd(
+        &from,
+        &to,
+        &["--to-insecure"],
+        &other_key,
+        &s.cert_der,
+        &["--file", PATTERN],
+    ));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
 }
@@ -368,15 +399,13 @@ async fn a_pattern_matching_nothing_fails_naming_it_and_pushes_nothing() {
 #[tokio::test]
 async fn docker_config_credentials_are_used_for_pull_and_push() {
     let (reg, user, pass) = auth_registry().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (key, _, cert_pem) = keys(dir.path());
-    let from = format!("{reg}/kmmctl-sign/private:{KVER}");
-    let to = format!("{reg}/kmmctl-sign/private-signed:{KVER}");
+    let s = Signer::new();
+    let (from, to) = images(&reg, "private");
     let auth = RegistryAuth::Basic(user.clone(), pass.clone());
     push_fake_kmod_as(&from, KVER, &[("delta", &[])], &[], auth.clone())
         .await
         .unwrap();
-    let config = dir.path().join("config.json");
+    let config = s.dir.path().join("config.json");
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
     std::fs::write(
         &config,
@@ -384,26 +413,19 @@ async fn docker_config_credentials_are_used_for_pull_and_push() {
     )
     .unwrap();
     let sign = |with_config: bool| {
-        let mut cmd = kmmctl();
-        cmd.args([
-            "sign",
-            "--from",
+        let mut cmd = sign_cmd(
             &from,
-            "--from-insecure",
-            "--to",
             &to,
-            "--to-insecure",
-        ])
-        .arg("--key")
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert_pem)
-        .args([
-            "--file",
-            "/opt/lib/modules/*/extra/delta.ko",
-            "--hash",
-            "sha384",
-        ]);
+            &["--to-insecure"],
+            &s.key,
+            &s.cert_pem,
+            &[
+                "--file",
+                "/opt/lib/modules/*/extra/delta.ko",
+                "--hash",
+                "sha384",
+            ],
+        );
         if with_config {
             cmd.arg("--docker-config").arg(&config);
         }
@@ -421,7 +443,7 @@ async fn docker_config_credentials_are_used_for_pull_and_push() {
         ..Default::default()
     };
     let signed = pull_image(&to, &opts).await;
-    let view = agent_view(&signed, dir.path());
+    let view = agent_view(&signed, s.dir.path());
     let (_, ko) = &view[&format!("opt/lib/modules/{KVER}/extra/delta.ko")];
     let info = kmmctl::sign::inspect(ko).unwrap().unwrap();
     assert_eq!(
@@ -445,12 +467,10 @@ impl TapMkdir for PathBuf {
 async fn an_index_is_signed_as_its_linux_amd64_image() {
     start_registry();
     let reg = registry_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let (key, cert_der, _) = keys(dir.path());
+    let s = Signer::new();
     let amd = format!("{reg}/kmmctl-sign/multi:amd64");
     let arm = format!("{reg}/kmmctl-sign/multi:arm64");
-    let index = format!("{reg}/kmmctl-sign/multi:{KVER}");
-    let to = format!("{reg}/kmmctl-sign/multi-signed:{KVER}");
+    let (index, to) = images(&reg, "multi");
     push_fake_kmod(&amd, KVER, &[("on_amd", &[])], &[])
         .await
         .unwrap();
@@ -490,24 +510,10 @@ async fn an_index_is_signed_as_its_linux_amd64_image() {
     .await
     .unwrap();
 
-    let out = run(kmmctl()
-        .args([
-            "sign",
-            "--from",
-            &index,
-            "--from-insecure",
-            "--to",
-            &to,
-            "--to-insecure",
-        ])
-        .arg("--key")
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert_der)
-        .args(["--file", PATTERN]));
+    let out = s.sign_pattern(&index, &to);
     assert!(out.status.success());
     let signed = pull_image(&to, &insecure()).await;
-    let view = agent_view(&signed, dir.path());
+    let view = agent_view(&signed, s.dir.path());
     let extra = format!("opt/lib/modules/{KVER}/extra");
     assert!(!view.contains_key(&format!("{extra}/on_arm.ko")));
     let (_, ko) = &view[&format!("{extra}/on_amd.ko")];
@@ -522,22 +528,21 @@ async fn push_over_tls_needs_skip_verify_for_a_self_signed_registry() {
         "127.0.0.1:{}",
         std::env::var("KMM_REGISTRY_TLS_PORT").unwrap_or_else(|_| "5002".into())
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (key, cert_der, _) = keys(dir.path());
+    let s = Signer::new();
     let from = format!("{}/kmmctl-sign/tls:{KVER}", registry_addr());
     let to = format!("{tls_reg}/kmmctl-sign/tls-signed:{KVER}");
     push_fake_kmod(&from, KVER, &[("epsilon", &[])], &[])
         .await
         .unwrap();
     let sign = |extra: &[&str]| {
-        run(kmmctl()
-            .args(["sign", "--from", &from, "--from-insecure", "--to", &to])
-            .args(extra)
-            .arg("--key")
-            .arg(&key)
-            .arg("--cert")
-            .arg(&cert_der)
-            .args(["--file", PATTERN]))
+        run(&mut sign_cmd(
+            &from,
+            &to,
+            extra,
+            &s.key,
+            &s.cert_der,
+            &["--file", PATTERN],
+        ))
     };
     let refused = sign(&[]);
     assert!(!refused.status.success());
@@ -554,7 +559,7 @@ async fn push_over_tls_needs_skip_verify_for_a_self_signed_registry() {
         String::from_utf8(out.stdout).unwrap().lines().last(),
         Some(signed.digest.as_str())
     );
-    let view = agent_view(&signed, dir.path());
+    let view = agent_view(&signed, s.dir.path());
     let (_, ko) = &view[&format!("opt/lib/modules/{KVER}/extra/epsilon.ko")];
     assert!(kmmctl::sign::inspect(ko).unwrap().is_some());
 }
