@@ -100,6 +100,13 @@ struct Keys {
 }
 
 fn make_keys(dir: &Path, name: &str) -> Keys {
+    make_keys_of(dir, name, &[])
+}
+
+/// [`make_keys`] with `newkey` (`-newkey ...` args) overriding the key type
+/// the config names, as certs/Makefile does for
+/// CONFIG_MODULE_SIG_KEY_TYPE_ECDSA.
+fn make_keys_of(dir: &Path, name: &str, newkey: &[&str]) -> Keys {
     let genkey = dir.join(format!("{name}.genkey"));
     std::fs::write(&genkey, GENKEY).unwrap();
     let keys = Keys {
@@ -114,6 +121,7 @@ fn make_keys(dir: &Path, name: &str) -> Keys {
             ])
             .args(["-batch", "-x509", "-config"])
             .arg(&genkey)
+            .args(newkey)
             .args(["-outform", "DER", "-out"])
             .arg(&keys.cert_der)
             .arg("-keyout")
@@ -131,6 +139,17 @@ fn make_keys(dir: &Path, name: &str) -> Keys {
 
 fn kmmctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kmmctl"))
+}
+
+/// `kmmctl sign-file [--hash <hash>] --key <key> --cert <cert> <ko>`.
+fn sign_file_cmd(hash: Option<&str>, key: &Path, cert: &Path, ko: &Path) -> Command {
+    let mut cmd = kmmctl();
+    cmd.arg("sign-file");
+    if let Some(hash) = hash {
+        cmd.args(["--hash", hash]);
+    }
+    cmd.arg("--key").arg(key).arg("--cert").arg(cert).arg(ko);
+    cmd
 }
 
 fn modinfo(field: &str, ko: &Path) -> String {
@@ -209,14 +228,7 @@ fn debian_module_is_resigned_and_verifies_against_the_certificate() {
     assert_ne!(debian_signer, CN);
 
     // In place, with the kernel's usual pair: PEM key, DER certificate.
-    let out = run_ok(
-        kmmctl()
-            .args(["sign-file", "--key"])
-            .arg(&keys.key)
-            .arg("--cert")
-            .arg(&keys.cert_der)
-            .arg(&ko),
-    );
+    let out = run_ok(&mut sign_file_cmd(None, &keys.key, &keys.cert_der, &ko));
     assert_eq!(out.trim(), ko.display().to_string());
     assert_eq!(modinfo("signer", &ko), CN);
     assert_eq!(modinfo("sig_hashalgo", &ko), "sha256");
@@ -244,14 +256,7 @@ fn debian_module_is_resigned_and_verifies_against_the_certificate() {
     assert!(!cms_verifies(dir.path(), &tampered, &pkcs7, &keys.cert_pem));
 
     // Signing again with another key replaces ours too.
-    run_ok(
-        kmmctl()
-            .args(["sign-file", "--key"])
-            .arg(&other.key)
-            .arg("--cert")
-            .arg(&other.cert_pem)
-            .arg(&ko),
-    );
+    run_ok(&mut sign_file_cmd(None, &other.key, &other.cert_pem, &ko));
     let (module2, pkcs7_2) = split_by_struct(&std::fs::read(&ko).unwrap());
     assert_eq!(module2, module);
     assert!(cms_verifies(
@@ -286,12 +291,7 @@ fn unsigned_copy_is_told_apart_and_signed_with_sha512_to_an_output() {
     let signed = dir.path().join("out/brd.ko");
     std::fs::create_dir_all(signed.parent().unwrap()).unwrap();
     run_ok(
-        kmmctl()
-            .args(["sign-file", "--hash", "sha512", "--key"])
-            .arg(&keys.key)
-            .arg("--cert")
-            .arg(&keys.cert_pem)
-            .arg(&unsigned)
+        sign_file_cmd(Some("sha512"), &keys.key, &keys.cert_pem, &unsigned)
             .arg("--output")
             .arg(&signed),
     );
@@ -316,12 +316,7 @@ fn a_key_that_is_not_the_certificates_is_refused() {
     let other = make_keys(dir.path(), "other_key");
     let ko = dir.path().join("m.ko");
     std::fs::write(&ko, b"\x7fELF not really a module").unwrap();
-    let out = run(kmmctl()
-        .args(["sign-file", "--key"])
-        .arg(&keys.key)
-        .arg("--cert")
-        .arg(&other.cert_der)
-        .arg(&ko));
+    let out = run(&mut sign_file_cmd(None, &keys.key, &other.cert_der, &ko));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -331,11 +326,16 @@ fn a_key_that_is_not_the_certificates_is_refused() {
     assert_eq!(std::fs::read(&ko).unwrap(), b"\x7fELF not really a module");
 }
 
+/// The kernel's `sign-file <hash> <key> <x509> <module>`: signs in place.
+fn kernel_sign_file(sign_file: &Path, hash: &str, key: &Path, cert: &Path, ko: &Path) {
+    run_ok(Command::new(sign_file).arg(hash).arg(key).arg(cert).arg(ko));
+}
+
 /// The kernel's own `scripts/sign-file` (Debian's linux-kbuild package):
 /// `$KMM_SIGN_FILE`, an installed linux-kbuild, or one unpacked into
 /// `$KMM_CACHE/sign-file` by `apt-get download` (like tests/vm/fetch-kernel.sh
 /// fetches the kernel).
-fn kernel_sign_file(brd: &Path) -> Option<PathBuf> {
+fn find_kernel_sign_file(brd: &Path) -> Option<PathBuf> {
     let find_in = |root: &Path| -> Option<PathBuf> {
         std::fs::read_dir(root.join("usr/lib"))
             .ok()?
@@ -394,7 +394,7 @@ fn kernel_sign_file(brd: &Path) -> Option<PathBuf> {
 #[test]
 fn output_is_byte_identical_to_the_kernels_sign_file_for_every_hash() {
     let Some(brd) = real_module() else { return };
-    let Some(sign_file) = kernel_sign_file(&brd) else {
+    let Some(sign_file) = find_kernel_sign_file(&brd) else {
         assert_ne!(
             std::env::var("KMM_REAL_KERNEL_TESTS").as_deref(),
             Ok("1"),
@@ -413,22 +413,13 @@ fn output_is_byte_identical_to_the_kernels_sign_file_for_every_hash() {
         let ours = dir.path().join(format!("ours-{hash}.ko"));
         std::fs::write(&theirs, &unsigned).unwrap();
         std::fs::write(&ours, &unsigned).unwrap();
-        // sign-file <hash> <key> <x509> <module>: signs in place.
-        run_ok(
-            Command::new(&sign_file)
-                .arg(hash)
-                .arg(&keys.key)
-                .arg(&keys.cert_der)
-                .arg(&theirs),
-        );
-        run_ok(
-            kmmctl()
-                .args(["sign-file", "--hash", hash, "--key"])
-                .arg(&keys.key)
-                .arg("--cert")
-                .arg(&keys.cert_der)
-                .arg(&ours),
-        );
+        kernel_sign_file(&sign_file, hash, &keys.key, &keys.cert_der, &theirs);
+        run_ok(&mut sign_file_cmd(
+            Some(hash),
+            &keys.key,
+            &keys.cert_der,
+            &ours,
+        ));
         let (a, b) = (
             std::fs::read(&theirs).unwrap(),
             std::fs::read(&ours).unwrap(),
@@ -440,21 +431,10 @@ fn output_is_byte_identical_to_the_kernels_sign_file_for_every_hash() {
 
     // ECDSA signatures are randomised: the same structure, field by field,
     // with only the signature value differing.
-    let (ec_key, ec_cert) = (dir.path().join("ec.pem"), dir.path().join("ec.x509"));
-    let genkey = dir.path().join("ec.genkey");
-    std::fs::write(&genkey, GENKEY).unwrap();
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500",
-            ])
-            .args(["-batch", "-x509", "-config"])
-            .arg(&genkey)
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-            .args(["-outform", "DER", "-out"])
-            .arg(&ec_cert)
-            .arg("-keyout")
-            .arg(&ec_key),
+    let ec = make_keys_of(
+        dir.path(),
+        "ec",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
     );
     let structure = |ko: &Path| {
         let (_, pkcs7) = split_by_struct(&std::fs::read(ko).unwrap());
@@ -486,21 +466,8 @@ fn output_is_byte_identical_to_the_kernels_sign_file_for_every_hash() {
     );
     std::fs::write(&theirs, &unsigned).unwrap();
     std::fs::write(&ours, &unsigned).unwrap();
-    run_ok(
-        Command::new(&sign_file)
-            .arg("sha256")
-            .arg(&ec_key)
-            .arg(&ec_cert)
-            .arg(&theirs),
-    );
-    run_ok(
-        kmmctl()
-            .args(["sign-file", "--key"])
-            .arg(&ec_key)
-            .arg("--cert")
-            .arg(&ec_cert)
-            .arg(&ours),
-    );
+    kernel_sign_file(&sign_file, "sha256", &ec.key, &ec.cert_der, &theirs);
+    run_ok(&mut sign_file_cmd(None, &ec.key, &ec.cert_der, &ours));
     let (a, b) = (structure(&theirs), structure(&ours));
     assert!(a.iter().any(|l| l.contains("ecdsa-with-SHA256")), "{a:#?}");
     assert_eq!(a, b);
@@ -511,47 +478,23 @@ fn an_ecdsa_key_signs_a_real_module_that_verifies() {
     let Some(brd) = real_module() else { return };
     let dir = tempfile::tempdir().unwrap();
     let rsa = make_keys(dir.path(), "rsa_key");
-    let genkey = dir.path().join("ec.genkey");
-    std::fs::write(&genkey, GENKEY).unwrap();
-    let (key, cert_der, cert_pem) = (
-        dir.path().join("ec.pem"),
-        dir.path().join("ec.x509"),
-        dir.path().join("ec.crt.pem"),
-    );
     // As certs/Makefile does for CONFIG_MODULE_SIG_KEY_TYPE_ECDSA.
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500",
-            ])
-            .args(["-batch", "-x509", "-config"])
-            .arg(&genkey)
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"])
-            .args(["-outform", "DER", "-out"])
-            .arg(&cert_der)
-            .arg("-keyout")
-            .arg(&key),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["x509", "-inform", "DER", "-outform", "PEM", "-in"])
-            .arg(&cert_der)
-            .arg("-out")
-            .arg(&cert_pem),
+    let ec = make_keys_of(
+        dir.path(),
+        "ec",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"],
     );
     let ko = dir.path().join("brd.ko");
     std::fs::copy(&brd, &ko).unwrap();
-    run_ok(
-        kmmctl()
-            .args(["sign-file", "--hash", "sha384", "--key"])
-            .arg(&key)
-            .arg("--cert")
-            .arg(&cert_der)
-            .arg(&ko),
-    );
+    run_ok(&mut sign_file_cmd(
+        Some("sha384"),
+        &ec.key,
+        &ec.cert_der,
+        &ko,
+    ));
     assert_eq!(modinfo("signer", &ko), CN);
     assert_eq!(modinfo("sig_hashalgo", &ko), "sha384");
     let (module, pkcs7) = split_by_struct(&std::fs::read(&ko).unwrap());
-    assert!(cms_verifies(dir.path(), &module, &pkcs7, &cert_pem));
+    assert!(cms_verifies(dir.path(), &module, &pkcs7, &ec.cert_pem));
     assert!(!cms_verifies(dir.path(), &module, &pkcs7, &rsa.cert_pem));
 }
