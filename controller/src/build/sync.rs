@@ -109,6 +109,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
     let auth = match registry_auth(module, ns, ctx).await {
         Ok(auth) => auth,
         Err(message) => {
+            tracing::warn!(reason = "ImageRepoSecretInvalid", "{message}");
             return Ok(blocked("ImageRepoSecretInvalid", message));
         }
     };
@@ -137,6 +138,9 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
         kernels.push((target.kernel_version.clone(), chain, outcome));
     }
 
+    for (reason, message) in &problems {
+        tracing::warn!(reason = %reason, "{message}");
+    }
     for (kernel, _, outcome) in &kernels {
         if let Outcome::Create(step) = outcome {
             create_job(module, step, kernel, ctx).await?;
