@@ -154,6 +154,17 @@ spec:
         Api::namespaced(self.client.clone(), self.ns())
     }
 
+    async fn job_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .jobs()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect())
+    }
+
     async fn module(&self) -> Result<Module> {
         Ok(Api::<Module>::namespaced(self.client.clone(), self.ns())
             .get("kmod")
@@ -337,27 +348,12 @@ async fn a_failed_build_is_kept_and_reported_until_its_input_changes() -> Result
     .await?;
     // Kept, not retried.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let names: Vec<String> = f
-        .jobs()
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
-    assert_eq!(names, [first.name_any()]);
+    assert_eq!(f.job_names().await?, [first.name_any()]);
 
     // A fixed Dockerfile is a new input: a new Job, the failed one collected.
     f.dockerfile("FROM scratch\nLABEL fixed=yes\n").await?;
     wait_for(WAIT, || async {
-        let names: Vec<String> = f
-            .jobs()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .map(ResourceExt::name_any)
-            .collect();
+        let names = f.job_names().await?;
         Ok(names.len() == 1 && names[0] != first.name_any())
     })
     .await
