@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use std::time::Duration;
 
 use crate::cluster::{
-    delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
+    crd_namespace, delete_module, delete_node_and_status, node_module_status, wait_for,
 };
 use crate::controller::{ControllerOptions, ControllerProcess};
 use crate::controlplane::{ControlPlane, TestNamespace};
@@ -54,10 +54,7 @@ impl BrdE2e {
     /// # Errors
     /// Control plane, boot or push failures.
     pub async fn start(prefix: &str) -> Result<Self> {
-        let cp = ControlPlane::shared().await?;
-        ensure_crds(cp).await?;
-        let client = cp.client();
-        let ns = cp.temp_namespace(prefix).await?;
+        let (cp, client, ns) = crd_namespace(prefix).await?;
         let ns_name = ns.name().to_string();
         let node_name = format!("{ns_name}-vm");
         let node =
@@ -94,13 +91,7 @@ impl BrdE2e {
     pub async fn start_controller(&self, extra_args: Vec<String>) -> Result<ControllerProcess> {
         let proxy = format!("http://{}", registry_addr());
         let controller = ControllerProcess::start_with_env(
-            &ControllerOptions {
-                kubeconfig: self.cp.kubeconfig_path().to_path_buf(),
-                namespace: self.ns_name.clone(),
-                identity: format!("{}-ctl", self.ns_name),
-                log_dir: self.dir.path().to_path_buf(),
-                extra_args,
-            },
+            &ControllerOptions::for_namespace(self.cp, &self.ns_name, self.dir.path(), extra_args),
             &[("http_proxy", &proxy), ("no_proxy", "127.0.0.1,localhost")],
         )?;
         controller.wait_leader(WAIT).await?;

@@ -12,9 +12,22 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::OnceCell;
 
-use crate::controlplane::{ControlPlane, repo_root};
+use crate::controlplane::{ControlPlane, TestNamespace, repo_root};
 
 static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// What a cluster test starts from: the shared control plane with the CRDs
+/// installed, its admin client, and a fresh namespace named after `prefix`.
+///
+/// # Errors
+/// Control plane start, CRD or namespace creation failures.
+pub async fn crd_namespace(prefix: &str) -> Result<(&'static ControlPlane, Client, TestNamespace)> {
+    let cp = ControlPlane::shared().await?;
+    ensure_crds(cp).await?;
+    let client = cp.client();
+    let ns = cp.temp_namespace(prefix).await?;
+    Ok((cp, client, ns))
+}
 
 /// Applies `deploy/crds` (server-side) once per process and waits until the API
 /// server serves both resources.
@@ -206,6 +219,39 @@ pub async fn delete_node_and_status(client: &Client, name: &str) {
 pub async fn delete_node(client: &Client, name: &str) {
     let nodes: Api<Node> = Api::all(client.clone());
     let _ = nodes.delete(name, &DeleteParams::default()).await;
+}
+
+/// Polls Module `name` of `modules` until `check` holds for it (`None`:
+/// there is no such Module).
+///
+/// # Errors
+/// When `timeout` passes first (the error carries the last Module seen, as
+/// YAML), or API errors.
+pub async fn wait_module<F>(
+    modules: &Api<kmm_common::Module>,
+    name: &str,
+    timeout: Duration,
+    check: F,
+) -> Result<()>
+where
+    F: Fn(Option<&kmm_common::Module>) -> bool,
+{
+    let mut last = None;
+    let start = Instant::now();
+    loop {
+        let m = modules.get_opt(name).await?;
+        if check(m.as_ref()) {
+            return Ok(());
+        }
+        last = m.or(last);
+        if start.elapsed() > timeout {
+            bail!(
+                "Module {name}: condition not met within {timeout:?}; last seen:\n{}",
+                serde_yaml::to_string(&last).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Polls `check` every 250 ms until it returns `true`.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::agent::{free_port, http_get};
+use crate::controlplane::ControlPlane;
 use crate::vm::artifacts::cargo_artifact;
 
 /// Builds (once per test binary, cargo makes repeats cheap) and returns the controller binary.
@@ -35,6 +36,25 @@ pub struct ControllerOptions {
     pub log_dir: PathBuf,
     /// Extra arguments (e.g. `--lease-duration-seconds`).
     pub extra_args: Vec<String>,
+}
+
+impl ControllerOptions {
+    /// A controller of namespace `ns` on `cp` (identity `<ns>-ctl`), logging
+    /// under `log_dir`, with `extra_args`.
+    pub fn for_namespace(
+        cp: &ControlPlane,
+        ns: &str,
+        log_dir: &Path,
+        extra_args: Vec<String>,
+    ) -> Self {
+        Self {
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            namespace: ns.to_string(),
+            identity: format!("{ns}-ctl"),
+            log_dir: log_dir.to_path_buf(),
+            extra_args,
+        }
+    }
 }
 
 /// A running controller process; killed on drop.

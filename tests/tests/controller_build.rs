@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kmm_common::Module;
 use kmm_controller::build::job::{KERNEL_ANNOTATION, TARGET_IMAGE_ANNOTATION};
-use kmm_tests::cluster::{create_node, delete_node_and_status, ensure_crds, wait_for};
+use kmm_tests::cluster::{crd_namespace, create_node, delete_node_and_status, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
@@ -38,10 +38,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix: &str) -> Result<Self> {
-        let cp = ControlPlane::shared().await?;
-        ensure_crds(cp).await?;
-        let client = cp.client();
-        let ns = cp.temp_namespace(prefix).await?;
+        let (cp, client, ns) = crd_namespace(prefix).await?;
         let f = Self {
             cp,
             client,
@@ -63,16 +60,19 @@ impl Fixture {
 
     fn controller(&self, identity: &str) -> Result<ControllerProcess> {
         ControllerProcess::start(&ControllerOptions {
-            kubeconfig: self.cp.kubeconfig_path().to_path_buf(),
-            namespace: self.ns().to_string(),
+            // Several replicas of one namespace: one identity and log each.
             identity: format!("{}-{identity}", self.ns()),
-            log_dir: self.dir.path().join(identity),
-            extra_args: vec![
-                "--lease-duration-seconds".into(),
-                "6".into(),
-                "--lease-renew-seconds".into(),
-                "2".into(),
-            ],
+            ..ControllerOptions::for_namespace(
+                self.cp,
+                self.ns(),
+                &self.dir.path().join(identity),
+                vec![
+                    "--lease-duration-seconds".into(),
+                    "6".into(),
+                    "--lease-renew-seconds".into(),
+                    "2".into(),
+                ],
+            )
         })
     }
 

@@ -14,7 +14,9 @@ use kmm_common::{
     MODULE_FINALIZER, Module, NAMESPACE_CONTAINS_MODULES_LABEL, NodeModulesConfig,
     device_plugin_ready_label, ready_label,
 };
-use kmm_tests::cluster::{create_node, delete_node, ensure_crds, set_node_label, wait_for};
+use kmm_tests::cluster::{
+    crd_namespace, create_node, delete_node, set_node_label, wait_for, wait_module,
+};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -35,18 +37,14 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix: &str) -> Result<Self> {
-        let cp = ControlPlane::shared().await?;
-        ensure_crds(cp).await?;
-        let client = cp.client();
-        let ns = cp.temp_namespace(prefix).await?;
+        let (cp, client, ns) = crd_namespace(prefix).await?;
         let dir = tempfile::tempdir()?;
-        let controller = ControllerProcess::start(&ControllerOptions {
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            namespace: ns.name().to_string(),
-            identity: format!("{}-ctl", ns.name()),
-            log_dir: dir.path().to_path_buf(),
-            extra_args: vec!["--nmc-gc-seconds".into(), "1".into()],
-        })?;
+        let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
+            cp,
+            ns.name(),
+            dir.path(),
+            vec!["--nmc-gc-seconds".into(), "1".into()],
+        ))?;
         controller.wait_leader(WAIT).await?;
         Ok(Self {
             cp,
@@ -97,21 +95,9 @@ impl Fixture {
     where
         F: Fn(Option<&Module>) -> bool,
     {
-        let last = std::sync::Mutex::new(None);
-        let r = wait_for(WAIT, || async {
-            let m = self.module(name).await?;
-            let ok = check(m.as_ref());
-            *last.lock().unwrap() = m;
-            Ok(ok)
-        })
-        .await;
-        r.with_context(|| {
-            format!(
-                "{what}: last Module:\n{}\ncontroller log:\n{}",
-                serde_yaml::to_string(&*last.lock().unwrap()).unwrap_or_default(),
-                self.controller.log()
-            )
-        })
+        wait_module(&self.modules(), name, WAIT, check)
+            .await
+            .with_context(|| format!("{what}; controller log:\n{}", self.controller.log()))
     }
 
     /// Creates or replaces the NMC of `node` with `entries` as its status (as the agent would).

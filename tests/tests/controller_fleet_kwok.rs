@@ -23,7 +23,9 @@ use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use kmm_common::{MODULE_FINALIZER, Module, device_plugin_ready_label, ready_label};
 use kmm_tests::agent::{AgentOptions, AgentProcess};
-use kmm_tests::cluster::{delete_node_and_status, ensure_crds, node_module_status, wait_for};
+use kmm_tests::cluster::{
+    crd_namespace, delete_node_and_status, node_module_status, wait_for, wait_module,
+};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
@@ -56,19 +58,15 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix: &str) -> Result<Self> {
-        let cp = ControlPlane::shared().await?;
+        let (cp, client, ns) = crd_namespace(prefix).await?;
         let kwok = Kwok::shared().await?;
-        ensure_crds(cp).await?;
-        let client = cp.client();
-        let ns = cp.temp_namespace(prefix).await?;
         let dir = tempfile::tempdir()?;
-        let controller = ControllerProcess::start(&ControllerOptions {
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            namespace: ns.name().to_string(),
-            identity: format!("{}-ctl", ns.name()),
-            log_dir: dir.path().to_path_buf(),
-            extra_args: vec![],
-        })?;
+        let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
+            cp,
+            ns.name(),
+            dir.path(),
+            vec![],
+        ))?;
         controller.wait_leader(WAIT).await?;
         Ok(Self {
             cp,
@@ -205,22 +203,10 @@ spec:
     where
         F: Fn(Option<&Module>) -> bool,
     {
-        let last = std::sync::Mutex::new(None);
-        let r = wait_for(WAIT, || async {
-            let m = self.module(name).await?;
-            let ok = check(m.as_ref());
-            *last.lock().unwrap() = m;
-            Ok(ok)
-        })
-        .await;
-        r.with_context(|| {
-            format!(
-                "waiting for: {what}\nlast Module status:\n{}\n{}",
-                serde_yaml::to_string(&last.lock().unwrap().as_ref().map(|m| &m.status))
-                    .unwrap_or_default(),
-                self.logs()
-            )
-        })
+        let modules: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
+        wait_module(&modules, name, WAIT, check)
+            .await
+            .with_context(|| format!("waiting for: {what}\n{}", self.logs()))
     }
 
     async fn labels(&self, node: &str) -> Result<BTreeMap<String, String>> {

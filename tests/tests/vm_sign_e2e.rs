@@ -28,10 +28,9 @@ use kmm_tests::build_e2e::{
 };
 use kmm_tests::buildah::{VolumeData, run_build_job};
 use kmm_tests::cluster::{
-    create_node, delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
+    crd_namespace, create_node, delete_module, delete_node_and_status, node_module_status, wait_for,
 };
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
-use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{auth_registry, registry_addr};
 use kmm_tests::signjob::{complete_job_pod, kmmctl_binary, parse_sign_job, run_sign_job};
 use kmm_tests::vm::KernelArtifacts;
@@ -564,11 +563,8 @@ spec:
 
 #[tokio::test]
 async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -> Result<()> {
-    let cp = ControlPlane::shared().await?;
-    ensure_crds(cp).await?;
-    let client = cp.client();
+    let (cp, client, ns) = crd_namespace("sign-only").await?;
     start_registry()?;
-    let ns = cp.temp_namespace("sign-only").await?;
     let ns_name = ns.name().to_string();
     let node_name = format!("{ns_name}-node");
     let kernel = tokio::task::spawn_blocking(KernelArtifacts::fetch).await??;
@@ -611,13 +607,12 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
         )
         .await?;
     let (seen_jobs, watch_task) = record_jobs(&client, &ns_name);
-    let controller = ControllerProcess::start(&ControllerOptions {
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        namespace: ns_name.clone(),
-        identity: format!("{ns_name}-ctl"),
-        log_dir: dir.path().to_path_buf(),
-        extra_args: vec!["--signer-image".into(), SIGNER_IMAGE.into()],
-    })?;
+    let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
+        cp,
+        &ns_name,
+        dir.path(),
+        vec!["--signer-image".into(), SIGNER_IMAGE.into()],
+    ))?;
     controller.wait_leader(WAIT).await?;
     let yaml = sign_only_module(&node_name, &ns_name, &kver, &auth_reg);
     kmm_tests::cluster::apply_yaml(cp, &ns_name, &yaml)?;

@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kmm_common::Module;
-use kmm_tests::cluster::{WebhookConfigGuard, ensure_crds, wait_for};
+use kmm_tests::cluster::{WebhookConfigGuard, crd_namespace, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
-use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::controlplane::TestNamespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -34,10 +34,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix: &str) -> Result<Self> {
-        let cp = ControlPlane::shared().await?;
-        ensure_crds(cp).await?;
-        let client = cp.client();
-        let ns = cp.temp_namespace(prefix).await?;
+        let (cp, client, ns) = crd_namespace(prefix).await?;
         let ns_name = ns.name().to_string();
         let patch = serde_json::json!({ "metadata": { "labels": { SELECTOR_KEY: &ns_name } } });
         Api::<Namespace>::all(client.clone())
@@ -53,12 +50,11 @@ impl Fixture {
             name: config_name.clone(),
         };
         let dir = tempfile::tempdir()?;
-        let controller = ControllerProcess::start(&ControllerOptions {
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            namespace: ns_name.clone(),
-            identity: format!("{ns_name}-ctl"),
-            log_dir: dir.path().to_path_buf(),
-            extra_args: [
+        let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
+            cp,
+            &ns_name,
+            dir.path(),
+            [
                 "--webhook",
                 "true",
                 "--webhook-addr",
@@ -72,7 +68,7 @@ impl Fixture {
             ]
             .map(String::from)
             .to_vec(),
-        })?;
+        ))?;
         controller.wait_leader(WAIT).await?;
         let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
         let config = configs
