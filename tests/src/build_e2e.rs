@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PodSpec};
 use kmm_common::{Module, NodeModuleStatus};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -248,4 +248,26 @@ pub async fn wait_images_ready_and_jobs_collected(
             controller.log()
         )
     })
+}
+
+/// The pod template of `job`.
+///
+/// # Errors
+/// A Job without one.
+pub fn pod(job: &Job) -> Result<&PodSpec> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("Job has no pod template")
+}
+
+/// The pod template of `job`, to edit.
+///
+/// # Errors
+/// A Job without one.
+pub fn pod_mut(job: &mut Job) -> Result<&mut PodSpec> {
+    job.spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .context("Job has no pod template")
 }

@@ -13,7 +13,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kmm_tests::build_e2e::{BrdE2e, condition, wait_images_ready_and_jobs_collected, wait_job};
+use kmm_tests::build_e2e::{
+    BrdE2e, condition, pod, pod_mut, wait_images_ready_and_jobs_collected, wait_job,
+};
 use kmm_tests::buildah::{Buildah, run_build_job, run_build_job_with};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{auth_registry, registry_addr};
@@ -399,16 +401,7 @@ async fn failing_recipe_and_unknown_job_shapes_are_errors_not_silent_successes()
 
     // A missing ConfigMap is an API error naming it.
     let mut job = kaniko_job(e.ns(), &kaniko_args(&dest, &[], &[]), None)?;
-    job.spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .volumes
-        .as_mut()
-        .unwrap()[0]
+    pod_mut(&mut job)?.volumes.as_mut().unwrap()[0]
         .config_map
         .as_mut()
         .unwrap()
@@ -491,7 +484,7 @@ async fn controller_build_job_executed_with_buildah_is_loaded_by_the_agent_in_th
     assert_eq!(labels["kmm.node.kubernetes.io/job.type"], "build");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "kmm-rs-controller");
     assert!(!labels["kmm.node.kubernetes.io/build.hash"].is_empty());
-    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = pod(&job)?;
     let [c] = pod.containers.as_slice() else {
         panic!("one container: {:?}", pod.containers)
     };

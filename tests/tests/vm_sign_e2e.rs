@@ -24,7 +24,7 @@ use kmm_agent::extract::{Compression, Layer, Limits, unpack_image};
 use kmm_common::Module;
 use kmm_tests::agent::{AgentOptions, AgentProcess};
 use kmm_tests::build_e2e::{
-    BrdE2e, WAIT, condition, wait_images_ready_and_jobs_collected, wait_job,
+    BrdE2e, WAIT, condition, pod, pod_mut, wait_images_ready_and_jobs_collected, wait_job,
 };
 use kmm_tests::buildah::{VolumeData, run_build_job};
 use kmm_tests::cluster::{
@@ -220,9 +220,8 @@ fn assert_sign_job_shape(job: &Job, expected_args: &[String], with_auth: Option<
     let labels = job.labels();
     assert_eq!(labels["kmm.node.kubernetes.io/job.type"], "sign");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "kmm-rs-controller");
-    let spec = job.spec.as_ref().unwrap();
-    assert_eq!(spec.backoff_limit, Some(2));
-    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(job.spec.as_ref().unwrap().backoff_limit, Some(2));
+    let pod = pod(job).unwrap();
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     assert_eq!(pod.automount_service_account_token, Some(false));
     let [c] = pod.containers.as_slice() else {
@@ -421,17 +420,7 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
         kver
     );
     assert_eq!(
-        serde_json::to_value(
-            &sign
-                .spec
-                .as_ref()
-                .unwrap()
-                .template
-                .spec
-                .as_ref()
-                .unwrap()
-                .volumes
-        )?,
+        serde_json::to_value(&pod(&sign)?.volumes)?,
         // As the API server defaults them (0644).
         serde_json::json!([
             { "name": "signing-key", "secret": { "secretName": "key", "defaultMode": 420,
@@ -651,15 +640,7 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
 
     // Failures are the signer's own words; nothing is pushed.
     let mut bad = sign.clone();
-    let c = &mut bad
-        .spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0];
+    let c = &mut pod_mut(&mut bad)?.containers[0];
     let pattern = format!("/opt/lib/modules/{kver}/extra/*.ko");
     c.args.as_mut().unwrap()[5] = format!("--file={pattern}");
     let err = format!("{:#}", run_sign_job(&client, &bad).await.unwrap_err());
@@ -668,8 +649,7 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
         "{err}"
     );
     let mut bad = sign.clone();
-    let pod = bad.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
-    pod.volumes.as_mut().unwrap()[0]
+    pod_mut(&mut bad)?.volumes.as_mut().unwrap()[0]
         .secret
         .as_mut()
         .unwrap()
@@ -678,7 +658,7 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
     assert!(err.contains(&format!("Secret {ns_name}/nope")), "{err}");
     // Without the registry credentials the push is refused.
     let mut bad = sign.clone();
-    let pod = bad.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    let pod = pod_mut(&mut bad)?;
     pod.volumes.as_mut().unwrap().pop();
     pod.containers[0].volume_mounts.as_mut().unwrap().pop();
     pod.containers[0].args.as_mut().unwrap().pop();
