@@ -132,6 +132,25 @@ impl BrdE2e {
         .or_else(|e| self.node.fail(format!("brd not WaitingForImage: {e}")))
     }
 
+    /// Waits until the node waits for brd's image (nothing loaded) while
+    /// the Module says its images are being built.
+    ///
+    /// # Errors
+    /// Not within [`WAIT`], a loaded brd or another ImagesReady condition.
+    pub async fn wait_building(&self) -> Result<()> {
+        self.wait_waiting_for_image().await?;
+        ensure!(
+            !self.node.module_loaded(MODULE).await?,
+            "brd loaded before its image exists"
+        );
+        let images_ready = condition(&self.modules().get(MODULE).await?, "ImagesReady");
+        ensure!(
+            images_ready == Some(("False".into(), "Building".into())),
+            "ImagesReady {images_ready:?}, not Building"
+        );
+        Ok(())
+    }
+
     /// Waits until brd's ready label is on the node (`present`) or gone.
     ///
     /// # Errors

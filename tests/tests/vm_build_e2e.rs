@@ -13,9 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kmm_tests::build_e2e::{
-    BrdE2e, condition, pod, pod_mut, wait_images_ready_and_jobs_collected, wait_job,
-};
+use kmm_tests::build_e2e::{BrdE2e, pod, pod_mut, wait_images_ready_and_jobs_collected, wait_job};
 use kmm_tests::buildah::{Buildah, run_build_job, run_build_job_with};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{auth_registry, registry_addr};
@@ -537,13 +535,7 @@ async fn controller_build_job_executed_with_buildah_is_loaded_by_the_agent_in_th
     );
 
     // Before the build the node waits for the image: no pull failure, nothing loaded.
-    e.wait_waiting_for_image().await?;
-    assert!(!e.node.module_loaded("brd").await?);
-    let modules = e.modules();
-    assert_eq!(
-        condition(&modules.get("brd").await?, "ImagesReady"),
-        Some(("False".into(), "Building".into()))
-    );
+    e.wait_building().await?;
 
     // The builder runs the Job's recipe; the agent picks the image up.
     let t = Instant::now();
@@ -564,6 +556,6 @@ async fn controller_build_job_executed_with_buildah_is_loaded_by_the_agent_in_th
     );
 
     // The controller sees the image: ImagesReady, and the build Job is collected.
-    wait_images_ready_and_jobs_collected(&modules, &jobs, &[&job], &controller).await?;
+    wait_images_ready_and_jobs_collected(&e.modules(), &jobs, &[&job], &controller).await?;
     e.finish(controller).await
 }
