@@ -49,48 +49,69 @@ pub async fn manifest_digest(
     }
 }
 
-fn classify(
-    err: OciDistributionError,
-    reference: &Reference,
-) -> Result<Option<String>, LookupError> {
-    let unauthorized = || LookupError::Unauthorized {
-        registry: reference.registry().to_owned(),
-        reference: reference.whole(),
-    };
-    match &err {
+/// What a registry failure means to a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The repository, tag, manifest or blob is unknown (404 or an OCI
+    /// `*_UNKNOWN` / `NOT_FOUND` code).
+    NotFound,
+    /// The registry refused the credentials (401/403, `UNAUTHORIZED`, `DENIED`).
+    Unauthorized,
+    /// Anything else: TLS, network, server errors, digests.
+    Other,
+}
+
+/// Classifies an oci-client error the way the agent and the controller both
+/// need: "missing" and "refused" apart from everything else.
+pub fn failure_kind(err: &OciDistributionError) -> FailureKind {
+    match err {
         OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| {
+            let codes = || envelope.errors.iter().map(|e| &e.code);
+            if codes().any(|c| {
                 matches!(
                     c,
                     OciErrorCode::ManifestUnknown
                         | OciErrorCode::NameUnknown
                         | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
                 )
             }) {
-                return Ok(None);
-            }
-            if codes
-                .iter()
+                FailureKind::NotFound
+            } else if codes()
                 .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
             {
-                return Err(unauthorized());
+                FailureKind::Unauthorized
+            } else {
+                FailureKind::Other
             }
         }
         OciDistributionError::ServerError { code: 404, .. }
-        | OciDistributionError::ImageManifestNotFoundError(_) => return Ok(None),
+        | OciDistributionError::ImageManifestNotFoundError(_) => FailureKind::NotFound,
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::ServerError {
             code: 401 | 403, ..
-        } => return Err(unauthorized()),
-        _ => {}
+        } => FailureKind::Unauthorized,
+        _ => FailureKind::Other,
     }
-    Err(LookupError::Registry {
-        registry: reference.registry().to_owned(),
-        reference: reference.whole(),
-        message: error_chain(&err),
-    })
+}
+
+fn classify(
+    err: OciDistributionError,
+    reference: &Reference,
+) -> Result<Option<String>, LookupError> {
+    match failure_kind(&err) {
+        FailureKind::NotFound => Ok(None),
+        FailureKind::Unauthorized => Err(LookupError::Unauthorized {
+            registry: reference.registry().to_owned(),
+            reference: reference.whole(),
+        }),
+        FailureKind::Other => Err(LookupError::Registry {
+            registry: reference.registry().to_owned(),
+            reference: reference.whole(),
+            message: error_chain(&err),
+        }),
+    }
 }
 
 /// An error with all its causes, e.g. "error sending request: connection refused".
@@ -106,4 +127,58 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> OciDistributionError {
+        OciDistributionError::ServerError {
+            code,
+            url: "http://r/v2/x/manifests/1".into(),
+            message: String::new(),
+        }
+    }
+
+    fn envelope(code: &str) -> OciDistributionError {
+        let envelope = serde_json::from_value(serde_json::json!({
+            "errors": [{"code": code, "message": "m"}]
+        }))
+        .unwrap();
+        OciDistributionError::RegistryError {
+            envelope,
+            url: "http://r/v2/x/manifests/1".into(),
+        }
+    }
+
+    #[test]
+    fn missing_and_refused_are_told_apart_from_everything_else() {
+        assert_eq!(failure_kind(&server(404)), FailureKind::NotFound);
+        assert_eq!(
+            failure_kind(&envelope("MANIFEST_UNKNOWN")),
+            FailureKind::NotFound
+        );
+        assert_eq!(
+            failure_kind(&envelope("NAME_UNKNOWN")),
+            FailureKind::NotFound
+        );
+        assert_eq!(failure_kind(&server(401)), FailureKind::Unauthorized);
+        assert_eq!(failure_kind(&envelope("DENIED")), FailureKind::Unauthorized);
+        assert_eq!(failure_kind(&server(500)), FailureKind::Other);
+        assert_eq!(
+            failure_kind(&envelope("TOOMANYREQUESTS")),
+            FailureKind::Other
+        );
+    }
+
+    #[test]
+    fn a_lookup_never_reads_a_server_error_as_missing() {
+        let reference: Reference = "r:5000/x:1".parse().unwrap();
+        assert_eq!(classify(server(404), &reference).unwrap(), None);
+        let err = classify(server(503), &reference).unwrap_err();
+        assert!(matches!(err, LookupError::Registry { .. }), "{err}");
+        let err = classify(server(403), &reference).unwrap_err();
+        assert!(err.to_string().contains("imageRepoSecret"), "{err}");
+    }
 }

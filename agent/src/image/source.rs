@@ -6,7 +6,8 @@ use std::future::Future;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use kmm_registry::lookup::FailureKind;
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
@@ -131,39 +132,17 @@ fn map_error(err: OciDistributionError, reference: &Reference, blob: Option<&str
         registry: registry.clone(),
         reference: whole.clone(),
     };
+    match kmm_registry::lookup::failure_kind(&err) {
+        FailureKind::NotFound => return not_found(),
+        FailureKind::Unauthorized => return unauthorized(),
+        FailureKind::Other => {}
+    }
     match err {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                not_found()
-            } else if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                unauthorized()
-            } else {
-                ImageError::Registry {
-                    registry,
-                    reference: whole,
-                    message: envelope.to_string(),
-                }
-            }
-        }
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
-        OciDistributionError::ServerError { code: 404, .. }
-        | OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
-        OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => unauthorized(),
+        OciDistributionError::RegistryError { envelope, .. } => ImageError::Registry {
+            registry,
+            reference: whole,
+            message: envelope.to_string(),
+        },
         OciDistributionError::DigestError(e) => ImageError::DigestMismatch {
             what: blob.map_or_else(|| format!("manifest of {whole}"), |d| format!("blob {d}")),
             expected: blob.unwrap_or_default().to_owned(),
