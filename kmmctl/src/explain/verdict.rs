@@ -148,7 +148,13 @@ fn decide(
     has_nmc: bool,
 ) -> (NodeState, String, String) {
     if let Some(err) = last_error {
-        return (NodeState::Failing, err.reason.clone(), err.message.clone());
+        // The controller is building or signing the image: progress, not failure.
+        let state = if err.reason == kmm_common::REASON_WAITING_FOR_IMAGE {
+            NodeState::Pending
+        } else {
+            NodeState::Failing
+        };
+        return (state, err.reason.clone(), err.message.clone());
     }
     match (target, not_targeted, loaded) {
         (Some(t), _, Some(l)) if l.image == t.image && l.kernel == t.kernel => (

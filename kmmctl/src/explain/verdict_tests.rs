@@ -195,6 +195,16 @@ fn image_pull_failure_is_failing_with_the_agents_reason_and_message() {
 }
 
 #[test]
+fn waiting_for_an_in_cluster_build_is_pending_not_failing() {
+    let msg = "waiting for reg:5000/kmm-demo/brd:6.1 to be built or signed in the cluster";
+    let status = nmc(json!([error_entry("WaitingForImage", msg)]));
+    let e = explain_node(&plain_module(), &node(json!({}), KVER), Some(&status));
+    assert_eq!(e.state, NodeState::Pending);
+    assert_eq!(e.reason, "WaitingForImage");
+    assert_eq!(e.message, msg);
+}
+
+#[test]
 fn modprobe_failure_is_failing() {
     let status = nmc(json!([error_entry(
         "ModprobeFailed",
