@@ -116,7 +116,7 @@ pub struct NodeExplanation {
     /// The verdict.
     pub state: NodeState,
     /// Code for the verdict: `Loaded`; for Pending `NoNodeModulesConfig`, `NotReported`,
-    /// `Upgrading`, `Unloading`; for Failing the agent's reason (`ImagePullFailed`,
+    /// `Upgrading`, `Unloading`, `WaitingForImage`; for Failing the agent's reason (`ImagePullFailed`,
     /// `ModprobeFailed`, ...); for NotTargeted `SelectorMismatch`, `NoKernelMapping`,
     /// `VersionMismatch`, `InvalidRegexp`, `MissingImage`, `NoKernelVersion`,
     /// `NoModuleLoader`.
