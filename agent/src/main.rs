@@ -59,6 +59,11 @@ struct Args {
     #[arg(long, env = "KMM_KERNEL_RELEASE")]
     kernel_release: Option<String>,
 
+    /// Milliseconds every simulated insert takes (to kill the agent mid-load in
+    /// tests). Only with `--kernel simulated`.
+    #[arg(long, env = "KMM_SIM_LOAD_DELAY_MS", default_value_t = 0)]
+    sim_load_delay_ms: u64,
+
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KMM_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: SocketAddr,
@@ -153,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         set_firmware_class_path,
         kernel,
         kernel_release,
+        sim_load_delay_ms,
         metrics_addr,
         resync_seconds,
         verify_seconds,
@@ -169,6 +175,10 @@ async fn main() -> anyhow::Result<()> {
                     "--kernel-release {flag} differs from the running kernel {running}; it only applies to --kernel simulated"
                 );
             }
+            anyhow::ensure!(
+                sim_load_delay_ms == 0,
+                "--sim-load-delay-ms (KMM_SIM_LOAD_DELAY_MS) only applies to --kernel simulated"
+            );
             (
                 Arc::new(LibKmod::new().context("initialising libkmod")?),
                 running,
@@ -186,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&state_dir)?;
             let sim = PersistentSimulatedKernel::open(&snapshot)
                 .with_context(|| format!("opening {}", snapshot.display()))?;
+            sim.set_load_delay(Duration::from_millis(sim_load_delay_ms));
             (Arc::new(sim), release)
         }
     };

@@ -55,6 +55,14 @@ impl AgentProcess {
     /// # Errors
     /// If the binary cannot be built or spawned.
     pub fn start(opts: &AgentOptions) -> Result<Self> {
+        Self::start_with_args(opts, &[])
+    }
+
+    /// [`Self::start`] with `extra` command-line arguments (e.g. `--sim-load-delay-ms`).
+    ///
+    /// # Errors
+    /// If the binary cannot be built or spawned.
+    pub fn start_with_args(opts: &AgentOptions, extra: &[&str]) -> Result<Self> {
         let bin = agent_binary()?;
         std::fs::create_dir_all(&opts.state_dir)?;
         let metrics_port = free_port()?;
@@ -73,6 +81,7 @@ impl AgentProcess {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--resync-seconds", &opts.resync_seconds.to_string()])
             .args(["--verify-seconds", &opts.resync_seconds.to_string()])
+            .args(extra)
             .env("KUBECONFIG", &opts.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(out.try_clone()?))

@@ -599,3 +599,139 @@ async fn image_repo_secret_pulls_from_an_authenticated_registry_and_a_wrong_one_
     assert!(err.message.contains("unauthorized"), "{}", err.message);
     f.finish().await
 }
+
+/// The simulated kernel as the agent persisted it under `state_dir` (the
+/// agent's own reader): `(name, refcount, holders)`, sorted by name.
+fn sim_kernel_modules(state_dir: &std::path::Path) -> Result<Vec<(String, i64, Vec<String>)>> {
+    use kmm_agent::kernel::Kernel as _;
+    let k = kmm_agent::sim_persist::PersistentSimulatedKernel::open(
+        &state_dir.join("simulated-kernel.json"),
+    )?;
+    let mut mods: Vec<_> = k
+        .loaded_modules()?
+        .into_iter()
+        .map(|m| (m.name, m.refcount, m.holders))
+        .collect();
+    mods.sort();
+    Ok(mods)
+}
+
+#[tokio::test]
+async fn agent_killed_mid_load_rolls_back_and_loads_each_module_once() -> Result<()> {
+    let mut f = Fixture::new("agent-midload", &[]).await?;
+    let modules: &[(&str, &[&str])] = &[("kmma", &[]), ("kmmb", &[]), ("kmmc", &[])];
+    push_fake_kmod(&f.image("kmma"), KVER, modules, &[]).await?;
+    let state_dir = f.agent.state_dir.clone();
+    let opts = AgentOptions {
+        node: f.node.clone(),
+        kernel_release: KVER.into(),
+        state_dir: state_dir.clone(),
+        kubeconfig: f.cp.kubeconfig_path().to_path_buf(),
+        resync_seconds: 2,
+    };
+    // The same node, now with slow inserts: a window to kill it between two.
+    f.agent.kill();
+    f.agent = AgentProcess::start_with_args(&opts, &["--sim-load-delay-ms", "1500"])?;
+    f.agent.wait_ready(WAIT).await?;
+
+    // [kmma, kmmb, kmmc]: kmmc is inserted first, kmma last.
+    let yaml = module_yaml(&f.node, "kmma", &f.image("kmma"), "", "").replace(
+        "parameters: [answer=42]",
+        "parameters: [answer=42]\n        modulesLoadingOrder: [kmma, kmmb, kmmc]",
+    );
+    let applied = Instant::now();
+    f.apply(&yaml).await?;
+    let deadline = applied + WAIT;
+    let first = loop {
+        let mods = sim_kernel_modules(&state_dir)?;
+        if !mods.is_empty() {
+            break mods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no insert within {WAIT:?}; log:\n{}",
+            f.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    f.agent.kill();
+    let killed_after = applied.elapsed();
+    let zero = |name: &str| (name.to_string(), 0, Vec::<String>::new());
+    assert_eq!(first, vec![zero("kmmc")], "the first of three inserts only");
+    // Nothing moved after the kill, and the intent record is there.
+    assert_eq!(sim_kernel_modules(&state_dir)?, vec![zero("kmmc")]);
+    let key = kmm_agent::state::ModuleKey::new(f.ns(), "kmma");
+    let state = kmm_agent::state::StateFile::in_dir(&state_dir).load()?;
+    let loading = state.loading.get(&key).expect("a loading record");
+    assert_eq!(loading.load_order, ["kmmc", "kmmb", "kmma"]);
+    assert!(loading.already_loaded.is_empty(), "{loading:?}");
+    assert_eq!(loading.kernel, KVER);
+    assert!(!state.modules.contains_key(&key), "not recorded as loaded");
+
+    // Restart on the same state dir, inserts at full speed.
+    let first_log_len = f.agent.log().len();
+    let restarted = Instant::now();
+    f.agent = AgentProcess::start(&opts)?;
+    f.agent.wait_ready(WAIT).await?;
+    f.wait_label(&f.ready_label("kmma"), true).await?;
+    let ready_after = restarted.elapsed();
+    let st = f
+        .status_of("kmma")
+        .await?
+        .expect("NodeModulesConfig status entry");
+    assert!(st.last_error.is_none(), "{st:?}");
+    assert_eq!(st.kernel, KVER);
+    assert_eq!(st.image, f.image("kmma"));
+    // A resync later nothing was loaded again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sim_kernel_modules(&state_dir)?,
+        vec![zero("kmma"), zero("kmmb"), zero("kmmc")]
+    );
+    let log = f.agent.log()[first_log_len..].to_string();
+    let rollback: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rolled back loads interrupted by a restart"))
+        .collect();
+    assert_eq!(rollback.len(), 1, "second run's log:\n{log}");
+    assert!(
+        rollback[0].contains(r#"removed=["kmmc"]"#),
+        "{}",
+        rollback[0]
+    );
+    let loaded: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("module loaded"))
+        .collect();
+    assert_eq!(loaded.len(), 1, "one load in the second run:\n{log}");
+    assert!(
+        loaded[0].contains(r#"inserted=["kmmc", "kmmb", "kmma"]"#),
+        "the retry inserted all three, kmmc again after its rollback: {}",
+        loaded[0]
+    );
+    assert_eq!(
+        metric_value(&f.agent.metrics()?, "kmm_agent_load_duration_seconds_count"),
+        Some(1.0)
+    );
+    let state = kmm_agent::state::StateFile::in_dir(&state_dir).load()?;
+    assert!(state.loading.is_empty(), "{:?}", state.loading);
+    assert_eq!(
+        state.modules.get(&key).map(|r| r.inserted.clone()),
+        Some(vec!["kmmc".into(), "kmmb".into(), "kmma".into()])
+    );
+    eprintln!(
+        "first insert seen and agent killed {killed_after:?} after apply; ready label {ready_after:?} after restart; {}",
+        rollback[0]
+    );
+
+    f.delete_module("kmma").await?;
+    f.wait_label(&f.ready_label("kmma"), false).await?;
+    wait_for(WAIT, || async { Ok(f.status_of("kmma").await?.is_none()) }).await?;
+    assert_eq!(sim_kernel_modules(&state_dir)?, vec![]);
+    let state = kmm_agent::state::StateFile::in_dir(&state_dir).load()?;
+    assert!(
+        state.modules.is_empty() && state.loading.is_empty(),
+        "{state:?}"
+    );
+    f.finish().await
+}

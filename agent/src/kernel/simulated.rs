@@ -51,6 +51,18 @@ struct SimState {
     unload_delay: Duration,
     inserts: u64,
     removes: u64,
+    after_insert: Option<InsertHook>,
+}
+
+/// Called after each single insert (lock released), so an observer sees a
+/// multi-module load's progress as a real kernel's module list shows it.
+#[derive(Clone)]
+struct InsertHook(Arc<dyn Fn(&SimulatedKernel) + Send + Sync>);
+
+impl std::fmt::Debug for InsertHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InsertHook")
+    }
 }
 
 /// In-memory kernel; cheap to clone (clones share state).
@@ -121,6 +133,12 @@ impl SimulatedKernel {
     /// Every insert takes this long (the lock is not held meanwhile).
     pub fn set_load_delay(&self, delay: Duration) {
         self.lock().load_delay = delay;
+    }
+
+    /// Calls `hook` after every single insert (not once per [`Kernel::load`]),
+    /// without the kernel's lock held.
+    pub fn set_after_insert(&self, hook: impl Fn(&SimulatedKernel) + Send + Sync + 'static) {
+        self.lock().after_insert = Some(InsertHook(Arc::new(hook)));
     }
 
     /// Every remove takes this long.
@@ -238,6 +256,11 @@ impl SimulatedKernel {
         );
         st.inserts += 1;
         inserted.push(name);
+        let hook = st.after_insert.clone();
+        drop(st);
+        if let Some(InsertHook(hook)) = hook {
+            hook(self);
+        }
         Ok(())
     }
 
