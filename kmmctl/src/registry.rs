@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -42,7 +43,7 @@ pub enum Error {
         action: String,
         /// Cause.
         #[source]
-        source: oci_client::errors::OciDistributionError,
+        source: OciDistributionError,
     },
     /// A manifest is unusable (not JSON, no config, no image for the platform).
     #[error("image {reference}: {message}")]
@@ -184,16 +185,19 @@ fn registry_aliases(registry: &str) -> Vec<String> {
     }
 }
 
-/// oci-client is built without a TLS crypto provider (kube brings ring; two
-/// providers would make rustls refuse to pick one): install ring once.
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+/// A registry request that failed, as [`Error::Registry`]: `.map_err(failed(&registry, action))`.
+fn failed(registry: &str, action: String) -> impl FnOnce(OciDistributionError) -> Error {
+    let registry = registry.to_owned();
+    move |source| Error::Registry {
+        registry,
+        action,
+        source,
     }
 }
 
 fn client(reference: &Reference, opts: &RegistryOptions) -> Client {
-    ensure_crypto_provider();
+    // oci-client is built without a TLS crypto provider (workspace).
+    kmm_registry::ensure_crypto_provider();
     let protocol = if opts.insecure {
         ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
     } else {
@@ -258,14 +262,7 @@ pub async fn push_parts(
 ) -> Result<String> {
     let client = client(reference, opts);
     let registry = reference.resolve_registry().to_string();
-    let fail = |action: String| {
-        let registry = registry.clone();
-        move |source| Error::Registry {
-            registry,
-            action,
-            source,
-        }
-    };
+    let fail = |action: String| failed(&registry, action);
     client
         .auth(reference, &opts.auth, oci_client::RegistryOperation::Push)
         .await
@@ -381,14 +378,7 @@ pub fn current_architecture() -> &'static str {
 pub async fn pull(reference: &Reference, opts: &RegistryOptions) -> Result<PulledImage> {
     let client = client(reference, opts);
     let registry = reference.resolve_registry().to_string();
-    let fail = |action: String| {
-        let registry = registry.clone();
-        move |source| Error::Registry {
-            registry,
-            action,
-            source,
-        }
-    };
+    let fail = |action: String| failed(&registry, action);
     let bad = |message: String| Error::Manifest {
         reference: reference.whole(),
         message,
@@ -507,11 +497,10 @@ pub async fn fetch_manifest(
     let (bytes, digest) = client
         .pull_manifest_raw(reference, &opts.auth, &[MANIFEST_MEDIA_TYPE])
         .await
-        .map_err(|source| Error::Registry {
-            registry: reference.resolve_registry().to_string(),
-            action: format!("fetching manifest {}", reference.whole()),
-            source,
-        })?;
+        .map_err(failed(
+            reference.resolve_registry(),
+            format!("fetching manifest {}", reference.whole()),
+        ))?;
     Ok((bytes.to_vec(), digest))
 }
 
@@ -526,11 +515,10 @@ pub async fn fetch_blob(
     client
         .auth(reference, &opts.auth, oci_client::RegistryOperation::Pull)
         .await
-        .map_err(|source| Error::Registry {
-            registry: reference.resolve_registry().to_string(),
-            action: "authentication for pull".to_string(),
-            source,
-        })?;
+        .map_err(failed(
+            reference.resolve_registry(),
+            "authentication for pull".to_string(),
+        ))?;
     let descriptor = oci_client::manifest::OciDescriptor {
         digest: digest.to_string(),
         ..Default::default()
@@ -538,11 +526,10 @@ pub async fn fetch_blob(
     client
         .pull_blob(reference, &descriptor, &mut out)
         .await
-        .map_err(|source| Error::Registry {
-            registry: reference.resolve_registry().to_string(),
-            action: format!("fetching blob {digest}"),
-            source,
-        })?;
+        .map_err(failed(
+            reference.resolve_registry(),
+            format!("fetching blob {digest}"),
+        ))?;
     Ok(out)
 }
 
