@@ -111,6 +111,24 @@ pub const CORE_TYPE_FIELDS: &[&[&str]] = &[
 pub fn strip_core_type_descriptions(
     crd: CustomResourceDefinition,
 ) -> Result<CustomResourceDefinition, CrdError> {
+    edit_schemas(crd, |name, root| {
+        for field in CORE_TYPE_FIELDS {
+            let schema = property_schema(root, field).ok_or_else(|| CrdError::MissingField {
+                name: name.to_owned(),
+                path: field.join("."),
+            })?;
+            strip_nested_descriptions(schema);
+        }
+        Ok(())
+    })
+}
+
+/// Round-trips `crd` through JSON and applies `edit` to each version's
+/// `openAPIV3Schema` (with the CRD's name, for errors).
+fn edit_schemas(
+    crd: CustomResourceDefinition,
+    mut edit: impl FnMut(&str, &mut Value) -> Result<(), CrdError>,
+) -> Result<CustomResourceDefinition, CrdError> {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let convert = |source| CrdError::Convert {
         name: name.clone(),
@@ -122,16 +140,8 @@ pub fn strip_core_type_descriptions(
         .and_then(Value::as_array_mut)
     {
         for version in versions {
-            let Some(root) = version.pointer_mut("/schema/openAPIV3Schema") else {
-                continue;
-            };
-            for field in CORE_TYPE_FIELDS {
-                let schema =
-                    property_schema(root, field).ok_or_else(|| CrdError::MissingField {
-                        name: name.clone(),
-                        path: field.join("."),
-                    })?;
-                strip_nested_descriptions(schema);
+            if let Some(root) = version.pointer_mut("/schema/openAPIV3Schema") {
+                edit(&name, root)?;
             }
         }
     }
@@ -193,23 +203,10 @@ pub fn nmc_crd() -> Result<CustomResourceDefinition, CrdError> {
 pub fn upstream_compatible(
     crd: CustomResourceDefinition,
 ) -> Result<CustomResourceDefinition, CrdError> {
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    let convert = |source| CrdError::Convert {
-        name: name.clone(),
-        source,
-    };
-    let mut value = serde_json::to_value(crd).map_err(convert)?;
-    if let Some(versions) = value
-        .pointer_mut("/spec/versions")
-        .and_then(Value::as_array_mut)
-    {
-        for version in versions {
-            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
-                adjust_schema(schema);
-            }
-        }
-    }
-    serde_json::from_value(value).map_err(convert)
+    edit_schemas(crd, |_, schema| {
+        adjust_schema(schema);
+        Ok(())
+    })
 }
 
 fn adjust_schema(value: &mut Value) {
