@@ -110,18 +110,7 @@ pub fn tls_pusher() -> Client {
 
 /// [`push_image`] to the self-signed HTTPS registry.
 pub async fn push_image_tls(reference: &str, layers: &[PushLayer]) -> String {
-    let client = tls_pusher();
-    let (manifest, digest) = push_parts_with(&client, reference, layers, "amd64", false).await;
-    let r: Reference = reference.parse().unwrap();
-    client
-        .push_manifest_raw(
-            &r,
-            manifest,
-            http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-        )
-        .await
-        .unwrap();
-    digest
+    push_image_with(&tls_pusher(), reference, layers, "amd64", false).await
 }
 
 pub fn auth(with_auth: bool) -> RegistryAuth {
@@ -149,8 +138,18 @@ pub async fn push_image(
     arch: &str,
     with_auth: bool,
 ) -> String {
-    let client = pusher();
-    let (manifest, digest) = push_parts_with(&client, reference, layers, arch, with_auth).await;
+    push_image_with(&pusher(), reference, layers, arch, with_auth).await
+}
+
+/// Blobs, then the OCI image manifest, through `client`; returns the manifest digest.
+async fn push_image_with(
+    client: &Client,
+    reference: &str,
+    layers: &[PushLayer],
+    arch: &str,
+    with_auth: bool,
+) -> String {
+    let (manifest, digest) = push_parts_with(client, reference, layers, arch, with_auth).await;
     let r: Reference = reference.parse().unwrap();
     client
         .push_manifest_raw(
