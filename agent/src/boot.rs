@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::kernel::{self, Kernel, LoadOutcome, LoadRequest, firmware};
+use crate::kernel::{Kernel, LoadOutcome, LoadRequest};
+use crate::load_sequence::{self, FirmwareTarget, LoadSteps};
 use crate::state::{LoadedModule, ModuleKey, NodeState, StateError, StateFile};
 
 /// Why a record is not loaded at boot.
@@ -87,25 +88,8 @@ pub fn plan(state: &NodeState, running: &str, exists: impl Fn(&Path) -> bool) ->
     out
 }
 
-/// Why loading one record failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    /// An `inTreeModulesToRemove` module could not be removed.
-    #[error("removing in-tree module {name}: {source}")]
-    InTree {
-        /// The module.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kernel::Error,
-    },
-    /// Installing firmware from the cache failed.
-    #[error("installing firmware: {0}")]
-    Firmware(#[from] firmware::FirmwareError),
-    /// The load itself failed (or the recorded loading order is invalid).
-    #[error("{0}")]
-    Kernel(#[from] kernel::Error),
-}
+/// Why loading one record failed: the step of the shared load sequence.
+pub type RecordError = crate::load_sequence::StepError;
 
 /// Host settings for [`execute`].
 #[derive(Debug, Clone)]
@@ -154,8 +138,8 @@ impl BootReport {
     }
 }
 
-/// Loads one record as the in-cluster agent did: in-tree removals, firmware, then
-/// the modules with the same parameters and loading order.
+/// Loads one record as the in-cluster agent did, through the same sequence:
+/// in-tree removals, firmware, then the modules with the same parameters and order.
 fn load_record(
     kernel: &dyn Kernel,
     rec: &LoadedModule,
@@ -164,24 +148,17 @@ fn load_record(
     let req = LoadRequest::new(&rec.module_dir, &rec.module_name)
         .with_parameters(rec.parameters.iter().cloned())
         .with_loading_order(&rec.modules_loading_order)?;
-    for name in &rec.in_tree_removed {
-        kernel
-            .remove_in_tree(name)
-            .map_err(|source| RecordError::InTree {
-                name: name.clone(),
-                source,
-            })?;
-    }
-    if let Some(src) = &rec.firmware_source {
-        firmware::install_firmware(src, &settings.firmware_dir)?;
-        if settings.set_firmware_class_path {
-            firmware::set_firmware_class_path(
-                &settings.firmware_class_path,
-                &settings.firmware_dir,
-            )?;
-        }
-    }
-    Ok(kernel.load(&req)?)
+    let steps = LoadSteps {
+        request: &req,
+        in_tree_to_remove: &rec.in_tree_removed,
+        firmware_source: rec.firmware_source.as_deref(),
+    };
+    let target = FirmwareTarget {
+        dir: settings.firmware_dir.clone(),
+        set_class_path: settings.set_firmware_class_path,
+        class_path: settings.firmware_class_path.clone(),
+    };
+    Ok(load_sequence::run(kernel, &steps, &target)?.outcome)
 }
 
 /// Executes `plan`: every record is attempted, a failure does not stop the others.
@@ -211,32 +188,39 @@ pub fn execute(plan: &BootPlan, kernel: &dyn Kernel, settings: &BootSettings) ->
 }
 
 /// Reads the state file, loads what it records for `running`, and records what was
-/// inserted this boot (so the in-cluster agent unloads exactly what is ours; a module
-/// someone else loaded first stays when the Module goes).
+/// inserted this boot with its srcversions, and this boot's id (so the in-cluster
+/// agent unloads exactly what is ours; a module someone else loaded first stays
+/// when the Module goes).
 ///
 /// # Errors
 /// Only reading or writing the state file; per-record failures are in the report.
 pub fn run(
     state_file: &StateFile,
     running: &str,
+    boot_id: &str,
     kernel: &dyn Kernel,
     settings: &BootSettings,
 ) -> Result<BootReport, StateError> {
     let mut state = state_file.load()?;
+    if state.boot_id.as_deref() == Some(boot_id) {
+        // Already ran this boot (or the agent did): the records describe this boot.
+        return Ok(BootReport::default());
+    }
     let plan = plan(&state, running, Path::exists);
     let report = execute(&plan, kernel, settings);
-    let mut changed = false;
     for (key, outcome) in &report.loaded {
-        if let Some(rec) = state.modules.get_mut(key)
-            && rec.inserted != outcome.inserted
-        {
+        if let Some(rec) = state.modules.get_mut(key) {
             rec.inserted = outcome.inserted.clone();
-            changed = true;
+            rec.srcversions = crate::kernel::srcversions_of(kernel, &outcome.inserted);
         }
     }
-    if changed {
-        state_file.save(&state)?;
-    }
+    // Records not loaded now are not in the kernel of this boot.
+    let loaded: Vec<ModuleKey> = report.loaded.iter().map(|(k, _)| k.clone()).collect();
+    state.modules.retain(|k, _| loaded.contains(k));
+    state.loading.clear();
+    state.unloading.clear();
+    state.boot_id = Some(boot_id.to_string());
+    state_file.save(&state)?;
     Ok(report)
 }
 
@@ -250,6 +234,7 @@ mod tests {
     use crate::kernel::SimulatedKernel;
 
     const KVER: &str = "6.1.0-56-amd64";
+    const BOOT: &str = "b00t-1";
 
     /// From JSON, as the state file holds it: fields added later (with serde defaults)
     /// do not need touching these tests.
@@ -280,7 +265,7 @@ mod tests {
 
     /// A cached image: `<root>/opt/lib/modules/<kver>` with `modules.dep` and `.ko` files.
     fn image(root: &Path, dep: &str) -> PathBuf {
-        let dir = kernel::module_dir(root, "/opt", KVER).unwrap();
+        let dir = crate::kernel::module_dir(root, "/opt", KVER).unwrap();
         fs::create_dir_all(dir.join("kernel")).unwrap();
         fs::write(dir.join("modules.dep"), dep).unwrap();
         for line in dep.lines() {
@@ -374,7 +359,7 @@ mod tests {
         let k = SimulatedKernel::new();
         k.preload("intree", &[]);
         let s = settings(tmp.path());
-        let report = run(&file, KVER, &k, &s).unwrap();
+        let report = run(&file, KVER, BOOT, &k, &s).unwrap();
         assert!(report.success(), "{}", report.summary());
         assert!(!k.is_loaded("intree").unwrap());
         assert_eq!(k.parameters("main").unwrap(), ["n=3"]);
@@ -404,7 +389,7 @@ mod tests {
         // Someone else loaded brd before us this time: it is no longer ours to unload.
         let k = SimulatedKernel::new();
         k.preload("brd", &[]);
-        let report = run(&file, KVER, &k, &settings(tmp.path())).unwrap();
+        let report = run(&file, KVER, BOOT, &k, &settings(tmp.path())).unwrap();
         assert!(report.success());
         assert!(report.loaded[0].1.already_loaded);
         let back = file.load().unwrap();
@@ -430,7 +415,7 @@ mod tests {
         .unwrap();
         let k = SimulatedKernel::new();
         k.fail_next_load(Some("a"), Fault::KeyRejected);
-        let report = run(&file, KVER, &k, &settings(tmp.path())).unwrap();
+        let report = run(&file, KVER, BOOT, &k, &settings(tmp.path())).unwrap();
         assert!(!report.success());
         assert!(k.is_loaded("b").unwrap());
         assert!(!k.is_loaded("a").unwrap());
@@ -452,7 +437,7 @@ mod tests {
         let file = StateFile::in_dir(tmp.path());
         file.save(&state(vec![("old", old)])).unwrap();
         let k = SimulatedKernel::new();
-        let report = run(&file, KVER, &k, &settings(tmp.path())).unwrap();
+        let report = run(&file, KVER, BOOT, &k, &settings(tmp.path())).unwrap();
         assert!(report.success());
         assert_eq!(k.insert_count(), 0);
     }
@@ -464,6 +449,7 @@ mod tests {
         let report = run(
             &StateFile::in_dir(tmp.path()),
             KVER,
+            BOOT,
             &k,
             &settings(tmp.path()),
         )

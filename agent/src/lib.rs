@@ -5,6 +5,7 @@ pub mod boot;
 pub mod extract;
 pub mod image;
 pub mod kernel;
+pub mod load_sequence;
 pub mod metrics;
 pub mod node_labels;
 pub mod plan;

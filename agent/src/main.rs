@@ -11,8 +11,8 @@ use clap::{Parser, ValueEnum};
 use kmm_agent::image::ImageCache;
 use kmm_agent::kernel::{Kernel, LibKmod};
 use kmm_agent::metrics::Metrics;
-use kmm_agent::reconciler::{self, Context, Settings};
-use kmm_agent::server::{self, Readiness};
+use kmm_agent::reconciler::{self, ApiPullSecrets, Parts, Settings};
+use kmm_agent::server::{self, Liveness, Readiness};
 use kmm_agent::sim_persist::PersistentSimulatedKernel;
 use kmm_agent::state::StateFile;
 
@@ -68,6 +68,15 @@ struct Args {
     #[arg(long, env = "KMM_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: SocketAddr,
 
+    /// File holding this boot's id (records of another boot are checked, not trusted).
+    #[arg(long, env = "KMM_BOOT_ID_FILE", default_value = BOOT_ID_FILE)]
+    boot_id_file: PathBuf,
+
+    /// Milliseconds every simulated remove takes (to kill the agent mid-unload in
+    /// tests). Only with `--kernel simulated`.
+    #[arg(long, env = "KMM_SIM_UNLOAD_DELAY_MS", default_value_t = 0)]
+    sim_unload_delay_ms: u64,
+
     /// Seconds between full passes over all Modules.
     #[arg(long, env = "KMM_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -106,10 +115,17 @@ struct BootArgs {
     #[arg(long, env = "KMM_SET_FIRMWARE_CLASS_PATH", default_value_t = false)]
     set_firmware_class_path: bool,
 
+    /// File holding this boot's id.
+    #[arg(long, env = "KMM_BOOT_ID_FILE", default_value = BOOT_ID_FILE)]
+    boot_id_file: PathBuf,
+
     /// Log as JSON.
     #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
     log_json: bool,
 }
+
+/// The kernel's id of the running boot, new at every boot.
+const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 
 fn boot(args: BootArgs) -> anyhow::Result<()> {
     kmm_runtime::init_tracing(args.log_json);
@@ -121,11 +137,19 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
         firmware_class_path: kmm_agent::kernel::firmware::FIRMWARE_CLASS_PATH.into(),
     };
     let state = StateFile::in_dir(&args.state_dir);
-    let report = kmm_agent::boot::run(&state, &running, &kernel, &settings)?;
+    let boot_id = read_boot_id(&args.boot_id_file)?;
+    let report = kmm_agent::boot::run(&state, &running, &boot_id, &kernel, &settings)?;
     // The summary goes to the journal either way; a failure also fails the unit.
     anyhow::ensure!(report.success(), "boot: {}", report.summary());
     tracing::info!(kernel = %running, "boot: {}", report.summary());
     Ok(())
+}
+
+/// This boot's id: records of another boot are checked before being trusted.
+fn read_boot_id(path: &std::path::Path) -> anyhow::Result<String> {
+    let id = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the boot id from {}", path.display()))?;
+    Ok(id.trim().to_string())
 }
 
 fn running_release() -> anyhow::Result<String> {
@@ -159,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
         kernel,
         kernel_release,
         sim_load_delay_ms,
+        boot_id_file,
+        sim_unload_delay_ms,
         metrics_addr,
         resync_seconds,
         verify_seconds,
@@ -176,8 +202,8 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             anyhow::ensure!(
-                sim_load_delay_ms == 0,
-                "--sim-load-delay-ms (KMM_SIM_LOAD_DELAY_MS) only applies to --kernel simulated"
+                sim_load_delay_ms == 0 && sim_unload_delay_ms == 0,
+                "--sim-load-delay-ms and --sim-unload-delay-ms only apply to --kernel simulated"
             );
             (
                 Arc::new(LibKmod::new().context("initialising libkmod")?),
@@ -197,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
             let sim = PersistentSimulatedKernel::open(&snapshot)
                 .with_context(|| format!("opening {}", snapshot.display()))?;
             sim.set_load_delay(Duration::from_millis(sim_load_delay_ms));
+            sim.set_unload_delay(Duration::from_millis(sim_unload_delay_ms));
             (Arc::new(sim), release)
         }
     };
@@ -212,24 +239,33 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         node_name,
         kernel_release,
+        boot_id: read_boot_id(&boot_id_file)?,
         firmware_dir,
         set_firmware_class_path,
         resync: Duration::from_secs(resync_seconds.max(1)),
         verify_interval: Duration::from_secs(verify_seconds),
     };
     let ready = Readiness::default();
-    let ctx = Arc::new(Context::new(
-        settings,
+    // The loop beats at least once per resync; a pass that hangs for two resyncs
+    // (plus slack) fails /healthz so the kubelet restarts the agent.
+    let live = Liveness::with_max_age(settings.resync * 2 + Duration::from_secs(60));
+    let parts = Parts {
+        secrets: Arc::new(ApiPullSecrets(client.clone())),
         client,
         kernel,
         images,
-        StateFile::in_dir(&state_dir),
-        metrics.clone(),
-    ));
+        state_file: StateFile::in_dir(&state_dir),
+        metrics: metrics.clone(),
+    };
 
-    let server = tokio::spawn(server::serve(metrics_addr, metrics, ready.clone()));
+    let server = tokio::spawn(server::serve(
+        metrics_addr,
+        metrics,
+        ready.clone(),
+        live.clone(),
+    ));
     tokio::select! {
-        res = reconciler::run(ctx, ready) => res,
+        res = reconciler::run(settings, parts, ready, live) => res,
         res = server => Err(anyhow::anyhow!("metrics server stopped: {res:?}")),
         res = shutdown_signal() => {
             tracing::info!("shutting down; loaded modules stay loaded");

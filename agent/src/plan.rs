@@ -108,6 +108,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// The kind of action, for logs and spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Load { .. } => "load",
+            Action::Replace { .. } => "replace",
+            Action::Verify { .. } => "verify",
+            Action::Unload { .. } => "unload",
+        }
+    }
+
     /// The Module this action concerns.
     pub fn key(&self) -> &ModuleKey {
         match self {
@@ -216,6 +226,7 @@ mod tests {
             firmware_source: None,
             loaded_at: String::new(),
             module_uid: None,
+            srcversions: Default::default(),
         }
     }
 

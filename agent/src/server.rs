@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use kmm_runtime::health::Readiness;
+pub use kmm_runtime::health::{Liveness, Readiness};
 
 use crate::metrics::Metrics;
 
@@ -12,7 +12,19 @@ use crate::metrics::Metrics;
 ///
 /// # Errors
 /// If the address cannot be bound.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, ready: Readiness) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    ready: Readiness,
+    live: Liveness,
+) -> std::io::Result<()> {
     let render = Arc::new(move || metrics.render());
-    kmm_runtime::health::serve(addr, render, ready, "not ready: watches not synced yet").await
+    kmm_runtime::health::serve(
+        addr,
+        render,
+        ready,
+        live,
+        "not ready: watches not synced yet",
+    )
+    .await
 }

@@ -63,6 +63,11 @@ impl PersistentSimulatedKernel {
         self.inner.set_load_delay(delay);
     }
 
+    /// Every remove takes this long (see [`SimulatedKernel::set_unload_delay`]).
+    pub fn set_unload_delay(&self, delay: Duration) {
+        self.inner.set_unload_delay(delay);
+    }
+
     fn snapshot(&self) -> kernel::Result<()> {
         save(&self.inner, &self.path, &self.save_lock)
     }

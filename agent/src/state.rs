@@ -1,12 +1,14 @@
 //! The agent's node state: what this agent loaded, written atomically so a
 //! crash or restart never forgets a module (no orphan) and never loads one twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::kernel::normalize;
 
 /// Errors reading or writing the state file.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,23 @@ pub struct LoadedModule {
     /// The Module's uid, so events can name it after it is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_uid: Option<String>,
+    /// `srcversion` of each module this agent inserted (normalized name → value), as
+    /// the kernel showed it after the insert: after a reboot, a module of the same
+    /// name is ours only if its srcversion matches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub srcversions: BTreeMap<String, String>,
+}
+
+impl LoadedModule {
+    /// Every kernel module this record relies on: its load order and what it inserted.
+    pub fn kernel_modules(&self) -> BTreeSet<String> {
+        self.modules_loading_order
+            .iter()
+            .chain(std::iter::once(&self.module_name))
+            .chain(&self.inserted)
+            .map(|m| normalize(m))
+            .collect()
+    }
 }
 
 /// Everything this agent loaded, by Module.
@@ -138,6 +157,101 @@ pub struct NodeState {
     /// the agent knows which modules the interrupted attempt may have inserted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub loading: BTreeMap<ModuleKey, Loading>,
+    /// Unloads in progress, written before the first removal: after a crash
+    /// mid-unload the agent finishes the removals (same boot only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unloading: BTreeMap<ModuleKey, Unloading>,
+    /// `/proc/sys/kernel/random/boot_id` of the boot these records describe: after a
+    /// reboot nothing is assumed loaded until checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+/// An unload that has started and not yet been recorded as done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unloading {
+    /// Modules to remove, in removal order (only ones this agent inserted).
+    pub modules: Vec<String>,
+    /// Dependencies that may be removed once unused (only ones this agent inserted).
+    pub deps: Vec<String>,
+}
+
+impl NodeState {
+    /// Journal: a load of `key` starts (written before the first insert).
+    pub fn begin_load(&mut self, key: &ModuleKey, loading: Loading) {
+        self.loading.insert(key.clone(), loading);
+    }
+
+    /// Journal: the load of `key` finished; `record` replaces any previous one.
+    pub fn commit_load(&mut self, key: &ModuleKey, record: LoadedModule) {
+        self.loading.remove(key);
+        self.modules.insert(key.clone(), record);
+    }
+
+    /// Journal: the load of `key` failed and its inserts were rolled back.
+    pub fn abort_load(&mut self, key: &ModuleKey) {
+        self.loading.remove(key);
+    }
+
+    /// Journal: an unload of `key` starts (written before the first removal).
+    pub fn begin_unload(&mut self, key: &ModuleKey, unloading: Unloading) {
+        self.unloading.insert(key.clone(), unloading);
+    }
+
+    /// Journal: the unload of `key` finished; its record is gone.
+    pub fn commit_unload(&mut self, key: &ModuleKey) -> Option<LoadedModule> {
+        self.unloading.remove(key);
+        self.modules.remove(key)
+    }
+
+    /// Journal: the unload of `key` failed; the record stays (still loaded).
+    pub fn abort_unload(&mut self, key: &ModuleKey) {
+        self.unloading.remove(key);
+    }
+
+    /// Kernel modules that records other than `key` rely on (two Modules may load
+    /// the same kernel module: it stays until no record needs it).
+    pub fn needed_by_others(&self, key: &ModuleKey) -> BTreeSet<String> {
+        self.modules
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .flat_map(|(_, r)| r.kernel_modules())
+            .collect()
+    }
+
+    /// The other record that relies on kernel module `name`, if any.
+    pub fn other_user_of(&self, key: &ModuleKey, name: &str) -> Option<&ModuleKey> {
+        let name = normalize(name);
+        self.modules
+            .iter()
+            .find(|(k, r)| *k != key && r.kernel_modules().contains(&name))
+            .map(|(k, _)| k)
+    }
+
+    /// Hands the modules `key` inserted and others still need to those others, so
+    /// the last record needing a module is the one that removes it.
+    pub fn hand_over_shared(&mut self, key: &ModuleKey, shared: &[String]) {
+        for name in shared {
+            let Some(heir) = self.other_user_of(key, name).cloned() else {
+                continue;
+            };
+            if let Some(rec) = self.modules.get_mut(&heir)
+                && !rec.inserted.iter().any(|m| normalize(m) == *name)
+            {
+                rec.inserted.push(name.clone());
+                if let Some(sv) = self
+                    .modules
+                    .get(key)
+                    .and_then(|r| r.srcversions.get(name))
+                    .cloned()
+                    && let Some(rec) = self.modules.get_mut(&heir)
+                {
+                    rec.srcversions.insert(name.clone(), sv);
+                }
+            }
+        }
+    }
 }
 
 /// A load that has started and not yet been recorded.
@@ -173,57 +287,88 @@ impl StateFile {
         &self.path
     }
 
-    /// Reads the state; a missing file is an empty state.
-    ///
-    /// # Errors
-    /// A file that exists but cannot be read or parsed is an error: the agent must
-    /// not act as if nothing were loaded when it simply cannot tell.
-    pub fn load(&self) -> Result<NodeState, StateError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(NodeState {
-                    version: STATE_VERSION,
-                    ..NodeState::default()
-                });
-            }
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        };
-        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })
+    /// The last-good copy written beside the state file (`state.json.last-good`).
+    pub fn last_good_path(&self) -> PathBuf {
+        self.path.with_extension("json.last-good")
     }
 
-    /// Writes the state atomically: a temp file in the same directory, fsynced, renamed over.
+    /// Reads the state; a missing file is an empty state. A state file that does
+    /// not parse (a torn write, a bad edit) falls back to the last-good copy, with
+    /// a warning.
+    ///
+    /// # Errors
+    /// A file that exists but cannot be read, or that is corrupt while its last-good
+    /// copy is missing or corrupt too: the agent must not act as if nothing were
+    /// loaded when it simply cannot tell (see docs/troubleshooting.md).
+    pub fn load(&self) -> Result<NodeState, StateError> {
+        match read_state(&self.path)? {
+            Some(Ok(state)) => Ok(state),
+            None => Ok(NodeState {
+                version: STATE_VERSION,
+                ..NodeState::default()
+            }),
+            Some(Err(source)) => {
+                let corrupt = StateError::Corrupt {
+                    path: self.path.clone(),
+                    source,
+                };
+                match read_state(&self.last_good_path()) {
+                    Ok(Some(Ok(state))) => {
+                        tracing::warn!(error = %corrupt, last_good = %self.last_good_path().display(),
+                            "state file is corrupt; using its last-good copy");
+                        Ok(state)
+                    }
+                    _ => Err(corrupt),
+                }
+            }
+        }
+    }
+
+    /// Writes the state atomically (a temp file in the same directory, fsynced,
+    /// renamed over), then the same content as the last-good copy.
     ///
     /// # Errors
     /// On any I/O failure the previous file stays as it was.
     pub fn save(&self, state: &NodeState) -> Result<(), StateError> {
-        let err = |source| StateError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        fs::create_dir_all(dir).map_err(err)?;
         let mut state = state.clone();
         state.version = STATE_VERSION;
-        let json = serde_json::to_vec_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        tmp.write_all(&json).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(&self.path).map_err(|e| err(e.error))?;
-        // Make the rename itself durable.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| StateError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomically(&self.path, &json)?;
+        write_atomically(&self.last_good_path(), &json)
     }
+}
+
+/// `None` if missing; `Some(Err)` if present but not a state.
+fn read_state(path: &Path) -> Result<Option<Result<NodeState, serde_json::Error>>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    fs::create_dir_all(dir).map_err(err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    // Make the rename itself durable.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -246,7 +391,40 @@ mod tests {
             firmware_source: None,
             loaded_at: "2026-11-25T00:00:00Z".into(),
             module_uid: None,
+            srcversions: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_torn_state_file_is_recovered_from_its_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::in_dir(dir.path());
+        let mut st = NodeState::default();
+        st.modules.insert(ModuleKey::new("ns", "brd"), sample());
+        f.save(&st).unwrap();
+        // A torn write: half of the file.
+        let full = fs::read(f.path()).unwrap();
+        fs::write(f.path(), &full[..full.len() / 2]).unwrap();
+        assert_eq!(f.load().unwrap().modules, st.modules);
+        // Both bad: an error, never an empty state.
+        fs::write(f.last_good_path(), b"{").unwrap();
+        assert!(matches!(f.load(), Err(StateError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn shared_kernel_modules_are_handed_to_the_remaining_record() {
+        let mut st = NodeState::default();
+        let (a, b) = (ModuleKey::new("ns", "a"), ModuleKey::new("other", "b"));
+        st.modules.insert(a.clone(), sample());
+        let mut second = sample();
+        second.inserted.clear(); // brd was already there when b loaded
+        st.modules.insert(b.clone(), second);
+        assert!(st.needed_by_others(&a).contains("brd"));
+        assert_eq!(st.other_user_of(&a, "brd"), Some(&b));
+        st.hand_over_shared(&a, &["brd".to_string()]);
+        st.commit_unload(&a);
+        assert_eq!(st.modules[&b].inserted, ["brd"]);
+        assert!(st.needed_by_others(&b).is_empty());
     }
 
     #[test]
@@ -286,6 +464,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["state.json", "state.json.last-good"]);
     }
 }

@@ -33,6 +33,22 @@ pub fn version_module_label(namespace: &str, name: &str) -> String {
     format!("{NODE_LABEL_PREFIX}/version-module.{namespace}.{name}")
 }
 
+/// Whether the node agent owns `key`: the `.ready` and `.version.ready` labels of
+/// Modules. The admin's `version-module.` labels and the controller's
+/// `.device-plugin-ready` (and `.dra-ready`) are not the agent's to change.
+pub fn is_agent_label(key: &str) -> bool {
+    let Some(rest) = key
+        .strip_prefix(NODE_LABEL_PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return false;
+    };
+    rest.ends_with(".ready")
+        && !rest.ends_with(".device-plugin-ready")
+        && !rest.ends_with(".dra-ready")
+        && !rest.starts_with("version-module.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +73,15 @@ mod tests {
         for (got, want) in cases {
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn the_agent_owns_only_ready_and_version_ready_labels() {
+        assert!(is_agent_label(&ready_label("ns", "m")));
+        assert!(is_agent_label(&version_ready_label("ns", "m")));
+        assert!(!is_agent_label(&device_plugin_ready_label("ns", "m")));
+        assert!(!is_agent_label("kmm.node.kubernetes.io/ns.m.dra-ready"));
+        assert!(!is_agent_label(&version_module_label("ns", "m.ready")));
+        assert!(!is_agent_label("example.com/ns.m.ready"));
     }
 }

@@ -43,6 +43,7 @@ pub mod api;
 pub mod crd;
 pub mod image;
 pub mod labels;
+pub mod reason;
 pub mod targeting;
 #[cfg(test)]
 mod test_support;
@@ -60,8 +61,10 @@ pub use api::nmc::{
 };
 pub use labels::{
     MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,
-    device_plugin_ready_label, ready_label, version_module_label, version_ready_label,
+    device_plugin_ready_label, is_agent_label, ready_label, version_module_label,
+    version_ready_label,
 };
+pub use reason::Reason;
 pub use targeting::{
     Ineligible, ResolvedMapping, Target, Vars, node_eligibility, node_kernel_version,
     resolve_mapping, selector_matches, substitute, target_node,

@@ -14,5 +14,12 @@ use crate::metrics::Metrics;
 /// If the address cannot be bound.
 pub async fn serve(addr: SocketAddr, metrics: Metrics, ready: Readiness) -> std::io::Result<()> {
     let render = Arc::new(move || metrics.render());
-    kmm_runtime::health::serve(addr, render, ready, "not ready: API server not reached yet").await
+    kmm_runtime::health::serve(
+        addr,
+        render,
+        ready,
+        kmm_runtime::health::Liveness::default(),
+        "not ready: API server not reached yet",
+    )
+    .await
 }

@@ -22,6 +22,53 @@ impl Readiness {
     }
 }
 
+/// Liveness: the process's main loop beats; `/healthz` fails once the last beat
+/// is older than the allowed age (a stuck loop gets the pod restarted).
+#[derive(Clone)]
+pub struct Liveness {
+    started: std::time::Instant,
+    last_beat_ms: Arc<std::sync::atomic::AtomicU64>,
+    max_age: Option<std::time::Duration>,
+}
+
+impl Default for Liveness {
+    /// Always alive (no loop to watch).
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last_beat_ms: Arc::default(),
+            max_age: None,
+        }
+    }
+}
+
+impl Liveness {
+    /// Alive while the last beat is at most `max_age` old (counted from now until the first beat).
+    pub fn with_max_age(max_age: std::time::Duration) -> Self {
+        Self {
+            max_age: Some(max_age),
+            ..Self::default()
+        }
+    }
+
+    /// The loop made progress.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_beat_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// How long ago the last beat was.
+    pub fn since_last_beat(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_beat_ms.load(Ordering::SeqCst));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Whether the loop beat recently enough.
+    pub fn is_alive(&self) -> bool {
+        self.max_age.is_none_or(|max| self.since_last_beat() <= max)
+    }
+}
+
 /// Renders the metrics text on each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -29,18 +76,34 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 struct AppState {
     render: Render,
     ready: Readiness,
+    live: Liveness,
     not_ready: &'static str,
 }
 
 /// The router, separate from binding so tests can drive it. `not_ready` is
 /// the `/readyz` body while not ready (say what is awaited).
-pub fn router(render: Render, ready: Readiness, not_ready: &'static str) -> Router {
+pub fn router(render: Render, ready: Readiness, live: Liveness, not_ready: &'static str) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move { (s.render)() }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AppState>| async move {
+                if s.live.is_alive() {
+                    (StatusCode::OK, "ok".to_string())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "main loop stuck: no progress for {} s",
+                            s.live.since_last_beat().as_secs()
+                        ),
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
@@ -54,6 +117,7 @@ pub fn router(render: Render, ready: Readiness, not_ready: &'static str) -> Rout
         .with_state(AppState {
             render,
             ready,
+            live,
             not_ready,
         })
 }
@@ -66,9 +130,10 @@ pub async fn serve(
     addr: SocketAddr,
     render: Render,
     ready: Readiness,
+    live: Liveness,
     not_ready: &'static str,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, router(render, ready, not_ready)).await
+    axum::serve(listener, router(render, ready, live, not_ready)).await
 }

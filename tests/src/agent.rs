@@ -123,6 +123,14 @@ impl AgentProcess {
         http_get(self.metrics_port, "/metrics")
     }
 
+    /// The agent's /healthz body (liveness).
+    ///
+    /// # Errors
+    /// If the endpoint does not answer.
+    pub fn health(&self) -> Result<String> {
+        http_get(self.metrics_port, "/healthz")
+    }
+
     /// Waits until /readyz says ready (watches synced, state recovered).
     ///
     /// # Errors

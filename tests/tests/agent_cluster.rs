@@ -735,3 +735,106 @@ async fn agent_killed_mid_load_rolls_back_and_loads_each_module_once() -> Result
     );
     f.finish().await
 }
+
+/// A registry that answers every request with headers and then one body byte
+/// every few seconds: no per-read timeout ever fires.
+async fn trickling_registry() -> Result<(String, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n";
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    if conn.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+#[tokio::test]
+async fn a_registry_that_trickles_blocks_neither_other_loads_nor_unloads() -> Result<()> {
+    let f = Fixture::new("agent-trickle", &[]).await?;
+    push_fake_kmod(&f.image("keep"), KVER, &[("keep", &[])], &[]).await?;
+    push_fake_kmod(&f.image("later"), KVER, &[("later", &[])], &[]).await?;
+    f.apply(&module_yaml(&f.node, "keep", &f.image("keep"), "", ""))
+        .await?;
+    f.wait_label(&f.ready_label("keep"), true).await?;
+
+    let (slow, server) = trickling_registry().await?;
+    let stuck = format!("{slow}/{}/stuck:{KVER}", f.ns());
+    f.apply(&module_yaml(&f.node, "stuck", &stuck, "", ""))
+        .await?;
+    // Let the stuck pull start, then ask for a load and an unload.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    f.apply(&module_yaml(&f.node, "later", &f.image("later"), "", ""))
+        .await?;
+    f.delete_module("keep").await?;
+    f.wait_label(&f.ready_label("later"), true).await?;
+    f.wait_label(&f.ready_label("keep"), false).await?;
+    println!("load and unload beside a stuck pull: {:.1?}", t.elapsed());
+    assert!(!f.labels().await?.contains_key(&f.ready_label("stuck")));
+    // The agent stays live while its pull hangs.
+    let health = f.agent.health()?;
+    assert!(health.contains("ok"), "{health}");
+
+    f.delete_module("stuck").await?;
+    server.abort();
+    f.finish().await
+}
+
+/// Upstream #1328 (and #1271): cordoning and draining a node (the
+/// `unschedulable` taint, NoExecute taints of a node going away) never unloads
+/// a loaded module: the driver under a device plugin or a filesystem stays until
+/// the Module stops applying.
+#[tokio::test]
+async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Result<()> {
+    let f = Fixture::new("agent-cordon", &[]).await?;
+    push_fake_kmod(&f.image("held"), KVER, &[("held", &[])], &[]).await?;
+    f.apply(&module_yaml(&f.node, "held", &f.image("held"), "", ""))
+        .await?;
+    f.wait_label(&f.ready_label("held"), true).await?;
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    let patch = serde_json::json!({"spec": {
+        "unschedulable": true,
+        "taints": [
+            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+        ]
+    }});
+    nodes
+        .patch(
+            &f.node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    // The agent resyncs every 2 s: several passes see the taints.
+    let passes = metric_value(&f.agent.metrics()?, "kmm_agent_reconciles_total").unwrap_or(0.0);
+    wait_for(WAIT, || async {
+        let now = metric_value(&f.agent.metrics()?, "kmm_agent_reconciles_total").unwrap_or(0.0);
+        Ok(now >= passes + 3.0)
+    })
+    .await?;
+    assert!(f.labels().await?.contains_key(&f.ready_label("held")));
+    assert!(
+        !f.agent.log().contains("module unloaded"),
+        "{}",
+        f.agent.log()
+    );
+    f.delete_module("held").await?;
+    f.wait_label(&f.ready_label("held"), false).await?;
+    f.finish().await
+}

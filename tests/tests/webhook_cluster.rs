@@ -239,7 +239,8 @@ async fn invalid_regexp_is_refused_and_valid_module_admitted() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn namespace_holding_modules_cannot_be_deleted_until_they_are_gone() -> Result<()> {
+async fn upstream_708_namespace_holding_modules_cannot_be_deleted_until_they_are_gone() -> Result<()>
+{
     let mut f = Fixture::new("webhook-ns").await?;
     f.wait_webhook_active().await?;
     for name in ["mod-b", "mod-a"] {

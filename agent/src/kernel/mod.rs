@@ -371,6 +371,35 @@ pub trait Kernel: Send + Sync {
     fn remove_in_tree(&self, name: &str) -> Result<UnloadOutcome> {
         self.unload(&UnloadRequest::module(name))
     }
+
+    /// The `srcversion` of loaded module `name` (`/sys/module/<name>/srcversion`);
+    /// `None` if not loaded or the module has none.
+    ///
+    /// # Errors
+    /// If kernel state cannot be read.
+    fn srcversion(&self, _name: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// The `srcversion` of the `.ko` that `module_dir` holds for `name`; `None` if
+    /// it has none.
+    ///
+    /// # Errors
+    /// If the module cannot be found or read.
+    fn file_srcversion(&self, _module_dir: &Path, _name: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// The srcversions the kernel shows for `names` (those it has one for).
+pub fn srcversions_of(
+    kernel: &dyn Kernel,
+    names: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    names
+        .iter()
+        .filter_map(|n| Some((normalize(n), kernel.srcversion(n).ok()??)))
+        .collect()
 }
 
 /// The kernel's name for a module: `-` becomes `_` (as libkmod does).

@@ -12,53 +12,18 @@ use kmm_common::{
     NodeModulesConfig, NodeModulesConfigSpec, NodeModulesConfigStatus,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::runtime::events::Event;
 
-use super::Context;
+use futures::future::BoxFuture;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
 use crate::node_labels::{self, LabelChanges};
 use crate::state::{ModuleKey, NodeState};
-
-const LABEL_PREFIX: &str = "kmm.node.kubernetes.io/";
 
 /// Now, as RFC 3339.
 pub fn now_rfc3339() -> String {
     Timestamp::now().to_string()
-}
-
-/// Publishes an event on a Module (the recorder folds repeats into a series).
-pub async fn event(
-    ctx: &Context,
-    module: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, module).await {
-        tracing::warn!(error = %e, reason, "could not publish event");
-    }
-}
-
-/// A warning event for a failed action.
-pub async fn failure_event(ctx: &Context, module: &Module, err: &super::actions::ActionError) {
-    let note = format!("node {}: {err}", ctx.settings.node_name);
-    event(
-        ctx,
-        &module.object_ref(&()),
-        EventType::Warning,
-        err.reason(),
-        "Reconcile",
-        note,
-    )
-    .await;
 }
 
 /// A reference to a Module that may already be gone from the API (deleted
@@ -90,11 +55,7 @@ pub fn wanted_labels(current: &BTreeMap<String, String>, state: &NodeState) -> L
         );
     }
     for k in current.keys() {
-        let ours = k.starts_with(LABEL_PREFIX)
-            && k.ends_with(".ready")
-            && !k.ends_with(".device-plugin-ready")
-            && !k.starts_with(&format!("{LABEL_PREFIX}version-module."));
-        if ours && !wanted.contains_key(k) {
+        if kmm_common::is_agent_label(k) && !wanted.contains_key(k) {
             wanted.insert(k.clone(), None);
         }
     }
@@ -158,48 +119,83 @@ pub fn node_status(
     NodeModulesConfigStatus { modules: out }
 }
 
-/// Writes labels and the NodeModulesConfig status, each only when it changed.
-///
-/// The status goes first: when a `.ready` label appears, the per-node status
-/// that explains it is already there.
-pub async fn publish(ctx: &Context, node: &Node, modules: &BTreeMap<ModuleKey, Arc<Module>>) {
-    let state = ctx.state.lock().await.clone();
-    let failures: BTreeMap<ModuleKey, (String, String)> = ctx
-        .failures
-        .lock()
-        .await
-        .iter()
-        .map(|(k, f)| (k.clone(), (f.reason.clone(), f.message.clone())))
-        .collect();
-    let status = node_status(&state, &failures, modules);
-    if let Err(e) = write_status(ctx, status).await {
-        ctx.metrics
-            .failures
-            .with_label_values(&["StatusWriteFailed"])
-            .inc();
-        tracing::warn!(error = %e, "could not write NodeModulesConfig status");
-    }
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let current = node.labels().clone();
-    let wanted = wanted_labels(&current, &state);
-    if let Err(e) = node_labels::apply(&nodes, &ctx.settings.node_name, &current, &wanted).await {
-        ctx.metrics
-            .failures
-            .with_label_values(&["NodeLabelFailed"])
-            .inc();
-        tracing::warn!(error = %e, "could not update node labels");
+/// What the agent tells the cluster, behind a trait so the executor can be run
+/// in-process against a recording double.
+pub trait Report: Send + Sync {
+    /// Publishes an event about `regarding` (a Module); failures are logged, not returned.
+    fn event(&self, regarding: ObjectReference, event: Event) -> BoxFuture<'_, ()>;
+
+    /// Writes this node's NodeModulesConfig status if it differs from `status`.
+    fn status(&self, status: NodeModulesConfigStatus) -> BoxFuture<'_, Result<(), kube::Error>>;
+
+    /// Applies label changes to this node (nothing when `wanted` matches `current`).
+    fn labels(
+        &self,
+        current: BTreeMap<String, String>,
+        wanted: LabelChanges,
+    ) -> BoxFuture<'_, Result<(), kube::Error>>;
+}
+
+/// The real reporter: events through kube-rs's recorder, the NMC status and the
+/// Node's labels through the API server.
+pub struct KubeReporter {
+    client: Client,
+    recorder: Recorder,
+    node_name: String,
+}
+
+impl KubeReporter {
+    /// A reporter for node `node_name`.
+    pub fn new(client: Client, node_name: &str) -> Self {
+        let reporter = Reporter {
+            controller: "kmm-agent".into(),
+            instance: Some(node_name.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            node_name: node_name.to_string(),
+        }
     }
 }
 
-async fn write_status(ctx: &Context, status: NodeModulesConfigStatus) -> Result<(), kube::Error> {
-    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
-    let name = &ctx.settings.node_name;
+impl Report for KubeReporter {
+    fn event(&self, regarding: ObjectReference, event: Event) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.recorder.publish(&event, &regarding).await {
+                tracing::warn!(error = %e, reason = %event.reason, "could not publish event");
+            }
+        })
+    }
+
+    fn status(&self, status: NodeModulesConfigStatus) -> BoxFuture<'_, Result<(), kube::Error>> {
+        Box::pin(write_status(&self.client, &self.node_name, status))
+    }
+
+    fn labels(
+        &self,
+        current: BTreeMap<String, String>,
+        wanted: LabelChanges,
+    ) -> BoxFuture<'_, Result<(), kube::Error>> {
+        Box::pin(async move {
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            node_labels::apply(&nodes, &self.node_name, &current, &wanted).await
+        })
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    name: &str,
+    status: NodeModulesConfigStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<NodeModulesConfig> = Api::all(client.clone());
     let existing = match api.get_opt(name).await? {
         Some(n) => n,
         None => {
             let nmc = NodeModulesConfig {
                 metadata: ObjectMeta {
-                    name: Some(name.clone()),
+                    name: Some(name.to_string()),
                     ..ObjectMeta::default()
                 },
                 spec: NodeModulesConfigSpec::default(),
@@ -221,6 +217,71 @@ async fn write_status(ctx: &Context, status: NodeModulesConfigStatus) -> Result<
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+/// A [`Report`] that records everything, for in-process tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct RecordingReporter {
+    /// `(Module name, type, reason, note)` of each event.
+    pub events: std::sync::Mutex<Vec<(String, kube::runtime::events::EventType, String, String)>>,
+    /// Every status written.
+    pub statuses: std::sync::Mutex<Vec<NodeModulesConfigStatus>>,
+    /// The node's labels as the recorded changes left them.
+    pub node_labels: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+#[cfg(test)]
+impl RecordingReporter {
+    /// Events with `reason`, as `(Module name, note)`.
+    pub fn events_with(&self, reason: &str) -> Vec<(String, String)> {
+        crate::reconciler::lock(&self.events)
+            .iter()
+            .filter(|e| e.2 == reason)
+            .map(|e| (e.0.clone(), e.3.clone()))
+            .collect()
+    }
+
+    /// The last status written.
+    pub fn last_status(&self) -> Option<NodeModulesConfigStatus> {
+        crate::reconciler::lock(&self.statuses).last().cloned()
+    }
+}
+
+#[cfg(test)]
+impl Report for RecordingReporter {
+    fn event(&self, regarding: ObjectReference, event: Event) -> BoxFuture<'_, ()> {
+        crate::reconciler::lock(&self.events).push((
+            regarding.name.unwrap_or_default(),
+            event.type_,
+            event.reason,
+            event.note.unwrap_or_default(),
+        ));
+        Box::pin(async {})
+    }
+
+    fn status(&self, status: NodeModulesConfigStatus) -> BoxFuture<'_, Result<(), kube::Error>> {
+        let mut statuses = crate::reconciler::lock(&self.statuses);
+        if statuses.last() != Some(&status) {
+            statuses.push(status);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn labels(
+        &self,
+        _current: BTreeMap<String, String>,
+        wanted: LabelChanges,
+    ) -> BoxFuture<'_, Result<(), kube::Error>> {
+        let mut labels = crate::reconciler::lock(&self.node_labels);
+        for (k, v) in wanted {
+            match v {
+                Some(v) => labels.insert(k, v),
+                None => labels.remove(&k),
+            };
+        }
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +307,7 @@ mod tests {
             firmware_source: None,
             loaded_at: "2026-11-25T00:00:00Z".into(),
             module_uid: None,
+            srcversions: BTreeMap::new(),
         }
     }
 

@@ -1,0 +1,404 @@
+//! One worker task per Module with work to do. A pass plans from the journal and
+//! the watched objects, starts a worker for each Module that has an action and
+//! none running, and publishes what the node looks like. A worker that finishes
+//! records its outcome (failures with backoff, one event per change of failure)
+//! and wakes the loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kmm_common::{Module, Reason};
+use kube::Resource;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use super::desired::{DesiredSet, desired_for_node};
+use super::error::ActionError;
+use super::executor::Executor;
+use super::recovery::{Presence, presence};
+use super::{lock, report};
+use crate::plan::{self, Action, Desired};
+use crate::state::ModuleKey;
+
+/// How often a node waiting for an in-cluster build asks the registry again.
+const WAIT_FOR_IMAGE_POLL: Duration = Duration::from_secs(10);
+
+/// Backoff after `attempts` consecutive failures: 5 s doubling up to 5 min.
+pub fn backoff(attempts: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+/// Why a Module's last attempt failed, kept until it succeeds, the Module
+/// changes, or it is neither wanted nor loaded here any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The reason code.
+    pub reason: Reason,
+    /// What went wrong, for users.
+    pub message: String,
+    /// Consecutive failures.
+    pub attempts: u32,
+    /// Not retried before this.
+    pub retry_at: Instant,
+    /// The Module's generation when it failed: a new generation retries at once.
+    pub generation: Option<i64>,
+}
+
+struct Running {
+    unload: bool,
+    cancel: watch::Sender<bool>,
+}
+
+/// The workers of one node.
+pub struct Workers {
+    exec: Arc<Executor>,
+    wake: Arc<Notify>,
+    running: std::sync::Mutex<HashMap<ModuleKey, Running>>,
+    pub(super) failures: std::sync::Mutex<HashMap<ModuleKey, Failure>>,
+    reasons: std::sync::Mutex<HashMap<ModuleKey, String>>,
+    /// An unload or replace freed an image since the last cache collection.
+    images_freed: AtomicBool,
+    /// A pull may have grown the cache since the last collection.
+    images_pulled: AtomicBool,
+}
+
+impl Workers {
+    /// Workers over `exec`, waking the loop through `wake` when one finishes.
+    pub fn new(exec: Arc<Executor>, wake: Arc<Notify>) -> Self {
+        Self {
+            exec,
+            wake,
+            running: std::sync::Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+            reasons: std::sync::Mutex::new(HashMap::new()),
+            images_freed: AtomicBool::new(false),
+            images_pulled: AtomicBool::new(false),
+        }
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.exec
+    }
+
+    /// Modules with a worker running.
+    pub fn busy(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Current failures.
+    pub fn failures(&self) -> HashMap<ModuleKey, Failure> {
+        lock(&self.failures).clone()
+    }
+
+    /// One pass: re-check the kernel, plan, start workers, publish. Returns when
+    /// the earliest backed-off Module may be retried, if any.
+    pub async fn reconcile(
+        self: &Arc<Self>,
+        all: &[Arc<Module>],
+        by_key: &BTreeMap<ModuleKey, Arc<Module>>,
+        node: &Node,
+        kernel: &str,
+    ) -> Option<Duration> {
+        self.exec.metrics.reconciles.inc();
+        let desired = desired_for_node(all, node, kernel);
+        self.log_reasons(&desired);
+        let unknown = self.recheck_kernel().await;
+        let state = self.exec.journal.snapshot();
+        let now = Instant::now();
+        {
+            // A changed Module is retried at once.
+            let mut failures = lock(&self.failures);
+            failures.retain(|k, f| {
+                f.generation.is_none()
+                    || by_key.get(k).and_then(|m| m.metadata.generation) == f.generation
+            });
+        }
+        for (key, r) in lock(&self.running).iter() {
+            if !r.unload && !desired.wants(key) {
+                // Not wanted any more: stop its pull (a kernel step in progress
+                // finishes, and the next pass unloads what it loaded).
+                let _ = r.cancel.send(true);
+            }
+        }
+        for action in plan::plan(&desired.map, &state) {
+            if unknown.contains(action.key()) {
+                continue;
+            }
+            if let Action::Verify { key, want } = &action
+                && !self.exec.verify_due(key, want)
+            {
+                continue;
+            }
+            let key = action.key().clone();
+            self.dispatch(action, by_key.get(&key).cloned(), now);
+        }
+        {
+            // Failures of Modules neither wanted nor loaded here are stale; an
+            // unload that fails keeps its failure while the record stays.
+            let running = lock(&self.running);
+            let state = self.exec.journal.snapshot();
+            lock(&self.failures).retain(|k, _| {
+                desired.wants(k) || state.modules.contains_key(k) || running.contains_key(k)
+            });
+        }
+        self.publish(node, by_key).await;
+        self.collect_images().await;
+        let now = Instant::now();
+        lock(&self.failures)
+            .values()
+            .map(|f| f.retry_at.saturating_duration_since(now))
+            .min()
+    }
+
+    fn dispatch(self: &Arc<Self>, action: Action, module: Option<Arc<Module>>, now: Instant) {
+        let key = action.key().clone();
+        let unload = matches!(action, Action::Unload { .. });
+        let mut running = lock(&self.running);
+        if running.contains_key(&key) {
+            return;
+        }
+        if lock(&self.failures)
+            .get(&key)
+            .is_some_and(|f| f.retry_at > now)
+        {
+            return;
+        }
+        let (cancel, cancelled) = watch::channel(false);
+        running.insert(key.clone(), Running { unload, cancel });
+        drop(running);
+        let this = self.clone();
+        let span = tracing::info_span!("worker", module = %key, action = action.kind());
+        tokio::spawn(
+            async move {
+                let exec = this.exec.clone();
+                let (a, m) = (action.clone(), module.clone());
+                // A panicking step must not leave the Module marked busy for ever.
+                let result =
+                    match tokio::spawn(async move { exec.execute(&a, m, cancelled).await }).await {
+                        Ok(r) => r,
+                        Err(e) => Err(ActionError::Join(e)),
+                    };
+                this.finish(&action, module.as_deref(), result).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn finish(
+        &self,
+        action: &Action,
+        module: Option<&Module>,
+        result: Result<(), ActionError>,
+    ) {
+        let key = action.key().clone();
+        let generation = module.and_then(|m| m.metadata.generation);
+        let loaded_stays = self.exec.journal.snapshot().modules.contains_key(&key)
+            && !matches!(action, Action::Unload { .. });
+        let event = match result {
+            Ok(()) => {
+                lock(&self.failures).remove(&key);
+                if matches!(action, Action::Unload { .. } | Action::Replace { .. }) {
+                    self.images_freed.store(true, Ordering::SeqCst);
+                }
+                if !matches!(action, Action::Unload { .. }) {
+                    self.images_pulled.store(true, Ordering::SeqCst);
+                }
+                None
+            }
+            Err(ActionError::Cancelled) => None,
+            Err(e) => {
+                let reason = e.reason();
+                let mut message = e.to_string();
+                if loaded_stays {
+                    message.push_str("; the loaded version stays loaded");
+                }
+                let mut failures = lock(&self.failures);
+                let previous = failures.get(&key).cloned();
+                let failure = if e.is_wait() {
+                    tracing::info!(module = %key, reason = %reason, "{message}");
+                    Failure {
+                        reason,
+                        message: message.clone(),
+                        attempts: 0,
+                        retry_at: Instant::now() + WAIT_FOR_IMAGE_POLL,
+                        generation: None,
+                    }
+                } else {
+                    let attempts = previous.as_ref().map_or(0, |f| f.attempts) + 1;
+                    self.exec
+                        .metrics
+                        .failures
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    tracing::warn!(module = %key, reason = %reason, error = %message, attempts, "action failed");
+                    // A spec the agent always refuses waits for the Module to change.
+                    let wait = if reason == Reason::InvalidModuleSpec {
+                        backoff(u32::MAX)
+                    } else {
+                        backoff(attempts)
+                    };
+                    Failure {
+                        reason,
+                        message: message.clone(),
+                        attempts,
+                        retry_at: Instant::now() + wait,
+                        generation,
+                    }
+                };
+                // One event per change of failure, not one per retry.
+                let changed = previous
+                    .as_ref()
+                    .is_none_or(|p| p.reason != reason || p.message != message);
+                failures.insert(key.clone(), failure);
+                (changed && !e.is_wait()).then_some((reason, message))
+            }
+        };
+        if let Some((reason, message)) = event {
+            let regarding = match module {
+                Some(m) => m.object_ref(&()),
+                None => report::module_ref(&key, None),
+            };
+            let note = format!("node {}: {message}", self.exec.settings.node_name);
+            self.exec
+                .event(
+                    regarding,
+                    EventType::Warning,
+                    reason.as_str(),
+                    "Reconcile",
+                    note,
+                )
+                .await;
+        }
+        lock(&self.running).remove(&key);
+        self.wake.notify_one();
+    }
+
+    /// Checks every record not being worked on against the kernel: a module that
+    /// left the kernel (or was replaced by another build) behind our back loses
+    /// its record, so the Module loads again (or reports the foreign module).
+    /// Returns the Modules whose state could not be read: nothing is done for
+    /// them this pass (never unloaded, never reloaded on a guess).
+    async fn recheck_kernel(&self) -> Vec<ModuleKey> {
+        let busy: Vec<ModuleKey> = lock(&self.running).keys().cloned().collect();
+        let records: Vec<_> = self
+            .exec
+            .journal
+            .snapshot()
+            .modules
+            .into_iter()
+            .filter(|(k, _)| !busy.contains(k))
+            .collect();
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let kernel = self.exec.kernel.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            records
+                .into_iter()
+                .map(|(k, r)| {
+                    let p = presence(kernel.as_ref(), &r);
+                    (k, p)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut unknown = Vec::new();
+        for (key, p) in checked {
+            match p {
+                Ok(Presence::Ours) => {}
+                Ok(gone) => {
+                    if lock(&self.running).contains_key(&key) {
+                        continue;
+                    }
+                    tracing::warn!(module = %key, presence = ?gone,
+                        "the module left the kernel without this agent (or was replaced by another build); forgetting the record");
+                    if let Err(e) = self.exec.journal.update(|s| {
+                        s.modules.remove(&key);
+                    }) {
+                        tracing::warn!(module = %key, error = %e, "could not record it");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(module = %key, error = %e, "cannot read the module's state in the kernel; leaving it as it is");
+                    unknown.push(key);
+                }
+            }
+        }
+        unknown
+    }
+
+    /// Writes the NMC status, then the labels (so a `.ready` label is always
+    /// explained by the status already there).
+    async fn publish(&self, node: &Node, modules: &BTreeMap<ModuleKey, Arc<Module>>) {
+        let state = self.exec.journal.snapshot();
+        let failures: BTreeMap<ModuleKey, (String, String)> = lock(&self.failures)
+            .iter()
+            .map(|(k, f)| (k.clone(), (f.reason.to_string(), f.message.clone())))
+            .collect();
+        let status = report::node_status(&state, &failures, modules);
+        if let Err(e) = self.exec.reporter.status(status).await {
+            self.exec
+                .metrics
+                .failures
+                .with_label_values(&["StatusWriteFailed"])
+                .inc();
+            tracing::warn!(error = %e, "could not write NodeModulesConfig status");
+        }
+        let current = node.labels().clone();
+        let wanted = report::wanted_labels(&current, &state);
+        if let Err(e) = self.exec.reporter.labels(current, wanted).await {
+            self.exec
+                .metrics
+                .failures
+                .with_label_values(&["NodeLabelFailed"])
+                .inc();
+            tracing::warn!(error = %e, "could not update node labels");
+        }
+    }
+
+    /// Removes cached images no record uses (the boot path loads from them), only
+    /// while no worker runs (a pulled image is not recorded until loaded): always
+    /// after an unload or replace, else only when the cache is over its limit.
+    async fn collect_images(&self) {
+        if self.busy() > 0 {
+            return;
+        }
+        let keep: Vec<String> = self
+            .exec
+            .journal
+            .snapshot()
+            .modules
+            .values()
+            .map(|r| r.digest.clone())
+            .collect();
+        let freed = self.images_freed.swap(false, Ordering::SeqCst);
+        let pulled = self.images_pulled.swap(false, Ordering::SeqCst);
+        if freed || pulled {
+            self.exec.images.collect(&keep, !freed).await;
+        }
+    }
+
+    /// Logs why a Module does not apply to this node, once per change of reason.
+    fn log_reasons(&self, desired: &DesiredSet) {
+        let mut reasons = lock(&self.reasons);
+        let mut seen = Vec::new();
+        for (key, d) in &desired.map {
+            if let Desired::Absent(why) = d {
+                seen.push(key.clone());
+                if reasons.get(key) != Some(why) {
+                    tracing::info!(module = %key, reason = %why, "Module does not apply to this node");
+                    reasons.insert(key.clone(), why.clone());
+                }
+            }
+        }
+        reasons.retain(|k, _| seen.contains(k));
+    }
+}
