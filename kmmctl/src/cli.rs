@@ -243,7 +243,7 @@ pub async fn run_sign(args: &SignArgs) -> Result<String, Error> {
     let from = registry::parse_reference(&args.from, "latest")?;
     let to = registry::parse_reference(&args.to, "latest")?;
     let auth = |reference: &oci_client::Reference| match &args.docker_config {
-        Some(file) => registry::auth_from_file(file, reference.resolve_registry()),
+        Some(file) => registry::auth_from_file(file, reference),
         None => Ok(RegistryAuth::Anonymous),
     };
     let req = SignImageRequest {
@@ -306,7 +306,7 @@ pub async fn run_package(args: &PackageArgs) -> Result<String, Error> {
     if let Some(reference) = &reference {
         let auth = match (&args.username, &args.password, &args.auth_file) {
             (Some(u), Some(p), _) => RegistryAuth::Basic(u.clone(), p.clone()),
-            (_, _, Some(file)) => registry::auth_from_file(file, reference.resolve_registry())?,
+            (_, _, Some(file)) => registry::auth_from_file(file, reference)?,
             _ => RegistryAuth::Anonymous,
         };
         let opts = RegistryOptions {
