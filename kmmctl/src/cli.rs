@@ -79,7 +79,8 @@ pub struct SignArgs {
     /// Push --to over HTTPS without verifying the certificate.
     #[arg(long)]
     pub to_insecure_skip_tls_verify: bool,
-    /// A .dockerconfigjson (or legacy .dockercfg) with credentials for pull and push.
+    /// A .dockerconfigjson (or legacy .dockercfg) with credentials for pull and push;
+    /// entries match images as the kubelet matches pull secrets.
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
     /// Signature digest.
@@ -177,7 +178,8 @@ pub struct PackageArgs {
         requires = "username"
     )]
     pub password: Option<String>,
-    /// Docker config JSON with registry credentials (like ~/.docker/config.json).
+    /// Docker config JSON with registry credentials (like ~/.docker/config.json);
+    /// entries match images as the kubelet matches pull secrets.
     #[arg(
         long,
         value_name = "FILE",

@@ -78,17 +78,33 @@ pub fn platforms(index: &OciImageIndex) -> String {
 mod tests {
     use super::*;
 
-    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const ARM64: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const AMD64: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn entry(digest: &str, platform: serde_json::Value) -> serde_json::Value {
+        let mut e = serde_json::json!({
+            "mediaType": oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+            "digest": digest,
+            "size": 1,
+        });
+        if !platform.is_null() {
+            e["platform"] = platform;
+        }
+        e
+    }
 
     fn index() -> OciImageIndex {
-        let bytes = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
-            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{D2}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
-            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{D2}","size":1}}]}}"#
-        );
-        match parse(bytes.as_bytes()).unwrap() {
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+            "manifests": [
+                entry(ARM64, serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"})),
+                entry(AMD64, serde_json::json!({"os": "linux", "architecture": "amd64"})),
+                entry(AMD64, serde_json::Value::Null),
+            ],
+        }))
+        .unwrap();
+        match parse(&bytes).unwrap() {
             OciManifest::ImageIndex(index) => index,
             OciManifest::Image(_) => panic!("an index was read as an image"),
         }
@@ -97,8 +113,14 @@ mod tests {
     #[test]
     fn an_index_entry_is_chosen_by_platform_not_position() {
         let index = index();
-        assert_eq!(find_platform(&index, "linux", "amd64").unwrap().digest, D2);
-        assert_eq!(find_platform(&index, "linux", "arm64").unwrap().digest, D1);
+        assert_eq!(
+            find_platform(&index, "linux", "amd64").unwrap().digest,
+            AMD64
+        );
+        assert_eq!(
+            find_platform(&index, "linux", "arm64").unwrap().digest,
+            ARM64
+        );
         assert!(find_platform(&index, "linux", "s390x").is_none());
         assert!(find_platform(&index, "windows", "amd64").is_none());
         assert_eq!(platforms(&index), "linux/arm64/v8, linux/amd64, unknown");
@@ -108,14 +130,14 @@ mod tests {
     fn image_manifests_parse_and_broken_ones_name_the_field() {
         let image = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
-            "config":{{"mediaType":"c","digest":"{D1}","size":2}},
-            "layers":[{{"mediaType":"l","digest":"{D2}","size":3}}]}}"#
+            "config":{{"mediaType":"c","digest":"{ARM64}","size":2}},
+            "layers":[{{"mediaType":"l","digest":"{AMD64}","size":3}}]}}"#
         );
         let OciManifest::Image(m) = parse(image.as_bytes()).unwrap() else {
             panic!("an image manifest was read as an index")
         };
-        assert_eq!(m.config.digest, D1);
-        assert_eq!(m.layers[0].digest, D2);
+        assert_eq!(m.config.digest, ARM64);
+        assert_eq!(m.layers[0].digest, AMD64);
         let err = parse(br#"{"schemaVersion":2,"layers":[]}"#).unwrap_err();
         assert!(err.to_string().contains("missing field `config`"), "{err}");
         assert!(parse(b"not json").is_err());
