@@ -11,6 +11,7 @@
 //! - [`target_node`] / [`node_eligibility`]: whether a node gets a Module and what to load
 //!   there ([`ResolvedMapping`]), or an [`Ineligible`] reason a user can read.
 //! - [`labels`]: node label keys, the finalizer and the namespace label.
+//! - [`nmc`]: how a `NodeModulesConfig` status is read (which entry, loaded or not).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ pub mod api;
 pub mod crd;
 pub mod image;
 pub mod labels;
+pub mod nmc;
 pub mod reason;
 pub mod targeting;
 #[cfg(test)]

@@ -17,15 +17,8 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::labels::{MANAGED_BY, MODULE_NAME_LABEL, ROLE_DEVICE_PLUGIN, ROLE_LABEL};
 
-/// `app.kubernetes.io/managed-by` value on everything this controller creates.
-pub const MANAGED_BY: &str = "kmm-rs-controller";
-/// Label naming the Module a device-plugin object belongs to (same namespace).
-pub const MODULE_NAME_LABEL: &str = "kmm.node.kubernetes.io/module.name";
-/// Label marking device-plugin objects (DaemonSet and its pods).
-pub const ROLE_LABEL: &str = "kmm.node.kubernetes.io/role";
-/// Value of [`ROLE_LABEL`].
-pub const ROLE_DEVICE_PLUGIN: &str = "device-plugin";
 /// Hash of the DaemonSet's pod template, so a changed spec is visible on the object.
 pub const SPEC_HASH_LABEL: &str = "kmm.node.kubernetes.io/device-plugin-hash";
 /// Where kubelet looks for device-plugin sockets; mounted at the same path.

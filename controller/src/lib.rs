@@ -4,6 +4,7 @@
 //! - [`reconcile`]: the Module controller (finalizer, status, device plugin,
 //!   namespace label), run by the leader only;
 //! - [`status`] / [`device_plugin`]: the pure decisions it applies;
+//! - [`labels`]: labels on the objects the controller creates;
 //! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`build`]: in-cluster build and sign Jobs for missing kernel images;
 //! - [`webhook`]: admission webhooks (every replica), HTTPS.
@@ -12,6 +13,7 @@
 pub mod build;
 pub mod device_plugin;
 pub mod error;
+pub mod labels;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;

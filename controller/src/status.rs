@@ -8,8 +8,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kmm_common::{
-    DaemonSetStatus, Module, NodeModuleStatus, NodeModulesConfig, node_eligibility, ready_label,
-    selector_matches,
+    DaemonSetStatus, Module, NodeModulesConfig, node_eligibility, ready_label, selector_matches,
 };
 use kube::ResourceExt;
 
@@ -33,23 +32,7 @@ pub struct Fleet<'a> {
     pub nmcs: &'a [Arc<NodeModulesConfig>],
 }
 
-/// This Module's entry in one NodeModulesConfig's status.
-pub fn module_entry<'a>(
-    nmc: &'a NodeModulesConfig,
-    namespace: &str,
-    name: &str,
-) -> Option<&'a NodeModuleStatus> {
-    nmc.status
-        .as_ref()?
-        .modules
-        .iter()
-        .find(|m| m.item.namespace == namespace && m.item.name == name)
-}
-
-/// The agent reports a Module loaded with a config or an image digest.
-pub fn is_loaded(entry: &NodeModuleStatus) -> bool {
-    entry.config.is_some() || !entry.digest.is_empty()
-}
+pub use kmm_common::nmc::{is_loaded, module_status as module_entry};
 
 fn labels(node: &Node) -> BTreeMap<String, String> {
     node.metadata.labels.clone().unwrap_or_default()

@@ -1,5 +1,5 @@
 use super::*;
-use kmm_common::{ModuleConfig, ModuleError, ModuleItem};
+use kmm_common::{ModuleConfig, ModuleError, ModuleItem, NodeModuleStatus};
 
 const KVER: &str = "6.1.0-9-amd64";
 

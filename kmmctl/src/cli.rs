@@ -79,7 +79,8 @@ pub struct SignArgs {
     /// Push --to over HTTPS without verifying the certificate.
     #[arg(long)]
     pub to_insecure_skip_tls_verify: bool,
-    /// A .dockerconfigjson (or legacy .dockercfg) with credentials for pull and push.
+    /// A .dockerconfigjson (or legacy .dockercfg) with credentials for pull and push;
+    /// entries match images as the kubelet matches pull secrets.
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
     /// Signature digest.
@@ -177,7 +178,8 @@ pub struct PackageArgs {
         requires = "username"
     )]
     pub password: Option<String>,
-    /// Docker config JSON with registry credentials (like ~/.docker/config.json).
+    /// Docker config JSON with registry credentials (like ~/.docker/config.json);
+    /// entries match images as the kubelet matches pull secrets.
     #[arg(
         long,
         value_name = "FILE",
@@ -243,7 +245,7 @@ pub async fn run_sign(args: &SignArgs) -> Result<String, Error> {
     let from = registry::parse_reference(&args.from, "latest")?;
     let to = registry::parse_reference(&args.to, "latest")?;
     let auth = |reference: &oci_client::Reference| match &args.docker_config {
-        Some(file) => registry::auth_from_file(file, reference.resolve_registry()),
+        Some(file) => registry::auth_from_file(file, reference),
         None => Ok(RegistryAuth::Anonymous),
     };
     let req = SignImageRequest {
@@ -306,7 +308,7 @@ pub async fn run_package(args: &PackageArgs) -> Result<String, Error> {
     if let Some(reference) = &reference {
         let auth = match (&args.username, &args.password, &args.auth_file) {
             (Some(u), Some(p), _) => RegistryAuth::Basic(u.clone(), p.clone()),
-            (_, _, Some(file)) => registry::auth_from_file(file, reference.resolve_registry())?,
+            (_, _, Some(file)) => registry::auth_from_file(file, reference)?,
             _ => RegistryAuth::Anonymous,
         };
         let opts = RegistryOptions {

@@ -2,15 +2,14 @@
 //! oci-client. The manifest is pushed as the exact bytes that were digested,
 //! so the registry's digest equals the locally computed one.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use kmm_registry::{DockerConfig, RegistryTls};
+use oci_client::client::ClientConfig;
 use oci_client::errors::OciDistributionError;
+use oci_client::manifest::{OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use serde::Deserialize;
 
 use crate::image::{Image, MANIFEST_MEDIA_TYPE};
 
@@ -105,84 +104,25 @@ pub fn parse_reference(reference: &str, default_tag: &str) -> Result<Reference> 
     ))
 }
 
-#[derive(Deserialize)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: Option<BTreeMap<String, DockerAuth>>,
-}
-
-#[derive(Deserialize)]
-struct DockerAuth {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-/// Credentials for `registry` from a docker config JSON (`~/.docker/config.json`,
-/// a pull secret's `.dockerconfigjson`, or a legacy `.dockercfg`, which is the
-/// `auths` map without the wrapper). Keys may be `host`, `https://host`
-/// or `https://host/v1/`. No entry for the registry means anonymous access.
-pub fn auth_from_file(path: &Path, registry: &str) -> Result<RegistryAuth> {
+/// Credentials for `reference` from a docker config file (`~/.docker/config.json`,
+/// a pull secret's `.dockerconfigjson`, or a legacy `.dockercfg`), matched as the
+/// kubelet matches pull secrets ([`kmm_registry::auth`]). No entry for the
+/// registry means anonymous access.
+pub fn auth_from_file(path: &Path, reference: &Reference) -> Result<RegistryAuth> {
     let err = |message: String| Error::AuthFile {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let config: DockerConfig = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let auths = match config.auths {
-        Some(auths) => auths,
-        // Legacy .dockercfg: host keys at the top level. Other top-level keys
-        // of a config.json without `auths` (credsStore, ...) are not hosts.
-        None => serde_json::from_str::<BTreeMap<String, serde_json::Value>>(&text)
-            .map_err(|e| err(e.to_string()))?
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, serde_json::from_value::<DockerAuth>(v).ok()?)))
-            .collect(),
-    };
-    let wanted = registry_aliases(registry);
-    let entry = auths.iter().find(|(key, _)| {
-        let host = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        wanted.iter().any(|w| w == host)
-    });
-    let Some((_, auth)) = entry else {
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let config = DockerConfig::from_config_file(&bytes).map_err(|e| err(e.to_string()))?;
+    if config.credential_for(reference).is_none() {
         tracing::info!(
-            "no credentials for {registry} in {}, using anonymous access",
+            "no credentials for {} in {}, using anonymous access",
+            reference.registry(),
             path.display()
         );
-        return Ok(RegistryAuth::Anonymous);
-    };
-    if let (Some(user), Some(pass)) = (&auth.username, &auth.password) {
-        return Ok(RegistryAuth::Basic(user.clone(), pass.clone()));
     }
-    let encoded = auth.auth.as_deref().ok_or_else(|| {
-        err(format!(
-            "entry for {registry} has neither auth nor username/password"
-        ))
-    })?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| err(format!("auth for {registry} is not base64: {e}")))?;
-    let decoded =
-        String::from_utf8(decoded).map_err(|_| err(format!("auth for {registry} is not UTF-8")))?;
-    let (user, pass) = decoded
-        .split_once(':')
-        .ok_or_else(|| err(format!("auth for {registry} is not 'user:password'")))?;
-    Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()))
-}
-
-/// Docker Hub is known under several names.
-fn registry_aliases(registry: &str) -> Vec<String> {
-    const HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-    if HUB.contains(&registry) {
-        HUB.iter().map(|s| s.to_string()).collect()
-    } else {
-        vec![registry.to_string()]
-    }
+    Ok(config.auth_for(reference))
 }
 
 /// A registry request that failed, as [`Error::Registry`]: `.map_err(failed(&registry, action))`.
@@ -196,19 +136,16 @@ fn failed(registry: &str, action: String) -> impl FnOnce(OciDistributionError) -
 }
 
 fn client(reference: &Reference, opts: &RegistryOptions) -> Client {
-    // oci-client is built without a TLS crypto provider (workspace).
-    kmm_registry::ensure_crypto_provider();
-    let protocol = if opts.insecure {
-        ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
-    } else {
-        ClientProtocol::Https
+    let tls = RegistryTls {
+        insecure: opts.insecure,
+        insecure_skip_tls_verify: opts.skip_tls_verify,
     };
-    Client::new(ClientConfig {
-        protocol,
-        accept_invalid_certificates: opts.skip_tls_verify,
+    kmm_registry::client_from(ClientConfig {
         // One PUT per blob: fewer round trips than chunked PATCHes for small layers.
         use_monolithic_push: true,
-        ..Default::default()
+        // That PUT of a large base-image layer may outlast a read timeout.
+        read_timeout: None,
+        ..kmm_registry::client_config(reference.resolve_registry(), tls)
     })
 }
 
@@ -331,47 +268,8 @@ pub struct PulledLayer {
     pub blob: Vec<u8>,
 }
 
-const INDEX_MEDIA_TYPES: [&str; 2] = [
-    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
-    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-];
-
-#[derive(Deserialize)]
-struct RawDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    platform: Option<RawPlatform>,
-}
-
-#[derive(Deserialize)]
-struct RawPlatform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-struct RawManifest {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Vec<RawDescriptor>,
-    #[serde(default)]
-    manifests: Vec<RawDescriptor>,
-}
-
 /// The GOARCH name of the platform this runs on.
-pub fn current_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
+pub use kmm_registry::manifest::host_architecture as current_architecture;
 
 /// Pulls an image whole: manifest, config and all layers. A multi-arch index
 /// resolves to its linux entry for this machine's architecture, else linux/amd64.
@@ -393,38 +291,25 @@ pub async fn pull(reference: &Reference, opts: &RegistryOptions) -> Result<Pulle
     let accepted = [
         oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
         oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
-        INDEX_MEDIA_TYPES[0],
-        INDEX_MEDIA_TYPES[1],
+        oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
     ];
     let mut target = reference.clone();
     let (mut bytes, mut digest) = client
         .pull_manifest_raw(&target, &opts.auth, &accepted)
         .await
         .map_err(fail(format!("fetching manifest {}", target.whole())))?;
-    let mut manifest: RawManifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest is not JSON: {e}")))?;
-    if !manifest.manifests.is_empty() {
-        let wanted = [current_architecture(), "amd64"];
-        let entry = wanted
+    let mut manifest = kmm_registry::manifest::parse(&bytes)
+        .map_err(|e| bad(format!("manifest is not an image manifest or index: {e}")))?;
+    if let OciManifest::ImageIndex(index) = &manifest {
+        let arch = current_architecture();
+        let entry = [arch, "amd64"]
             .iter()
-            .find_map(|arch| {
-                manifest.manifests.iter().find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == *arch)
-                })
-            })
+            .find_map(|a| kmm_registry::manifest::find_platform(index, "linux", a))
             .ok_or_else(|| {
-                let have: Vec<String> = manifest
-                    .manifests
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
-                    .collect();
                 bad(format!(
-                    "index has no linux/{} or linux/amd64 image (has {})",
-                    wanted[0],
-                    have.join(", ")
+                    "index has no linux/{arch} or linux/amd64 image (has {})",
+                    kmm_registry::manifest::platforms(index)
                 ))
             })?;
         tracing::info!("{} is an index: using {}", reference.whole(), entry.digest);
@@ -437,45 +322,36 @@ pub async fn pull(reference: &Reference, opts: &RegistryOptions) -> Result<Pulle
             .pull_manifest_raw(&target, &opts.auth, &accepted[..2])
             .await
             .map_err(fail(format!("fetching manifest {}", target.whole())))?;
-        manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("manifest {digest} is not JSON: {e}")))?;
+        manifest = kmm_registry::manifest::parse(&bytes)
+            .map_err(|e| bad(format!("manifest {digest} is not an image manifest: {e}")))?;
     }
+    let OciManifest::Image(manifest) = manifest else {
+        return Err(bad(format!(
+            "manifest {digest} is an index inside an index"
+        )));
+    };
     let media_type = manifest
         .media_type
         .clone()
         .unwrap_or_else(|| oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
-    let config_desc = manifest
-        .config
-        .as_ref()
-        .ok_or_else(|| bad(format!("manifest {digest} has no config")))?;
-    let fetch = |d: &RawDescriptor| oci_client::manifest::OciDescriptor {
-        digest: d.digest.clone(),
-        media_type: d.media_type.clone(),
-        ..Default::default()
-    };
-    let mut config = Vec::new();
-    client
-        .pull_blob(&target, &fetch(config_desc), &mut config)
-        .await
-        .map_err(fail(format!("fetching config {}", config_desc.digest)))?;
+    let config = pull_blob(&client, &target, &manifest.config.digest, "config").await?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
-    for layer in &manifest.layers {
-        let mut blob = Vec::new();
-        client
-            .pull_blob(&target, &fetch(layer), &mut blob)
-            .await
-            .map_err(fail(format!("fetching layer {}", layer.digest)))?;
+    for OciDescriptor {
+        media_type, digest, ..
+    } in &manifest.layers
+    {
+        let blob = pull_blob(&client, &target, digest, "layer").await?;
         // Checked here too: the layer is re-pushed under this digest.
         let got = crate::digest::sha256_digest(&blob);
-        if got != layer.digest {
+        if got != *digest {
             return Err(Error::DigestMismatch {
-                want: layer.digest.clone(),
+                want: digest.clone(),
                 got,
             });
         }
         layers.push(PulledLayer {
-            media_type: layer.media_type.clone(),
-            digest: layer.digest.clone(),
+            media_type: media_type.clone(),
+            digest: digest.clone(),
             blob,
         });
     }
@@ -511,7 +387,6 @@ pub async fn fetch_blob(
     opts: &RegistryOptions,
 ) -> Result<Vec<u8>> {
     let client = client(reference, opts);
-    let mut out = Vec::new();
     client
         .auth(reference, &opts.auth, oci_client::RegistryOperation::Pull)
         .await
@@ -519,16 +394,23 @@ pub async fn fetch_blob(
             reference.resolve_registry(),
             "authentication for pull".to_string(),
         ))?;
-    let descriptor = oci_client::manifest::OciDescriptor {
-        digest: digest.to_string(),
-        ..Default::default()
-    };
+    pull_blob(&client, reference, digest, "blob").await
+}
+
+/// One blob into memory, by digest; `what` names it in the error.
+async fn pull_blob(
+    client: &Client,
+    reference: &Reference,
+    digest: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
     client
-        .pull_blob(reference, &descriptor, &mut out)
+        .pull_blob(reference, digest, &mut out)
         .await
         .map_err(failed(
             reference.resolve_registry(),
-            format!("fetching blob {digest}"),
+            format!("fetching {what} {digest}"),
         ))?;
     Ok(out)
 }
@@ -536,6 +418,10 @@ pub async fn fetch_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn r(s: &str) -> Reference {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn missing_tag_defaults_to_kernel_version() {
@@ -556,11 +442,11 @@ mod tests {
                 "other.example":{"username":"bob","password":"pw"}}}"#,
         )
         .unwrap();
-        let a = auth_from_file(&path, "reg.example:5000").unwrap();
+        let a = auth_from_file(&path, &r("reg.example:5000/ns/brd:1")).unwrap();
         assert!(matches!(a, RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cret"));
-        let b = auth_from_file(&path, "other.example").unwrap();
+        let b = auth_from_file(&path, &r("other.example/ns/brd:1")).unwrap();
         assert!(matches!(b, RegistryAuth::Basic(u, p) if u == "bob" && p == "pw"));
-        let none = auth_from_file(&path, "nowhere.example").unwrap();
+        let none = auth_from_file(&path, &r("nowhere.example/ns/brd:1")).unwrap();
         assert!(matches!(none, RegistryAuth::Anonymous));
     }
 
@@ -573,7 +459,7 @@ mod tests {
             r#"{"https://reg.example:5000":{"auth":"YWxpY2U6czNjcmV0","email":"a@b.c"}}"#,
         )
         .unwrap();
-        let a = auth_from_file(&path, "reg.example:5000").unwrap();
+        let a = auth_from_file(&path, &r("reg.example:5000/ns/brd:1")).unwrap();
         assert!(matches!(a, RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cret"));
     }
 }

@@ -127,6 +127,27 @@ impl DockerConfig {
         Self::from_entries(parsed.auths)
     }
 
+    /// Parses a docker config file of either shape, as kmmctl's `--auth-file`
+    /// takes it: `~/.docker/config.json` or a `.dockerconfigjson`
+    /// (`{"auths": {...}}`), or a legacy `.dockercfg` (the `auths` map itself).
+    /// In a file without `auths`, top-level values that are not registry
+    /// entries (`credsStore`, ...) are skipped.
+    pub fn from_config_file(bytes: &[u8]) -> Result<Self, AuthError> {
+        let top: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(|e| AuthError::InvalidJson {
+                key: "the file",
+                reason: e.to_string(),
+            })?;
+        if top.contains_key("auths") {
+            return Self::from_dockerconfigjson(bytes);
+        }
+        let entries = top
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, serde_json::from_value::<Entry>(value).ok()?)))
+            .collect();
+        Self::from_entries(entries)
+    }
+
     /// Parses a legacy `.dockercfg` value (`{registry: entry}`).
     pub fn from_dockercfg(bytes: &[u8]) -> Result<Self, AuthError> {
         let parsed: BTreeMap<String, Entry> =
@@ -353,6 +374,38 @@ mod tests {
         assert_eq!(
             cfg.auth_for(&r("registry.example.com/x/y:2")),
             basic("a", "b")
+        );
+    }
+
+    #[test]
+    fn config_files_of_either_shape() {
+        let auth = STANDARD.encode("alice:s3cret");
+        let json = format!(
+            r#"{{"auths":{{"https://reg.example:5000/v1/":{{"auth":"{auth}"}}}},"credsStore":"desktop"}}"#
+        );
+        let cfg = DockerConfig::from_config_file(json.as_bytes()).unwrap();
+        assert_eq!(
+            cfg.auth_for(&r("reg.example:5000/ns/brd:1")),
+            basic("alice", "s3cret")
+        );
+        // Legacy .dockercfg: registry keys at the top level, other keys skipped.
+        let json = format!(
+            r#"{{"https://reg.example:5000":{{"auth":"{auth}","email":"a@b.c"}},"credsStore":"desktop"}}"#
+        );
+        let cfg = DockerConfig::from_config_file(json.as_bytes()).unwrap();
+        assert_eq!(
+            cfg.auth_for(&r("reg.example:5000/ns/brd:1")),
+            basic("alice", "s3cret")
+        );
+        assert_eq!(
+            cfg.auth_for(&r("other.example/ns/brd:1")),
+            RegistryAuth::Anonymous
+        );
+        let err = DockerConfig::from_config_file(b"[1]").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the file is not a valid docker config"),
+            "{err}"
         );
     }
 

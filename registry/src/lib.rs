@@ -2,11 +2,14 @@
 //!
 //! - [`auth`]: credentials from Kubernetes pull secrets (kubelet's matching rules);
 //! - [`client`]: an oci-client [`Client`] configured from a Module's `registryTLS`;
-//! - [`lookup`]: does an image exist (the controller's "build or not" question).
+//! - [`lookup`]: does an image exist (the controller's "build or not" question);
+//! - [`manifest`]: manifests and indexes as `oci_client::manifest` types, and
+//!   the index entry for a platform.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod lookup;
+pub mod manifest;
 
 use std::time::Duration;
 
@@ -25,24 +28,36 @@ pub struct RegistryTls {
     pub insecure_skip_tls_verify: bool,
 }
 
-/// An oci-client for `registry` (`host[:port]` as in the reference) with the
-/// Module's TLS settings. Platforms are not resolved by the client: callers
-/// choose from the raw index.
+/// An oci-client for `registry` (`host[:port]` as in the reference, i.e.
+/// `Reference::resolve_registry`) with the Module's TLS settings. Platforms
+/// are not resolved by the client: callers choose from the raw index
+/// ([`manifest::find_platform`]).
 pub fn client(registry: &str, tls: RegistryTls) -> Client {
-    ensure_crypto_provider();
+    client_from(client_config(registry, tls))
+}
+
+/// The configuration [`client`] uses, for callers that change a setting
+/// (kmmctl pushes blobs monolithically) before [`client_from`].
+pub fn client_config(registry: &str, tls: RegistryTls) -> ClientConfig {
     let protocol = if tls.insecure {
         ClientProtocol::HttpsExcept(vec![registry.to_owned()])
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
+    ClientConfig {
         protocol,
         accept_invalid_certificates: tls.insecure_skip_tls_verify,
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
-    })
+    }
+}
+
+/// An oci-client from `config`, with the crypto provider installed first.
+pub fn client_from(config: ClientConfig) -> Client {
+    ensure_crypto_provider();
+    Client::new(config)
 }
 
 /// Installs rustls' ring crypto provider as the process default unless one

@@ -19,7 +19,7 @@ use kmm_common::{Build, Sign, TlsOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::device_plugin::{MANAGED_BY, MODULE_NAME_LABEL};
+use crate::labels::{MANAGED_BY, MODULE_NAME_LABEL};
 
 /// Label with the step's input hash (one Job per distinct input).
 pub const HASH_LABEL: &str = "kmm.node.kubernetes.io/build.hash";

@@ -12,7 +12,7 @@ pub mod job;
 pub mod plan;
 pub mod sync;
 
-pub use sync::{BuildReport, ImageLookups, sync};
+pub use sync::{BuildContext, BuildReport, ImageLookups, sync};
 
 #[cfg(test)]
 mod tests;

@@ -8,20 +8,21 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use kmm_common::{Module, ResolvedMapping, TlsOptions, resolve_mapping};
 use kmm_registry::{DockerConfig, RegistryTls};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::{Resource, ResourceExt};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 
 use super::job::{self, DOCKERFILE_KEY, StepKind};
 use super::plan::{self, ChainInput, Facts, JobView, Outcome};
-use crate::device_plugin::MODULE_NAME_LABEL;
 use crate::error::{Error, Result};
-use crate::reconcile::Context;
+use crate::labels::MODULE_NAME_LABEL;
+use crate::metrics::Metrics;
 
 /// How long a "this image exists" answer is trusted: a fleet's burst of
 /// reconciles asks the registry once per image, not once per reconcile.
@@ -49,6 +50,26 @@ impl ImageLookups {
     }
 }
 
+/// What the build step works through, lent by the reconciler (build does not
+/// depend on the reconciler's own context).
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// API client.
+    pub client: &'a Client,
+    /// Events on Modules.
+    pub recorder: &'a Recorder,
+    /// `jobs_created`.
+    pub metrics: &'a Metrics,
+    /// All Nodes: the kernels to build for.
+    pub nodes: &'a Store<Node>,
+    /// Build and sign Jobs (ours, by label).
+    pub jobs: &'a Store<Job>,
+    /// Recent "image exists" answers of registries.
+    pub image_lookups: &'a ImageLookups,
+    /// The image with `kmmctl`, run by sign Jobs.
+    pub signer_image: &'a str,
+}
+
 /// How the Module's images stand after the build step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildReport {
@@ -65,7 +86,7 @@ pub struct BuildReport {
 /// missing ConfigMap or pull secret, an unreachable registry) are reported in
 /// the returned condition instead, per kernel, so one bad kernel does not stop
 /// the others.
-pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildReport> {
+pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<BuildReport> {
     let name = module.name_any();
     let force = module.spec.image_rebuild_trigger_generation.is_some()
         && module.spec.image_rebuild_trigger_generation
@@ -85,7 +106,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
             .filter(|s| !s.is_empty()),
         trigger_generation: module.spec.image_rebuild_trigger_generation,
         tolerations: module.spec.tolerations.clone(),
-        signer_image: ctx.settings.signer_image.clone(),
+        signer_image: ctx.signer_image.to_owned(),
     };
     let jobs: Vec<JobView> = ctx
         .jobs
@@ -177,7 +198,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &Context) -> Result<BuildRepor
 /// Distinct kernels of the nodes the Module selects whose mapping builds or
 /// signs. The version label does not gate builds: the image of the next
 /// version is built before nodes are moved to it.
-fn kernels_to_build(module: &Module, ctx: &Context) -> BTreeMap<String, ResolvedMapping> {
+fn kernels_to_build(module: &Module, ctx: &BuildContext<'_>) -> BTreeMap<String, ResolvedMapping> {
     let mut out = BTreeMap::new();
     for node in ctx.nodes.state() {
         let empty = BTreeMap::new();
@@ -203,7 +224,7 @@ fn kernels_to_build(module: &Module, ctx: &Context) -> BTreeMap<String, Resolved
 async fn registry_auth(
     module: &Module,
     ns: &str,
-    ctx: &Context,
+    ctx: &BuildContext<'_>,
 ) -> std::result::Result<Option<DockerConfig>, String> {
     let Some(secret) = module
         .spec
@@ -229,7 +250,11 @@ async fn registry_auth(
         .map_err(|e| format!("imageRepoSecret {ns}/{}: {e}", secret.name))
 }
 
-async fn dockerfile(ns: &str, name: &str, ctx: &Context) -> std::result::Result<String, String> {
+async fn dockerfile(
+    ns: &str,
+    name: &str,
+    ctx: &BuildContext<'_>,
+) -> std::result::Result<String, String> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let cm = api
         .get(name)
@@ -246,7 +271,7 @@ async fn facts(
     chain: &[job::Step],
     target: &ResolvedMapping,
     auth: Option<&DockerConfig>,
-    ctx: &Context,
+    ctx: &BuildContext<'_>,
 ) -> std::result::Result<Facts, (String, String)> {
     let image_exists = exists(&target.container_image, &target.registry_tls, auth, ctx).await?;
     let unsigned_exists = match chain {
@@ -265,7 +290,7 @@ async fn exists(
     image: &str,
     tls: &TlsOptions,
     auth: Option<&DockerConfig>,
-    ctx: &Context,
+    ctx: &BuildContext<'_>,
 ) -> std::result::Result<bool, (String, String)> {
     if ctx.image_lookups.fresh(image) {
         return Ok(true);
@@ -296,7 +321,12 @@ async fn exists(
     Ok(found)
 }
 
-async fn create_job(module: &Module, step: &job::Step, kernel: &str, ctx: &Context) -> Result<()> {
+async fn create_job(
+    module: &Module,
+    step: &job::Step,
+    kernel: &str,
+    ctx: &BuildContext<'_>,
+) -> Result<()> {
     let owner = module
         .controller_owner_ref(&())
         .ok_or_else(|| Error::InvalidModule("Module has no uid yet".into()))?;
@@ -339,7 +369,7 @@ async fn create_job(module: &Module, step: &job::Step, kernel: &str, ctx: &Conte
     }
 }
 
-async fn delete_jobs(ns: &str, names: Vec<String>, ctx: &Context) -> Result<()> {
+async fn delete_jobs(ns: &str, names: Vec<String>, ctx: &BuildContext<'_>) -> Result<()> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     for name in names {
         tracing::info!(job = %name, "deleting a finished or obsolete build/sign Job");
@@ -353,7 +383,7 @@ async fn delete_jobs(ns: &str, names: Vec<String>, ctx: &Context) -> Result<()> 
     Ok(())
 }
 
-async fn record_trigger(module: &Module, ns: &str, ctx: &Context) -> Result<()> {
+async fn record_trigger(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<()> {
     let patch = serde_json::json!({ "status": {
         "imageRebuildTriggerGeneration": module.spec.image_rebuild_trigger_generation,
     }});
@@ -368,7 +398,13 @@ async fn record_trigger(module: &Module, ns: &str, ctx: &Context) -> Result<()> 
     Ok(())
 }
 
-async fn publish(module: &Module, ctx: &Context, type_: EventType, reason: &str, note: String) {
+async fn publish(
+    module: &Module,
+    ctx: &BuildContext<'_>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = KubeEvent {
         type_,
         reason: reason.into(),

@@ -27,9 +27,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::instrument;
 
-use crate::build::{self, ImageLookups};
-use crate::device_plugin::{MANAGED_BY, ROLE_DEVICE_PLUGIN, ROLE_LABEL};
+use crate::build::{self, BuildContext, ImageLookups};
 use crate::error::{Error, Result};
+use crate::labels::{MANAGED_BY, ROLE_DEVICE_PLUGIN, ROLE_LABEL};
 use crate::metrics::Metrics;
 use crate::status::{self, Fleet};
 use triggers::NodeFingerprints;
@@ -91,6 +91,21 @@ pub struct Context {
     pub jobs: Store<Job>,
     /// Recent "image exists" answers of registries.
     pub image_lookups: ImageLookups,
+}
+
+impl Context {
+    /// What the build step may use of this context.
+    fn build_context(&self) -> BuildContext<'_> {
+        BuildContext {
+            client: &self.client,
+            recorder: &self.recorder,
+            metrics: &self.metrics,
+            nodes: &self.nodes,
+            jobs: &self.jobs,
+            image_lookups: &self.image_lookups,
+            signer_image: &self.settings.signer_image,
+        }
+    }
 }
 
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -268,7 +283,7 @@ async fn apply(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
     let ds = objects::sync_device_plugin(module, ns, ctx).await?;
     let ready = objects::device_plugin_ready_nodes(module, ns, ctx);
     objects::sync_device_plugin_labels(module, ns, &ready, ctx).await?;
-    let images = build::sync(module, ns, ctx).await?;
+    let images = build::sync(module, ns, &ctx.build_context()).await?;
     write_status(module, ns, ctx, ds.as_ref(), None, &images).await?;
     // Builds wake us through their Jobs; a registry that was unreachable or an
     // image a Job should have pushed is asked again sooner than the resync.

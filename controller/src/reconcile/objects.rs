@@ -12,10 +12,11 @@ use kube::{Resource, ResourceExt};
 
 use super::Context;
 use crate::device_plugin::{
-    MODULE_NAME_LABEL, build_daemonset, build_service_account, creates_service_account,
-    daemonset_name, label_selector, pod_node, pod_ready,
+    build_daemonset, build_service_account, creates_service_account, daemonset_name,
+    label_selector, pod_node, pod_ready,
 };
 use crate::error::{Error, Result};
+use crate::labels::MODULE_NAME_LABEL;
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "kmm-controller";

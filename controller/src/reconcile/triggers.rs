@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 
-use crate::device_plugin::MODULE_NAME_LABEL;
+use crate::labels::MODULE_NAME_LABEL;
 
 /// Remembers, per Node, a hash of what Module decisions read (labels and
 /// kernel), so heartbeat-only status updates do not re-reconcile every Module.

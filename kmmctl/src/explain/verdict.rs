@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node;
+use kmm_common::nmc::{is_loaded, module_status};
 use kmm_common::{
     Ineligible, Module, NodeModuleStatus, NodeModulesConfig, node_eligibility, node_kernel_version,
     ready_label, version_ready_label,
@@ -50,7 +51,7 @@ pub fn explain_node(
     let empty = BTreeMap::new();
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
     let eligibility = node_eligibility(module, node);
-    let entry = nmc.and_then(|n| status_entry(n, namespace, name));
+    let entry = nmc.and_then(|n| module_status(n, namespace, name));
 
     let target = eligibility.as_ref().ok().map(|r| TargetInfo {
         mapping_index: r.mapping_index,
@@ -112,26 +113,21 @@ pub fn summarize(nodes: &[NodeExplanation]) -> Summary {
     }
 }
 
-fn status_entry<'a>(
-    nmc: &'a NodeModulesConfig,
-    namespace: &str,
-    name: &str,
-) -> Option<&'a NodeModuleStatus> {
-    nmc.status
-        .as_ref()?
-        .modules
-        .iter()
-        .find(|m| m.item.namespace == namespace && m.item.name == name)
-}
-
-/// What the status entry says is loaded (`config` is set only while something is loaded).
+/// What the status entry says is loaded ([`is_loaded`], the controller's reading too):
+/// the entry's image and kernel, else those of its `config`.
 fn loaded_of(entry: &NodeModuleStatus) -> Option<Loaded> {
-    let config = entry.config.as_ref()?;
-    let pick = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
+    if !is_loaded(entry) {
+        return None;
+    }
+    let config = entry.config.as_ref();
+    let pick = |a: &str, b: Option<&String>| match b {
+        Some(b) if a.is_empty() => b.clone(),
+        _ => a.to_string(),
+    };
     Some(Loaded {
-        image: pick(&entry.image, &config.container_image),
+        image: pick(&entry.image, config.map(|c| &c.container_image)),
         digest: (!entry.digest.is_empty()).then(|| entry.digest.clone()),
-        kernel: pick(&entry.kernel, &config.kernel_version),
+        kernel: pick(&entry.kernel, config.map(|c| &c.kernel_version)),
         since: entry
             .load_time
             .as_ref()

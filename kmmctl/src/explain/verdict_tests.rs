@@ -172,6 +172,24 @@ fn loaded_image_for_the_node_kernel_is_loaded() {
     assert!(e.notes.is_empty(), "{:?}", e.notes);
 }
 
+/// The controller counts an entry with a digest but no config as loaded (a
+/// deletion waits for it); explain must say the same (one contract,
+/// `kmm_common::nmc::is_loaded`).
+#[test]
+fn an_entry_with_only_a_digest_is_loaded_as_the_controller_counts_it() {
+    let entry = json!({
+        "name": "brd", "namespace": "kmm-demo", "serviceAccountName": "",
+        "image": IMAGE, "digest": "sha256:abc", "kernel": KVER
+    });
+    let status = nmc(json!([entry]));
+    let e = explain_node(&plain_module(), &node(ready(), KVER), Some(&status));
+    assert_eq!(e.state, NodeState::Loaded, "{}: {}", e.reason, e.message);
+    let l = e.loaded.unwrap();
+    assert_eq!((l.image.as_str(), l.kernel.as_str()), (IMAGE, KVER));
+    assert_eq!(l.digest.as_deref(), Some("sha256:abc"));
+    assert!(e.notes.is_empty(), "{:?}", e.notes);
+}
+
 #[test]
 fn loaded_without_ready_label_gets_a_note() {
     let status = nmc(json!([loaded_entry(IMAGE, KVER)]));
