@@ -87,9 +87,12 @@ pub async fn recover_journal(
     for (key, why) in &recovered.forgotten {
         tracing::info!(module = %key, reason = %why, "record dropped at start; the Module loads again if still wanted");
     }
-    if !recovered.rolled_back.is_empty() || !recovered.finished_unloads.is_empty() {
-        tracing::info!(rolled_back = ?recovered.rolled_back, finished_unloads = ?recovered.finished_unloads,
-            "finished what a restart interrupted");
+    if !recovered.rolled_back.is_empty() {
+        tracing::info!(removed = ?recovered.rolled_back,
+            "rolled back loads interrupted by a restart; they are retried from the start");
+    }
+    if !recovered.finished_unloads.is_empty() {
+        tracing::info!(removed = ?recovered.finished_unloads, "finished unloads interrupted by a restart");
     }
     file.save(&state)?;
     for key in state.modules.keys() {
