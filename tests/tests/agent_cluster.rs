@@ -838,3 +838,129 @@ async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Resu
     f.wait_label(&f.ready_label("held"), false).await?;
     f.finish().await
 }
+
+/// The Modules of the SIGKILL test and the kernel modules each needs.
+const CHAOS: &[(&str, &[&str])] = &[("chaosa", &["chaosa", "chaosdep"]), ("chaosb", &["chaosb"])];
+
+fn chaos_yaml(node: &str, image: &str, name: &str, answer: u32) -> String {
+    let yaml = module_yaml(node, name, image, "", "")
+        .replace("answer=42", &format!("answer={answer}"));
+    if name == "chaosa" {
+        yaml.replace(
+            "parameters:",
+            "modulesLoadingOrder: [chaosa, chaosdep]\n        parameters:",
+        )
+    } else {
+        yaml
+    }
+}
+
+/// The real agent SIGKILLed at 20 pseudo-random points across loads, unloads and
+/// replaces (every simulated insert and remove takes 300 ms): after each restart
+/// the kernel holds exactly the modules of the wanted Modules, each Module's
+/// label matches, the records match, and nothing leaked.
+#[tokio::test]
+async fn agent_sigkilled_at_random_points_leaves_kernel_and_records_consistent() -> Result<()> {
+    let mut f = Fixture::new("agent-chaos", &[]).await?;
+    let image = f.image("chaos");
+    push_fake_kmod(
+        &image,
+        KVER,
+        &[("chaosa", &[]), ("chaosdep", &[]), ("chaosb", &[])],
+        &[],
+    )
+    .await?;
+    let state_dir = f.agent.state_dir.clone();
+    let opts = AgentOptions {
+        node: f.node.clone(),
+        kernel_release: KVER.into(),
+        state_dir: state_dir.clone(),
+        kubeconfig: f.cp.kubeconfig_path().to_path_buf(),
+        resync_seconds: 2,
+    };
+    let mut wanted: std::collections::BTreeMap<&str, u32> = Default::default();
+    let mut seed: u64 = 0x5eed_cafe;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    for round in 0..20u32 {
+        f.agent.kill();
+        f.agent = AgentProcess::start_with_args(
+            &opts,
+            &["--sim-load-delay-ms", "300", "--sim-unload-delay-ms", "300"],
+        )?;
+        f.agent.wait_ready(WAIT).await?;
+        let (name, _) = CHAOS[usize::try_from(next(2))?];
+        let action = if wanted.contains_key(name) {
+            // unload, or replace through a new parameter
+            if next(2) == 0 { "unload" } else { "replace" }
+        } else {
+            "load"
+        };
+        match action {
+            "unload" => {
+                f.delete_module(name).await?;
+                wanted.remove(name);
+            }
+            _ => {
+                let answer = round + 100;
+                f.apply(&chaos_yaml(&f.node, &image, name, answer)).await?;
+                wanted.insert(name, answer);
+            }
+        }
+        let kill_after = Duration::from_millis(next(1500));
+        tokio::time::sleep(kill_after).await;
+        f.agent.kill();
+        println!("round {round}: {action} {name}, killed after {kill_after:?}");
+
+        f.agent = AgentProcess::start(&opts)?;
+        f.agent.wait_ready(WAIT).await?;
+        for (name, _) in CHAOS {
+            f.wait_label(&f.ready_label(name), wanted.contains_key(name))
+                .await?;
+        }
+        let mut expected: Vec<String> = CHAOS
+            .iter()
+            .filter(|(n, _)| wanted.contains_key(n))
+            .flat_map(|(_, mods)| mods.iter().map(|m| m.to_string()))
+            .collect();
+        expected.sort();
+        // The restarted agent converges: kernel, records and specs agree.
+        let converged = || async {
+            let loaded: Vec<String> = sim_kernel_modules(&state_dir)?
+                .into_iter()
+                .map(|(n, _, _)| n)
+                .collect();
+            let state = kmm_agent::state::StateFile::in_dir(&state_dir).load()?;
+            let records: Vec<(String, Vec<String>)> = state
+                .modules
+                .iter()
+                .map(|(k, r)| (k.name.clone(), r.parameters.clone()))
+                .collect();
+            let want: Vec<(String, Vec<String>)> = wanted
+                .iter()
+                .map(|(n, a)| (n.to_string(), vec![format!("answer={a}")]))
+                .collect();
+            Ok(loaded == expected
+                && records == want
+                && state.loading.is_empty()
+                && state.unloading.is_empty())
+        };
+        wait_for(WAIT, converged).await.map_err(|e| {
+            anyhow::anyhow!(
+                "round {round}: kernel {:?} (want {expected:?}), state {:?}: {e}\nlog:\n{}",
+                sim_kernel_modules(&state_dir),
+                kmm_agent::state::StateFile::in_dir(&state_dir).load(),
+                f.agent.log()
+            )
+        })?;
+    }
+    for name in wanted.keys() {
+        f.delete_module(name).await?;
+    }
+    for (name, _) in CHAOS {
+        f.wait_label(&f.ready_label(name), false).await?;
+    }
+    f.finish().await
+}
