@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Every file appears by rename, so a crash leaves either the old or the new
-//! content (stray `.tmp-*` / `.partial-*` entries are removed by `gc`).
+//! content plus stray temp entries (`.tmp-*` blobs, `.<hex>.partial-*`
+//! staging trees, `.refs.json.tmp-*`); [`ImageCache::open`] removes those
+//! (and `gc` would too). A name without the leading dot is always complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -70,10 +72,18 @@ pub struct ImageCache {
 impl ImageCache {
     /// Opens (creating) the cache in `dir` with a size limit in bytes
     /// (enforced by [`ImageCache::enforce_limit`]).
+    ///
+    /// Leftovers of a pull interrupted by a crash (temp blobs, staging trees,
+    /// a half-written refs file) are removed; complete blobs and unpacked
+    /// trees are never touched. Call it once per process, before any pull.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, ImageError> {
         for sub in ["blobs/sha256", "unpacked/sha256"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| ImageError::cache(&p, e))?;
+        }
+        let removed = remove_leftovers(dir)?;
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed partial downloads and staging trees left by an interrupted pull");
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -322,6 +332,32 @@ impl ImageCache {
         }
         Ok(Some(report))
     }
+}
+
+/// Temp entries of the cache's own writers, per directory: only a dot-name
+/// with one of these prefixes or infixes can be a leftover.
+fn is_leftover(sub: &str, name: &str) -> bool {
+    match sub {
+        "" => name.starts_with(".refs.json.tmp-"),
+        "blobs/sha256" => name.starts_with(".tmp-"),
+        "unpacked/sha256" => name.starts_with('.') && name.contains(".partial-"),
+        _ => false,
+    }
+}
+
+/// Removes what a crash mid-pull leaves (see [`is_leftover`]); returns how many.
+fn remove_leftovers(dir: &Path) -> Result<usize, ImageError> {
+    let mut removed = 0;
+    for sub in ["", "blobs/sha256", "unpacked/sha256"] {
+        let parent = dir.join(sub);
+        for name in list(&parent)? {
+            if is_leftover(sub, &name) {
+                remove_any(&parent.join(&name))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn list(dir: &Path) -> Result<Vec<String>, ImageError> {
