@@ -73,6 +73,15 @@ impl<'l> Extractor<'l> {
         }
     }
 
+    fn check_deadline(&self) -> Result<(), ExtractError> {
+        match self.limits.deadline {
+            Some(deadline) if std::time::Instant::now() >= deadline => {
+                Err(ExtractError::DeadlineExceeded)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn entries(&mut self, tap: &mut Tap<'_>, stats: &mut Stats) -> Result<(), Failure> {
         let mut archive = Archive::new(tap);
         let mut touched = Touched::new();
@@ -86,6 +95,7 @@ impl<'l> Extractor<'l> {
                 }
                 .into());
             }
+            self.check_deadline()?;
             self.entry(&mut entry, stats, &mut touched)?;
         }
         Ok(())
@@ -182,6 +192,7 @@ impl<'l> Extractor<'l> {
             out.write_all(&buf[..n])
                 .map_err(|e| ExtractError::io(&abs, e))?;
             written += n as u64;
+            self.check_deadline()?;
         }
         drop(out);
         // The tar reader returns a short file at EOF instead of an error.

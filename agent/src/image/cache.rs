@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -145,16 +146,18 @@ impl ImageCache {
         Ok(())
     }
 
-    /// Streams a blob to disk, hashing as it goes; keeps it only if the
-    /// sha256 matches `digest` and it is no longer than `max_len`.
-    /// Returns the number of bytes received.
+    /// Streams a blob to disk, hashing as it goes; keeps it only if it is
+    /// exactly `len` bytes and its sha256 matches `digest`. Adds what
+    /// arrives to `received`; returns the number of bytes.
     pub(crate) async fn store_stream(
         &self,
         digest: &str,
         mut stream: BlobStream,
-        max_len: u64,
+        len: u64,
+        received: &AtomicU64,
         registry_error: impl Fn(io::Error) -> ImageError,
     ) -> Result<u64, ImageError> {
+        let max_len = len;
         let path = self.blob_path(digest)?;
         let dir = self.dir.join("blobs/sha256");
         let tmp = tempfile::Builder::new()
@@ -164,11 +167,12 @@ impl ImageCache {
         let (std_file, tmp_path) = tmp.into_parts();
         let mut file = tokio::fs::File::from_std(std_file);
         let mut hasher = Sha256::new();
-        let mut len = 0u64;
+        let mut got = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(&registry_error)?;
-            len += chunk.len() as u64;
-            if len > max_len {
+            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            got += chunk.len() as u64;
+            if got > max_len {
                 return Err(ImageError::BlobTooLarge {
                     digest: digest.to_owned(),
                     limit: max_len,
@@ -183,6 +187,13 @@ impl ImageCache {
             .await
             .map_err(|e| ImageError::cache(&*tmp_path, e))?;
         drop(file);
+        if got != len {
+            return Err(ImageError::SizeMismatch {
+                what: format!("blob {digest}"),
+                expected: len,
+                actual: got,
+            });
+        }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
             return Err(ImageError::DigestMismatch {
@@ -194,7 +205,7 @@ impl ImageCache {
         tmp_path
             .persist(&path)
             .map_err(|e| ImageError::cache(&path, e.error))?;
-        Ok(len)
+        Ok(got)
     }
 
     fn refs_path(&self) -> PathBuf {

@@ -7,6 +7,7 @@
 //! registry; [`OciSource`] is the oci-client implementation.
 
 pub use kmm_registry::auth;
+mod bounded;
 mod cache;
 mod error;
 mod manifest;
@@ -14,10 +15,15 @@ mod pull;
 mod source;
 
 pub use auth::{AuthError, Credential, DockerConfig};
+pub use bounded::DEFAULT_MAX_MANIFEST_BYTES;
 pub use cache::{GcReport, ImageCache, RefEntry};
 pub use error::ImageError;
 pub use manifest::{Descriptor, Manifest, Platform, sha256_digest};
-pub use pull::{PullOptions, PullPolicy, PulledImage, parse_reference};
+pub use pull::{
+    DEFAULT_MANIFEST_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PULL_DEADLINE, PullOptions,
+    PullPolicy, PulledImage, parse_reference,
+};
 pub use source::{
-    BlobStream, ImageSource, MANIFEST_MEDIA_TYPES, OciSource, RegistryTls, ensure_crypto_provider,
+    BlobStream, Body, ImageSource, MANIFEST_MEDIA_TYPES, OciSource, RegistryTls,
+    ensure_crypto_provider,
 };

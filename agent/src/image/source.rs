@@ -1,21 +1,29 @@
-//! Where images come from: the [`ImageSource`] trait and its oci-client
-//! implementation. The source only transports bytes; digests are verified
-//! and platforms chosen by the caller, so a test double needs no logic.
+//! Where images come from: the [`ImageSource`] trait and its registry
+//! implementation. The source only transports bytes; digests, sizes and
+//! byte caps are checked and platforms chosen by the caller, so a test
+//! double needs no logic.
+//!
+//! [`OciSource`] authenticates with oci-client but sends the requests
+//! itself: oci-client reads whole manifest (and error) bodies into memory,
+//! and a hostile registry can send gigabytes there.
 
 use std::future::Future;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use kmm_registry::lookup::FailureKind;
+use kmm_registry::lookup::{FailureKind, error_chain};
+use kmm_registry::reqwest::{self, Method, StatusCode, header};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+    OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
+use tokio::sync::OnceCell;
 
 use super::ImageError;
+use super::bounded::{self, DEFAULT_MAX_MANIFEST_BYTES};
 
 /// Manifest media types asked for (image manifests and indexes, OCI and Docker).
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -25,8 +33,29 @@ pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
     IMAGE_MANIFEST_LIST_MEDIA_TYPE,
 ];
 
+/// Bytes of an error response kept for the message.
+const ERROR_BODY_BYTES: u64 = 4096;
+
 /// A blob's bytes as they arrive.
 pub type BlobStream = BoxStream<'static, std::io::Result<Vec<u8>>>;
+
+/// A response body not read yet.
+pub struct Body {
+    /// The length the server announced (`Content-Length`), if any.
+    pub announced_len: Option<u64>,
+    /// The bytes, as they arrive.
+    pub chunks: BlobStream,
+}
+
+impl Body {
+    /// A body already in memory (for test doubles).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self {
+            announced_len: Some(bytes.len() as u64),
+            chunks: futures::stream::once(async move { Ok(bytes) }).boxed(),
+        }
+    }
+}
 
 /// A registry (or anything that serves images like one).
 pub trait ImageSource: Send + Sync {
@@ -36,27 +65,34 @@ pub trait ImageSource: Send + Sync {
         reference: &Reference,
     ) -> impl Future<Output = Result<String, ImageError>> + Send;
 
-    /// The raw manifest (or index) for a reference, by tag or by digest.
-    /// Returns the bytes exactly as served; the caller checks the digest.
+    /// The raw manifest (or index) for a reference, by tag or by digest,
+    /// exactly as served; the caller caps its size and checks the digest.
     fn fetch_manifest(
         &self,
         reference: &Reference,
-    ) -> impl Future<Output = Result<Vec<u8>, ImageError>> + Send;
+    ) -> impl Future<Output = Result<Body, ImageError>> + Send;
 
-    /// A blob of the reference's repository, as a stream of chunks.
+    /// A blob of the reference's repository; the caller caps its size and
+    /// checks the digest.
     fn fetch_blob(
         &self,
         reference: &Reference,
         digest: &str,
-    ) -> impl Future<Output = Result<BlobStream, ImageError>> + Send;
+    ) -> impl Future<Output = Result<Body, ImageError>> + Send;
 }
 
 pub use kmm_registry::RegistryTls;
 
-/// The oci-client implementation, for one registry with one set of credentials.
+/// The registry implementation, for one registry and repository with one
+/// set of credentials (one pull).
 pub struct OciSource {
     client: Client,
+    http: Result<reqwest::Client, String>,
+    scheme: &'static str,
     auth: RegistryAuth,
+    /// The `Authorization` header, found once per source.
+    authorization: OnceCell<Option<header::HeaderValue>>,
+    max_manifest_bytes: u64,
 }
 
 impl OciSource {
@@ -64,76 +100,211 @@ impl OciSource {
     pub fn new(registry: &str, tls: RegistryTls, auth: RegistryAuth) -> Self {
         Self {
             client: kmm_registry::client(registry, tls),
+            http: kmm_registry::http_client(tls).map_err(|e| error_chain(&e)),
+            scheme: kmm_registry::scheme(tls),
             auth,
+            authorization: OnceCell::new(),
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
         }
+    }
+
+    /// Caps a manifest read by [`ImageSource::resolve`] itself (when the
+    /// registry does not send `Docker-Content-Digest`).
+    #[must_use]
+    pub fn with_max_manifest_bytes(mut self, max: u64) -> Self {
+        self.max_manifest_bytes = max;
+        self
+    }
+
+    /// Bearer token from oci-client's auth flow, else Basic credentials, else nothing.
+    async fn authorization(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<header::HeaderValue>, ImageError> {
+        self.authorization
+            .get_or_try_init(|| async {
+                let token = self
+                    .client
+                    .auth(reference, &self.auth, RegistryOperation::Pull)
+                    .await
+                    .map_err(|e| map_error(e, reference))?;
+                let value = match (token, &self.auth) {
+                    (Some(token), _) => Some(format!("Bearer {token}")),
+                    (None, RegistryAuth::Basic(user, password)) => {
+                        use base64::Engine as _;
+                        let raw = format!("{user}:{password}");
+                        Some(format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(raw)
+                        ))
+                    }
+                    (None, _) => None,
+                };
+                value
+                    .map(|v| {
+                        let mut v = header::HeaderValue::from_str(&v).map_err(|e| {
+                            ImageError::Registry {
+                                registry: reference.registry().to_owned(),
+                                reference: reference.whole(),
+                                message: format!("unusable credentials: {e}"),
+                            }
+                        })?;
+                        v.set_sensitive(true);
+                        Ok(v)
+                    })
+                    .transpose()
+            })
+            .await
+            .cloned()
+    }
+
+    /// Sends one request; a non-success status becomes an error (its body
+    /// read only up to [`ERROR_BODY_BYTES`]).
+    async fn send(
+        &self,
+        method: Method,
+        reference: &Reference,
+        path: &str,
+        blob: Option<&str>,
+    ) -> Result<reqwest::Response, ImageError> {
+        let http = self.http.as_ref().map_err(|e| ImageError::Registry {
+            registry: reference.registry().to_owned(),
+            reference: reference.whole(),
+            message: format!("HTTP client: {e}"),
+        })?;
+        let url = format!(
+            "{}://{}/v2/{}/{path}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository()
+        );
+        let mut request = http
+            .request(method, &url)
+            .header(header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+        if let Some(value) = self.authorization(reference).await? {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, reference))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = bounded::read_to_limit(body_of(response).chunks, ERROR_BODY_BYTES).await;
+        Err(status_error(status, &body, reference, blob))
     }
 }
 
 impl ImageSource for OciSource {
     async fn resolve(&self, reference: &Reference) -> Result<String, ImageError> {
-        self.client
-            .fetch_manifest_digest(reference, &self.auth)
-            .await
-            .map_err(|e| map_error(e, reference, None))
+        let path = format!("manifests/{}", target(reference));
+        let head = self.send(Method::HEAD, reference, &path, None).await?;
+        if let Some(digest) = head
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            return Ok(digest.to_owned());
+        }
+        // The header is optional: hash the manifest itself, read with the cap.
+        let response = self.send(Method::GET, reference, &path, None).await?;
+        let bytes =
+            bounded::read_manifest(body_of(response), self.max_manifest_bytes, reference, None)
+                .await?;
+        Ok(super::sha256_digest(&bytes))
     }
 
-    async fn fetch_manifest(&self, reference: &Reference) -> Result<Vec<u8>, ImageError> {
-        let (bytes, _digest) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| map_error(e, reference, None))?;
-        Ok(bytes.to_vec())
+    async fn fetch_manifest(&self, reference: &Reference) -> Result<Body, ImageError> {
+        let path = format!("manifests/{}", target(reference));
+        let response = self.send(Method::GET, reference, &path, None).await?;
+        Ok(body_of(response))
     }
 
-    async fn fetch_blob(
-        &self,
-        reference: &Reference,
-        digest: &str,
-    ) -> Result<BlobStream, ImageError> {
-        // Blob requests reuse the auth stored by the manifest request, but a
-        // caller may fetch a blob first (cached manifest): store it here too.
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
-        let desc = OciDescriptor {
+    async fn fetch_blob(&self, reference: &Reference, digest: &str) -> Result<Body, ImageError> {
+        let path = format!("blobs/{digest}");
+        let response = self
+            .send(Method::GET, reference, &path, Some(digest))
+            .await?;
+        Ok(body_of(response))
+    }
+}
+
+/// The digest if the reference has one, else the tag (`latest` if none).
+fn target(reference: &Reference) -> &str {
+    reference
+        .digest()
+        .unwrap_or_else(|| reference.tag().unwrap_or("latest"))
+}
+
+fn body_of(response: reqwest::Response) -> Body {
+    Body {
+        announced_len: response.content_length(),
+        chunks: response
+            .bytes_stream()
+            .map(|chunk| chunk.map(|b| b.to_vec()).map_err(std::io::Error::other))
+            .boxed(),
+    }
+}
+
+fn transport_error(err: &reqwest::Error, reference: &Reference) -> ImageError {
+    ImageError::Registry {
+        registry: reference.registry().to_owned(),
+        reference: reference.whole(),
+        message: error_chain(err),
+    }
+}
+
+/// The error for a non-success status, as oci-client's mapping would give it.
+fn status_error(
+    status: StatusCode,
+    body: &[u8],
+    reference: &Reference,
+    blob: Option<&str>,
+) -> ImageError {
+    let whole = reference.whole();
+    match status {
+        StatusCode::NOT_FOUND => not_found(reference, blob),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ImageError::Unauthorized {
+            registry: reference.registry().to_owned(),
+            reference: whole,
+        },
+        _ => ImageError::Registry {
+            registry: reference.registry().to_owned(),
+            reference: whole,
+            message: format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+        },
+    }
+}
+
+fn not_found(reference: &Reference, blob: Option<&str>) -> ImageError {
+    let whole = reference.whole();
+    match (blob, reference.digest()) {
+        (Some(digest), _) => ImageError::BlobNotFound {
+            reference: whole,
             digest: digest.to_owned(),
-            ..OciDescriptor::default()
-        };
-        let stream = self
-            .client
-            .pull_blob_stream(reference, &desc)
-            .await
-            .map_err(|e| map_error(e, reference, Some(digest)))?;
-        Ok(stream.stream.map(|chunk| chunk.map(|b| b.to_vec())).boxed())
+        },
+        (None, Some(digest)) if reference.tag().is_none() => ImageError::ManifestUnknown {
+            reference: whole,
+            digest: digest.to_owned(),
+        },
+        (None, _) => ImageError::NotFound { reference: whole },
     }
 }
 
 pub use kmm_registry::ensure_crypto_provider;
 
-/// Turns an oci-client error into a message a user can act on.
-fn map_error(err: OciDistributionError, reference: &Reference, blob: Option<&str>) -> ImageError {
+/// Turns an oci-client error (of the auth flow) into a message a user can act on.
+fn map_error(err: OciDistributionError, reference: &Reference) -> ImageError {
     let whole = reference.whole();
     let registry = reference.registry().to_owned();
-    let not_found = || match (blob, reference.digest()) {
-        (Some(digest), _) => ImageError::BlobNotFound {
-            reference: whole.clone(),
-            digest: digest.to_owned(),
-        },
-        (None, Some(digest)) if reference.tag().is_none() => ImageError::ManifestUnknown {
-            reference: whole.clone(),
-            digest: digest.to_owned(),
-        },
-        (None, _) => ImageError::NotFound {
-            reference: whole.clone(),
-        },
-    };
     let unauthorized = || ImageError::Unauthorized {
         registry: registry.clone(),
         reference: whole.clone(),
     };
     match kmm_registry::lookup::failure_kind(&err) {
-        FailureKind::NotFound => return not_found(),
+        FailureKind::NotFound => return not_found(reference, None),
         FailureKind::Unauthorized => return unauthorized(),
         FailureKind::Other => {}
     }
@@ -143,15 +314,10 @@ fn map_error(err: OciDistributionError, reference: &Reference, blob: Option<&str
             reference: whole,
             message: envelope.to_string(),
         },
-        OciDistributionError::DigestError(e) => ImageError::DigestMismatch {
-            what: blob.map_or_else(|| format!("manifest of {whole}"), |d| format!("blob {d}")),
-            expected: blob.unwrap_or_default().to_owned(),
-            actual: e.to_string(),
-        },
         other => ImageError::Registry {
             registry,
             reference: whole,
-            message: kmm_registry::lookup::error_chain(&other),
+            message: error_chain(&other),
         },
     }
 }
