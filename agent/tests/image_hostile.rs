@@ -40,11 +40,15 @@ fn kmod_tar() -> Vec<u8> {
         .finish()
 }
 
-/// A manifest over `layers` (digest, declared size) and a config descriptor.
+/// A manifest over gzip `layers` (digest, declared size) and a config descriptor.
 fn manifest_json(config: (&str, u64), layers: &[(String, u64)]) -> Vec<u8> {
+    manifest_of(config, layers, GZIP_LAYER)
+}
+
+fn manifest_of(config: (&str, u64), layers: &[(String, u64)], media_type: &str) -> Vec<u8> {
     let layers: Vec<String> = layers
         .iter()
-        .map(|(d, size)| format!(r#"{{"mediaType":"{GZIP_LAYER}","digest":"{d}","size":{size}}}"#))
+        .map(|(d, size)| format!(r#"{{"mediaType":"{media_type}","digest":"{d}","size":{size}}}"#))
         .collect();
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]}}"#,
@@ -523,4 +527,44 @@ async fn a_pull_killed_mid_download_by_its_deadline_can_be_retried_cleanly() {
     let pulled = second.unwrap();
     assert_eq!(pulled.digest, img.digest);
     assert!(pulled.unpacked);
+}
+
+#[tokio::test]
+async fn a_layer_of_100k_entries_fails_the_pull_in_seconds_without_writing_them() {
+    let mut tar = Tar::new();
+    for i in 0..100_000 {
+        tar = tar.file(&format!("opt/d{}/f{i}", i % 100), b"");
+    }
+    let layer = tar.finish();
+    let d = sha256_digest(&layer);
+    let manifest = manifest_of(
+        (SMALL_CONFIG, 2),
+        &[(d.clone(), layer.len() as u64)],
+        "application/vnd.oci.image.layer.v1.tar",
+    );
+    let img = Img {
+        digest: sha256_digest(&manifest),
+        manifest,
+        layers: vec![(d, layer)],
+    };
+    let served = img.clone();
+    let h = Hostile::start(move |method, path| {
+        honest(&served, method, path).unwrap_or_else(Reply::not_found)
+    })
+    .await;
+    let (_dir, cache) = new_cache();
+    let r = reference(&h);
+    // Today's code writes all 100k files (over a minute in a debug build).
+    let (result, took) = pull_within(&cache, &r, &options(), Duration::from_secs(45)).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Layer { source, .. } if matches!(source, kmm_agent::extract::ExtractError::TooManyEntries { max: 50_000 })),
+        "{err}"
+    );
+    assert_eq!(err.metric_label(), "layer");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert_eq!(
+        entries(&cache.dir().join("unpacked/sha256")),
+        Vec::<String>::new()
+    );
 }

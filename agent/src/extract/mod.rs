@@ -148,6 +148,33 @@ pub fn extract_layer(
     Extractor::new(dest_root, limits).apply(reader, compression)
 }
 
+/// Reads the layers of an image, in order, to their end and writes nothing:
+/// fails as [`unpack_image`] would on the entry count and the size limits
+/// (and on a corrupt stream), in the time it takes to decompress them. Run
+/// it first so a layer with far too many entries is refused at once rather
+/// than after creating tens of thousands of files.
+///
+/// # Errors
+/// The first layer that fails, as [`ExtractError::InLayer`].
+pub fn scan_image<'a>(
+    layers: impl IntoIterator<Item = Layer<'a>>,
+    limits: &Limits,
+) -> Result<Stats, ExtractError> {
+    let mut scanner = Extractor::new(Path::new("/nonexistent"), limits);
+    let mut total = Stats::default();
+    for (index, layer) in layers.into_iter().enumerate() {
+        let stats = scanner
+            .scan(layer.reader, layer.compression)
+            .map_err(|source| ExtractError::InLayer {
+                index,
+                name: layer.name.clone(),
+                source: Box::new(source),
+            })?;
+        total.add(stats);
+    }
+    Ok(total)
+}
+
 /// Unpacks the layers of an image, in order, into `dest`.
 ///
 /// The layers are applied in a private temp dir in `dest`'s parent, which

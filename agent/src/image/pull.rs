@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_client::Reference;
 
-use crate::extract::{Compression, ExtractError, Layer, Limits, unpack_image};
+use crate::extract::{Compression, ExtractError, Layer, Limits, scan_image, unpack_image};
 
 use super::bounded::{self, DEFAULT_MAX_MANIFEST_BYTES};
 use super::cache::{ImageCache, RefEntry};
@@ -429,17 +429,24 @@ impl ImageCache {
             deadline: Some(run.ends_at),
             ..run.options.limits.clone()
         };
+        // Blocking work on a blocking thread: it never stalls the runtime.
         let task = tokio::task::spawn_blocking(move || {
-            let mut opened = Vec::with_capacity(paths.len());
-            for ((digest, path), compression) in paths.into_iter().zip(compressions) {
-                let file = std::fs::File::open(&path).map_err(|e| ImageError::cache(&path, e))?;
-                opened.push(Layer {
-                    name: digest,
-                    compression,
-                    reader: Box::new(file),
-                });
-            }
-            unpack_image(opened, &dest, &limits).map_err(layer_error)
+            let open = || -> Result<Vec<Layer<'static>>, ImageError> {
+                let mut opened = Vec::with_capacity(paths.len());
+                for ((digest, path), compression) in paths.iter().zip(&compressions) {
+                    let file = std::fs::File::open(path).map_err(|e| ImageError::cache(path, e))?;
+                    opened.push(Layer {
+                        name: digest.clone(),
+                        compression: *compression,
+                        reader: Box::new(file),
+                    });
+                }
+                Ok(opened)
+            };
+            // Counting first costs one decompression; it refuses a layer of
+            // far too many entries in seconds instead of after writing them.
+            scan_image(open()?, &limits).map_err(layer_error)?;
+            unpack_image(open()?, &dest, &limits).map_err(layer_error)
         });
         let stats = match task.await {
             Ok(Err(ImageError::Layer { source, .. }))
