@@ -568,3 +568,56 @@ async fn a_layer_of_100k_entries_fails_the_pull_in_seconds_without_writing_them(
         Vec::<String>::new()
     );
 }
+
+#[tokio::test]
+async fn a_tag_resolved_without_a_digest_header_is_read_with_the_manifest_cap() {
+    // No Docker-Content-Digest on HEAD: the tag is resolved by hashing the
+    // manifest, and that read is capped too.
+    let img = image();
+    let served = img.clone();
+    let h = Hostile::start(move |method, path| {
+        if path.ends_with("/manifests/v1") {
+            return match method {
+                "HEAD" => Reply::ok(Payload::Bytes(Vec::new())),
+                _ => Reply::ok(Payload::Chunked(vec![b' '; 64 << 10], 4096)),
+            };
+        }
+        honest(&served, method, path).unwrap_or_else(Reply::not_found)
+    })
+    .await;
+    let (_dir, cache) = new_cache();
+    let r = reference(&h);
+    let (result, _) = pull_within(&cache, &r, &options(), Duration::from_secs(60)).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::ManifestTooLarge {
+                announced: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = h.body_bytes_written();
+    assert!(written < 64 << 20, "the client read {written} bytes");
+}
+
+#[tokio::test]
+async fn a_tag_resolved_without_a_digest_header_still_pulls_from_an_honest_registry() {
+    let img = image();
+    let served = img.clone();
+    let h = Hostile::start(move |method, path| {
+        if path.ends_with("/manifests/v1") {
+            return Reply::ok(Payload::Bytes(served.manifest.clone()))
+                .header("Content-Type", MANIFEST);
+        }
+        honest(&served, method, path).unwrap_or_else(Reply::not_found)
+    })
+    .await;
+    let (_dir, cache) = new_cache();
+    let (result, _) =
+        pull_within(&cache, &reference(&h), &options(), Duration::from_secs(20)).await;
+    assert_eq!(result.unwrap().digest, img.digest);
+}

@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Writes the body bytes at an offset into a buffer.
+pub type Fill = Arc<dyn Fn(u64, &mut [u8]) + Send + Sync>;
+
 /// How a body is sent.
 pub enum Payload {
     /// All at once, with its Content-Length.
@@ -23,7 +26,7 @@ pub enum Payload {
     /// Chunked transfer: `count` chunks of `chunk`, no length announced.
     Chunked(Vec<u8>, usize),
     /// `len` bytes made by `fill(offset, buf)`, with Content-Length, in 64 KiB writes.
-    Generated(u64, Arc<dyn Fn(u64, &mut [u8]) + Send + Sync>),
+    Generated(u64, Fill),
 }
 
 /// One answer.
