@@ -73,7 +73,8 @@ pub struct PullOptions {
     /// Extraction limits for the whole image.
     pub limits: Limits,
     /// The whole pull (manifests, blobs, unpacking) ends by then, with
-    /// [`ImageError::DeadlineExceeded`] and nothing of it kept.
+    /// [`ImageError::DeadlineExceeded`] and nothing of it kept
+    /// (`Duration::MAX`: no deadline).
     pub deadline: Duration,
     /// Each manifest request (tag resolution, manifest, index) ends by then.
     pub manifest_deadline: Duration,
@@ -104,7 +105,8 @@ impl Default for PullOptions {
 struct Run<'a> {
     options: &'a PullOptions,
     whole: String,
-    ends_at: Instant,
+    /// `None`: a deadline too far away to represent (e.g. `Duration::MAX`).
+    ends_at: Option<Instant>,
     received: AtomicU64,
 }
 
@@ -192,7 +194,7 @@ impl ImageCache {
         let run = Run {
             options,
             whole: parsed.whole(),
-            ends_at: Instant::now() + options.deadline,
+            ends_at: Instant::now().checked_add(options.deadline),
             received: AtomicU64::new(0),
         };
         // Dropping the pull at the deadline drops its temp files with it;
@@ -426,7 +428,7 @@ impl ImageCache {
             paths.push((layer.digest.clone(), self.blob_path(&layer.digest)?));
         }
         let limits = Limits {
-            deadline: Some(run.ends_at),
+            deadline: run.ends_at,
             ..run.options.limits.clone()
         };
         // Blocking work on a blocking thread: it never stalls the runtime.
