@@ -621,3 +621,136 @@ async fn a_tag_resolved_without_a_digest_header_still_pulls_from_an_honest_regis
         pull_within(&cache, &reference(&h), &options(), Duration::from_secs(20)).await;
     assert_eq!(result.unwrap().digest, img.digest);
 }
+
+/// A registry that hands out `token` at `/token` (with the Basic
+/// credentials `kmm:secret` when `basic`) and asks for it everywhere.
+fn bearer_route(
+    img: Img,
+    addr: Arc<std::sync::OnceLock<String>>,
+    token_reply: impl Fn() -> Reply + Send + Sync + 'static,
+) -> impl Fn(&str, &str) -> Reply + Send + Sync + 'static {
+    move |method, path| {
+        if path == "/v2/" {
+            let realm = format!("http://{}/token", addr.get().unwrap());
+            let mut reply = Reply::ok(Payload::Bytes(b"{}".to_vec())).header(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="{realm}",service="hostile""#),
+            );
+            reply.status = 401;
+            return reply;
+        }
+        if path.starts_with("/token") {
+            return token_reply();
+        }
+        honest(&img, method, path).unwrap_or_else(Reply::not_found)
+    }
+}
+
+async fn bearer_registry(
+    token_reply: impl Fn() -> Reply + Send + Sync + 'static,
+) -> (Hostile, Img) {
+    let img = image();
+    let addr = Arc::new(std::sync::OnceLock::new());
+    let h = Hostile::start(bearer_route(img.clone(), addr.clone(), token_reply)).await;
+    addr.set(h.addr.clone()).unwrap();
+    (h, img)
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_fetched_once_with_the_credentials_and_sent_on_every_request() {
+    let (h, img) = bearer_registry(|| {
+        Reply::ok(Payload::Bytes(
+            br#"{"token":"T0K3N","expires_in":300}"#.to_vec(),
+        ))
+    })
+    .await;
+    let (_dir, cache) = new_cache();
+    let r = reference(&h);
+    let secret = kmm_agent::image::DockerConfig::from_secret(
+        Some("kubernetes.io/dockerconfigjson"),
+        &[(
+            ".dockerconfigjson".to_owned(),
+            format!(
+                r#"{{"auths":{{"{}":{{"username":"kmm","password":"secret"}}}}}}"#,
+                h.addr
+            )
+            .into_bytes(),
+        )]
+        .into_iter()
+        .collect(),
+    )
+    .unwrap();
+    let opts = PullOptions {
+        credentials: secret,
+        ..options()
+    };
+    let (result, _) = pull_within(&cache, &r, &opts, Duration::from_secs(20)).await;
+    assert_eq!(result.unwrap().digest, img.digest);
+    let heads = h.heads();
+    let token_requests: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.starts_with("GET /token"))
+        .collect();
+    assert_eq!(token_requests.len(), 1, "{heads:#?}");
+    assert!(
+        token_requests[0].contains("scope=repository%3Akmm%2Fhostile%3Apull"),
+        "{}",
+        token_requests[0]
+    );
+    assert!(
+        token_requests[0].contains("service=hostile"),
+        "{}",
+        token_requests[0]
+    );
+    // kmm:secret
+    assert!(
+        token_requests[0]
+            .to_ascii_lowercase()
+            .contains("authorization: basic a21tonnly3jlda=="),
+        "{}",
+        token_requests[0]
+    );
+    for head in heads.iter().filter(|h| h.contains(&format!("/v2/{REPO}/"))) {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: bearer t0k3n"),
+            "{head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_endpoint_with_an_endless_body_is_read_only_in_part() {
+    let (h, _img) =
+        bearer_registry(|| Reply::ok(Payload::Chunked(vec![b' '; 64 << 10], 4096))).await;
+    let (_dir, cache) = new_cache();
+    let r = reference(&h);
+    let (result, _) = pull_within(&cache, &r, &options(), Duration::from_secs(60)).await;
+    let err = result.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("token response over 1048576 bytes"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = h.body_bytes_written();
+    assert!(
+        written < 64 << 20,
+        "the client read {written} bytes of a token response"
+    );
+}
+
+#[tokio::test]
+async fn a_token_endpoint_refusing_the_credentials_is_unauthorized() {
+    let (h, _img) = bearer_registry(|| {
+        let mut reply = Reply::ok(Payload::Bytes(b"denied".to_vec()));
+        reply.status = 401;
+        reply
+    })
+    .await;
+    let (_dir, cache) = new_cache();
+    let r = reference(&h);
+    let (result, _) = pull_within(&cache, &r, &options(), Duration::from_secs(20)).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+}

@@ -13,6 +13,7 @@ mod error;
 mod manifest;
 mod pull;
 mod source;
+mod token;
 
 pub use auth::{AuthError, Credential, DockerConfig};
 pub use bounded::DEFAULT_MAX_MANIFEST_BYTES;

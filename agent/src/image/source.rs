@@ -3,27 +3,28 @@
 //! byte caps are checked and platforms chosen by the caller, so a test
 //! double needs no logic.
 //!
-//! [`OciSource`] authenticates with oci-client but sends the requests
-//! itself: oci-client reads whole manifest (and error) bodies into memory,
-//! and a hostile registry can send gigabytes there.
+//! [`OciSource`] speaks the distribution API itself rather than through
+//! oci-client, which reads whole manifest, token and error bodies into
+//! memory: a hostile registry can send gigabytes there. Here every body is
+//! a stream the caller reads with a cap.
 
 use std::future::Future;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use kmm_registry::lookup::{FailureKind, error_chain};
+use kmm_registry::lookup::error_chain;
 use kmm_registry::reqwest::{self, Method, StatusCode, header};
-use oci_client::errors::OciDistributionError;
+use oci_client::Reference;
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
 use tokio::sync::OnceCell;
 
 use super::ImageError;
 use super::bounded::{self, DEFAULT_MAX_MANIFEST_BYTES};
+use super::token;
 
 /// Manifest media types asked for (image manifests and indexes, OCI and Docker).
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -86,7 +87,6 @@ pub use kmm_registry::RegistryTls;
 /// The registry implementation, for one registry and repository with one
 /// set of credentials (one pull).
 pub struct OciSource {
-    client: Client,
     http: Result<reqwest::Client, String>,
     scheme: &'static str,
     auth: RegistryAuth,
@@ -96,10 +96,10 @@ pub struct OciSource {
 }
 
 impl OciSource {
-    /// A client for `registry` (`host[:port]` as in the reference).
-    pub fn new(registry: &str, tls: RegistryTls, auth: RegistryAuth) -> Self {
+    /// A client for `registry` (`host[:port]` as in the reference). Requests
+    /// go to each reference's own registry; `tls` and `auth` are this one's.
+    pub fn new(_registry: &str, tls: RegistryTls, auth: RegistryAuth) -> Self {
         Self {
-            client: kmm_registry::client(registry, tls),
             http: kmm_registry::http_client(tls).map_err(|e| error_chain(&e)),
             scheme: kmm_registry::scheme(tls),
             auth,
@@ -114,48 +114,6 @@ impl OciSource {
     pub fn with_max_manifest_bytes(mut self, max: u64) -> Self {
         self.max_manifest_bytes = max;
         self
-    }
-
-    /// Bearer token from oci-client's auth flow, else Basic credentials, else nothing.
-    async fn authorization(
-        &self,
-        reference: &Reference,
-    ) -> Result<Option<header::HeaderValue>, ImageError> {
-        self.authorization
-            .get_or_try_init(|| async {
-                let token = self
-                    .client
-                    .auth(reference, &self.auth, RegistryOperation::Pull)
-                    .await
-                    .map_err(|e| map_error(e, reference))?;
-                let value = match (token, &self.auth) {
-                    (Some(token), _) => Some(format!("Bearer {token}")),
-                    (None, RegistryAuth::Basic(user, password)) => {
-                        use base64::Engine as _;
-                        let raw = format!("{user}:{password}");
-                        Some(format!(
-                            "Basic {}",
-                            base64::engine::general_purpose::STANDARD.encode(raw)
-                        ))
-                    }
-                    (None, _) => None,
-                };
-                value
-                    .map(|v| {
-                        let mut v = header::HeaderValue::from_str(&v).map_err(|e| {
-                            ImageError::Registry {
-                                registry: reference.registry().to_owned(),
-                                reference: reference.whole(),
-                                message: format!("unusable credentials: {e}"),
-                            }
-                        })?;
-                        v.set_sensitive(true);
-                        Ok(v)
-                    })
-                    .transpose()
-            })
-            .await
-            .cloned()
     }
 
     /// Sends one request; a non-success status becomes an error (its body
@@ -181,7 +139,12 @@ impl OciSource {
         let mut request = http
             .request(method, &url)
             .header(header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        if let Some(value) = self.authorization(reference).await? {
+        let base = format!("{}://{}", self.scheme, reference.resolve_registry());
+        let authorization = self
+            .authorization
+            .get_or_try_init(|| token::authorization(http, &base, reference, &self.auth))
+            .await?;
+        if let Some(value) = authorization.clone() {
             request = request.header(header::AUTHORIZATION, value);
         }
         let response = request
@@ -238,7 +201,7 @@ fn target(reference: &Reference) -> &str {
         .unwrap_or_else(|| reference.tag().unwrap_or("latest"))
 }
 
-fn body_of(response: reqwest::Response) -> Body {
+pub(crate) fn body_of(response: reqwest::Response) -> Body {
     Body {
         announced_len: response.content_length(),
         chunks: response
@@ -256,7 +219,7 @@ fn transport_error(err: &reqwest::Error, reference: &Reference) -> ImageError {
     }
 }
 
-/// The error for a non-success status, as oci-client's mapping would give it.
+/// The error for a non-success status.
 fn status_error(
     status: StatusCode,
     body: &[u8],
@@ -294,30 +257,3 @@ fn not_found(reference: &Reference, blob: Option<&str>) -> ImageError {
 }
 
 pub use kmm_registry::ensure_crypto_provider;
-
-/// Turns an oci-client error (of the auth flow) into a message a user can act on.
-fn map_error(err: OciDistributionError, reference: &Reference) -> ImageError {
-    let whole = reference.whole();
-    let registry = reference.registry().to_owned();
-    let unauthorized = || ImageError::Unauthorized {
-        registry: registry.clone(),
-        reference: whole.clone(),
-    };
-    match kmm_registry::lookup::failure_kind(&err) {
-        FailureKind::NotFound => return not_found(reference, None),
-        FailureKind::Unauthorized => return unauthorized(),
-        FailureKind::Other => {}
-    }
-    match err {
-        OciDistributionError::RegistryError { envelope, .. } => ImageError::Registry {
-            registry,
-            reference: whole,
-            message: envelope.to_string(),
-        },
-        other => ImageError::Registry {
-            registry,
-            reference: whole,
-            message: error_chain(&other),
-        },
-    }
-}

@@ -68,6 +68,7 @@ pub struct Hostile {
     /// `127.0.0.1:<port>`.
     pub addr: String,
     requests: Arc<Mutex<Vec<String>>>,
+    heads: Arc<Mutex<Vec<String>>>,
     written: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -79,29 +80,31 @@ impl Drop for Hostile {
 }
 
 impl Hostile {
-    /// Serves `route(method, path)` for every request. `GET /v2/` is answered
-    /// 200 (no auth) unless the route is asked.
+    /// Serves `route(method, path)` for every request (`GET /v2/` included:
+    /// answer it with a `WWW-Authenticate` challenge to ask for a token).
     pub async fn start(route: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let written = Arc::new(AtomicU64::new(0));
         let route: Arc<Route> = Arc::new(route);
-        let (reqs, wr) = (requests.clone(), written.clone());
+        let (reqs, hs, wr) = (requests.clone(), heads.clone(), written.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     return;
                 };
-                let (route, reqs, wr) = (route.clone(), reqs.clone(), wr.clone());
+                let (route, reqs, hs, wr) = (route.clone(), reqs.clone(), hs.clone(), wr.clone());
                 tokio::spawn(async move {
-                    let _ = serve(conn, &*route, &reqs, &wr).await;
+                    let _ = serve(conn, &*route, &reqs, &hs, &wr).await;
                 });
             }
         });
         Self {
             addr,
             requests,
+            heads,
             written,
             task,
         }
@@ -110,6 +113,11 @@ impl Hostile {
     /// `METHOD path` of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The request line and headers of every request so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     /// Body bytes the server managed to hand to the socket.
@@ -122,6 +130,7 @@ async fn serve(
     mut conn: TcpStream,
     route: &Route,
     requests: &Mutex<Vec<String>>,
+    heads: &Mutex<Vec<String>>,
     written: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
@@ -138,11 +147,8 @@ async fn serve(
     let method = first.next().unwrap_or("").to_owned();
     let path = first.next().unwrap_or("").to_owned();
     requests.lock().unwrap().push(format!("{method} {path}"));
-    let reply = if path == "/v2/" {
-        Reply::ok(Payload::Bytes(b"{}".to_vec()))
-    } else {
-        route(&method, &path)
-    };
+    heads.lock().unwrap().push(text.clone().into_owned());
+    let reply = route(&method, &path);
     let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
     for (name, value) in &reply.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
