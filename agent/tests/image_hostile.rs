@@ -754,3 +754,27 @@ async fn a_token_endpoint_refusing_the_credentials_is_unauthorized() {
     let err = result.unwrap_err();
     assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_registry_answering_a_pinned_digest_with_another_is_refused() {
+    let img = image();
+    let other = image_declaring(|n| n + 1);
+    let served = img.clone();
+    let lie = other.digest.clone();
+    let h = Hostile::start(move |method, path| {
+        if method == "HEAD" && path.contains("/manifests/") {
+            return Reply::ok(Payload::Bytes(Vec::new()))
+                .header("Docker-Content-Digest", lie.clone());
+        }
+        honest(&served, method, path).unwrap_or_else(Reply::not_found)
+    })
+    .await;
+    let (_dir, cache) = new_cache();
+    let pinned = format!("{}/{REPO}@{}", h.addr, img.digest);
+    let (result, _) = pull_within(&cache, &pinned, &options(), Duration::from_secs(20)).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(&err, ImageError::DigestMismatch { expected, actual, .. } if *expected == img.digest && *actual == other.digest),
+        "{err}"
+    );
+}

@@ -164,19 +164,31 @@ impl ImageSource for OciSource {
     async fn resolve(&self, reference: &Reference) -> Result<String, ImageError> {
         let path = format!("manifests/{}", target(reference));
         let head = self.send(Method::HEAD, reference, &path, None).await?;
-        if let Some(digest) = head
+        let header = head
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
-        {
-            return Ok(digest.to_owned());
+            .map(str::to_owned);
+        let digest = match header {
+            Some(digest) => digest,
+            None => {
+                // The header is optional: hash the manifest, read with the cap.
+                let response = self.send(Method::GET, reference, &path, None).await?;
+                let body = body_of(response);
+                let bytes =
+                    bounded::read_manifest(body, self.max_manifest_bytes, reference, None).await?;
+                super::sha256_digest(&bytes)
+            }
+        };
+        // A pinned digest is what the user asked for, whatever the registry says.
+        match reference.digest() {
+            Some(pinned) if pinned != digest => Err(ImageError::DigestMismatch {
+                what: format!("manifest of {}", reference.whole()),
+                expected: pinned.to_owned(),
+                actual: digest,
+            }),
+            _ => Ok(digest),
         }
-        // The header is optional: hash the manifest itself, read with the cap.
-        let response = self.send(Method::GET, reference, &path, None).await?;
-        let bytes =
-            bounded::read_manifest(body_of(response), self.max_manifest_bytes, reference, None)
-                .await?;
-        Ok(super::sha256_digest(&bytes))
     }
 
     async fn fetch_manifest(&self, reference: &Reference) -> Result<Body, ImageError> {
