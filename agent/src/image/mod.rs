@@ -4,7 +4,14 @@
 //! downloads only blobs the cache lacks (each checked against its sha256
 //! digest), and unpacks the layers in order with [`crate::extract`] into
 //! `<cache>/unpacked/sha256/<manifest hex>/`. [`ImageSource`] abstracts the
-//! registry; [`OciSource`] is the oci-client implementation.
+//! registry; [`OciSource`] is the HTTP implementation.
+//!
+//! A pull is bounded whatever the registry does ([`PullOptions`]): an
+//! overall deadline and one per manifest request, a cap on each manifest,
+//! token and error body enforced while reading, a cap on the layer bytes an
+//! image declares (checked before downloading), blobs that must be exactly
+//! their descriptor's size, and extraction limits checked by a scan that
+//! writes nothing before the layers are unpacked on a blocking thread.
 
 pub use kmm_registry::auth;
 mod bounded;
