@@ -188,6 +188,7 @@ fn run(mode: u8, body: &[u8]) -> Result<(), String> {
         max_entries: 2_000,
         max_file_bytes: 4 << 20,
         max_path_len: 4096,
+        deadline: None,
     };
     let result = match mode {
         GZIP => extract_layer(body, Compression::Gzip, &root, &limits).map(drop),

@@ -18,6 +18,8 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 
 pub use auth::{AuthError, Credential, DockerConfig};
 pub use lookup::{LookupError, manifest_digest};
+/// The HTTP client crate of [`http_client`], for its callers' types.
+pub use reqwest;
 
 /// Registry TLS options of a Module (`registryTLS`, `baseImageRegistryTLS`, …).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,8 +50,8 @@ pub fn client_config(registry: &str, tls: RegistryTls) -> ClientConfig {
         protocol,
         accept_invalid_certificates: tls.insecure_skip_tls_verify,
         platform_resolver: None,
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..ClientConfig::default()
     }
 }
@@ -58,6 +60,33 @@ pub fn client_config(registry: &str, tls: RegistryTls) -> ClientConfig {
 pub fn client_from(config: ClientConfig) -> Client {
     ensure_crypto_provider();
     Client::new(config)
+}
+
+/// Longest wait for a TCP/TLS connection to a registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for any one read from a registry (not for a whole body:
+/// callers that need that bound it themselves).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A plain HTTP client with the same TLS settings and timeouts as [`client`],
+/// for requests whose bodies the caller must read itself (with a byte cap):
+/// oci-client buffers whole manifest and error bodies in memory.
+///
+/// # Errors
+/// The TLS backend could not be set up.
+pub fn http_client(tls: RegistryTls) -> Result<reqwest::Client, reqwest::Error> {
+    ensure_crypto_provider();
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(tls.insecure_skip_tls_verify)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("kmm-rs/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// `http` or `https` for a registry with these settings.
+pub fn scheme(tls: RegistryTls) -> &'static str {
+    if tls.insecure { "http" } else { "https" }
 }
 
 /// Installs rustls' ring crypto provider as the process default unless one

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         max_entries: 2_000,
         max_file_bytes: 4 << 20,
         max_path_len: 4096,
+        deadline: None,
     };
     let dest = parent.join("img");
     match mode % 3 {

@@ -91,6 +91,9 @@ pub enum ExtractError {
         /// The limit.
         max: u64,
     },
+    /// [`super::Limits::deadline`] passed before the image was extracted.
+    #[error("extraction stopped: the pull's deadline passed")]
+    DeadlineExceeded,
     /// The gzip stream ended early.
     #[error("gzip stream truncated")]
     GzipTruncated,
@@ -164,6 +167,7 @@ impl ExtractError {
             Self::TooManyEntries { .. } | Self::TooLarge { .. } | Self::FileTooLarge { .. } => {
                 "limit"
             }
+            Self::DeadlineExceeded => "deadline",
             Self::GzipTruncated | Self::GzipCorrupt { .. } => "gzip",
             Self::TarTruncated | Self::TarCorrupt { .. } => "tar",
             Self::UnsupportedMediaType { .. } | Self::UnsupportedCompression { .. } => {

@@ -46,11 +46,31 @@ impl<'l> Extractor<'l> {
         reader: impl Read,
         compression: Compression,
     ) -> Result<Stats, ExtractError> {
+        self.run(reader, compression, true)
+    }
+
+    /// Reads one layer to its end, counting entries and bytes against the
+    /// limits, and writes nothing: the cheap first pass that refuses an
+    /// oversized layer before any of it is created.
+    pub(crate) fn scan(
+        &mut self,
+        reader: impl Read,
+        compression: Compression,
+    ) -> Result<Stats, ExtractError> {
+        self.run(reader, compression, false)
+    }
+
+    fn run(
+        &mut self,
+        reader: impl Read,
+        compression: Compression,
+        write: bool,
+    ) -> Result<Stats, ExtractError> {
         let (decoded, gzip) = stream::open(reader, compression)?;
         let budget = self.limits.max_total_bytes.saturating_sub(self.stream_used);
         let mut tap = Tap::new(decoded, budget);
         let mut stats = Stats::default();
-        let result = self.entries(&mut tap, &mut stats);
+        let result = self.entries(&mut tap, &mut stats, write);
         let result = result.and_then(|()| {
             // Read to the very end so gzip checks its CRC and length trailer,
             // and a stream truncated after the tar end marker is still caught.
@@ -73,7 +93,21 @@ impl<'l> Extractor<'l> {
         }
     }
 
-    fn entries(&mut self, tap: &mut Tap<'_>, stats: &mut Stats) -> Result<(), Failure> {
+    fn check_deadline(&self) -> Result<(), ExtractError> {
+        match self.limits.deadline {
+            Some(deadline) if std::time::Instant::now() >= deadline => {
+                Err(ExtractError::DeadlineExceeded)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn entries(
+        &mut self,
+        tap: &mut Tap<'_>,
+        stats: &mut Stats,
+        write: bool,
+    ) -> Result<(), Failure> {
         let mut archive = Archive::new(tap);
         let mut touched = Touched::new();
         for entry in archive.entries().map_err(Failure::Stream)? {
@@ -86,7 +120,10 @@ impl<'l> Extractor<'l> {
                 }
                 .into());
             }
-            self.entry(&mut entry, stats, &mut touched)?;
+            self.check_deadline()?;
+            if write {
+                self.entry(&mut entry, stats, &mut touched)?;
+            }
         }
         Ok(())
     }
@@ -182,6 +219,7 @@ impl<'l> Extractor<'l> {
             out.write_all(&buf[..n])
                 .map_err(|e| ExtractError::io(&abs, e))?;
             written += n as u64;
+            self.check_deadline()?;
         }
         drop(out);
         // The tar reader returns a short file at EOF instead of an error.

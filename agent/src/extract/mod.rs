@@ -26,11 +26,15 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Instant;
 
 pub use error::ExtractError;
 pub use stream::Compression;
 
 use layer::Extractor;
+
+/// Default [`Limits::max_entries`]: ten times a full distro module tree.
+pub const DEFAULT_MAX_ENTRIES: u64 = 50_000;
 
 /// Bounds on what one image may contain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,18 +47,23 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Length of one entry name or link target, in bytes.
     pub max_path_len: usize,
+    /// Extraction stops with [`ExtractError::DeadlineExceeded`] once this
+    /// has passed (checked per entry and per 64 KiB written), so a pull
+    /// that timed out does not keep a blocking thread busy.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for Limits {
     /// Generous for kmod images (a full distro module tree is ~400 MB and
-    /// ~5k files), tight enough to stop a bomb: 2 GiB, 100k entries,
-    /// 1 GiB per file, 4096-byte names.
+    /// ~5k files), tight enough to stop a bomb: 2 GiB, 50k entries,
+    /// 1 GiB per file, 4096-byte names, no deadline.
     fn default() -> Self {
         Self {
             max_total_bytes: 2 << 30,
-            max_entries: 100_000,
+            max_entries: DEFAULT_MAX_ENTRIES,
             max_file_bytes: 1 << 30,
             max_path_len: 4096,
+            deadline: None,
         }
     }
 }
@@ -137,6 +146,33 @@ pub fn extract_layer(
 ) -> Result<Stats, ExtractError> {
     fs::create_dir_all(dest_root).map_err(|e| ExtractError::io(dest_root, e))?;
     Extractor::new(dest_root, limits).apply(reader, compression)
+}
+
+/// Reads the layers of an image, in order, to their end and writes nothing:
+/// fails as [`unpack_image`] would on the entry count and the size limits
+/// (and on a corrupt stream), in the time it takes to decompress them. Run
+/// it first so a layer with far too many entries is refused at once rather
+/// than after creating tens of thousands of files.
+///
+/// # Errors
+/// The first layer that fails, as [`ExtractError::InLayer`].
+pub fn scan_image<'a>(
+    layers: impl IntoIterator<Item = Layer<'a>>,
+    limits: &Limits,
+) -> Result<Stats, ExtractError> {
+    let mut scanner = Extractor::new(Path::new("/nonexistent"), limits);
+    let mut total = Stats::default();
+    for (index, layer) in layers.into_iter().enumerate() {
+        let stats = scanner
+            .scan(layer.reader, layer.compression)
+            .map_err(|source| ExtractError::InLayer {
+                index,
+                name: layer.name.clone(),
+                source: Box::new(source),
+            })?;
+        total.add(stats);
+    }
+    Ok(total)
 }
 
 /// Unpacks the layers of an image, in order, into `dest`.

@@ -8,12 +8,15 @@
 //! ```
 //!
 //! Every file appears by rename, so a crash leaves either the old or the new
-//! content (stray `.tmp-*` / `.partial-*` entries are removed by `gc`).
+//! content plus stray temp entries (`.tmp-*` blobs, `.<hex>.partial-*`
+//! staging trees, `.refs.json.tmp-*`); [`ImageCache::open`] removes those
+//! (and `gc` would too). A name without the leading dot is always complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -70,10 +73,18 @@ pub struct ImageCache {
 impl ImageCache {
     /// Opens (creating) the cache in `dir` with a size limit in bytes
     /// (enforced by [`ImageCache::enforce_limit`]).
+    ///
+    /// Leftovers of a pull interrupted by a crash (temp blobs, staging trees,
+    /// a half-written refs file) are removed; complete blobs and unpacked
+    /// trees are never touched. Call it once per process, before any pull.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, ImageError> {
         for sub in ["blobs/sha256", "unpacked/sha256"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| ImageError::cache(&p, e))?;
+        }
+        let removed = remove_leftovers(dir)?;
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed partial downloads and staging trees left by an interrupted pull");
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -135,16 +146,18 @@ impl ImageCache {
         Ok(())
     }
 
-    /// Streams a blob to disk, hashing as it goes; keeps it only if the
-    /// sha256 matches `digest` and it is no longer than `max_len`.
-    /// Returns the number of bytes received.
+    /// Streams a blob to disk, hashing as it goes; keeps it only if it is
+    /// exactly `len` bytes and its sha256 matches `digest`. Adds what
+    /// arrives to `received`; returns the number of bytes.
     pub(crate) async fn store_stream(
         &self,
         digest: &str,
         mut stream: BlobStream,
-        max_len: u64,
+        len: u64,
+        received: &AtomicU64,
         registry_error: impl Fn(io::Error) -> ImageError,
     ) -> Result<u64, ImageError> {
+        let max_len = len;
         let path = self.blob_path(digest)?;
         let dir = self.dir.join("blobs/sha256");
         let tmp = tempfile::Builder::new()
@@ -154,11 +167,12 @@ impl ImageCache {
         let (std_file, tmp_path) = tmp.into_parts();
         let mut file = tokio::fs::File::from_std(std_file);
         let mut hasher = Sha256::new();
-        let mut len = 0u64;
+        let mut got = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(&registry_error)?;
-            len += chunk.len() as u64;
-            if len > max_len {
+            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            got += chunk.len() as u64;
+            if got > max_len {
                 return Err(ImageError::BlobTooLarge {
                     digest: digest.to_owned(),
                     limit: max_len,
@@ -173,6 +187,13 @@ impl ImageCache {
             .await
             .map_err(|e| ImageError::cache(&*tmp_path, e))?;
         drop(file);
+        if got != len {
+            return Err(ImageError::SizeMismatch {
+                what: format!("blob {digest}"),
+                expected: len,
+                actual: got,
+            });
+        }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
             return Err(ImageError::DigestMismatch {
@@ -184,7 +205,7 @@ impl ImageCache {
         tmp_path
             .persist(&path)
             .map_err(|e| ImageError::cache(&path, e.error))?;
-        Ok(len)
+        Ok(got)
     }
 
     fn refs_path(&self) -> PathBuf {
@@ -322,6 +343,32 @@ impl ImageCache {
         }
         Ok(Some(report))
     }
+}
+
+/// Temp entries of the cache's own writers, per directory: only a dot-name
+/// with one of these prefixes or infixes can be a leftover.
+fn is_leftover(sub: &str, name: &str) -> bool {
+    match sub {
+        "" => name.starts_with(".refs.json.tmp-"),
+        "blobs/sha256" => name.starts_with(".tmp-"),
+        "unpacked/sha256" => name.starts_with('.') && name.contains(".partial-"),
+        _ => false,
+    }
+}
+
+/// Removes what a crash mid-pull leaves (see [`is_leftover`]); returns how many.
+fn remove_leftovers(dir: &Path) -> Result<usize, ImageError> {
+    let mut removed = 0;
+    for sub in ["", "blobs/sha256", "unpacked/sha256"] {
+        let parent = dir.join(sub);
+        for name in list(&parent)? {
+            if is_leftover(sub, &name) {
+                remove_any(&parent.join(&name))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn list(dir: &Path) -> Result<Vec<String>, ImageError> {

@@ -76,6 +76,47 @@ pub enum ImageError {
         /// The size it exceeded.
         limit: u64,
     },
+    /// A manifest or index is larger than the manifest cap.
+    #[error("manifest of {reference} is {}", too_large_text(*.announced, *.limit))]
+    ManifestTooLarge {
+        /// The image reference.
+        reference: String,
+        /// The cap.
+        limit: u64,
+        /// The size the registry announced or the descriptor declared
+        /// (`None`: it sent more than the cap without saying so).
+        announced: Option<u64>,
+    },
+    /// The layers the manifest declares add up to more than the image cap.
+    #[error("image {reference} declares {size} bytes of layers, more than the {limit}-byte limit")]
+    ImageTooLarge {
+        /// The image reference.
+        reference: String,
+        /// The sum of the declared layer sizes.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// Content is not the size its descriptor declares.
+    #[error("{what} is {actual} bytes but its descriptor says {expected}")]
+    SizeMismatch {
+        /// What was fetched ("blob ...", "manifest ...").
+        what: String,
+        /// The descriptor's size.
+        expected: u64,
+        /// The bytes received.
+        actual: u64,
+    },
+    /// The pull (or one manifest fetch) ran out of time; nothing of it was kept.
+    #[error("{what} exceeded its deadline of {seconds} s after {bytes} bytes")]
+    DeadlineExceeded {
+        /// "pull of <reference>" or "manifest fetch of <reference>".
+        what: String,
+        /// The deadline.
+        seconds: u64,
+        /// Bytes received from the registry by then.
+        bytes: u64,
+    },
     /// A digest is malformed or uses an algorithm other than sha256.
     #[error("unsupported or malformed digest '{digest}' (only sha256:<64 hex> is accepted)")]
     InvalidDigest {
@@ -152,10 +193,22 @@ impl ImageError {
             | Self::BlobTooLarge { .. }
             | Self::InvalidDigest { .. } => "bad_content",
             Self::NoMatchingPlatform { .. } | Self::InvalidManifest { .. } => "bad_manifest",
+            Self::ManifestTooLarge { .. } | Self::ImageTooLarge { .. } => "too_large",
+            Self::SizeMismatch { .. } => "bad_content",
+            Self::DeadlineExceeded { .. } => "deadline",
             Self::NotCached { .. } => "not_cached",
             Self::Layer { .. } => "layer",
             Self::Registry { .. } => "registry",
             Self::Cache { .. } => "cache_io",
+        }
+    }
+
+    /// A pull that ran out of time, from its deadline and the bytes received.
+    pub(crate) fn deadline(what: String, deadline: std::time::Duration, bytes: u64) -> Self {
+        Self::DeadlineExceeded {
+            what,
+            seconds: deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0),
+            bytes,
         }
     }
 
@@ -164,5 +217,12 @@ impl ImageError {
             path: path.into(),
             source,
         }
+    }
+}
+
+fn too_large_text(size: Option<u64>, limit: u64) -> String {
+    match size {
+        Some(n) => format!("{n} bytes, more than the {limit}-byte limit"),
+        None => format!("larger than the {limit}-byte limit"),
     }
 }

@@ -2,12 +2,14 @@
 //! download with verification, and unpacking into the cache.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_client::Reference;
 
-use crate::extract::{Compression, ExtractError, Layer, Limits, unpack_image};
+use crate::extract::{Compression, ExtractError, Layer, Limits, scan_image, unpack_image};
 
+use super::bounded::{self, DEFAULT_MAX_MANIFEST_BYTES};
 use super::cache::{ImageCache, RefEntry};
 use super::manifest::{Descriptor, Manifest, Platform, check_digest, sha256_digest};
 use super::source::{ImageSource, OciSource, RegistryTls};
@@ -49,8 +51,16 @@ impl PullPolicy {
     }
 }
 
+/// Default [`PullOptions::deadline`]: a kmod image of a few hundred MB over
+/// a slow link, with room to spare; a trickling registry fails after it.
+pub const DEFAULT_PULL_DEADLINE: Duration = Duration::from_secs(600);
+/// Default [`PullOptions::manifest_deadline`]: a manifest is a few KiB.
+pub const DEFAULT_MANIFEST_DEADLINE: Duration = Duration::from_secs(60);
+/// Default [`PullOptions::max_image_bytes`] (2 GiB of layers).
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 2 << 30;
+
 /// How to pull one image.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PullOptions {
     /// The policy; `None` applies [`PullPolicy::default_for`].
     pub policy: Option<PullPolicy>,
@@ -62,6 +72,73 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Extraction limits for the whole image.
     pub limits: Limits,
+    /// The whole pull (manifests, blobs, unpacking) ends by then, with
+    /// [`ImageError::DeadlineExceeded`] and nothing of it kept
+    /// (`Duration::MAX`: no deadline).
+    pub deadline: Duration,
+    /// Each manifest request (tag resolution, manifest, index) ends by then.
+    pub manifest_deadline: Duration,
+    /// Most bytes of one manifest or index, enforced while reading.
+    pub max_manifest_bytes: u64,
+    /// Most bytes of layer blobs one image may declare (compressed, as
+    /// downloaded); checked before any download.
+    pub max_image_bytes: u64,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            policy: None,
+            credentials: DockerConfig::default(),
+            tls: RegistryTls::default(),
+            platform: None,
+            limits: Limits::default(),
+            deadline: DEFAULT_PULL_DEADLINE,
+            manifest_deadline: DEFAULT_MANIFEST_DEADLINE,
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
+    }
+}
+
+/// One pull in progress: its options, when it must end, bytes received.
+struct Run<'a> {
+    options: &'a PullOptions,
+    whole: String,
+    /// `None`: a deadline too far away to represent (e.g. `Duration::MAX`).
+    ends_at: Option<Instant>,
+    received: AtomicU64,
+}
+
+impl Run<'_> {
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn deadline_error(&self) -> ImageError {
+        ImageError::deadline(
+            format!("pull of {}", self.whole),
+            self.options.deadline,
+            self.received(),
+        )
+    }
+
+    /// One manifest request, bounded by [`PullOptions::manifest_deadline`].
+    async fn manifest_request<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, ImageError>>,
+    ) -> Result<T, ImageError> {
+        let limit = self.options.manifest_deadline;
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ImageError::deadline(
+                    format!("manifest fetch of {}", self.whole),
+                    limit,
+                    self.received(),
+                ))
+            })
+    }
 }
 
 /// A pulled image, ready to use.
@@ -101,7 +178,8 @@ impl ImageCache {
             parsed.registry(),
             options.tls,
             options.credentials.auth_for(&parsed),
-        );
+        )
+        .with_max_manifest_bytes(options.max_manifest_bytes);
         self.pull_with(&source, reference, options).await
     }
 
@@ -113,10 +191,31 @@ impl ImageCache {
         options: &PullOptions,
     ) -> Result<PulledImage, ImageError> {
         let parsed = parse_reference(reference)?;
+        let run = Run {
+            options,
+            whole: parsed.whole(),
+            ends_at: Instant::now().checked_add(options.deadline),
+            received: AtomicU64::new(0),
+        };
+        // Dropping the pull at the deadline drops its temp files with it;
+        // an unpack in progress sees `ends_at` and removes its staging tree.
+        match tokio::time::timeout(options.deadline, self.pull_in(source, &parsed, &run)).await {
+            Ok(result) => result,
+            Err(_) => Err(run.deadline_error()),
+        }
+    }
+
+    async fn pull_in(
+        &self,
+        source: &impl ImageSource,
+        parsed: &Reference,
+        run: &Run<'_>,
+    ) -> Result<PulledImage, ImageError> {
         let whole = parsed.whole();
-        let policy = options
+        let policy = run
+            .options
             .policy
-            .unwrap_or_else(|| PullPolicy::default_for(&parsed));
+            .unwrap_or_else(|| PullPolicy::default_for(parsed));
         let _shared = self.pull_guard().await;
         let cached = self.lookup(&whole).await?;
         let usable = match &cached {
@@ -127,7 +226,7 @@ impl ImageCache {
             PullPolicy::Never => {
                 return match usable {
                     Some(entry) => Ok(self.done(&whole, &entry, 0, 0, false, true)?),
-                    None => self.offline_unpack(&whole, cached, options).await,
+                    None => self.offline_unpack(&whole, cached, run).await,
                 };
             }
             PullPolicy::IfNotPresent => {
@@ -137,7 +236,7 @@ impl ImageCache {
             }
             PullPolicy::Always => {}
         }
-        let resolved = source.resolve(&parsed).await?;
+        let resolved = run.manifest_request(source.resolve(parsed)).await?;
         check_digest(&resolved)?;
         if let Some(entry) = &usable
             && entry.digest == resolved
@@ -145,7 +244,7 @@ impl ImageCache {
             tracing::debug!(reference = %whole, digest = %resolved, "digest unchanged");
             return self.done(&whole, entry, 0, 0, false, false);
         }
-        self.fetch(source, &parsed, &resolved, options).await
+        self.fetch(source, parsed, &resolved, run).await
     }
 
     /// Downloads what is missing for `resolved` and unpacks it.
@@ -154,17 +253,22 @@ impl ImageCache {
         source: &impl ImageSource,
         parsed: &Reference,
         resolved: &str,
-        options: &PullOptions,
+        run: &Run<'_>,
     ) -> Result<PulledImage, ImageError> {
+        let options = run.options;
         let whole = parsed.whole();
-        let top = self.manifest(source, parsed, resolved).await?;
+        let top = self.manifest(source, parsed, resolved, None, run).await?;
         let (manifest_digest, layers) = match top {
             Manifest::Image { layers } => (resolved.to_owned(), layers),
             Manifest::Index { manifests } => {
                 let platform = options.platform.clone().unwrap_or_else(Platform::current);
                 let chosen = Manifest::select(&manifests, &platform, &whole)?;
                 check_digest(&chosen)?;
-                match self.manifest(source, parsed, &chosen).await? {
+                let size = manifests
+                    .iter()
+                    .find(|d| d.digest == chosen)
+                    .map(|d| d.size);
+                match self.manifest(source, parsed, &chosen, size, run).await? {
                     Manifest::Image { layers } => (chosen, layers),
                     Manifest::Index { .. } => {
                         return Err(ImageError::InvalidManifest {
@@ -184,62 +288,97 @@ impl ImageCache {
             self.record(&whole, entry.clone()).await?;
             return self.done(&whole, &entry, 0, 0, false, false);
         }
-        // Refuse unusable layers before downloading anything.
+        // Refuse unusable or oversized layers before downloading anything.
         let compressions = compressions(&layers)?;
+        let sizes = declared_sizes(&layers, &whole, options.max_image_bytes)?;
         let mut bytes = 0u64;
         let mut blobs = 0u32;
-        for layer in &layers {
+        for (layer, declared) in layers.iter().zip(sizes) {
             if self.has_blob(&layer.digest)? {
                 continue;
             }
-            let declared = u64::try_from(layer.size).unwrap_or(0);
-            let limit = options.limits.max_total_bytes;
-            if declared > limit {
-                return Err(ImageError::BlobTooLarge {
-                    digest: layer.digest.clone(),
-                    limit,
+            let body = source.fetch_blob(parsed, &layer.digest).await?;
+            let what = || format!("blob {}", layer.digest);
+            if let Some(announced) = body.announced_len.filter(|n| *n != declared) {
+                return Err(ImageError::SizeMismatch {
+                    what: what(),
+                    expected: declared,
+                    actual: announced,
                 });
             }
-            let max_len = if declared > 0 { declared } else { limit };
-            let stream = source.fetch_blob(parsed, &layer.digest).await?;
             let registry = parsed.registry().to_owned();
             let reference = whole.clone();
             let digest = layer.digest.clone();
             let n = self
-                .store_stream(&layer.digest, stream, max_len, move |e| {
-                    stream_error(e, &registry, &reference, &digest)
-                })
+                .store_stream(
+                    &layer.digest,
+                    body.chunks,
+                    declared,
+                    &run.received,
+                    move |e| stream_error(e, &registry, &reference, &digest),
+                )
                 .await?;
             tracing::debug!(digest = %layer.digest, bytes = n, "blob downloaded");
             bytes += n;
             blobs += 1;
         }
-        self.unpack(&manifest_digest, &layers, compressions, &options.limits)
+        self.unpack(&manifest_digest, &layers, compressions, run)
             .await?;
         self.record(&whole, entry.clone()).await?;
         self.done(&whole, &entry, bytes, blobs, true, false)
     }
 
-    /// A manifest by digest: from the cache, else from the source (verified, then cached).
+    /// A manifest by digest: from the cache, else from the source (capped,
+    /// verified against its digest and the declared size, then cached).
     async fn manifest(
         &self,
         source: &impl ImageSource,
         parsed: &Reference,
         digest: &str,
+        declared: Option<i64>,
+        run: &Run<'_>,
     ) -> Result<Manifest, ImageError> {
         let whole = parsed.whole();
         if self.has_blob(digest)? {
             return Manifest::parse(&self.read_blob(digest)?, &whole);
         }
+        let max = run.options.max_manifest_bytes;
+        let declared = declared
+            .map(|n| {
+                u64::try_from(n).map_err(|_| ImageError::InvalidManifest {
+                    reference: whole.clone(),
+                    reason: format!("entry {digest} has a negative size {n}"),
+                })
+            })
+            .transpose()?;
+        if let Some(n) = declared.filter(|n| *n > max) {
+            return Err(ImageError::ManifestTooLarge {
+                reference: whole,
+                limit: max,
+                announced: Some(n),
+            });
+        }
         // By digest, so a tag moved since `resolve` cannot mix two images.
         let by_digest = parsed.clone_with_digest(digest.to_owned());
-        let bytes = source.fetch_manifest(&by_digest).await?;
+        let bytes = run
+            .manifest_request(async {
+                let body = source.fetch_manifest(&by_digest).await?;
+                bounded::read_manifest(body, max, parsed, Some(&run.received)).await
+            })
+            .await?;
         let actual = sha256_digest(&bytes);
         if actual != digest {
             return Err(ImageError::DigestMismatch {
                 what: format!("manifest of {whole}"),
                 expected: digest.to_owned(),
                 actual,
+            });
+        }
+        if let Some(n) = declared.filter(|n| *n != bytes.len() as u64) {
+            return Err(ImageError::SizeMismatch {
+                what: format!("manifest {digest}"),
+                expected: n,
+                actual: bytes.len() as u64,
             });
         }
         let manifest = Manifest::parse(&bytes, &whole)?;
@@ -252,7 +391,7 @@ impl ImageCache {
         &self,
         whole: &str,
         cached: Option<RefEntry>,
-        options: &PullOptions,
+        run: &Run<'_>,
     ) -> Result<PulledImage, ImageError> {
         let not_cached = || ImageError::NotCached {
             reference: whole.to_owned(),
@@ -271,7 +410,7 @@ impl ImageCache {
             }
         }
         let compressions = compressions(&layers)?;
-        self.unpack(&entry.manifest, &layers, compressions, &options.limits)
+        self.unpack(&entry.manifest, &layers, compressions, run)
             .await?;
         self.done(whole, &entry, 0, 0, true, true)
     }
@@ -281,29 +420,45 @@ impl ImageCache {
         manifest_digest: &str,
         layers: &[Descriptor],
         compressions: Vec<Compression>,
-        limits: &Limits,
+        run: &Run<'_>,
     ) -> Result<(), ImageError> {
         let dest = self.unpacked_path(manifest_digest)?;
         let mut paths = Vec::with_capacity(layers.len());
         for layer in layers {
             paths.push((layer.digest.clone(), self.blob_path(&layer.digest)?));
         }
-        let limits = limits.clone();
+        let limits = Limits {
+            deadline: run.ends_at,
+            ..run.options.limits.clone()
+        };
+        // Blocking work on a blocking thread: it never stalls the runtime.
         let task = tokio::task::spawn_blocking(move || {
-            let mut opened = Vec::with_capacity(paths.len());
-            for ((digest, path), compression) in paths.into_iter().zip(compressions) {
-                let file = std::fs::File::open(&path).map_err(|e| ImageError::cache(&path, e))?;
-                opened.push(Layer {
-                    name: digest,
-                    compression,
-                    reader: Box::new(file),
-                });
-            }
-            unpack_image(opened, &dest, &limits).map_err(layer_error)
+            let open = || -> Result<Vec<Layer<'static>>, ImageError> {
+                let mut opened = Vec::with_capacity(paths.len());
+                for ((digest, path), compression) in paths.iter().zip(&compressions) {
+                    let file = std::fs::File::open(path).map_err(|e| ImageError::cache(path, e))?;
+                    opened.push(Layer {
+                        name: digest.clone(),
+                        compression: *compression,
+                        reader: Box::new(file),
+                    });
+                }
+                Ok(opened)
+            };
+            // Counting first costs one decompression; it refuses a layer of
+            // far too many entries in seconds instead of after writing them.
+            scan_image(open()?, &limits).map_err(layer_error)?;
+            unpack_image(open()?, &dest, &limits).map_err(layer_error)
         });
-        let stats = task
-            .await
-            .map_err(|e| ImageError::cache(self.dir(), std::io::Error::other(e)))??;
+        let stats = match task.await {
+            Ok(Err(ImageError::Layer { source, .. }))
+                if matches!(source.root_cause(), ExtractError::DeadlineExceeded) =>
+            {
+                return Err(run.deadline_error());
+            }
+            Ok(result) => result?,
+            Err(e) => return Err(ImageError::cache(self.dir(), std::io::Error::other(e))),
+        };
         tracing::debug!(
             manifest = manifest_digest,
             files = stats.files,
@@ -362,25 +517,35 @@ fn compressions(layers: &[Descriptor]) -> Result<Vec<Compression>, ImageError> {
         .collect()
 }
 
-/// An error while a blob streams in. oci-client checks the digest itself
-/// and reports a mismatch as an `io::Error` wrapping `DigestError`.
+/// An error while a blob streams in (the connection, not the content).
 fn stream_error(err: std::io::Error, registry: &str, reference: &str, digest: &str) -> ImageError {
-    use oci_client::errors::DigestError;
-    if let Some(DigestError::VerificationError { actual, .. }) = err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<DigestError>())
-    {
-        return ImageError::DigestMismatch {
-            what: format!("blob {digest}"),
-            expected: digest.to_owned(),
-            actual: actual.clone(),
-        };
-    }
     ImageError::Registry {
         registry: registry.to_owned(),
         reference: reference.to_owned(),
         message: format!("reading blob {digest}: {err}"),
     }
+}
+
+/// The layers' declared sizes; refuses negative ones and a total over `max`.
+fn declared_sizes(layers: &[Descriptor], whole: &str, max: u64) -> Result<Vec<u64>, ImageError> {
+    let mut total = 0u64;
+    let mut sizes = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let size = u64::try_from(layer.size).map_err(|_| ImageError::InvalidManifest {
+            reference: whole.to_owned(),
+            reason: format!("layer {} has a negative size {}", layer.digest, layer.size),
+        })?;
+        total = total.saturating_add(size);
+        sizes.push(size);
+    }
+    if total > max {
+        return Err(ImageError::ImageTooLarge {
+            reference: whole.to_owned(),
+            size: total,
+            limit: max,
+        });
+    }
+    Ok(sizes)
 }
 
 /// `InLayer { name: digest, source }` → `Layer { digest, source }`.

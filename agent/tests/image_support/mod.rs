@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kmm_agent::image::{BlobStream, ImageError, ImageSource, sha256_digest};
+use kmm_agent::image::{Body, ImageError, ImageSource, sha256_digest};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -300,16 +300,12 @@ impl<S: ImageSource> ImageSource for Counting<S> {
         self.inner.resolve(reference).await
     }
 
-    async fn fetch_manifest(&self, reference: &Reference) -> Result<Vec<u8>, ImageError> {
+    async fn fetch_manifest(&self, reference: &Reference) -> Result<Body, ImageError> {
         self.manifests.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch_manifest(reference).await
     }
 
-    async fn fetch_blob(
-        &self,
-        reference: &Reference,
-        digest: &str,
-    ) -> Result<BlobStream, ImageError> {
+    async fn fetch_blob(&self, reference: &Reference, digest: &str) -> Result<Body, ImageError> {
         self.blobs.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch_blob(reference, digest).await
     }
