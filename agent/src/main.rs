@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use kmm_agent::image::ImageCache;
+use kmm_agent::image::{ImageCache, PullOptions};
 use kmm_agent::kernel::{Kernel, LibKmod};
 use kmm_agent::metrics::Metrics;
 use kmm_agent::reconciler::{self, ApiPullSecrets, Parts, Settings};
@@ -85,6 +85,26 @@ struct Args {
     #[arg(long, env = "KMM_VERIFY_SECONDS", default_value_t = 300)]
     verify_seconds: u64,
 
+    /// Overall deadline of one image pull (manifests, blobs, extraction), in seconds.
+    #[arg(long, env = "KMM_PULL_DEADLINE_SECONDS", default_value_t = 600)]
+    pull_deadline_seconds: u64,
+
+    /// Deadline of one manifest fetch, in seconds.
+    #[arg(long, env = "KMM_MANIFEST_DEADLINE_SECONDS", default_value_t = 60)]
+    manifest_deadline_seconds: u64,
+
+    /// Largest manifest or index accepted, in bytes.
+    #[arg(long, env = "KMM_MAX_MANIFEST_BYTES", default_value_t = kmm_agent::image::DEFAULT_MAX_MANIFEST_BYTES)]
+    max_manifest_bytes: u64,
+
+    /// Largest image accepted (its compressed layers as declared), in MiB.
+    #[arg(long, env = "KMM_MAX_IMAGE_MIB", default_value_t = 2048)]
+    max_image_mib: u64,
+
+    /// Most entries (files, directories, links) an image may unpack to.
+    #[arg(long, env = "KMM_MAX_IMAGE_ENTRIES", default_value_t = 50_000)]
+    max_image_entries: u64,
+
     /// Image cache size limit in MiB; unused images are removed beyond it.
     #[arg(long, env = "KMM_CACHE_LIMIT_MIB", default_value_t = 4096)]
     cache_limit_mib: u64,
@@ -145,6 +165,28 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deadlines and caps of every pull, from the flags.
+fn pull_options(
+    deadline_s: u64,
+    manifest_deadline_s: u64,
+    max_manifest_bytes: u64,
+    max_image_mib: u64,
+    max_entries: u64,
+) -> PullOptions {
+    let defaults = PullOptions::default();
+    PullOptions {
+        deadline: Duration::from_secs(deadline_s),
+        manifest_deadline: Duration::from_secs(manifest_deadline_s),
+        max_manifest_bytes,
+        max_image_bytes: max_image_mib.saturating_mul(1024 * 1024),
+        limits: kmm_agent::extract::Limits {
+            max_entries,
+            ..defaults.limits.clone()
+        },
+        ..defaults
+    }
+}
+
 /// This boot's id: records of another boot are checked before being trusted.
 fn read_boot_id(path: &std::path::Path) -> anyhow::Result<String> {
     let id = std::fs::read_to_string(path)
@@ -188,6 +230,11 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr,
         resync_seconds,
         verify_seconds,
+        pull_deadline_seconds,
+        manifest_deadline_seconds,
+        max_manifest_bytes,
+        max_image_mib,
+        max_image_entries,
         cache_limit_mib,
         log_json,
     } = Args::parse();
@@ -244,6 +291,13 @@ async fn main() -> anyhow::Result<()> {
         set_firmware_class_path,
         resync: Duration::from_secs(resync_seconds.max(1)),
         verify_interval: Duration::from_secs(verify_seconds),
+        pull: pull_options(
+            pull_deadline_seconds,
+            manifest_deadline_seconds,
+            max_manifest_bytes,
+            max_image_mib,
+            max_image_entries,
+        ),
     };
     let ready = Readiness::default();
     // The loop beats at least once per resync; a pass that hangs for two resyncs

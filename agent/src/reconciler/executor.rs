@@ -434,7 +434,7 @@ impl Executor {
                 insecure: want.registry.insecure,
                 insecure_skip_tls_verify: want.registry.insecure_skip_tls_verify,
             },
-            ..PullOptions::default()
+            ..self.settings.pull.clone()
         };
         let started = Instant::now();
         let pulled = tokio::select! {

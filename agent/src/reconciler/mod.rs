@@ -60,6 +60,8 @@ pub struct Settings {
     pub resync: Duration,
     /// With `imagePullPolicy: Always`, how often a loaded image's digest is checked.
     pub verify_interval: Duration,
+    /// Deadlines and caps of every pull (policy, credentials and TLS are set per Module).
+    pub pull: crate::image::PullOptions,
 }
 
 /// Locks a std mutex, ignoring poisoning: a panicked worker must not take the

@@ -169,6 +169,7 @@ fn settings() -> Settings {
         set_firmware_class_path: false,
         resync: Duration::from_secs(300),
         verify_interval: Duration::from_secs(300),
+        pull: PullOptions::default(),
     }
 }
 
