@@ -60,7 +60,8 @@ pub use api::nmc::{
 };
 pub use labels::{
     MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,
-    device_plugin_ready_label, ready_label, version_module_label, version_ready_label,
+    device_plugin_ready_label, dra_ready_label, ready_label, version_module_label,
+    version_ready_label,
 };
 pub use targeting::{
     Ineligible, ResolvedMapping, Target, Vars, node_eligibility, node_kernel_version,
