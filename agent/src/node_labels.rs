@@ -62,6 +62,14 @@ pub fn effective_changes(
         .collect()
 }
 
+/// What the API server said, without the Status dump.
+fn reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The API server's "the object would be invalid" answer (422 `Invalid`).
 fn is_invalid(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 422 || s.reason == "Invalid")
@@ -108,7 +116,7 @@ where
         }
         Err(e) if is_invalid(&e) => {
             return Err(LabelError::Refused(
-                changes.keys().map(|k| (k.clone(), e.to_string())).collect(),
+                changes.keys().map(|k| (k.clone(), reason(&e))).collect(),
             ));
         }
         Err(e) => return Err(e.into()),
@@ -120,7 +128,7 @@ where
             Ok(()) => {}
             Err(e) if is_invalid(&e) => {
                 tracing::warn!(label = %key, error = %e, "node label refused");
-                refused.push((key.clone(), e.to_string()));
+                refused.push((key.clone(), reason(&e)));
             }
             Err(e) => return Err(e.into()),
         }
