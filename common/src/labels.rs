@@ -27,6 +27,11 @@ pub fn device_plugin_ready_label(namespace: &str, name: &str) -> String {
     format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.device-plugin-ready")
 }
 
+/// `kmm.node.kubernetes.io/<ns>.<name>.dra-ready`: the DRA driver runs on the node.
+pub fn dra_ready_label(namespace: &str, name: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.dra-ready")
+}
+
 /// `kmm.node.kubernetes.io/version-module.<ns>.<name>`: set by the admin to the version a node
 /// should run (ordered upgrade); a node is only targeted when it equals `container.version`.
 pub fn version_module_label(namespace: &str, name: &str) -> String {
@@ -64,6 +69,10 @@ mod tests {
             (
                 device_plugin_ready_label("ns", "m"),
                 "kmm.node.kubernetes.io/ns.m.device-plugin-ready",
+            ),
+            (
+                dra_ready_label("ns", "m"),
+                "kmm.node.kubernetes.io/ns.m.dra-ready",
             ),
             (
                 version_module_label("ns", "m"),

@@ -63,7 +63,7 @@ pub use api::nmc::{
 };
 pub use labels::{
     MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,
-    device_plugin_ready_label, is_agent_label, ready_label, version_module_label,
+    device_plugin_ready_label, dra_ready_label, is_agent_label, ready_label, version_module_label,
     version_ready_label,
 };
 pub use reason::Reason;

@@ -10,6 +10,18 @@ use crate::api::cel::MAX_COMBINED_NAME_LENGTH;
 use crate::image::has_tag_or_digest;
 use crate::{ModprobeSpec, Module, ModuleLoaderContainerSpec, Sign};
 
+mod label_keys;
+mod values;
+
+pub use label_keys::{
+    LABEL_NAME_PATTERN, MAX_LABEL_NAME_LENGTH, check_label_key, check_label_value, node_label_keys,
+};
+pub use values::{
+    DIGEST_PATTERN, MAX_KERNEL_MODULE_NAME_BYTES, PULL_POLICIES, check_image_digest,
+    check_kernel_module_name, check_loader_values, check_module_parameter, check_path_stays_inside,
+    check_pull_policy,
+};
+
 const CONTAINER: &str = "spec.moduleLoader.container";
 
 /// One failed check: the field path and what is wrong with it.
@@ -23,7 +35,7 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -44,7 +56,10 @@ pub fn validate_module(module: &Module) -> Result<(), Vec<ValidationError>> {
         check_kernel_mappings(container, &mut errors);
         check_modprobe(&container.modprobe, &mut errors);
         check_signing(container, &mut errors);
+        errors.extend(check_loader_values(container));
     }
+    label_keys::check_node_labels(module, &mut errors);
+    errors.extend(values::check_pod_pull_policies(&module.spec));
     if errors.is_empty() {
         Ok(())
     } else {

@@ -18,7 +18,7 @@ moduleLoader:
     kernelMappings:
       - literal: 6.1.0-56-amd64
       - regexp: '^.+-amd64$'
-        containerImage: "reg/other@sha256:0123"
+        containerImage: "reg/other@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 "#;
 
 struct Case {
@@ -78,7 +78,7 @@ const CASES: &[Case] = &[
     ),
     case(
         "mapping image without tag",
-        "\"reg/other@sha256:0123\"",
+        "\"reg/other@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"",
         "reg/other",
         Some("spec.moduleLoader.container.kernelMappings[1].containerImage"),
     ),
@@ -189,6 +189,210 @@ const CASES: &[Case] = &[
             "containerImage: \"reg",
             "version: v1\n    containerImage: \"reg",
             None,
+        )
+    },
+    case(
+        "moduleName with a slash",
+        "moduleName: mod_a\n",
+        "moduleName: mod/a\n",
+        Some("spec.moduleLoader.container.modprobe.moduleName"),
+    ),
+    case(
+        "moduleName with a space",
+        "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+        "moduleName: \"mod a\"\n",
+        Some("spec.moduleLoader.container.modprobe.moduleName"),
+    ),
+    case(
+        "moduleName with a no-break space",
+        "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+        "moduleName: \"mod\u{a0}a\"\n",
+        Some("spec.moduleLoader.container.modprobe.moduleName"),
+    ),
+    case(
+        "moduleName with NUL",
+        "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+        "moduleName: \"mod\\0a\"\n",
+        Some("spec.moduleLoader.container.modprobe.moduleName"),
+    ),
+    case(
+        "moduleName of 56 bytes",
+        "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+        "moduleName: m234567890123456789012345678901234567890123456789012345x\n",
+        Some("spec.moduleLoader.container.modprobe.moduleName"),
+    ),
+    case(
+        "moduleName of 55 bytes",
+        "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+        "moduleName: m23456789012345678901234567890123456789012345678901234x\n",
+        None,
+    ),
+    case(
+        "moduleName of 28 two-byte characters",
+        "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+        "moduleName: éééééééééééééééééééééééééééé\n",
+        Some("spec.moduleLoader.container.modprobe.moduleName"),
+    ),
+    case(
+        "loading order entry with a tab",
+        "[mod_a, mod_b]",
+        "[mod_a, \"mod\\tb\"]",
+        Some("spec.moduleLoader.container.modprobe.modulesLoadingOrder[1]"),
+    ),
+    case(
+        "in-tree module to remove with a slash",
+        "    kernelMappings:\n",
+        "    inTreeModulesToRemove: [ok, ../evil]\n    kernelMappings:\n",
+        Some("spec.moduleLoader.container.inTreeModulesToRemove[1]"),
+    ),
+    case(
+        "deprecated in-tree module of a mapping with a space",
+        "- literal: 6.1.0-56-amd64",
+        "- literal: 6.1.0-56-amd64\n        inTreeModuleToRemove: \"a b\"",
+        Some("spec.moduleLoader.container.kernelMappings[0].inTreeModuleToRemove"),
+    ),
+    case(
+        "dirName leaving the image",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n      dirName: /opt/../etc\n",
+        Some("spec.moduleLoader.container.modprobe.dirName"),
+    ),
+    case(
+        "firmwarePath leaving the image",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n      firmwarePath: ../../lib/firmware\n",
+        Some("spec.moduleLoader.container.modprobe.firmwarePath"),
+    ),
+    case(
+        "firmwarePath with dots in names is fine",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n      firmwarePath: /firmware/..hidden/v1..2\n",
+        None,
+    ),
+    case(
+        "parameter with a newline",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n      parameters: [a=1, \"b=2\\nc=3\"]\n",
+        Some("spec.moduleLoader.container.modprobe.parameters[1]"),
+    ),
+    case(
+        "parameter with NUL",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n      parameters: [\"a=1\\0\"]\n",
+        Some("spec.moduleLoader.container.modprobe.parameters[0]"),
+    ),
+    case(
+        "unknown imagePullPolicy",
+        "    kernelMappings:\n",
+        "    imagePullPolicy: Sometimes\n    kernelMappings:\n",
+        Some("spec.moduleLoader.container.imagePullPolicy"),
+    ),
+    case(
+        "known imagePullPolicy",
+        "    kernelMappings:\n",
+        "    imagePullPolicy: Never\n    kernelMappings:\n",
+        None,
+    ),
+    case(
+        "unknown imagePullPolicy of the device plugin init container",
+        "selector: {}\n",
+        "selector: {}\ndevicePlugin:\n  container: {image: \"reg/dp:1\"}\n  initContainer: {image: \"reg/init:1\", imagePullPolicy: always}\n",
+        Some("spec.devicePlugin.initContainer.imagePullPolicy"),
+    ),
+    case(
+        "short digest",
+        "@sha256:0123456789abcdef",
+        "@sha256:0123",
+        Some("spec.moduleLoader.container.kernelMappings[1].containerImage"),
+    ),
+    case(
+        "upper-case digest",
+        "@sha256:0123456789abcdef",
+        "@sha256:0123456789ABCDEF",
+        Some("spec.moduleLoader.container.kernelMappings[1].containerImage"),
+    ),
+    case(
+        "tag and digest",
+        "reg/other@sha256:",
+        "reg/other:1.0@sha256:",
+        None,
+    ),
+    case(
+        "digest of another algorithm",
+        "\"reg/default:${KERNEL_FULL_VERSION}\"",
+        "\"reg/default@sha512:abcd\"",
+        Some("spec.moduleLoader.container.containerImage"),
+    ),
+    case(
+        "version that cannot be a label value",
+        "containerImage: \"reg",
+        "version: \"1.0 beta\"\n    containerImage: \"reg",
+        Some("spec.moduleLoader.container.version"),
+    ),
+    Case {
+        module_name: "m234567890123456789012345678901234567890123456789012345x",
+        ..case("name of 56 characters", "", "", Some("metadata.name"))
+    },
+    Case {
+        ns: "n",
+        module_name: "m23456789012345678901234567890123456789012345678901234x",
+        ..case(
+            "name of 55 characters in a 1-character namespace",
+            "",
+            "",
+            None,
+        )
+    },
+    Case {
+        ns: "namespace-of-twenty-c",
+        module_name: "name-of-forty-characters-0123456789-abcd",
+        cel_checks_it: false,
+        ..case(
+            "ready label too long without version",
+            "",
+            "",
+            Some("metadata.name"),
+        )
+    },
+    Case {
+        ns: "namespace-of-twenty-c",
+        module_name: "name-of-twenty-two-chr",
+        cel_checks_it: false,
+        ..case(
+            "device plugin label too long",
+            "selector: {}\n",
+            "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}}\n",
+            Some("metadata.name"),
+        )
+    },
+    Case {
+        ns: "namespace-of-twenty-c",
+        module_name: "name-of-twenty-one-c",
+        ..case(
+            "device plugin label of 62 characters",
+            "selector: {}\n",
+            "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}}\n",
+            None,
+        )
+    },
+    Case {
+        module_name: "name-of-forty-two-characters-0123456789-ab",
+        ..case(
+            "device plugin label with a 42-character name",
+            "selector: {}\n",
+            "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}}\n",
+            Some("metadata.name"),
+        )
+    },
+    Case {
+        ns: "namespace-of-twenty-c",
+        module_name: "name-of-thirty-four-characters-012",
+        cel_checks_it: false,
+        ..case(
+            "DRA label too long",
+            "selector: {}\n",
+            "selector: {}\ndra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}}\n",
+            Some("metadata.name"),
         )
     },
 ];
@@ -314,4 +518,174 @@ fn examples_are_valid() {
         }
     }
     assert!(checked >= 4, "only {checked} example Modules found");
+}
+
+#[test]
+fn kernel_module_names_the_agent_refuses() {
+    let cases = [
+        ("null_blk", true),
+        ("my-mod", true),
+        (&"m".repeat(55), true),
+        (&"m".repeat(56), false),
+        ("", false),
+        ("a/b", false),
+        ("a b", false),
+        ("a\tb", false),
+        ("a\u{0b}b", false),
+        ("a\u{85}b", false),
+        ("a\u{3000}b", false),
+        ("a\0b", false),
+    ];
+    for (name, ok) in cases {
+        assert_eq!(check_kernel_module_name(name).is_ok(), ok, "{name:?}");
+    }
+}
+
+#[test]
+fn paths_parameters_policies_and_digests() {
+    for (path, ok) in [
+        ("/opt", true),
+        ("", true),
+        ("/lib/firmware/v1..2", true),
+        ("..", false),
+        ("/opt/..", false),
+        ("a/../b", false),
+        ("../a", false),
+    ] {
+        assert_eq!(check_path_stays_inside(path).is_ok(), ok, "{path:?}");
+    }
+    for (p, ok) in [
+        ("a=1", true),
+        ("a=1 2", true),
+        ("a=1\n", false),
+        ("a=\0", false),
+    ] {
+        assert_eq!(check_module_parameter(p).is_ok(), ok, "{p:?}");
+    }
+    for (p, ok) in [
+        ("", true),
+        ("Always", true),
+        ("IfNotPresent", true),
+        ("Never", true),
+        ("always", false),
+        ("Sometimes", false),
+    ] {
+        assert_eq!(check_pull_policy(p).is_ok(), ok, "{p:?}");
+    }
+    let hex = "0123456789abcdef".repeat(4);
+    for (image, ok) in [
+        ("reg/x:1".to_string(), true),
+        (format!("reg/x@sha256:{hex}"), true),
+        (format!("reg:5000/x:1@sha256:{hex}"), true),
+        ("reg/x@sha256:0123".to_string(), false),
+        (format!("reg/x@sha256:{}", hex.to_uppercase()), false),
+        (format!("reg/x@sha256:{hex}0"), false),
+        (format!("reg/x@sha512:{hex}{hex}"), false),
+        (format!("reg/x@@sha256:{hex}"), false),
+    ] {
+        assert_eq!(check_image_digest(&image).is_ok(), ok, "{image}");
+    }
+}
+
+#[test]
+fn label_keys_and_values() {
+    let ok = [
+        "kmm.node.kubernetes.io/ns.m.ready",
+        "plain",
+        &format!("kmm.node.kubernetes.io/{}", "a".repeat(63)),
+    ];
+    for key in ok {
+        assert_eq!(check_label_key(key), Ok(()), "{key}");
+    }
+    let bad = [
+        format!("kmm.node.kubernetes.io/{}", "a".repeat(64)),
+        "kmm.node.kubernetes.io/-a".to_string(),
+        "kmm.node.kubernetes.io/a.".to_string(),
+        "Upper.Case/a".to_string(),
+        "kmm.node.kubernetes.io/".to_string(),
+    ];
+    for key in bad {
+        assert!(check_label_key(&key).is_err(), "{key}");
+    }
+    for (value, ok) in [
+        ("", true),
+        ("v1.2_3-a", true),
+        ("1.0 beta", false),
+        ("-a", false),
+    ] {
+        assert_eq!(check_label_value(value).is_ok(), ok, "{value:?}");
+    }
+    assert!(check_label_value(&"a".repeat(64)).is_err());
+}
+
+/// The label-key error names the fields a user can change, and the version field when only
+/// the version's labels are too long.
+#[test]
+fn label_key_errors_name_the_fields() {
+    let ns = "n".repeat(10);
+    let name = "m".repeat(30);
+    // With a 40-character name `.ready` fits (10+1+40+6 = 57), `.version.ready` (65) and
+    // `version-module.` (66) do not; with 30 characters all fit.
+    let spec = VALID.replacen(
+        "containerImage: \"reg",
+        "version: v1\n    containerImage: \"reg",
+        1,
+    );
+    let long = module(&ns, &"m".repeat(40), &spec);
+    let errors = validate_module(&long).expect_err("too long");
+    let e = errors
+        .iter()
+        .find(|e| e.field == "metadata.name" && e.message.contains("node labels"))
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert!(
+        e.message.contains("metadata.namespace")
+            && e.message.contains("spec.moduleLoader.container.version")
+            && e.message
+                .contains(&format!("kmm.node.kubernetes.io/version-module.{ns}.")),
+        "{e}"
+    );
+    let fits = module(&ns, &name, &spec);
+    assert!(
+        validate_module(&fits).is_ok(),
+        "{:?}",
+        validate_module(&fits)
+    );
+    let keys: Vec<String> = node_label_keys(&fits).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("kmm.node.kubernetes.io/{ns}.{name}.ready"),
+            format!("kmm.node.kubernetes.io/{ns}.{name}.version.ready"),
+            format!("kmm.node.kubernetes.io/version-module.{ns}.{name}"),
+        ]
+    );
+}
+
+/// What upstream's webhook accepts (namespace + name <= 40) has node labels that can exist, so
+/// the label-key rule never refuses a Module upstream admits.
+#[test]
+fn every_name_upstream_accepts_has_label_keys_that_exist() {
+    let dp = VALID.replacen(
+        "selector: {}\n",
+        "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}}\ndra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}}\n",
+        1,
+    );
+    let spec = dp.replacen(
+        "containerImage: \"reg",
+        "version: v1\n    containerImage: \"reg",
+        1,
+    );
+    for ns_len in 1..40 {
+        let ns = "n".repeat(ns_len);
+        let name = "m".repeat(40 - ns_len);
+        let m = module(&ns, &name, &spec);
+        for (key, _) in node_label_keys(&m) {
+            assert_eq!(check_label_key(&key), Ok(()), "{key}");
+        }
+        assert!(
+            validate_module(&m).is_ok(),
+            "{ns}/{name}: {:?}",
+            validate_module(&m)
+        );
+    }
 }

@@ -119,6 +119,79 @@ pub fn device_plugin_counts(
     }
 }
 
+/// Whether the node's `Ready` condition is `True` (a node without one is not Ready: its
+/// kubelet never reported).
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Most node names a condition message lists.
+const MAX_LISTED_NODES: usize = 10;
+
+/// Nodes the Module should be loaded on that have not reported it loaded, and of those the
+/// ones that are not Ready (a dead node's agent will not report: waiting on it is silent
+/// otherwise).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// How many eligible nodes have not reported the Module loaded.
+    pub nodes: usize,
+    /// Those of them whose `Ready` condition is not `True`, by name.
+    pub not_ready: Vec<String>,
+}
+
+/// [`Waiting`] for `module` in `fleet`.
+pub fn waiting_for(module: &Module, fleet: Fleet<'_>) -> Waiting {
+    let loaded = loaded_nodes(module, fleet);
+    let mut waiting: Vec<&Arc<Node>> = fleet
+        .nodes
+        .iter()
+        .filter(|n| !loaded.contains(&n.name_any()))
+        .filter(|n| selector_matches(&module.spec.selector, &labels(n)).is_ok())
+        .filter(|n| node_eligibility(module, n).is_ok())
+        .collect();
+    waiting.sort_by_key(|n| n.name_any());
+    Waiting {
+        nodes: waiting.len(),
+        not_ready: waiting
+            .iter()
+            .filter(|n| !node_ready(n))
+            .map(|n| n.name_any())
+            .collect(),
+    }
+}
+
+impl Waiting {
+    /// `"; waiting for 2 nodes; 1 of them not Ready: node-x"`, empty when no waiting node is
+    /// NotReady.
+    fn describe(&self) -> String {
+        if self.not_ready.is_empty() {
+            return String::new();
+        }
+        let plural = if self.nodes == 1 { "node" } else { "nodes" };
+        let mut names = self
+            .not_ready
+            .iter()
+            .take(MAX_LISTED_NODES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.not_ready.len() > MAX_LISTED_NODES {
+            names.push_str(&format!(
+                " and {} more",
+                self.not_ready.len() - MAX_LISTED_NODES
+            ));
+        }
+        format!(
+            "; waiting for {} {plural}; {} of them not Ready: {names}",
+            self.nodes,
+            self.not_ready.len()
+        )
+    }
+}
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -176,16 +249,20 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
     }
 }
 
-/// Available / Progressing / Degraded from the counts and the aggregated errors.
+/// Available / Progressing / Degraded from the counts, the nodes still waited for and the
+/// aggregated errors.
 pub fn conditions(
     loader: &DaemonSetStatus,
     device_plugin: Option<&DaemonSetStatus>,
+    waiting: &Waiting,
     degraded: Option<(String, String)>,
 ) -> Vec<Condition> {
     let behind = |s: &DaemonSetStatus| s.available_number < s.desired_number;
     let loader_msg = format!(
-        "module loaded on {}/{} desired nodes",
-        loader.available_number, loader.desired_number
+        "module loaded on {}/{} desired nodes{}",
+        loader.available_number,
+        loader.desired_number,
+        waiting.describe()
     );
     let dp_msg = device_plugin.map(|d| {
         format!(

@@ -220,24 +220,30 @@ fn counts(desired: i32, available: i32) -> DaemonSetStatus {
 
 #[test]
 fn conditions_follow_counts() {
-    let c = conditions(&counts(3, 1), None, None);
+    let c = conditions(&counts(3, 1), None, &Waiting::default(), None);
     assert_eq!(status_of(&c, AVAILABLE), ("False", "NodesPending"));
     assert_eq!(status_of(&c, PROGRESSING), ("True", "Loading"));
     assert_eq!(status_of(&c, DEGRADED), ("False", "NoErrors"));
 
-    let c = conditions(&counts(3, 3), None, None);
+    let c = conditions(&counts(3, 3), None, &Waiting::default(), None);
     assert_eq!(status_of(&c, AVAILABLE), ("True", "AllNodesLoaded"));
     assert_eq!(status_of(&c, PROGRESSING), ("False", "Complete"));
 
-    let c = conditions(&counts(0, 0), None, None);
+    let c = conditions(&counts(0, 0), None, &Waiting::default(), None);
     assert_eq!(status_of(&c, AVAILABLE), ("True", "NoNodesTargeted"));
 
-    let c = conditions(&counts(2, 2), Some(&counts(2, 1)), None);
+    let c = conditions(
+        &counts(2, 2),
+        Some(&counts(2, 1)),
+        &Waiting::default(),
+        None,
+    );
     assert_eq!(status_of(&c, PROGRESSING), ("True", "Loading"));
 
     let c = conditions(
         &counts(2, 1),
         None,
+        &Waiting::default(),
         Some((
             "ImagePullFailed".into(),
             "1 node: ImagePullFailed: x".into(),
@@ -250,10 +256,25 @@ fn conditions_follow_counts() {
 fn unchanged_conditions_keep_transition_time_so_status_is_stable() {
     let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
     let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
-    let first = stamp(conditions(&counts(2, 1), None, None), &[], Some(1), &t0);
-    let again = stamp(conditions(&counts(2, 1), None, None), &first, Some(1), &t1);
+    let first = stamp(
+        conditions(&counts(2, 1), None, &Waiting::default(), None),
+        &[],
+        Some(1),
+        &t0,
+    );
+    let again = stamp(
+        conditions(&counts(2, 1), None, &Waiting::default(), None),
+        &first,
+        Some(1),
+        &t1,
+    );
     assert_eq!(first, again);
-    let done = stamp(conditions(&counts(2, 2), None, None), &first, Some(1), &t1);
+    let done = stamp(
+        conditions(&counts(2, 2), None, &Waiting::default(), None),
+        &first,
+        Some(1),
+        &t1,
+    );
     let avail = done.iter().find(|c| c.type_ == AVAILABLE).unwrap();
     assert_eq!(avail.last_transition_time, t1);
     let degr = done.iter().find(|c| c.type_ == DEGRADED).unwrap();
@@ -300,5 +321,84 @@ fn deletion_waits_for_nmc_loaded_or_ready_label() {
             }
         ),
         ["c"]
+    );
+}
+
+/// `node` with its `Ready` condition set to `status`.
+fn with_ready(node: Arc<Node>, status: &str) -> Arc<Node> {
+    let mut n = (*node).clone();
+    let s = n.status.get_or_insert_with(Default::default);
+    s.conditions = Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+        type_: "Ready".into(),
+        status: status.into(),
+        ..Default::default()
+    }]);
+    Arc::new(n)
+}
+
+#[test]
+fn waiting_on_dead_nodes_is_said_in_progressing() {
+    let gpu = [("role", "gpu")];
+    let nodes = [
+        with_ready(node("a", &gpu, KVER), "True"),    // loaded
+        with_ready(node("b", &gpu, KVER), "True"),    // loading
+        with_ready(node("c", &gpu, KVER), "Unknown"), // kubelet stopped reporting
+        node("d", &gpu, KVER),                        // never reported Ready
+        with_ready(node("e", &[], KVER), "False"),    // not selected
+        with_ready(node("f", &gpu, KVER), "False"),   // NotReady but loaded
+    ];
+    let nmcs = [nmc("a", vec![loaded()]), nmc("f", vec![loaded()])];
+    let m = module("");
+    let fleet = Fleet {
+        nodes: &nodes,
+        nmcs: &nmcs,
+    };
+    let waiting = waiting_for(&m, fleet);
+    assert_eq!(
+        waiting,
+        Waiting {
+            nodes: 3,
+            not_ready: vec!["c".into(), "d".into()],
+        }
+    );
+    let c = conditions(&loader_counts(&m, fleet), None, &waiting, None);
+    let progressing = c.iter().find(|c| c.type_ == PROGRESSING).unwrap();
+    assert_eq!(progressing.status, "True");
+    assert_eq!(
+        progressing.message,
+        "module loaded on 2/5 desired nodes; waiting for 3 nodes; 2 of them not Ready: c, d"
+    );
+
+    // Only Ready nodes waited for: the message says nothing more.
+    let ready_only = [nodes[0].clone(), nodes[1].clone()];
+    let fleet = Fleet {
+        nodes: &ready_only,
+        nmcs: &nmcs,
+    };
+    let c = conditions(
+        &loader_counts(&m, fleet),
+        None,
+        &waiting_for(&m, fleet),
+        None,
+    );
+    let progressing = c.iter().find(|c| c.type_ == PROGRESSING).unwrap();
+    assert_eq!(progressing.message, "module loaded on 1/2 desired nodes");
+}
+
+#[test]
+fn many_dead_nodes_are_listed_up_to_ten() {
+    let names: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+    let waiting = Waiting {
+        nodes: 12,
+        not_ready: names,
+    };
+    let c = conditions(&counts(12, 0), None, &waiting, None);
+    let progressing = c.iter().find(|c| c.type_ == PROGRESSING).unwrap();
+    assert!(
+        progressing.message.ends_with(
+            "12 of them not Ready: n00, n01, n02, n03, n04, n05, n06, n07, n08, n09 and 2 more"
+        ),
+        "{}",
+        progressing.message
     );
 }

@@ -843,8 +843,8 @@ async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Resu
 const CHAOS: &[(&str, &[&str])] = &[("chaosa", &["chaosa", "chaosdep"]), ("chaosb", &["chaosb"])];
 
 fn chaos_yaml(node: &str, image: &str, name: &str, answer: u32) -> String {
-    let yaml = module_yaml(node, name, image, "", "")
-        .replace("answer=42", &format!("answer={answer}"));
+    let yaml =
+        module_yaml(node, name, image, "", "").replace("answer=42", &format!("answer={answer}"));
     if name == "chaosa" {
         yaml.replace(
             "parameters:",

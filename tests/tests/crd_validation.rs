@@ -77,6 +77,81 @@ const INVALID: &[(&str, &str, &str, &[&str])] = &[
         "[mod_a, mod_b, mod_b]",
         &["modulesLoadingOrder", "unique"],
     ),
+    (
+        "module-name-with-slash",
+        "moduleName: mod_a\n",
+        "moduleName: mod/a\n",
+        &["modprobe.moduleName", "kernel module name"],
+    ),
+    (
+        "loading-order-with-space",
+        "[mod_a, mod_b]",
+        "[mod_a, \"mod b\"]",
+        &["modulesLoadingOrder", "kernel module name"],
+    ),
+    (
+        "in-tree-module-with-slash",
+        "          containerImage: \"reg/mod_a",
+        "          inTreeModulesToRemove: [a/b]\n          containerImage: \"reg/mod_a",
+        &["inTreeModulesToRemove", "kernel module name"],
+    ),
+    (
+        "dir-name-leaving-the-image",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n        dirName: /opt/../etc\n",
+        &["modprobe.dirName", "'..'"],
+    ),
+    (
+        "firmware-path-leaving-the-image",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n        firmwarePath: fw/../../etc\n",
+        &["modprobe.firmwarePath", "'..'"],
+    ),
+    (
+        "parameter-with-newline",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n        parameters: [\"a=1\\nb=2\"]\n",
+        &["modprobe.parameters", "newline or NUL"],
+    ),
+    (
+        "unknown-pull-policy",
+        "      modprobe:",
+        "      imagePullPolicy: Sometimes\n      modprobe:",
+        &["imagePullPolicy", "Always, IfNotPresent or Never"],
+    ),
+    (
+        "device-plugin-pull-policy",
+        "  selector: {}",
+        "  selector: {}\n  devicePlugin: {container: {image: \"reg/dp:1\", imagePullPolicy: always}}",
+        &[
+            "devicePlugin.container.imagePullPolicy",
+            "Always, IfNotPresent or Never",
+        ],
+    ),
+    (
+        "malformed-digest",
+        "\"reg/mod_a:${KERNEL_FULL_VERSION}\"",
+        "reg/mod_a@sha256:0123",
+        &["containerImage", "64 lowercase hex"],
+    ),
+    (
+        "version-not-a-label-value",
+        "      modprobe:",
+        "      version: \"1.0 beta\"\n      modprobe:",
+        &["version", "node label value"],
+    ),
+    (
+        "name-of-fifty-six-characters-cannot-have-a-ready-label-x",
+        "  selector: {}",
+        "  selector: {}",
+        &["metadata.name", ".ready"],
+    ),
+    (
+        "name-of-forty-two-chars-with-device-plugin",
+        "  selector: {}",
+        "  selector: {}\n  devicePlugin: {container: {image: \"reg/dp:1\"}}",
+        &["metadata.name", "device-plugin-ready"],
+    ),
 ];
 
 #[tokio::test]

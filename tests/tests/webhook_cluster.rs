@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kmm_common::Module;
 use kmm_tests::cluster::{WebhookConfigGuard, crd_namespace, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
-use kmm_tests::controlplane::TestNamespace;
+use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const SELECTOR_KEY: &str = "kmm-test/webhook";
 
 struct Fixture {
+    cp: &'static ControlPlane,
     client: Client,
     ns: Option<TestNamespace>,
     ns_name: String,
@@ -76,6 +77,7 @@ impl Fixture {
             .await
             .with_context(|| format!("no webhook configuration; log:\n{}", controller.log()))?;
         Ok(Self {
+            cp,
             client,
             ns: Some(ns),
             ns_name,
@@ -298,5 +300,109 @@ async fn upstream_708_namespace_holding_modules_cannot_be_deleted_until_they_are
     assert!(live.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
     // Already deleted: cleanup tolerates that.
     f.ns.take().unwrap().cleanup().await?;
+    f.finish().await
+}
+
+/// A Module `name` loading kernel module `module_name`, as YAML for kubectl.
+fn module_yaml(name: &str, module_name: &str) -> String {
+    format!(
+        r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {{name: {name}}}
+spec:
+  selector: {{kmm-test/webhook-none: "yes"}}
+  moduleLoader:
+    container:
+      modprobe: {{moduleName: {module_name}}}
+      kernelMappings: [{{regexp: '^.+$', containerImage: "registry.example/kmm/x:1"}}]
+"#
+    )
+}
+
+/// The namespace is invisible to CEL: only the webhook sees that `<ns>.<name>.ready` is one
+/// character too long, and says which fields to shorten.
+#[tokio::test(flavor = "multi_thread")]
+async fn module_whose_ready_label_cannot_exist_is_refused_naming_the_fields() -> Result<()> {
+    let f = Fixture::new("webhook-lbl").await?;
+    f.wait_webhook_active().await?;
+    // kmm.node.kubernetes.io/<ns>.<name>.ready: the part after '/' is ns + 1 + name + 6.
+    let fits = 63 - 7 - f.ns_name.len();
+    assert!(fits < 55, "CEL alone must accept the name");
+    let long = "m".repeat(fits + 1);
+    let err = f
+        .modules()
+        .create(&PostParams::default(), &module(&long, "^.+$"))
+        .await
+        .expect_err("a name whose .ready label cannot exist must be refused");
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    assert_eq!(status.code, 403, "{status:?}");
+    for needle in [
+        "metadata.name",
+        "metadata.namespace",
+        &format!("{}.{long}.ready", f.ns_name),
+        "64 characters, the limit is 63",
+    ] {
+        assert!(
+            status.message.contains(needle),
+            "{needle}: {}",
+            status.message
+        );
+    }
+    // One character shorter: the label key is exactly 63 characters, and the Module admitted.
+    let name = "m".repeat(fits);
+    f.modules()
+        .create(&PostParams::default(), &module(&name, "^.+$"))
+        .await
+        .with_context(|| {
+            format!(
+                "63-character label key refused; log:\n{}",
+                f.controller.log()
+            )
+        })?;
+    f.finish().await
+}
+
+/// A second Module loading the same kernel module is admitted with a warning that kubectl
+/// shows; a Module of another kernel module gets none.
+#[tokio::test(flavor = "multi_thread")]
+async fn module_sharing_a_kernel_module_is_admitted_with_a_warning() -> Result<()> {
+    let f = Fixture::new("webhook-shared").await?;
+    f.wait_webhook_active().await?;
+    // Unique in the cluster: other tests' Modules must not match.
+    let kmod = f.ns_name.replace('-', "_");
+    let kubectl_apply = |yaml: &str| {
+        f.cp.kubectl_with_stdin(["apply", "-n", &f.ns_name, "-f", "-"], yaml)
+    };
+    let first = kubectl_apply(&module_yaml("first", &kmod))?;
+    let stderr = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(first.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("Warning"),
+        "no other Module loads it yet: {stderr}"
+    );
+
+    let second = kubectl_apply(&module_yaml("second", &kmod))?;
+    let stderr = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(second.status.success(), "{stderr}");
+    let want = format!(
+        "kernel module {kmod} is also managed by Module {}/first; both load the same kernel module on nodes they share",
+        f.ns_name
+    );
+    assert!(
+        stderr.contains("Warning") && stderr.contains(&want),
+        "want {want:?} in: {stderr}\nlog:\n{}",
+        f.controller.log()
+    );
+    assert!(f.modules().get_opt("second").await?.is_some());
+
+    let other = kubectl_apply(&module_yaml("other", &format!("{kmod}_other")))?;
+    let stderr = String::from_utf8_lossy(&other.stderr).to_string();
+    assert!(
+        other.status.success() && !stderr.contains("Warning"),
+        "{stderr}"
+    );
     f.finish().await
 }

@@ -70,9 +70,24 @@ fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
         modules_loading_order: t.modprobe.modules_loading_order.clone().unwrap_or_default(),
         in_tree_to_remove: t.in_tree_modules_to_remove.clone(),
         version: t.version.clone(),
-        rejected: unsupported_modprobe(&t.modprobe),
+        rejected: unsupported_modprobe(&t.modprobe).or_else(|| refused_values(module)),
         built_in_cluster: t.build.is_some() || t.sign.is_some(),
     }
+}
+
+/// Values admission refuses but a Module may still carry (webhook down or bypassed, stored
+/// before the rule existed): the same checks as the webhook, so the load is refused once with
+/// `InvalidModuleSpec` instead of failing on every pass.
+fn refused_values(module: &Module) -> Option<String> {
+    let container = &module.spec.module_loader.as_ref()?.container;
+    let errors = kmm_common::validation::check_loader_values(container);
+    (!errors.is_empty()).then(|| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// `modprobe.args` and `rawArgs` are command lines for upstream's modprobe
@@ -180,6 +195,77 @@ spec:
                 .as_deref()
                 .is_some_and(|r| r.contains("modprobe.args"))
         );
+    }
+
+    /// Each value the agent always refuses, on a Module admission let through: a rejection
+    /// naming the field, not a load attempt.
+    #[test]
+    fn values_admission_refuses_are_rejected_naming_the_field() {
+        let digest = format!("@sha256:{}", "0".repeat(63));
+        let cases = [
+            (
+                "moduleName: brd",
+                "moduleName: \"b rd\"",
+                "modprobe.moduleName",
+            ),
+            (
+                "[brd, dep]",
+                "[brd, de/p]",
+                "modprobe.modulesLoadingOrder[1]",
+            ),
+            ("[rd_nr=3]", "[\"rd_nr=3\\n\"]", "modprobe.parameters[0]"),
+            (
+                "moduleName: brd",
+                "moduleName: brd\n        dirName: /opt/../etc",
+                "modprobe.dirName",
+            ),
+            (
+                "moduleName: brd",
+                "moduleName: brd\n        firmwarePath: ../fw",
+                "modprobe.firmwarePath",
+            ),
+            (
+                "      modprobe:",
+                "      imagePullPolicy: Sometimes\n      modprobe:",
+                "container.imagePullPolicy",
+            ),
+            (
+                ":${KERNEL_FULL_VERSION}",
+                &digest,
+                "kernelMappings[0].containerImage",
+            ),
+            (
+                "registryTLS: {insecure: true}",
+                "registryTLS: {insecure: true}\n          inTreeModulesToRemove: [\"a b\"]",
+                "kernelMappings[0].inTreeModulesToRemove[0]",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert!(BRD.contains(from), "{from}");
+            let yaml = BRD.replacen(from, to, 1);
+            let set = desired_for_node(
+                &[module(&yaml)],
+                &node(&[("role", "storage")]),
+                "6.1.0-56-amd64",
+            );
+            let Some(Desired::Load(l)) = set.map.get(&ModuleKey::new("ns", "brd")) else {
+                panic!("{field}: expected a load, got {set:?}");
+            };
+            assert!(
+                l.rejected.as_deref().is_some_and(|r| r.contains(field)),
+                "{field}: {:?}",
+                l.rejected
+            );
+        }
+        let set = desired_for_node(
+            &[module(BRD)],
+            &node(&[("role", "storage")]),
+            "6.1.0-56-amd64",
+        );
+        assert!(matches!(
+            set.map.get(&ModuleKey::new("ns", "brd")),
+            Some(Desired::Load(l)) if l.rejected.is_none()
+        ));
     }
 
     #[test]

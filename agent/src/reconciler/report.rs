@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
-use crate::node_labels::{self, LabelChanges};
+use crate::node_labels::{self, LabelChanges, LabelError};
 use crate::state::{ModuleKey, NodeState};
 
 /// Now, as RFC 3339.
@@ -133,7 +133,7 @@ pub trait Report: Send + Sync {
         &self,
         current: BTreeMap<String, String>,
         wanted: LabelChanges,
-    ) -> BoxFuture<'_, Result<(), kube::Error>>;
+    ) -> BoxFuture<'_, Result<(), LabelError>>;
 }
 
 /// The real reporter: events through kube-rs's recorder, the NMC status and the
@@ -176,7 +176,7 @@ impl Report for KubeReporter {
         &self,
         current: BTreeMap<String, String>,
         wanted: LabelChanges,
-    ) -> BoxFuture<'_, Result<(), kube::Error>> {
+    ) -> BoxFuture<'_, Result<(), LabelError>> {
         Box::pin(async move {
             let nodes: Api<Node> = Api::all(self.client.clone());
             node_labels::apply(&nodes, &self.node_name, &current, &wanted).await
@@ -272,7 +272,7 @@ impl Report for RecordingReporter {
         &self,
         _current: BTreeMap<String, String>,
         wanted: LabelChanges,
-    ) -> BoxFuture<'_, Result<(), kube::Error>> {
+    ) -> BoxFuture<'_, Result<(), LabelError>> {
         let mut labels = crate::reconciler::lock(&self.node_labels);
         for (k, v) in wanted {
             match v {

@@ -132,3 +132,119 @@ pub fn version_transition() -> Rule {
     )
     .message("version: cannot update to or from an empty version; delete the Module and create it again")
 }
+
+/// A regex as a CEL string literal (backslashes doubled, so CEL passes them to RE2).
+fn cel_regex(pattern: &str) -> String {
+    format!("'{}'", pattern.replace('\\', "\\\\"))
+}
+
+/// CEL's form of [`crate::validation::check_kernel_module_name`] for `x` (non-empty is checked
+/// where the field is required): at most 55 bytes, no `/`, NUL or whitespace (RE2's `\s` lacks
+/// `\v`, U+0085 and the Unicode spaces, so they are listed).
+fn kernel_module_name_expr(x: &str) -> String {
+    format!(
+        "size(bytes({x})) <= {} && {x}.matches({})",
+        crate::validation::MAX_KERNEL_MODULE_NAME_BYTES,
+        cel_regex(r"^[^/\x00\s\x0B\x{85}\p{Z}]*$")
+    )
+}
+
+/// `Rule` for one kernel module name field (empty allowed: other rules require it).
+pub fn kernel_module_name(field: &str) -> Rule {
+    Rule::new(format!(
+        "self == '' || ({})",
+        kernel_module_name_expr("self")
+    ))
+    .message(Message::Message(format!(
+        "{field}: a kernel module name has no '/', whitespace or NUL and at most {} bytes",
+        crate::validation::MAX_KERNEL_MODULE_NAME_BYTES
+    )))
+}
+
+/// `Rule` for a list of kernel module names.
+pub fn kernel_module_names(field: &str) -> Rule {
+    Rule::new(format!("self.all(x, {})", kernel_module_name_expr("x"))).message(Message::Message(
+        format!(
+            "{field}: every entry must be a kernel module name: no '/', whitespace or NUL, at most {} bytes",
+            crate::validation::MAX_KERNEL_MODULE_NAME_BYTES
+        ),
+    ))
+}
+
+/// `dirName` / `firmwarePath`: no `..` component.
+pub fn path_stays_inside(field: &str) -> Rule {
+    Rule::new(format!("!self.matches({})", cel_regex(r"(^|/)\.\.(/|$)"))).message(Message::Message(
+        format!("{field}: must not contain a '..' component (a path inside the image)"),
+    ))
+}
+
+/// `modprobe.parameters`: no newline or NUL in an entry.
+pub fn parameters_single_line() -> Rule {
+    Rule::new(r"self.all(p, !p.contains('\n') && !p.contains('\x00'))")
+        .message("modprobe.parameters: an entry must not contain a newline or NUL")
+}
+
+/// `imagePullPolicy`: one of the Kubernetes values.
+pub fn pull_policy(field: &str) -> Rule {
+    let allowed = crate::validation::PULL_POLICIES
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Rule::new(format!("self in ['', {allowed}]")).message(Message::Message(format!(
+        "{field}: must be Always, IfNotPresent or Never"
+    )))
+}
+
+/// A digest in an image reference is `@sha256:<64 lowercase hex>` at the end.
+pub fn image_digest(field: &str) -> Rule {
+    Rule::new(format!(
+        "!self.contains('@') || self.matches({})",
+        cel_regex(crate::validation::DIGEST_PATTERN)
+    ))
+    .message(Message::Message(format!(
+        "{field}: a digest must be @sha256: followed by 64 lowercase hex digits"
+    )))
+}
+
+/// `version` is the value of node labels.
+pub fn version_is_label_value() -> Rule {
+    Rule::new(format!(
+        "self == '' || self.matches({})",
+        cel_regex(crate::validation::LABEL_NAME_PATTERN)
+    ))
+    .message("version: must be a node label value: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric")
+}
+
+/// Root rule: a node label key `kmm.node.kubernetes.io/<ns>.<name><suffix>` fits in 63
+/// characters for the shortest namespace (one character); the webhook checks the exact sum.
+/// `needs` is the CEL condition under which the Module needs the label.
+fn label_key_fits(needs: &str, suffix: &str, because: &str) -> Rule {
+    let max = crate::validation::MAX_LABEL_NAME_LENGTH - 2 - suffix.len();
+    Rule::new(format!(
+        "!has(self.spec) || !({needs}) || size(self.metadata.name) <= {max}"
+    ))
+    .message(Message::Message(format!(
+        "metadata.name: at most {max} characters{because}: node label kmm.node.kubernetes.io/<namespace>.<name>{suffix} must fit in {} characters",
+        crate::validation::MAX_LABEL_NAME_LENGTH
+    )))
+}
+
+/// Root rule for the `.ready` label of every Module with a module loader.
+pub fn ready_label_fits() -> Rule {
+    label_key_fits("has(self.spec.moduleLoader)", ".ready", "")
+}
+
+/// Root rule for the `.device-plugin-ready` label.
+pub fn device_plugin_label_fits() -> Rule {
+    label_key_fits(
+        "has(self.spec.devicePlugin)",
+        ".device-plugin-ready",
+        " when spec.devicePlugin is set",
+    )
+}
+
+/// Root rule for the `.dra-ready` label.
+pub fn dra_label_fits() -> Rule {
+    label_key_fits("has(self.spec.dra)", ".dra-ready", " when spec.dra is set")
+}

@@ -36,6 +36,9 @@ use super::cel;
     printcolumn = r#"{"name":"Available","type":"integer","description":"Nodes with the module loaded","jsonPath":".status.moduleLoader.availableNumber"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = cel::name_length_rule(),
+    validation = cel::ready_label_fits(),
+    validation = cel::device_plugin_label_fits(),
+    validation = cel::dra_label_fits(),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleSpec {
@@ -198,7 +201,10 @@ pub struct KernelMapping {
     /// digest. Supports ${KERNEL_FULL_VERSION}, ${MOD_NAME} and ${MOD_NAMESPACE}.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 512))]
-    #[x_kube(validation = cel::image_has_tag("kernelMappings[].containerImage"))]
+    #[x_kube(
+        validation = cel::image_has_tag("kernelMappings[].containerImage"),
+        validation = cel::image_digest("kernelMappings[].containerImage"),
+    )]
     pub container_image: String,
 
     /// Literal defines a literal target kernel version to be matched exactly against node
@@ -225,11 +231,15 @@ pub struct KernelMapping {
     /// kernel module that should be removed (if present) before loading the kernel module from
     /// the containerImage.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = cel::kernel_module_name("inTreeModuleToRemove"))]
     pub in_tree_module_to_remove: String,
 
     /// InTreeModulesToRemove specifies any number of in-tree kernel modules that should be
     /// removed (if present) before loading the kernel module from the containerImage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
+    #[x_kube(validation = cel::kernel_module_names("inTreeModulesToRemove"))]
     pub in_tree_modules_to_remove: Vec<String>,
 }
 
@@ -261,18 +271,22 @@ pub struct ModprobeSpec {
     /// is set.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 256))]
+    #[x_kube(validation = cel::kernel_module_name("modprobe.moduleName"))]
     pub module_name: String,
 
     /// Parameters is an optional list of kernel module parameters to be provided to modprobe.
     /// They should be in the form of key=value and will be separated by spaces in the modprobe
     /// command. The resulting loading command will be: `modprobe module_name ${Parameters}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
+    #[x_kube(validation = cel::parameters_single_line())]
     pub parameters: Vec<String>,
 
     /// DirName is the root directory for modules. It adds `-d ${DirName}` to the modprobe
     /// command-line.
     #[serde(default = "default_dir_name", skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 256))]
+    #[x_kube(validation = cel::path_stays_inside("modprobe.dirName"))]
     pub dir_name: String,
 
     /// Args is an optional list of arguments to be passed to modprobe before the name of the
@@ -290,6 +304,8 @@ pub struct ModprobeSpec {
     /// FirmwarePath is the path of the firmware(s). The firmware(s) will be copied to the host
     /// for the kernel to find them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = cel::path_stays_inside("modprobe.firmwarePath"))]
     pub firmware_path: String,
 
     /// ModulesLoadingOrder defines the dependency between kernel modules loading, in case it was
@@ -299,7 +315,10 @@ pub struct ModprobeSpec {
     /// unloading in list order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), inner(length(max = 256)))]
-    #[x_kube(validation = cel::loading_order_unique())]
+    #[x_kube(
+        validation = cel::loading_order_unique(),
+        validation = cel::kernel_module_names("modprobe.modulesLoadingOrder"),
+    )]
     pub modules_loading_order: Option<Vec<String>>,
 }
 
@@ -346,18 +365,23 @@ pub struct ModuleLoaderContainerSpec {
     /// this value. Cannot change to or from empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 63))]
+    #[x_kube(validation = cel::version_is_label_value())]
     pub version: String,
 
     /// ContainerImage is the default kmod image for every kernel mapping. Must carry a tag or a
     /// digest. Supports ${KERNEL_FULL_VERSION}, ${MOD_NAME} and ${MOD_NAMESPACE}.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 512))]
-    #[x_kube(validation = cel::image_has_tag("containerImage"))]
+    #[x_kube(
+        validation = cel::image_has_tag("containerImage"),
+        validation = cel::image_digest("containerImage"),
+    )]
     pub container_image: String,
 
     /// Image pull policy. One of Always, Never, IfNotPresent. Defaults to Always if :latest tag
     /// is specified, or IfNotPresent otherwise.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[x_kube(validation = cel::pull_policy("imagePullPolicy"))]
     pub image_pull_policy: String,
 
     /// KernelMappings is a list of kernel mappings. When a node's labels match selector, then
@@ -383,11 +407,15 @@ pub struct ModuleLoaderContainerSpec {
     /// kernel module that should be removed (if present) before loading the kernel module from
     /// the containerImage.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = cel::kernel_module_name("inTreeModuleToRemove"))]
     pub in_tree_module_to_remove: String,
 
     /// InTreeModulesToRemove specifies any number of in-tree kernel modules that should be
     /// removed (if present) before loading the kernel module from the containerImage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
+    #[x_kube(validation = cel::kernel_module_names("inTreeModulesToRemove"))]
     pub in_tree_modules_to_remove: Vec<String>,
 }
 
@@ -404,7 +432,7 @@ pub struct ModuleLoaderSpec {
 }
 
 /// The device plugin (or DRA driver) container.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DevicePluginContainerSpec {
     /// Entrypoint array. Not executed within a shell. The container image's ENTRYPOINT is used
@@ -425,6 +453,7 @@ pub struct DevicePluginContainerSpec {
 
     /// Image pull policy. One of Always, Never, IfNotPresent.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[x_kube(validation = cel::pull_policy("imagePullPolicy"))]
     pub image_pull_policy: String,
 
     /// Compute Resources required by this container.

@@ -362,6 +362,7 @@ async fn write_status(
     let mut conds = status::conditions(
         &loader,
         module.spec.device_plugin.as_ref().map(|_| &dp),
+        &status::waiting_for(module, fleet),
         status::degraded(module, fleet).or_else(|| images.degraded.clone()),
     );
     if let Some((ready, reason, message)) = &images.images_ready {

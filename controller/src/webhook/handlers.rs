@@ -1,7 +1,8 @@
 //! The admission endpoints: `/validate-namespace` (refuse deleting a namespace
 //! that still holds Modules) and `/validate-module` (upstream's Module
-//! checks). The decisions are pure functions; the handlers only decode,
-//! look up and encode.
+//! checks, and a warning when another Module loads the same kernel module).
+//! The decisions are pure functions; the handlers only decode, look up and
+//! encode.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -47,6 +48,48 @@ pub fn module_denial(op: &Operation, old: Option<&Module>, new: Option<&Module>)
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+/// The kernel module a Module loads (`modprobe.moduleName`), as the kernel names it
+/// (`-` and `_` are the same module).
+fn kernel_module(module: &Module) -> Option<String> {
+    let name = &module
+        .spec
+        .module_loader
+        .as_ref()?
+        .container
+        .modprobe
+        .module_name;
+    (!name.is_empty()).then(|| name.replace('-', "_"))
+}
+
+/// Admission warnings for `module`: each other Module (any namespace) whose `moduleName` is
+/// the same kernel module. Both would load and unload it on the nodes they share.
+pub fn shared_kernel_module_warnings(module: &Module, others: &[Module]) -> Vec<String> {
+    let Some(wanted) = kernel_module(module) else {
+        return Vec::new();
+    };
+    let me = (module.namespace(), module.name_any());
+    let mut owners: Vec<String> = others
+        .iter()
+        .filter(|o| (o.namespace(), o.name_any()) != me)
+        .filter(|o| kernel_module(o).as_ref() == Some(&wanted))
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
+    owners.sort();
+    let shown = &module
+        .spec
+        .module_loader
+        .as_ref()
+        .map_or("", |l| l.container.modprobe.module_name.as_str());
+    owners
+        .into_iter()
+        .map(|owner| {
+            format!(
+                "kernel module {shown} is also managed by Module {owner}; both load the same kernel module on nodes they share"
+            )
+        })
+        .collect()
 }
 
 /// The router of both endpoints, separate from binding so tests can drive it.
@@ -122,20 +165,44 @@ async fn validate_namespace(State(client): State<Client>, body: Bytes) -> Respon
     reply(resp)
 }
 
-async fn validate_module_handler(body: Bytes) -> Response {
+async fn validate_module_handler(State(client): State<Client>, body: Bytes) -> Response {
     let req = match decode::<Module>(&body) {
         Ok(req) => req,
         Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
     };
-    let resp = AdmissionResponse::from(&req);
-    let resp = match module_denial(&req.operation, req.old_object.as_ref(), req.object.as_ref()) {
-        Some(msg) => {
-            tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
-            forbid(resp, msg)
+    let mut resp = AdmissionResponse::from(&req);
+    if let Some(msg) = module_denial(&req.operation, req.old_object.as_ref(), req.object.as_ref()) {
+        tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
+        return reply(forbid(resp, msg));
+    }
+    if let Some(module) = req
+        .object
+        .as_ref()
+        .filter(|_| req.operation != Operation::Delete)
+    {
+        let warnings = sharing_warnings(&client, module).await;
+        if !warnings.is_empty() {
+            tracing::info!(namespace = ?req.namespace, module = %req.name, ?warnings, "admitting Module with warnings");
+            resp.warnings = Some(warnings);
         }
-        None => resp,
-    };
+    }
     reply(resp)
+}
+
+/// [`shared_kernel_module_warnings`] against every Module in the cluster. A warning is advice:
+/// when the list fails the Module is admitted without it.
+async fn sharing_warnings(client: &Client, module: &Module) -> Vec<String> {
+    if kernel_module(module).is_none() {
+        return Vec::new();
+    }
+    let api: Api<Module> = Api::all(client.clone());
+    match api.list(&ListParams::default()).await {
+        Ok(list) => shared_kernel_module_warnings(module, &list.items),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing Modules for the shared kernel module warning");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +233,39 @@ mod tests {
             msg,
             "namespace x holds Modules a, b: delete them first so kmm-agent can unload their kernel modules"
         );
+    }
+
+    fn named(ns: &str, name: &str, module_name: &str) -> Module {
+        let mut m = module("^.+$");
+        m.metadata.namespace = Some(ns.into());
+        m.metadata.name = Some(name.into());
+        if let Some(l) = m.spec.module_loader.as_mut() {
+            l.container.modprobe.module_name = module_name.into();
+        }
+        m
+    }
+
+    #[test]
+    fn a_kernel_module_loaded_by_another_module_is_warned_about() {
+        let me = named("ns", "gpu", "nv-drv");
+        let others = [
+            me.clone(),
+            named("ns", "other", "brd"),
+            named("team-b", "gpu-b", "nv_drv"),
+            named("team-a", "gpu-a", "nv-drv"),
+        ];
+        assert_eq!(
+            shared_kernel_module_warnings(&me, &others),
+            [
+                "kernel module nv-drv is also managed by Module team-a/gpu-a; both load the same kernel module on nodes they share",
+                "kernel module nv-drv is also managed by Module team-b/gpu-b; both load the same kernel module on nodes they share",
+            ]
+        );
+        // Itself (an update) and other kernel modules are no reason to warn.
+        assert!(shared_kernel_module_warnings(&me, &others[..2]).is_empty());
+        let mut raw = named("ns", "raw", "");
+        raw.spec.module_loader = None;
+        assert!(shared_kernel_module_warnings(&raw, &others).is_empty());
     }
 
     #[test]
