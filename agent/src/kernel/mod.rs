@@ -1,25 +1,35 @@
 //! The kernel behind a trait: loading and unloading modules.
 //!
 //! [`Kernel`] is what the agent calls (synchronously; wrap calls in
-//! `tokio::task::spawn_blocking`). Two implementations:
+//! `tokio::task::spawn_blocking`). It is implemented once, in `modprobe.rs`
+//! (semantics of `modprobe -d <dir>` / `modprobe -r` as upstream KMM's worker
+//! uses them), for every [`KernelOps`], the thin trait over what a kernel does:
 //! * [`LibKmod`]: the real one, libkmod through the `kmod` crate (the only
 //!   FFI-facing code of the agent, see `libkmod.rs`);
-//! * [`SimulatedKernel`]: in memory, fed by the same module directories
-//!   (`modules.dep`), with fault injection. For scale and fault tests only; the
-//!   proof that loading works is the VM test (`tests/tests/vm_kernel.rs`).
+//! * `SimulatedKernel` (cargo feature `simulated`, and unit tests): in memory,
+//!   fed by the same module directories (`modules.dep`), with fault injection.
+//!   For scale and fault tests only; the proof that loading works is the VM
+//!   test (`tests/tests/vm_kernel.rs`).
 //!
-//! Semantics follow `modprobe -d <dir>` / `modprobe -r` as upstream KMM's worker
-//! uses them; [`firmware`] holds the firmware copy done before loading.
+//! [`firmware`] holds the firmware copy done before loading.
 
+pub mod confine;
 pub mod firmware;
 mod libkmod;
 pub mod moddep;
+pub mod modinfo;
+mod modprobe;
+mod ops;
+#[cfg(any(test, feature = "simulated"))]
 mod simulated;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 pub use libkmod::LibKmod;
+pub use moddep::normalize;
+pub use ops::{Inserted, KernelOps, ModuleFile, ModuleState, Removed};
+#[cfg(any(test, feature = "simulated"))]
 pub use simulated::{Fault, SimulatedKernel};
 
 /// Errors of kernel operations; messages are meant to be shown to users as-is
@@ -60,6 +70,22 @@ pub enum Error {
         module: String,
         /// The module directory that was searched.
         dir: PathBuf,
+    },
+    /// A `modules.dep` entry (absolute, `../`, or through a symlink) resolves to a
+    /// file outside the module directory: never handed to the kernel.
+    #[error(
+        "refusing to insert {module}: its modules.dep entry {} resolves to {}, outside the module directory {}",
+        entry.display(), resolved.display(), root.display()
+    )]
+    PathEscape {
+        /// The module.
+        module: String,
+        /// The path as `modules.dep` made it (module directory joined with the entry).
+        entry: PathBuf,
+        /// Where it resolves.
+        resolved: PathBuf,
+        /// The canonical module directory.
+        root: PathBuf,
     },
     /// The kernel refused the module signature (`EKEYREJECTED`).
     #[error(
@@ -151,6 +177,7 @@ impl Error {
             Error::NoModulesDep(_) | Error::NoModulesDepIndex(_) => "no_modules_dep",
             Error::Invalid { .. } | Error::BadLoadingOrder { .. } => "invalid_request",
             Error::NotFound { .. } => "not_found",
+            Error::PathEscape { .. } => "path_escape",
             Error::KeyRejected { .. } => "key_rejected",
             Error::InvalidParameters { .. } | Error::UnknownSymbolOrParameter { .. } => {
                 "invalid_parameters"
@@ -314,6 +341,9 @@ pub struct LoadOutcome {
     pub inserted: Vec<String>,
     /// The requested module was already in the kernel (its parameters were not applied).
     pub already_loaded: bool,
+    /// `srcversion` of each inserted module that has one (read from
+    /// `/sys/module/<m>/srcversion` right after its insert).
+    pub srcversions: BTreeMap<String, String>,
 }
 
 /// What an unload or in-tree removal did.
@@ -347,7 +377,8 @@ pub trait Kernel: Send + Sync {
     /// If a module fails, the modules this call inserted are removed again.
     ///
     /// # Errors
-    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::KeyRejected`],
+    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::PathEscape`] (checked
+    /// for every module before the first insert), [`Error::KeyRejected`],
     /// [`Error::InvalidParameters`], [`Error::UnknownSymbolOrParameter`], [`Error::Insert`].
     fn load(&self, req: &LoadRequest) -> Result<LoadOutcome>;
 
@@ -371,11 +402,21 @@ pub trait Kernel: Send + Sync {
     fn remove_in_tree(&self, name: &str) -> Result<UnloadOutcome> {
         self.unload(&UnloadRequest::module(name))
     }
-}
 
-/// The kernel's name for a module: `-` becomes `_` (as libkmod does).
-pub fn normalize(name: &str) -> String {
-    name.replace('-', "_")
+    /// `srcversion` of the loaded module `name` (`/sys/module/<name>/srcversion`);
+    /// `None` if it is not loaded or has none (built without `MODULE_VERSION`).
+    ///
+    /// # Errors
+    /// If it exists but cannot be read.
+    fn srcversion(&self, name: &str) -> Result<Option<String>>;
+
+    /// `srcversion` of the file that [`Kernel::load`] would insert for `name`
+    /// from `module_dir` (from its `.modinfo`); `None` if it has none, or the
+    /// file is compressed (`.ko.xz`, ...).
+    ///
+    /// # Errors
+    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::PathEscape`], I/O.
+    fn file_srcversion(&self, module_dir: &Path, name: &str) -> Result<Option<String>>;
 }
 
 /// Checks a module name before it goes anywhere near a path or the kernel.
