@@ -72,9 +72,9 @@ pub enum Error {
         dir: PathBuf,
     },
     /// A `modules.dep` entry (absolute, `../`, or through a symlink) resolves to a
-    /// file outside the module directory: never handed to the kernel.
+    /// file outside the module directory (or image root): never handed to the kernel.
     #[error(
-        "refusing to insert {module}: its modules.dep entry {} resolves to {}, outside the module directory {}",
+        "refusing to insert {module}: its modules.dep entry {} resolves to {}, outside the image directory {}",
         entry.display(), resolved.display(), root.display()
     )]
     PathEscape {
@@ -219,6 +219,9 @@ pub struct LoadRequest {
     pub parameters: Vec<String>,
     /// Modules to load before `name`, in load order (from `modulesLoadingOrder`).
     pub load_first: Vec<String>,
+    /// Every inserted file must resolve inside this directory: the image root
+    /// if set ([`Self::within_image`]), else `module_dir`.
+    pub image_root: Option<PathBuf>,
 }
 
 impl LoadRequest {
@@ -229,7 +232,21 @@ impl LoadRequest {
             name: name.into(),
             parameters: Vec::new(),
             load_first: Vec::new(),
+            image_root: None,
         }
+    }
+
+    /// Allows module files anywhere inside `image_root` (e.g. a `modules.dep`
+    /// entry that is a symlink to elsewhere in the image), not only under
+    /// `module_dir`.
+    pub fn within_image(mut self, image_root: impl Into<PathBuf>) -> Self {
+        self.image_root = Some(image_root.into());
+        self
+    }
+
+    /// The directory every inserted file must resolve inside.
+    pub fn confinement_root(&self) -> &Path {
+        self.image_root.as_deref().unwrap_or(&self.module_dir)
     }
 
     /// Sets `parameters`.

@@ -69,7 +69,7 @@ fn load<K: KernelOps>(ops: &K, req: &LoadRequest) -> Result<LoadOutcome> {
         validate_name(name)?;
     }
     let dir = ops.open_dir(&req.module_dir)?;
-    let root = canonical_root(&req.module_dir)?;
+    let root = canonical_root(req.confinement_root())?;
     let main = normalize(&req.name);
     let already_loaded = ops.state(&main)? != ModuleState::NotLoaded;
 
@@ -182,8 +182,9 @@ fn canonical_root(module_dir: &Path) -> Result<PathBuf> {
 }
 
 /// The canonical path of `file`, proved to be under `root` (the canonical
-/// module directory): `modules.dep` comes from the image, and an absolute or
-/// `../` entry, or a symlink, must not make the agent insert a host file.
+/// module directory or image root): `modules.dep` comes from the image, and an
+/// absolute or `../` entry, or a symlink, must not make the agent insert a
+/// host file.
 fn checked_path(root: &Path, file: &ModuleFile) -> Result<PathBuf> {
     match confine_canonical(root, &file.path) {
         Confined::Inside(path) => Ok(path),
@@ -422,7 +423,7 @@ mod tests {
         assert!(matches!(err, Error::PathEscape { .. }), "{err}");
         assert_eq!(err.metric_label(), "path_escape");
         assert!(
-            err.to_string().contains("outside the module directory"),
+            err.to_string().contains("outside the image directory"),
             "{err}"
         );
         // nothing at all was inserted, not even the dependency inside the image
@@ -461,6 +462,23 @@ mod tests {
             k.load(&LoadRequest::new(&dir, "alias")).unwrap().inserted,
             ["c", "alias"]
         );
+    }
+
+    #[test]
+    fn within_image_allows_files_elsewhere_in_the_image_only() {
+        let (top, dir) = hostile("kernel/x/evil.ko");
+        let image = top.path().join("img");
+        std::fs::write(image.join("shared.ko"), b"\x7fELF shared").unwrap();
+        symlink(image.join("shared.ko"), dir.join("kernel/x/evil.ko")).unwrap();
+        assert_refused(&dir, "evil");
+        let k = SimulatedKernel::new();
+        let req = LoadRequest::new(&dir, "evil").within_image(&image);
+        assert_eq!(k.load(&req).unwrap().inserted, ["c", "evil"]);
+        // a host file stays refused
+        let (_top, dir) = hostile("<top>/host/evil.ko");
+        let req = LoadRequest::new(&dir, "evil").within_image(dir.join("../../.."));
+        let err = SimulatedKernel::new().load(&req).unwrap_err();
+        assert_eq!(err.metric_label(), "path_escape");
     }
 
     #[test]

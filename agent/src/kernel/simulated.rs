@@ -192,11 +192,12 @@ impl SimulatedKernel {
     }
 }
 
-/// A simulated module file's `srcversion`: its `.modinfo`'s, else the first
-/// `srcversion=` in a fake file, else derived from its content.
-fn sim_srcversion(bytes: &[u8]) -> String {
-    if let Some(v) = super::modinfo::srcversion(bytes) {
-        return v;
+/// A simulated module file's `srcversion`: as the kernel would show it for a
+/// real ELF module (its `.modinfo`'s, maybe none); for a fake file the first
+/// `srcversion=` in it, else one derived from its content.
+fn sim_srcversion(bytes: &[u8]) -> Option<String> {
+    if let Some(modinfo) = super::modinfo::modinfo_section(bytes) {
+        return super::modinfo::field(modinfo, "srcversion").map(str::to_owned);
     }
     const KEY: &[u8] = b"srcversion=";
     if let Some(at) = bytes.windows(KEY.len()).position(|w| w == KEY) {
@@ -205,10 +206,10 @@ fn sim_srcversion(bytes: &[u8]) -> String {
             .iter()
             .position(|b| *b == 0 || b.is_ascii_whitespace())
             .unwrap_or(value.len());
-        return String::from_utf8_lossy(&value[..end]).into_owned();
+        return Some(String::from_utf8_lossy(&value[..end]).into_owned());
     }
     // the kernel's is 23 upper-case hex digits of an MD4 over the sources
-    hex::encode_upper(Sha256::digest(bytes))[..23].to_owned()
+    Some(hex::encode_upper(Sha256::digest(bytes))[..23].to_owned())
 }
 
 fn take_fault(faults: &mut VecDeque<(Option<String>, Fault)>, name: &str) -> Option<Fault> {
@@ -286,7 +287,7 @@ impl KernelOps for SimulatedKernel {
             file.name.clone(),
             SimModule {
                 params: params.to_vec(),
-                srcversion: Some(sim_srcversion(&bytes)),
+                srcversion: sim_srcversion(&bytes),
                 ..SimModule::default()
             },
         );
@@ -333,7 +334,7 @@ impl KernelOps for SimulatedKernel {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Some(sim_srcversion(&bytes)))
+        Ok(sim_srcversion(&bytes))
     }
 }
 
