@@ -161,7 +161,7 @@ impl Header {
 
 /// A minimal ELF64 little-endian file with the given sections (name, data),
 /// for tests of this parser and of the kernels that use it.
-#[cfg(any(test, feature = "simulated"))]
+#[cfg(test)]
 pub fn fake_elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
     // layout: header, section data, names, section headers
     let mut names = vec![0u8];
