@@ -209,4 +209,22 @@ mod tests {
             "c and b were inserted, then removed"
         );
     }
+
+    #[test]
+    fn srcversions_survive_a_restart() {
+        let dir = tree();
+        std::fs::write(dir.path().join("x/a.ko"), b"fake srcversion=BUILD1").unwrap();
+        let snap = dir.path().join("sim.json");
+        let k = PersistentSimulatedKernel::open(&snap).unwrap();
+        k.simulated().preload_build("foreign", &[], Some("INTREE"));
+        k.load(&LoadRequest::new(dir.path(), "a")).unwrap();
+        drop(k);
+        let k = PersistentSimulatedKernel::open(&snap).unwrap();
+        assert_eq!(k.srcversion("a").unwrap().as_deref(), Some("BUILD1"));
+        assert_eq!(k.srcversion("foreign").unwrap().as_deref(), Some("INTREE"));
+        assert_eq!(
+            k.srcversion("b").unwrap(),
+            KernelOps::srcversion_of_file(&k, &dir.path().join("x/b.ko")).unwrap()
+        );
+    }
 }

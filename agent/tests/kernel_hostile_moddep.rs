@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use extract_support::Tar;
 use kmm_agent::extract::{Compression, Layer, Limits, unpack_image};
-use kmm_agent::kernel::{Error, Kernel, LoadRequest, SimulatedKernel};
+use kmm_agent::kernel::{Error, Kernel, LoadRequest, SimulatedKernel, fake_elf};
 
 const KVER: &str = "6.1.0-56-amd64";
 
@@ -161,30 +161,10 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 /// A tiny ELF64 with a `.modinfo` holding a srcversion (as in a real module).
 fn fake_elf_with_srcversion() -> Vec<u8> {
-    let modinfo = b"license=GPL\0srcversion=C49398E125FFAC361463008\0";
-    let names = b"\0.modinfo\0.shstrtab\0";
-    let data_off = 64usize;
-    let names_off = data_off + modinfo.len();
-    let shoff = names_off + names.len();
-    let mut elf = vec![0u8; 64];
-    elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
-    elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
-    elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-    elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
-    elf[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
-    elf.extend_from_slice(modinfo);
-    elf.extend_from_slice(names);
-    let section = |name: u32, off: usize, len: usize| {
-        let mut h = [0u8; 64];
-        h[..4].copy_from_slice(&name.to_le_bytes());
-        h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
-        h[0x20..0x28].copy_from_slice(&(len as u64).to_le_bytes());
-        h
-    };
-    elf.extend_from_slice(&[0u8; 64]);
-    elf.extend_from_slice(&section(1, data_off, modinfo.len()));
-    elf.extend_from_slice(&section(10, names_off, names.len()));
-    elf
+    fake_elf(&[(
+        ".modinfo",
+        b"license=GPL\0srcversion=C49398E125FFAC361463008\0",
+    )])
 }
 
 #[test]
@@ -195,33 +175,10 @@ fn moddep_fuzz_seed_with_a_modinfo_section_parses() {
     );
 }
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/moddep")
-}
-
 #[test]
 fn committed_moddep_corpus_matches_the_seeds() {
-    let dir = corpus_dir();
-    let write = std::env::var_os("KMM_WRITE_FUZZ_CORPUS").is_some();
-    if write {
-        fs::create_dir_all(&dir).unwrap();
-    }
-    for (name, bytes) in seeds() {
-        let path = dir.join(name);
-        if write {
-            fs::write(&path, &bytes).unwrap();
-        } else {
-            let committed = fs::read(&path).unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e}; regenerate with KMM_WRITE_FUZZ_CORPUS=1",
-                    path.display()
-                )
-            });
-            assert!(
-                committed == bytes,
-                "{} is stale; regenerate with KMM_WRITE_FUZZ_CORPUS=1",
-                path.display()
-            );
-        }
-    }
+    extract_support::check_corpus(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/moddep"),
+        seeds(),
+    );
 }

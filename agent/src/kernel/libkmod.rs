@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(k.srcversion("brd").unwrap(), None);
 
         let ko = dir.path().join("configfs.ko");
-        let elf = crate::kernel::modinfo::fake_elf(&[(".modinfo", b"srcversion=ABC123\0")]);
+        let elf = crate::kernel::fake_elf(&[(".modinfo", b"srcversion=ABC123\0")]);
         std::fs::write(&ko, elf).unwrap();
         assert_eq!(
             k.srcversion_of_file(&ko).unwrap().as_deref(),

@@ -30,7 +30,7 @@ pub use libkmod::LibKmod;
 pub use moddep::normalize;
 pub use ops::{Inserted, KernelOps, ModuleFile, ModuleState, Removed};
 #[cfg(any(test, feature = "simulated"))]
-pub use simulated::{Fault, SimulatedKernel};
+pub use simulated::{Fault, SimulatedKernel, fake_elf};
 
 /// Errors of kernel operations; messages are meant to be shown to users as-is
 /// (they end up in events / status conditions).

@@ -3,7 +3,8 @@
 //!
 //! Load: resolve the whole request first (load order, each module after its
 //! `modules.dep` dependencies, depth-first; modules already in the kernel are
-//! skipped), prove every file is inside the module directory, then insert; a
+//! skipped), prove every file is inside the module directory (or the image,
+//! [`LoadRequest::within_image`]), then insert; a
 //! failure removes what this call inserted. Unload: explicit modules in order
 //! (in use is an error), then their dependencies as [`DepPolicy`] allows, once
 //! unused (failures there are logged, as `modprobe -r` does).
@@ -34,6 +35,7 @@ impl<K: KernelOps> Kernel for K {
         load(self, req)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(modules = ?req.modules))]
     fn unload(&self, req: &UnloadRequest) -> Result<UnloadOutcome> {
         for name in &req.modules {
             validate_name(name)?;
@@ -64,6 +66,7 @@ impl<K: KernelOps> Kernel for K {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(module = %req.name, dir = %req.module_dir.display()))]
 fn load<K: KernelOps>(ops: &K, req: &LoadRequest) -> Result<LoadOutcome> {
     for name in req.load_order() {
         validate_name(name)?;
@@ -510,7 +513,7 @@ mod tests {
         let p = dir.path().join("kernel/x");
         std::fs::write(
             p.join("a.ko"),
-            super::super::modinfo::fake_elf(&[(".modinfo", b"srcversion=AAAA1\0")]),
+            crate::kernel::fake_elf(&[(".modinfo", b"srcversion=AAAA1\0")]),
         )
         .unwrap();
         std::fs::write(p.join("b.ko"), b"fake srcversion=BBBB2 rest").unwrap();

@@ -359,3 +359,47 @@ impl SimulatedKernel {
         out
     }
 }
+
+/// A minimal ELF64 little-endian module file with the given sections (name,
+/// data), e.g. a `.modinfo` with `srcversion=`: for tests of two builds of one
+/// module.
+pub fn fake_elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    // layout: header, section data, names, section headers
+    let mut names = vec![0u8];
+    let mut data = Vec::new();
+    let mut headers = vec![[0u8; 64]]; // the null section
+    let data_start = 64usize;
+    let mut entries = Vec::new();
+    for (name, bytes) in sections {
+        entries.push((names.len(), data_start + data.len(), bytes.len()));
+        names.extend_from_slice(name.as_bytes());
+        names.push(0);
+        data.extend_from_slice(bytes);
+    }
+    let strtab_name = names.len();
+    names.extend_from_slice(b".shstrtab\0");
+    let strtab_off = data_start + data.len();
+    let shoff = strtab_off + names.len();
+    entries.push((strtab_name, strtab_off, names.len()));
+    for (name, off, len) in entries {
+        let mut h = [0u8; 64];
+        h[0..4].copy_from_slice(&(name as u32).to_le_bytes());
+        h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+        h[0x20..0x28].copy_from_slice(&(len as u64).to_le_bytes());
+        headers.push(h);
+    }
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little endian
+    elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+    elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    elf[0x3c..0x3e].copy_from_slice(&(headers.len() as u16).to_le_bytes());
+    elf[0x3e..0x40].copy_from_slice(&((headers.len() - 1) as u16).to_le_bytes());
+    elf.extend_from_slice(&data);
+    elf.extend_from_slice(&names);
+    for h in headers {
+        elf.extend_from_slice(&h);
+    }
+    elf
+}
