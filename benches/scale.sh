@@ -9,5 +9,6 @@ bash hack/controlplane/build.sh >/dev/null
 START_CONTROLLERS=1 bash hack/controlplane/start.sh
 bash hack/registry/start.sh
 # Release builds: the agent's memory and CPU are measured as deployed.
-cargo build -q --release -p kmm-agent -p kmm-tests --bins
+# The simulated kernel is a cargo feature (absent from the shipped agent).
+cargo build -q --release -p kmm-agent -p kmm-tests --bins --features kmm-agent/simulated
 target/release/kmm-scale-bench --agents "${AGENTS:-50}" --out benches/results/scale.json

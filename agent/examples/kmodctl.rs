@@ -7,6 +7,8 @@
 //! kmodctl load --dir MODULE_DIR [--order NAME,DEP_A,DEP_B] NAME [K=V ...]
 //! kmodctl unload [--only-deps A,B] NAME...        (removed in the order given)
 //! kmodctl remove-in-tree NAME
+//! kmodctl srcversion NAME                          (of the loaded module)
+//! kmodctl file-srcversion --dir MODULE_DIR NAME    (of the file a load would insert)
 //! kmodctl firmware SRC HOST_DIR [--class-path]
 //! kmodctl [--simulated] script < FILE              (one command per line, one kernel)
 //! ```
@@ -61,6 +63,14 @@ enum Cmd {
     },
     /// inTreeModulesToRemove: unload NAME if loaded.
     RemoveInTree { name: String },
+    /// srcversion of the loaded module NAME (`none` if it has none).
+    Srcversion { name: String },
+    /// srcversion of the file `load --dir MODULE_DIR NAME` would insert.
+    FileSrcversion {
+        #[arg(long)]
+        dir: PathBuf,
+        name: String,
+    },
     /// Copy firmware from SRC into HOST_DIR.
     Firmware {
         src: PathBuf,
@@ -117,6 +127,17 @@ fn exec(kernel: &dyn Kernel, cmd: Cmd) -> anyhow::Result<String> {
             let out = kernel.remove_in_tree(&name)?;
             format!("removed-in-tree removed={}", out.removed.join(","))
         }
+        Cmd::Srcversion { name } => format!(
+            "{name} srcversion={}",
+            kernel.srcversion(&name)?.as_deref().unwrap_or("none")
+        ),
+        Cmd::FileSrcversion { dir, name } => format!(
+            "{name} file-srcversion={}",
+            kernel
+                .file_srcversion(&dir, &name)?
+                .as_deref()
+                .unwrap_or("none")
+        ),
         Cmd::Firmware {
             src,
             host_dir,

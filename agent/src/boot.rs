@@ -211,7 +211,7 @@ pub fn run(
     for (key, outcome) in &report.loaded {
         if let Some(rec) = state.modules.get_mut(key) {
             rec.inserted = outcome.inserted.clone();
-            rec.srcversions = crate::kernel::srcversions_of(kernel, &outcome.inserted);
+            rec.srcversions = outcome.srcversions.clone();
         }
     }
     // Records not loaded now are not in the kernel of this boot.

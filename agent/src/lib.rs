@@ -11,5 +11,6 @@ pub mod node_labels;
 pub mod plan;
 pub mod reconciler;
 pub mod server;
+#[cfg(feature = "simulated")]
 pub mod sim_persist;
 pub mod state;

@@ -13,7 +13,6 @@ use kmm_agent::kernel::{Kernel, LibKmod};
 use kmm_agent::metrics::Metrics;
 use kmm_agent::reconciler::{self, ApiPullSecrets, Parts, Settings};
 use kmm_agent::server::{self, Liveness, Readiness};
-use kmm_agent::sim_persist::PersistentSimulatedKernel;
 use kmm_agent::state::StateFile;
 
 /// Which kernel implementation loads modules.
@@ -257,22 +256,12 @@ async fn main() -> anyhow::Result<()> {
                 running,
             )
         }
-        KernelKind::Simulated => {
-            tracing::warn!(
-                "simulated kernel: no module reaches a real kernel (scale and fault tests only)"
-            );
-            let release = match kernel_release {
-                Some(k) => k,
-                None => running_release()?,
-            };
-            let snapshot = state_dir.join("simulated-kernel.json");
-            std::fs::create_dir_all(&state_dir)?;
-            let sim = PersistentSimulatedKernel::open(&snapshot)
-                .with_context(|| format!("opening {}", snapshot.display()))?;
-            sim.set_load_delay(Duration::from_millis(sim_load_delay_ms));
-            sim.set_unload_delay(Duration::from_millis(sim_unload_delay_ms));
-            (Arc::new(sim), release)
-        }
+        KernelKind::Simulated => simulated_kernel(
+            kernel_release,
+            sim_load_delay_ms,
+            sim_unload_delay_ms,
+            &state_dir,
+        )?,
     };
 
     let client = kube::Client::try_default()
@@ -326,4 +315,42 @@ async fn main() -> anyhow::Result<()> {
             res
         }
     }
+}
+
+/// `--kernel simulated`: the in-memory kernel, persisted under the state dir.
+#[cfg(feature = "simulated")]
+fn simulated_kernel(
+    kernel_release: Option<String>,
+    sim_load_delay_ms: u64,
+    sim_unload_delay_ms: u64,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn Kernel>, String)> {
+    tracing::warn!(
+        "simulated kernel: no module reaches a real kernel (scale and fault tests only)"
+    );
+    let release = match kernel_release {
+        Some(k) => k,
+        None => running_release()?,
+    };
+    let snapshot = state_dir.join("simulated-kernel.json");
+    std::fs::create_dir_all(state_dir)?;
+    let sim = kmm_agent::sim_persist::PersistentSimulatedKernel::open(&snapshot)
+        .with_context(|| format!("opening {}", snapshot.display()))?;
+    sim.set_load_delay(Duration::from_millis(sim_load_delay_ms));
+    sim.simulated()
+        .set_unload_delay(Duration::from_millis(sim_unload_delay_ms));
+    Ok((Arc::new(sim), release))
+}
+
+/// This build has no simulated kernel (the shipped agent carries no test doubles).
+#[cfg(not(feature = "simulated"))]
+fn simulated_kernel(
+    _kernel_release: Option<String>,
+    _sim_load_delay_ms: u64,
+    _sim_unload_delay_ms: u64,
+    _state_dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn Kernel>, String)> {
+    anyhow::bail!(
+        "--kernel simulated: this build of kmm-agent has no simulated kernel (build it with `--features simulated`, for tests and benches)"
+    )
 }

@@ -1,26 +1,37 @@
 //! A [`SimulatedKernel`] whose module list outlives the agent process, as a
 //! real kernel's does: restart tests need the "kernel" to still hold what the
-//! killed agent loaded. Used only with `--kernel simulated`.
+//! killed agent loaded. Used only with `--kernel simulated` (cargo feature
+//! `simulated`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::kernel::{
-    self, Kernel, LoadOutcome, LoadRequest, LoadedModule, SimulatedKernel, UnloadOutcome,
-    UnloadRequest,
+    self, Inserted, KernelOps, LoadedModule, ModuleFile, ModuleState, Removed, SimulatedKernel,
 };
 
-/// The simulated kernel, snapshotted to a JSON file after every change, and
-/// after each single insert of a multi-module load (a process killed mid-load
-/// leaves what it inserted so far, as a real kernel would).
+/// The simulated kernel, snapshotted to a JSON file after each single insert
+/// and remove (a process killed mid-load leaves what it inserted so far, as a
+/// real kernel would).
 #[derive(Debug)]
 pub struct PersistentSimulatedKernel {
     inner: SimulatedKernel,
     path: PathBuf,
-    /// Serialises snapshots: the per-insert hook and whole calls may race.
-    save_lock: Arc<Mutex<()>>,
+    /// Serialises snapshots of concurrent calls.
+    save_lock: Mutex<()>,
+}
+
+/// One module of a snapshot.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Snapshot {
+    /// Modules it uses.
+    deps: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    srcversion: Option<String>,
 }
 
 impl PersistentSimulatedKernel {
@@ -32,29 +43,20 @@ impl PersistentSimulatedKernel {
         let inner = SimulatedKernel::new();
         match std::fs::read(path) {
             Ok(bytes) => {
-                // module -> modules it depends on (those holding nothing of it).
-                let deps: BTreeMap<String, Vec<String>> =
+                let modules: BTreeMap<String, Snapshot> =
                     serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
-                for (name, d) in &deps {
-                    let d: Vec<&str> = d.iter().map(String::as_str).collect();
-                    inner.preload(name, &d);
+                for (name, m) in &modules {
+                    let deps: Vec<&str> = m.deps.iter().map(String::as_str).collect();
+                    inner.preload_build(name, &deps, m.srcversion.as_deref());
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let save_lock = Arc::new(Mutex::new(()));
-        let (hook_path, hook_lock) = (path.to_path_buf(), save_lock.clone());
-        inner.set_after_insert(move |k| {
-            // The whole call snapshots again and reports errors; here a warning suffices.
-            if let Err(e) = save(k, &hook_path, &hook_lock) {
-                tracing::warn!(error = %e, "simulated kernel: snapshot after an insert failed");
-            }
-        });
         Ok(Self {
             inner,
             path: path.to_path_buf(),
-            save_lock,
+            save_lock: Mutex::new(()),
         })
     }
 
@@ -63,59 +65,88 @@ impl PersistentSimulatedKernel {
         self.inner.set_load_delay(delay);
     }
 
-    /// Every remove takes this long (see [`SimulatedKernel::set_unload_delay`]).
-    pub fn set_unload_delay(&self, delay: Duration) {
-        self.inner.set_unload_delay(delay);
+    /// The in-memory kernel (fault injection, counters); changes made through
+    /// it directly are saved with the next insert or remove.
+    pub fn simulated(&self) -> &SimulatedKernel {
+        &self.inner
     }
 
-    fn snapshot(&self) -> kernel::Result<()> {
-        save(&self.inner, &self.path, &self.save_lock)
+    fn save(&self) -> kernel::Result<()> {
+        let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let modules: BTreeMap<String, Snapshot> = self
+            .inner
+            .snapshot()
+            .into_iter()
+            .map(|(name, (deps, srcversion))| (name, Snapshot { deps, srcversion }))
+            .collect();
+        let json =
+            serde_json::to_vec(&modules).map_err(|e| kernel::Error::Simulated(e.to_string()))?;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| kernel::Error::Simulated(format!("saving simulated kernel: {e}")))
     }
 }
 
-fn save(k: &SimulatedKernel, path: &Path, lock: &Mutex<()>) -> kernel::Result<()> {
-    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-    let loaded = k.loaded_modules()?;
-    let mut deps: BTreeMap<String, Vec<String>> = loaded
-        .iter()
-        .map(|m| (m.name.clone(), Vec::new()))
-        .collect();
-    for m in &loaded {
-        for holder in &m.holders {
-            deps.entry(holder.clone()).or_default().push(m.name.clone());
+impl KernelOps for PersistentSimulatedKernel {
+    type Dir = <SimulatedKernel as KernelOps>::Dir;
+
+    fn list_modules(&self) -> kernel::Result<Vec<LoadedModule>> {
+        self.inner.list_modules()
+    }
+
+    fn state(&self, name: &str) -> kernel::Result<ModuleState> {
+        self.inner.state(name)
+    }
+
+    fn open_dir(&self, module_dir: &Path) -> kernel::Result<Self::Dir> {
+        self.inner.open_dir(module_dir)
+    }
+
+    fn resolve(&self, dir: &Self::Dir, name: &str) -> kernel::Result<Option<ModuleFile>> {
+        self.inner.resolve(dir, name)
+    }
+
+    fn insert(
+        &self,
+        dir: &Self::Dir,
+        module: &ModuleFile,
+        params: &[String],
+    ) -> kernel::Result<Inserted> {
+        let inserted = self.inner.insert(dir, module, params)?;
+        if inserted == Inserted::Inserted
+            && let Err(e) = self.save()
+        {
+            // not reported as inserted: take it out again so that nothing leaks
+            let _ = self.inner.remove(&module.name);
+            return Err(e);
         }
+        Ok(inserted)
     }
-    let json = serde_json::to_vec(&deps).map_err(|e| kernel::Error::Simulated(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| kernel::Error::Simulated(format!("saving simulated kernel: {e}")))
-}
 
-impl Kernel for PersistentSimulatedKernel {
-    fn loaded_modules(&self) -> kernel::Result<Vec<LoadedModule>> {
-        self.inner.loaded_modules()
+    fn remove(&self, name: &str) -> kernel::Result<Removed> {
+        let removed = self.inner.remove(name)?;
+        if removed == Removed::Removed {
+            self.save()?;
+        }
+        Ok(removed)
     }
-    fn is_loaded(&self, name: &str) -> kernel::Result<bool> {
-        self.inner.is_loaded(name)
+
+    fn loaded_srcversion(&self, name: &str) -> kernel::Result<Option<String>> {
+        self.inner.loaded_srcversion(name)
     }
-    fn load(&self, req: &LoadRequest) -> kernel::Result<LoadOutcome> {
-        // Also after a failure: the per-insert snapshots saw what its rollback removed.
-        let out = self.inner.load(req);
-        self.snapshot()?;
-        out
-    }
-    fn unload(&self, req: &UnloadRequest) -> kernel::Result<UnloadOutcome> {
-        let out = self.inner.unload(req);
-        self.snapshot()?;
-        out
+
+    fn srcversion_of_file(&self, path: &Path) -> kernel::Result<Option<String>> {
+        self.inner.srcversion_of_file(path)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::kernel::Fault;
+    use crate::kernel::{Fault, Kernel, LoadRequest};
 
     /// `a` needs `b` needs `c`.
     fn tree() -> tempfile::TempDir {
@@ -170,12 +201,30 @@ mod tests {
         let dir = tree();
         let snap = dir.path().join("sim.json");
         let k = PersistentSimulatedKernel::open(&snap).unwrap();
-        k.inner
+        k.simulated()
             .fail_next_load(Some("a"), Fault::Other("boom".into()));
         assert!(k.load(&LoadRequest::new(dir.path(), "a")).is_err());
         assert!(
             names(&snap).is_empty(),
             "c and b were inserted, then removed"
+        );
+    }
+
+    #[test]
+    fn srcversions_survive_a_restart() {
+        let dir = tree();
+        std::fs::write(dir.path().join("x/a.ko"), b"fake srcversion=BUILD1").unwrap();
+        let snap = dir.path().join("sim.json");
+        let k = PersistentSimulatedKernel::open(&snap).unwrap();
+        k.simulated().preload_build("foreign", &[], Some("INTREE"));
+        k.load(&LoadRequest::new(dir.path(), "a")).unwrap();
+        drop(k);
+        let k = PersistentSimulatedKernel::open(&snap).unwrap();
+        assert_eq!(k.srcversion("a").unwrap().as_deref(), Some("BUILD1"));
+        assert_eq!(k.srcversion("foreign").unwrap().as_deref(), Some("INTREE"));
+        assert_eq!(
+            k.srcversion("b").unwrap(),
+            KernelOps::srcversion_of_file(&k, &dir.path().join("x/b.ko")).unwrap()
         );
     }
 }

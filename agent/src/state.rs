@@ -165,6 +165,10 @@ pub struct NodeState {
     /// reboot nothing is assumed loaded until checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// Kernel modules this agent had loaded before a reboot and that someone else
+    /// loaded after it (their build could not be proved ours): never adopted.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub not_ours: BTreeSet<String>,
 }
 
 /// An unload that has started and not yet been recorded as done.
@@ -186,6 +190,9 @@ impl NodeState {
     /// Journal: the load of `key` finished; `record` replaces any previous one.
     pub fn commit_load(&mut self, key: &ModuleKey, record: LoadedModule) {
         self.loading.remove(key);
+        for m in &record.inserted {
+            self.not_ours.remove(&normalize(m));
+        }
         self.modules.insert(key.clone(), record);
     }
 

@@ -223,29 +223,10 @@ fn seeds_behave_as_expected() {
 
 #[test]
 fn committed_corpus_matches_the_seeds() {
-    let dir = corpus_dir();
-    let write = std::env::var_os("KMM_WRITE_FUZZ_CORPUS").is_some();
-    if write {
-        fs::create_dir_all(&dir).unwrap();
-    }
-    for (name, mode, body, _) in seeds() {
+    let seeds = seeds().into_iter().map(|(name, mode, body, _)| {
         let mut bytes = vec![mode];
         bytes.extend_from_slice(&body);
-        let path = dir.join(name);
-        if write {
-            fs::write(&path, &bytes).unwrap();
-        } else {
-            let committed = fs::read(&path).unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e}; regenerate with KMM_WRITE_FUZZ_CORPUS=1",
-                    path.display()
-                )
-            });
-            assert!(
-                committed == bytes,
-                "{} is stale; regenerate with KMM_WRITE_FUZZ_CORPUS=1",
-                path.display()
-            );
-        }
-    }
+        (name, bytes)
+    });
+    extract_support::check_corpus(&corpus_dir(), seeds);
 }

@@ -19,7 +19,18 @@ pub fn agent_binary() -> Result<PathBuf> {
     if let Some(p) = BUILT.get() {
         return Ok(p.clone());
     }
-    let p = cargo_artifact("kmm-agent", &["-p", "kmm-agent", "--bin", "kmm-agent"])?;
+    let p = cargo_artifact(
+        "kmm-agent",
+        // the simulated kernel is a cargo feature: the shipped agent has none
+        &[
+            "-p",
+            "kmm-agent",
+            "--bin",
+            "kmm-agent",
+            "--features",
+            "simulated",
+        ],
+    )?;
     Ok(BUILT.get_or_init(|| p).clone())
 }
 

@@ -524,6 +524,140 @@ async fn libkmod_errors_from_a_real_kernel_are_readable() {
     lab.vm.shutdown().await.unwrap();
 }
 
+/// Replaces `from` with `to` (same length) in `<dir>/modules.dep` and in the
+/// binary index libkmod reads, as a hostile image could ship them.
+fn patch_modules_dep(dir: &Path, from: &str, to: &str) {
+    assert_eq!(from.len(), to.len(), "{to:?} must be as long as {from:?}");
+    for f in ["modules.dep", "modules.dep.bin"] {
+        let path = dir.join(f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap_or_else(|| panic!("{from} not in {}", path.display()));
+        bytes[at..at + from.len()].copy_from_slice(to.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+    }
+}
+
+/// `prefix`, then as many `/` as make it `len` long with `suffix` (a path
+/// that reads the same).
+fn padded(prefix: &str, suffix: &str, len: usize) -> String {
+    format!(
+        "{prefix}{}{suffix}",
+        "/".repeat(len - prefix.len() - suffix.len())
+    )
+}
+
+/// Images whose `modules.dep.bin` names a file outside the image (absolute,
+/// `../`), or whose module is a symlink out of it: libkmod would open the host
+/// file as written, so the agent must refuse before `insert_module`. And the
+/// srcversion the agent reads of a loaded module and of an image's file.
+#[tokio::test(flavor = "multi_thread")]
+async fn libkmod_refuses_module_files_outside_the_image_and_reads_srcversions() {
+    const BRD: &str = "kernel/drivers/block/brd.ko";
+    let lab = Lab::boot(
+        &[
+            ("abs", &["brd"]),
+            ("dotdot", &["brd"]),
+            ("link", &["brd"]),
+            ("nullblk", &["null_blk"]),
+        ],
+        |share| {
+            let kernel = &prepared().kernel;
+            let brd = kernel.modules_dir().join(BRD);
+            // host files (the guest sees the share at /host): /host/out/brd.ko, /host/images/brd.ko
+            std::fs::create_dir_all(share.join("out")).unwrap();
+            std::fs::copy(&brd, share.join("out/brd.ko")).unwrap();
+            std::fs::copy(&brd, share.join("images/brd.ko")).unwrap();
+            let dir = |img: &str| {
+                share
+                    .join("images")
+                    .join(img)
+                    .join("opt/lib/modules")
+                    .join(&kernel.release)
+            };
+            // absolute: /host/out////...brd.ko
+            patch_modules_dep(&dir("abs"), BRD, &padded("/host/out/", "brd.ko", BRD.len()));
+            std::fs::remove_file(dir("abs").join(BRD)).unwrap();
+            // ../ from /host/images/dotdot/opt/lib/modules/<kver> up to /host/images
+            patch_modules_dep(
+                &dir("dotdot"),
+                BRD,
+                &padded("../../../../../", "brd.ko", BRD.len()),
+            );
+            std::fs::remove_file(dir("dotdot").join(BRD)).unwrap();
+            // the image's module is a symlink to a host file
+            std::fs::remove_file(dir("link").join(BRD)).unwrap();
+            std::os::unix::fs::symlink("/host/out/brd.ko", dir("link").join(BRD)).unwrap();
+        },
+        &[],
+        &[],
+    )
+    .await
+    .unwrap();
+
+    for img in ["abs", "dotdot", "link"] {
+        let err = lab
+            .fails(&format!("kmodctl load --dir {} brd", lab.dir(img)))
+            .await;
+        assert!(
+            err.contains("refusing to insert brd: its modules.dep entry")
+                && err.contains("outside the image directory"),
+            "{img}: {err}"
+        );
+        assert!(!lab.loaded("brd").await, "{img}: brd was inserted");
+        let err = lab
+            .fails(&format!(
+                "kmodctl file-srcversion --dir {} brd",
+                lab.dir(img)
+            ))
+            .await;
+        assert!(err.contains("refusing to insert brd"), "{img}: {err}");
+    }
+
+    // configfs carries a srcversion (MODULE_VERSION), null_blk does not
+    let configfs = prepared()
+        .kernel
+        .modules_dir()
+        .join("kernel/fs/configfs/configfs.ko");
+    let want = kmm_agent::kernel::modinfo::srcversion(&std::fs::read(configfs).unwrap())
+        .expect("Debian's configfs.ko has a srcversion");
+    let file = lab
+        .ok(
+            "file srcversion",
+            &format!(
+                "kmodctl file-srcversion --dir {} configfs",
+                lab.dir("nullblk")
+            ),
+        )
+        .await;
+    assert!(
+        file.contains(&format!("configfs file-srcversion={want} ")),
+        "{file}"
+    );
+    lab.ok(
+        "load null_blk",
+        &format!("kmodctl load --dir {} null_blk", lab.dir("nullblk")),
+    )
+    .await;
+    let loaded = lab.ok("srcversion", "kmodctl srcversion configfs").await;
+    assert!(
+        loaded.contains(&format!("configfs srcversion={want} ")),
+        "{loaded}"
+    );
+    assert_eq!(
+        lab.ok("sysfs", "cat /sys/module/configfs/srcversion")
+            .await
+            .trim(),
+        want
+    );
+    let none = lab.ok("no srcversion", "kmodctl srcversion null_blk").await;
+    assert!(none.contains("null_blk srcversion=none "), "{none}");
+    lab.ok("unload", "kmodctl unload null_blk").await;
+    lab.vm.shutdown().await.unwrap();
+}
+
 /// The same command script, run by `LibKmod` in the guest and by
 /// `SimulatedKernel` on the host against the same staged images, must print
 /// the same results: the simulation is only as useful as it is faithful.
@@ -554,6 +688,9 @@ async fn simulated_kernel_matches_libkmod_on_the_same_images() {
         "load --dir @IMG@/nullblk/opt/lib/modules/{k} null_blk nr_devices=1
          load --dir @IMG@/nullblk/opt/lib/modules/{k} null_blk
          is-loaded configfs
+         srcversion configfs
+         srcversion null_blk
+         file-srcversion --dir @IMG@/nullblk/opt/lib/modules/{k} configfs
          remove-in-tree configfs
          unload configfs
          load --dir @IMG@/pair/opt/lib/modules/{k} --order dummy,brd dummy

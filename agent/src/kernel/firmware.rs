@@ -2,17 +2,23 @@
 //! before loading, remove it again before unloading (upstream KMM's
 //! `worker.setFirmwareClassPath`).
 //!
-//! The copy is safe against hostile images: nothing is followed out of the
-//! source tree (symlinks are recreated only when they stay inside it), no
-//! existing symlink on the host side is written through, and every file appears
-//! atomically (written to a temporary name in the same directory, then renamed).
+//! The copy is safe against hostile images: every file copied is proved to be
+//! inside the image's firmware tree where it resolves (canonical path check,
+//! then opened without following a symlink); a symlink in the image is copied
+//! as the file it resolves to when that is inside the tree, and skipped
+//! otherwise (symlinks are never recreated on the host, where their meaning
+//! would depend on the host's tree); no existing symlink on the host side is
+//! written through, and every file appears atomically (written to a temporary
+//! name in the same directory, then renamed).
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use tracing::warn;
+
+use super::confine::{Confined, confine_canonical};
 
 /// Where the kernel's firmware loader looks first, besides its built-in paths.
 pub const FIRMWARE_CLASS_PATH: &str = "/sys/module/firmware_class/parameters/path";
@@ -23,6 +29,16 @@ pub enum FirmwareError {
     /// The image's firmware directory is missing.
     #[error("image has no firmware directory {}", .0.display())]
     NoSource(PathBuf),
+    /// The firmware directory resolves outside the image.
+    #[error("firmware directory {} resolves to {}, outside the image {}", path.display(), resolved.display(), root.display())]
+    Escape {
+        /// The firmware directory.
+        path: PathBuf,
+        /// Where it resolves.
+        resolved: PathBuf,
+        /// The image root.
+        root: PathBuf,
+    },
     /// A host path that must be a directory is a symlink or a file.
     #[error("refusing to write through {}: not a plain directory", .0.display())]
     NotADirectory(PathBuf),
@@ -51,11 +67,34 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FirmwareError + '_ {
 pub struct FirmwareCopy {
     /// Files and symlinks written.
     pub installed: Vec<PathBuf>,
-    /// Entries not copied (symlinks leaving the tree, sockets, ...).
+    /// Entries not copied (symlinks resolving outside the tree or to a
+    /// directory, sockets, ...).
     pub skipped: Vec<PathBuf>,
 }
 
-/// Copies everything under `src` into `host_dir` (created if needed), recursively.
+/// [`install_firmware`] of `src` (`<image>/<firmwarePath>`), after proving that
+/// `src` itself resolves inside `image_root`.
+///
+/// # Errors
+/// [`FirmwareError::Escape`], and those of [`install_firmware`].
+pub fn install_firmware_from_image(
+    image_root: &Path,
+    src: &Path,
+    host_dir: &Path,
+) -> Result<FirmwareCopy> {
+    let root = image_root.canonicalize().map_err(io_err(image_root))?;
+    match confine_canonical(&root, src) {
+        Confined::Inside(_) => install_firmware(src, host_dir),
+        Confined::Outside(resolved) => Err(FirmwareError::Escape {
+            path: src.to_path_buf(),
+            resolved,
+            root,
+        }),
+        Confined::Unresolved(_) => Err(FirmwareError::NoSource(src.to_path_buf())),
+    }
+}
+
+/// Copies every file under `src` into `host_dir` (created if needed), recursively.
 ///
 /// # Errors
 /// [`FirmwareError::NoSource`] if `src` is not a directory; I/O errors; a host
@@ -64,9 +103,10 @@ pub fn install_firmware(src: &Path, host_dir: &Path) -> Result<FirmwareCopy> {
     if !fs::symlink_metadata(src).is_ok_and(|m| m.is_dir()) {
         return Err(FirmwareError::NoSource(src.to_path_buf()));
     }
+    let root = src.canonicalize().map_err(io_err(src))?;
     ensure_dir(host_dir)?;
     let mut copy = FirmwareCopy::default();
-    copy_dir(src, host_dir, Path::new(""), &mut copy)?;
+    copy_dir(&root, src, host_dir, Path::new(""), &mut copy)?;
     Ok(copy)
 }
 
@@ -144,7 +184,13 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     }
 }
 
-fn copy_dir(src: &Path, dst: &Path, rel: &Path, copy: &mut FirmwareCopy) -> Result<()> {
+fn copy_dir(
+    root: &Path,
+    src: &Path,
+    dst: &Path,
+    rel: &Path,
+    copy: &mut FirmwareCopy,
+) -> Result<()> {
     let mut entries: Vec<_> = fs::read_dir(src)
         .map_err(io_err(src))?
         .collect::<io::Result<_>>()
@@ -156,44 +202,26 @@ fn copy_dir(src: &Path, dst: &Path, rel: &Path, copy: &mut FirmwareCopy) -> Resu
         let meta = fs::symlink_metadata(&from).map_err(io_err(&from))?;
         if meta.is_dir() {
             ensure_dir(&to)?;
-            copy_dir(&from, &to, &rel, copy)?;
-        } else if meta.is_file() {
-            copy_file(&from, &to)?;
-            copy.installed.push(rel);
-        } else if meta.file_type().is_symlink() {
-            let target = fs::read_link(&from).map_err(io_err(&from))?;
-            if stays_inside(&rel, &target) {
-                replace_with_symlink(&target, &to)?;
+            copy_dir(root, &from, &to, &rel, copy)?;
+            continue;
+        }
+        if !meta.is_file() && !meta.file_type().is_symlink() {
+            copy.skipped.push(rel);
+            continue;
+        }
+        // where it resolves now, not what it claims: it must be a file in the tree
+        match confine_canonical(root, &from) {
+            Confined::Inside(real) if fs::metadata(&real).is_ok_and(|m| m.is_file()) => {
+                copy_file(&real, &to)?;
                 copy.installed.push(rel);
-            } else {
-                warn!(path = %rel.display(), target = %target.display(), "firmware symlink leaves the image; skipped");
+            }
+            _ => {
+                warn!(path = %rel.display(), "firmware entry does not resolve to a file inside the image; skipped");
                 copy.skipped.push(rel);
             }
-        } else {
-            copy.skipped.push(rel);
         }
     }
     Ok(())
-}
-
-/// Whether a relative symlink at `rel` (inside the tree) to `target` stays inside.
-fn stays_inside(rel: &Path, target: &Path) -> bool {
-    // depth of the directory holding the link
-    let mut depth = rel.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
 }
 
 fn tmp_name(to: &Path) -> PathBuf {
@@ -205,7 +233,11 @@ fn tmp_name(to: &Path) -> PathBuf {
 fn copy_file(from: &Path, to: &Path) -> Result<()> {
     let tmp = tmp_name(to);
     let write = || -> io::Result<()> {
-        let mut input = fs::File::open(from)?;
+        // `from` is canonical: a symlink there now was swapped in since the check
+        let mut input = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(from)?;
         // create_new: never open through something planted at the temporary name
         let _ = fs::remove_file(&tmp);
         let mut out = fs::OpenOptions::new()
@@ -226,14 +258,6 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
             source,
         }
     })
-}
-
-fn replace_with_symlink(target: &Path, to: &Path) -> Result<()> {
-    let tmp = tmp_name(to);
-    let _ = fs::remove_file(&tmp);
-    symlink(target, &tmp)
-        .and_then(|()| fs::rename(&tmp, to))
-        .map_err(io_err(to))
 }
 
 fn remove_dir(src: &Path, dst: &Path, rel: &Path, removed: &mut Vec<PathBuf>) -> Result<()> {
@@ -264,6 +288,8 @@ fn remove_dir(src: &Path, dst: &Path, rel: &Path, removed: &mut Vec<PathBuf>) ->
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
 
     fn image() -> tempfile::TempDir {
@@ -315,6 +341,63 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn firmware_symlinks_whose_host_copy_would_resolve_outside_are_not_installed() {
+        // Lexically each link stays inside, but `sub/d -> ..` makes
+        // `x.bin -> sub/d/sub/d/../../outside.bin` climb two levels.
+        let src = tempfile::tempdir().unwrap();
+        let p = src.path();
+        fs::create_dir_all(p.join("sub")).unwrap();
+        symlink("..", p.join("sub/d")).unwrap();
+        symlink("sub/d/sub/d/../../outside.bin", p.join("x.bin")).unwrap();
+        fs::write(p.join("ok.bin"), b"ok").unwrap();
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("outside.bin"), b"host secret").unwrap();
+        let dst = host.path().join("lib/fw");
+
+        let copy = install_firmware(p, &dst).unwrap();
+        assert_no_entry_resolves_outside(&dst);
+        assert_eq!(copy.installed, [PathBuf::from("ok.bin")]);
+    }
+
+    #[test]
+    fn firmware_dir_resolving_outside_the_image_is_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let image = top.path().join("img");
+        fs::create_dir_all(top.path().join("host-fw")).unwrap();
+        fs::write(top.path().join("host-fw/secret.bin"), b"host").unwrap();
+        fs::create_dir_all(&image).unwrap();
+        symlink(top.path().join("host-fw"), image.join("fw")).unwrap();
+        let dst = top.path().join("dst");
+        let err = install_firmware_from_image(&image, &image.join("fw/"), &dst).unwrap_err();
+        assert!(matches!(err, FirmwareError::Escape { .. }), "{err}");
+        assert!(!dst.join("secret.bin").exists());
+        // inside: copied
+        fs::create_dir_all(image.join("lib/firmware")).unwrap();
+        fs::write(image.join("lib/firmware/a.bin"), b"a").unwrap();
+        let copy = install_firmware_from_image(&image, &image.join("lib/firmware"), &dst).unwrap();
+        assert_eq!(copy.installed, [PathBuf::from("a.bin")]);
+    }
+
+    /// Every entry under `dir` resolves inside it.
+    fn assert_no_entry_resolves_outside(dir: &Path) {
+        let root = dir.canonicalize().unwrap();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if let Ok(real) = path.canonicalize() {
+                assert!(
+                    real.starts_with(&root),
+                    "{} resolves to {}",
+                    path.display(),
+                    real.display()
+                );
+            }
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                assert_no_entry_resolves_outside(&path);
+            }
+        }
     }
 
     #[test]

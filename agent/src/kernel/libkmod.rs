@@ -1,43 +1,30 @@
-//! The real [`Kernel`]: libkmod through the safe `kmod` crate API.
+//! The real kernel: libkmod through the safe `kmod` crate API, as [`KernelOps`]
+//! (the `modprobe` algorithm above it is `modprobe.rs`).
 //!
 //! This is the agent's only FFI-facing module, and it contains no `unsafe`
 //! itself: the `kmod` crate wraps libkmod. What the crate does not wrap
-//! (`kmod_module_probe_insert_module`, `kmod_module_get_initstate`) is done here
-//! in Rust: dependencies are inserted by walking `dependencies()` depth-first, and
-//! module state is read from `/sys/module/<name>` (as libkmod itself does).
+//! (`kmod_module_get_initstate`, `kmod_module_get_info`) is read here in Rust:
+//! module state from `/sys/module/<name>` (as libkmod itself does), a file's
+//! `srcversion` from its ELF `.modinfo` section.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use kmod::{Context, Errno};
 use nix::errno::Errno as E;
-use tracing::{debug, warn};
 
-use super::{
-    DepPolicy, Error, Kernel, LoadOutcome, LoadRequest, LoadedModule, Result, UnloadOutcome,
-    UnloadRequest, normalize, validate_name,
-};
+use super::ops::{Inserted, KernelOps, ModuleFile, ModuleState, Removed};
+use super::{Error, LoadedModule, Result};
 
-/// libkmod-backed [`Kernel`] for the running kernel.
+/// libkmod-backed kernel operations for the running kernel; a [`super::Kernel`].
 #[derive(Debug, Clone)]
 pub struct LibKmod {
     sys_module: PathBuf,
     /// The running kernel's `modules.builtin` (built-ins without parameters have
     /// no `/sys/module` entry).
     builtin: BTreeSet<String>,
-}
-
-/// A module's state as `/sys/module/<name>` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum State {
-    NotLoaded,
-    /// Built into the kernel: present, but never inserted or removed.
-    Builtin,
-    Loaded {
-        refcount: i64,
-        holders: Vec<String>,
-    },
 }
 
 impl LibKmod {
@@ -72,16 +59,16 @@ impl LibKmod {
         }
     }
 
-    fn state(&self, name: &str) -> Result<State> {
+    fn read_state(&self, name: &str) -> Result<ModuleState> {
         if self.builtin.contains(name) {
-            return Ok(State::Builtin);
+            return Ok(ModuleState::Builtin);
         }
         let dir = self.sys_module.join(name);
         if !dir.exists() {
-            return Ok(State::NotLoaded);
+            return Ok(ModuleState::NotLoaded);
         }
         if !dir.join("initstate").exists() {
-            return Ok(State::Builtin);
+            return Ok(ModuleState::Builtin);
         }
         let refcnt_path = dir.join("refcnt");
         let refcount = read_trimmed(&refcnt_path)?
@@ -103,7 +90,7 @@ impl LibKmod {
                 }
             }
             // raced with the module going away
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::NotLoaded),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ModuleState::NotLoaded),
             Err(source) => {
                 return Err(Error::Io {
                     path: holders_dir,
@@ -112,135 +99,14 @@ impl LibKmod {
             }
         }
         holders.sort();
-        Ok(State::Loaded { refcount, holders })
-    }
-
-    /// Inserts `name` after its `modules.dep` dependencies, depth-first.
-    fn insert_tree(
-        &self,
-        ctx: &Context,
-        dir: &Path,
-        name: &str,
-        params: &[String],
-        visited: &mut BTreeSet<String>,
-        inserted: &mut Vec<String>,
-    ) -> Result<()> {
-        let name = normalize(name);
-        if !visited.insert(name.clone()) || self.state(&name)? != State::NotLoaded {
-            return Ok(());
-        }
-        let module = ctx.module_new_from_name(&name).map_err(kmod_error)?;
-        if module.path().is_none() {
-            return Err(Error::NotFound {
-                module: name,
-                dir: dir.to_path_buf(),
-            });
-        }
-        let deps: Vec<String> = module
-            .dependencies()
-            .map(|d| d.name().to_string_lossy().into_owned())
-            .collect();
-        for dep in &deps {
-            self.insert_tree(ctx, dir, dep, &[], visited, inserted)?;
-        }
-        let opts: Vec<&str> = params.iter().map(String::as_str).collect();
-        match module.insert_module(0, &opts) {
-            Ok(()) => {
-                debug!(module = %name, ?params, "inserted");
-                inserted.push(name);
-                Ok(())
-            }
-            // loaded by someone else since we looked: what we wanted
-            Err(kmod::Error::InsertModule(Errno(code))) if code == E::EEXIST as i32 => Ok(()),
-            Err(e) => Err(insert_error(name, params, e)),
-        }
-    }
-
-    /// Modules that `name` uses (those listing it as a holder).
-    fn used_by(&self, ctx: &Context, name: &str) -> Result<Vec<String>> {
-        let mut uses = Vec::new();
-        for module in ctx.modules_loaded().map_err(kmod_error)? {
-            if module.holders().any(|h| h.name() == name) {
-                uses.push(module.name().to_string_lossy().into_owned());
-            }
-        }
-        Ok(uses)
-    }
-
-    /// Removes `name`, then the modules it used as `policy` allows (once unused).
-    /// Failures on dependencies (`explicit == false`) are logged, not returned.
-    fn remove_tree(
-        &self,
-        ctx: &Context,
-        name: &str,
-        policy: &DepPolicy,
-        explicit: bool,
-        removed: &mut Vec<String>,
-    ) -> Result<()> {
-        let (refcount, holders) = match self.state(name)? {
-            State::Loaded { refcount, holders } => (refcount, holders),
-            State::NotLoaded => return Ok(()),
-            State::Builtin if explicit => {
-                return Err(Error::Builtin {
-                    module: name.to_owned(),
-                });
-            }
-            State::Builtin => return Ok(()),
-        };
-        if refcount > 0 || !holders.is_empty() {
-            return if explicit {
-                Err(Error::InUse {
-                    module: name.to_owned(),
-                    holders,
-                    refcount,
-                })
-            } else {
-                Ok(())
-            };
-        }
-        let uses = self.used_by(ctx, name)?;
-        let module = ctx.module_new_from_name(name).map_err(kmod_error)?;
-        match module.remove_module(0) {
-            Ok(()) => {
-                debug!(module = %name, "removed");
-                removed.push(name.to_owned());
-            }
-            Err(kmod::Error::RemoveModule(Errno(code))) if code == E::ENOENT as i32 => {}
-            Err(e) if !explicit => {
-                warn!(module = %name, error = %e, "could not remove unused dependency");
-                return Ok(());
-            }
-            Err(kmod::Error::RemoveModule(Errno(code)))
-                if code == E::EAGAIN as i32 || code == E::EBUSY as i32 =>
-            {
-                let (refcount, holders) = match self.state(name)? {
-                    State::Loaded { refcount, holders } => (refcount, holders),
-                    _ => (0, Vec::new()),
-                };
-                return Err(Error::InUse {
-                    module: name.to_owned(),
-                    holders,
-                    refcount,
-                });
-            }
-            Err(e) => {
-                return Err(Error::Remove {
-                    module: name.to_owned(),
-                    source: os_error(e),
-                });
-            }
-        }
-        for dep in uses {
-            if policy.allows(&dep) {
-                self.remove_tree(ctx, &dep, policy, false, removed)?;
-            }
-        }
-        Ok(())
+        Ok(ModuleState::Loaded { refcount, holders })
     }
 }
 
-impl Kernel for LibKmod {
-    fn loaded_modules(&self) -> Result<Vec<LoadedModule>> {
+impl KernelOps for LibKmod {
+    type Dir = Context;
+
+    fn list_modules(&self) -> Result<Vec<LoadedModule>> {
         let ctx = Context::new().map_err(kmod_error)?;
         let mut out = Vec::new();
         for module in ctx.modules_loaded().map_err(kmod_error)? {
@@ -256,70 +122,96 @@ impl Kernel for LibKmod {
         Ok(out)
     }
 
-    fn is_loaded(&self, name: &str) -> Result<bool> {
-        validate_name(name)?;
-        Ok(self.state(&normalize(name))? != State::NotLoaded)
+    fn state(&self, name: &str) -> Result<ModuleState> {
+        self.read_state(name)
     }
 
-    fn load(&self, req: &LoadRequest) -> Result<LoadOutcome> {
-        for name in req.load_order() {
-            validate_name(name)?;
-        }
-        super::require_modules_dep(&req.module_dir)?;
+    fn open_dir(&self, module_dir: &Path) -> Result<Context> {
+        super::require_modules_dep(module_dir)?;
         // libkmod reads the binary index; without it every lookup is "not found"
-        if !req.module_dir.join("modules.dep.bin").is_file() {
-            return Err(Error::NoModulesDepIndex(req.module_dir.clone()));
+        if !module_dir.join("modules.dep.bin").is_file() {
+            return Err(Error::NoModulesDepIndex(module_dir.to_path_buf()));
         }
-        let ctx = Context::new_with_dirname(&req.module_dir).map_err(kmod_error)?;
-        let main = normalize(&req.name);
-        let already_loaded = self.state(&main)? != State::NotLoaded;
-        let mut visited = BTreeSet::new();
-        let mut inserted = Vec::new();
-        let mut result = Ok(());
-        for name in req.load_order() {
-            let params: &[String] = if normalize(name) == main {
-                &req.parameters
-            } else {
-                &[]
-            };
-            result = self.insert_tree(
-                &ctx,
-                &req.module_dir,
-                name,
-                params,
-                &mut visited,
-                &mut inserted,
-            );
-            if result.is_err() {
-                break;
-            }
-        }
-        if let Err(e) = result {
-            // leave the kernel as we found it
-            for name in inserted.iter().rev() {
-                let module = ctx.module_new_from_name(name).map_err(kmod_error)?;
-                if let Err(undo) = module.remove_module(0) {
-                    warn!(module = %name, error = %undo, "could not roll back after a failed load");
-                }
-            }
-            return Err(e);
-        }
-        Ok(LoadOutcome {
-            inserted,
-            already_loaded,
-        })
+        Context::new_with_dirname(module_dir).map_err(kmod_error)
     }
 
-    fn unload(&self, req: &UnloadRequest) -> Result<UnloadOutcome> {
-        for name in &req.modules {
-            validate_name(name)?;
+    fn resolve(&self, ctx: &Context, name: &str) -> Result<Option<ModuleFile>> {
+        let module = ctx.module_new_from_name(name).map_err(kmod_error)?;
+        // libkmod joins a relative modules.dep.bin entry to the dirname and uses
+        // an absolute one as written: this is the path insert_module opens.
+        let Some(path) = module.path() else {
+            return Ok(None);
+        };
+        let deps = module
+            .dependencies()
+            .map(|d| d.name().to_string_lossy().into_owned())
+            .collect();
+        Ok(Some(ModuleFile {
+            name: name.to_owned(),
+            path: PathBuf::from(path),
+            deps,
+        }))
+    }
+
+    fn insert(&self, ctx: &Context, file: &ModuleFile, params: &[String]) -> Result<Inserted> {
+        let module = ctx.module_new_from_name(&file.name).map_err(kmod_error)?;
+        // insert_module opens module.path(): it must be the path that was checked
+        if module.path() != Some(file.path.as_os_str()) {
+            return Err(Error::Insert {
+                module: file.name.clone(),
+                source: io::Error::other(format!(
+                    "libkmod resolved {} to {:?}, not the checked {}",
+                    file.name,
+                    module.path().map(OsStr::to_string_lossy),
+                    file.path.display()
+                )),
+            });
         }
+        let opts: Vec<&str> = params.iter().map(String::as_str).collect();
+        match module.insert_module(0, &opts) {
+            Ok(()) => Ok(Inserted::Inserted),
+            Err(kmod::Error::InsertModule(Errno(code))) if code == E::EEXIST as i32 => {
+                Ok(Inserted::AlreadyLoaded)
+            }
+            Err(e) => Err(insert_error(file.name.clone(), params, e)),
+        }
+    }
+
+    fn remove(&self, name: &str) -> Result<Removed> {
         let ctx = Context::new().map_err(kmod_error)?;
-        let mut removed = Vec::new();
-        for name in &req.modules {
-            self.remove_tree(&ctx, &normalize(name), &req.deps, true, &mut removed)?;
+        let module = ctx.module_new_from_name(name).map_err(kmod_error)?;
+        match module.remove_module(0) {
+            Ok(()) => Ok(Removed::Removed),
+            Err(kmod::Error::RemoveModule(Errno(code))) if code == E::ENOENT as i32 => {
+                Ok(Removed::NotLoaded)
+            }
+            Err(kmod::Error::RemoveModule(Errno(code)))
+                if code == E::EAGAIN as i32 || code == E::EBUSY as i32 =>
+            {
+                Ok(Removed::Busy)
+            }
+            Err(e) => Err(Error::Remove {
+                module: name.to_owned(),
+                source: os_error(e),
+            }),
         }
-        Ok(UnloadOutcome { removed })
+    }
+
+    fn loaded_srcversion(&self, name: &str) -> Result<Option<String>> {
+        let path = self.sys_module.join(name).join("srcversion");
+        match std::fs::read_to_string(&path) {
+            Ok(v) => Ok(Some(v.trim().to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    fn srcversion_of_file(&self, path: &Path) -> Result<Option<String>> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(super::modinfo::srcversion(&bytes))
     }
 }
 
@@ -383,6 +275,7 @@ fn insert_error(module: String, params: &[String], e: kmod::Error) -> Error {
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
+    use crate::kernel::{Kernel, LoadRequest, UnloadRequest};
 
     fn sysfs() -> (tempfile::TempDir, LibKmod) {
         let dir = tempfile::tempdir().unwrap();
@@ -401,13 +294,13 @@ mod tests {
 
         assert_eq!(
             k.state("configfs").unwrap(),
-            State::Loaded {
+            ModuleState::Loaded {
                 refcount: 1,
                 holders: vec!["null_blk".into()]
             }
         );
-        assert_eq!(k.state("printk").unwrap(), State::Builtin);
-        assert_eq!(k.state("brd").unwrap(), State::NotLoaded);
+        assert_eq!(k.state("printk").unwrap(), ModuleState::Builtin);
+        assert_eq!(k.state("brd").unwrap(), ModuleState::NotLoaded);
         assert!(k.is_loaded("printk").unwrap());
         assert!(!k.is_loaded("brd").unwrap());
     }
@@ -416,7 +309,7 @@ mod tests {
     fn builtins_come_from_modules_builtin_and_cannot_be_removed() {
         let (_dir, mut k) = sysfs();
         k.builtin = builtin_names("kernel/fs/configfs/configfs.ko\nkernel/lib/crc32c.ko\n");
-        assert_eq!(k.state("configfs").unwrap(), State::Builtin);
+        assert_eq!(k.state("configfs").unwrap(), ModuleState::Builtin);
         assert!(k.is_loaded("crc32c").unwrap());
         let err = k.remove_in_tree("configfs").unwrap_err();
         assert_eq!(
@@ -432,13 +325,31 @@ mod tests {
         std::fs::create_dir_all(m.join("holders/null_blk")).unwrap();
         std::fs::write(m.join("initstate"), "live\n").unwrap();
         std::fs::write(m.join("refcnt"), "1\n").unwrap();
-        let ctx = Context::new().unwrap();
-        let err = k
-            .remove_tree(&ctx, "configfs", &DepPolicy::Unused, true, &mut Vec::new())
-            .unwrap_err();
+        let err = k.unload(&UnloadRequest::module("configfs")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "could not remove configfs: in use by null_blk"
+        );
+    }
+
+    #[test]
+    fn srcversion_of_a_loaded_module_and_of_a_file() {
+        let (dir, k) = sysfs();
+        let m = dir.path().join("configfs");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("srcversion"), "C49398E125FFAC361463008\n").unwrap();
+        assert_eq!(
+            k.srcversion("configfs").unwrap().as_deref(),
+            Some("C49398E125FFAC361463008")
+        );
+        assert_eq!(k.srcversion("brd").unwrap(), None);
+
+        let ko = dir.path().join("configfs.ko");
+        let elf = crate::kernel::fake_elf(&[(".modinfo", b"srcversion=ABC123\0")]);
+        std::fs::write(&ko, elf).unwrap();
+        assert_eq!(
+            k.srcversion_of_file(&ko).unwrap().as_deref(),
+            Some("ABC123")
         );
     }
 

@@ -1,26 +1,36 @@
 //! The kernel behind a trait: loading and unloading modules.
 //!
 //! [`Kernel`] is what the agent calls (synchronously; wrap calls in
-//! `tokio::task::spawn_blocking`). Two implementations:
+//! `tokio::task::spawn_blocking`). It is implemented once, in `modprobe.rs`
+//! (semantics of `modprobe -d <dir>` / `modprobe -r` as upstream KMM's worker
+//! uses them), for every [`KernelOps`], the thin trait over what a kernel does:
 //! * [`LibKmod`]: the real one, libkmod through the `kmod` crate (the only
 //!   FFI-facing code of the agent, see `libkmod.rs`);
-//! * [`SimulatedKernel`]: in memory, fed by the same module directories
-//!   (`modules.dep`), with fault injection. For scale and fault tests only; the
-//!   proof that loading works is the VM test (`tests/tests/vm_kernel.rs`).
+//! * `SimulatedKernel` (cargo feature `simulated`, and unit tests): in memory,
+//!   fed by the same module directories (`modules.dep`), with fault injection.
+//!   For scale and fault tests only; the proof that loading works is the VM
+//!   test (`tests/tests/vm_kernel.rs`).
 //!
-//! Semantics follow `modprobe -d <dir>` / `modprobe -r` as upstream KMM's worker
-//! uses them; [`firmware`] holds the firmware copy done before loading.
+//! [`firmware`] holds the firmware copy done before loading.
 
+pub mod confine;
 pub mod firmware;
 mod libkmod;
 pub mod moddep;
+pub mod modinfo;
+mod modprobe;
+mod ops;
+#[cfg(any(test, feature = "simulated"))]
 mod simulated;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 pub use libkmod::LibKmod;
-pub use simulated::{Fault, SimulatedKernel};
+pub use moddep::normalize;
+pub use ops::{Inserted, KernelOps, ModuleFile, ModuleState, Removed};
+#[cfg(any(test, feature = "simulated"))]
+pub use simulated::{Fault, SimulatedKernel, fake_elf};
 
 /// Errors of kernel operations; messages are meant to be shown to users as-is
 /// (they end up in events / status conditions).
@@ -60,6 +70,22 @@ pub enum Error {
         module: String,
         /// The module directory that was searched.
         dir: PathBuf,
+    },
+    /// A `modules.dep` entry (absolute, `../`, or through a symlink) resolves to a
+    /// file outside the module directory (or image root): never handed to the kernel.
+    #[error(
+        "refusing to insert {module}: its modules.dep entry {} resolves to {}, outside the image directory {}",
+        entry.display(), resolved.display(), root.display()
+    )]
+    PathEscape {
+        /// The module.
+        module: String,
+        /// The path as `modules.dep` made it (module directory joined with the entry).
+        entry: PathBuf,
+        /// Where it resolves.
+        resolved: PathBuf,
+        /// The canonical module directory.
+        root: PathBuf,
     },
     /// The kernel refused the module signature (`EKEYREJECTED`).
     #[error(
@@ -151,6 +177,7 @@ impl Error {
             Error::NoModulesDep(_) | Error::NoModulesDepIndex(_) => "no_modules_dep",
             Error::Invalid { .. } | Error::BadLoadingOrder { .. } => "invalid_request",
             Error::NotFound { .. } => "not_found",
+            Error::PathEscape { .. } => "path_escape",
             Error::KeyRejected { .. } => "key_rejected",
             Error::InvalidParameters { .. } | Error::UnknownSymbolOrParameter { .. } => {
                 "invalid_parameters"
@@ -192,6 +219,9 @@ pub struct LoadRequest {
     pub parameters: Vec<String>,
     /// Modules to load before `name`, in load order (from `modulesLoadingOrder`).
     pub load_first: Vec<String>,
+    /// Every inserted file must resolve inside this directory: the image root
+    /// if set ([`Self::within_image`]), else `module_dir`.
+    pub image_root: Option<PathBuf>,
 }
 
 impl LoadRequest {
@@ -202,7 +232,21 @@ impl LoadRequest {
             name: name.into(),
             parameters: Vec::new(),
             load_first: Vec::new(),
+            image_root: None,
         }
+    }
+
+    /// Allows module files anywhere inside `image_root` (e.g. a `modules.dep`
+    /// entry that is a symlink to elsewhere in the image), not only under
+    /// `module_dir`.
+    pub fn within_image(mut self, image_root: impl Into<PathBuf>) -> Self {
+        self.image_root = Some(image_root.into());
+        self
+    }
+
+    /// The directory every inserted file must resolve inside.
+    pub fn confinement_root(&self) -> &Path {
+        self.image_root.as_deref().unwrap_or(&self.module_dir)
     }
 
     /// Sets `parameters`.
@@ -314,6 +358,9 @@ pub struct LoadOutcome {
     pub inserted: Vec<String>,
     /// The requested module was already in the kernel (its parameters were not applied).
     pub already_loaded: bool,
+    /// `srcversion` of each inserted module that has one (read from
+    /// `/sys/module/<m>/srcversion` right after its insert).
+    pub srcversions: BTreeMap<String, String>,
 }
 
 /// What an unload or in-tree removal did.
@@ -347,7 +394,8 @@ pub trait Kernel: Send + Sync {
     /// If a module fails, the modules this call inserted are removed again.
     ///
     /// # Errors
-    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::KeyRejected`],
+    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::PathEscape`] (checked
+    /// for every module before the first insert), [`Error::KeyRejected`],
     /// [`Error::InvalidParameters`], [`Error::UnknownSymbolOrParameter`], [`Error::Insert`].
     fn load(&self, req: &LoadRequest) -> Result<LoadOutcome>;
 
@@ -372,39 +420,20 @@ pub trait Kernel: Send + Sync {
         self.unload(&UnloadRequest::module(name))
     }
 
-    /// The `srcversion` of loaded module `name` (`/sys/module/<name>/srcversion`);
-    /// `None` if not loaded or the module has none.
+    /// `srcversion` of the loaded module `name` (`/sys/module/<name>/srcversion`);
+    /// `None` if it is not loaded or has none (built without `MODULE_VERSION`).
     ///
     /// # Errors
-    /// If kernel state cannot be read.
-    fn srcversion(&self, _name: &str) -> Result<Option<String>> {
-        Ok(None)
-    }
+    /// If it exists but cannot be read.
+    fn srcversion(&self, name: &str) -> Result<Option<String>>;
 
-    /// The `srcversion` of the `.ko` that `module_dir` holds for `name`; `None` if
-    /// it has none.
+    /// `srcversion` of the file that [`Kernel::load`] would insert for `name`
+    /// from `module_dir` (from its `.modinfo`); `None` if it has none, or the
+    /// file is compressed (`.ko.xz`, ...).
     ///
     /// # Errors
-    /// If the module cannot be found or read.
-    fn file_srcversion(&self, _module_dir: &Path, _name: &str) -> Result<Option<String>> {
-        Ok(None)
-    }
-}
-
-/// The srcversions the kernel shows for `names` (those it has one for).
-pub fn srcversions_of(
-    kernel: &dyn Kernel,
-    names: &[String],
-) -> std::collections::BTreeMap<String, String> {
-    names
-        .iter()
-        .filter_map(|n| Some((normalize(n), kernel.srcversion(n).ok()??)))
-        .collect()
-}
-
-/// The kernel's name for a module: `-` becomes `_` (as libkmod does).
-pub fn normalize(name: &str) -> String {
-    name.replace('-', "_")
+    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::PathEscape`], I/O.
+    fn file_srcversion(&self, module_dir: &Path, name: &str) -> Result<Option<String>>;
 }
 
 /// Checks a module name before it goes anywhere near a path or the kernel.

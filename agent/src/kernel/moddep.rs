@@ -1,7 +1,9 @@
 //! A parser for `modules.dep` (the text file `depmod` writes next to the modules).
 //!
 //! Each line is `path/of/mod.ko: path/of/dep1.ko path/of/dep2.ko`, paths relative
-//! to the module directory; the dependency list is the full closure.
+//! to the module directory (as depmod writes them; an image may write anything,
+//! see `confine.rs`); the dependency list is the full closure. Self-contained
+//! (std only) so the fuzz target can compile it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,7 +58,7 @@ impl ModulesDep {
 
     /// The entry for `name` (`-` and `_` are equivalent).
     pub fn get(&self, name: &str) -> Option<&DepEntry> {
-        self.entries.get(&super::normalize(name))
+        self.entries.get(&normalize(name))
     }
 
     /// Number of modules listed.
@@ -70,13 +72,18 @@ impl ModulesDep {
     }
 }
 
+/// The kernel's name for a module: `-` becomes `_` (as libkmod does).
+pub fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
 /// `kernel/fs/configfs/configfs.ko.xz` -> `configfs`.
 pub fn module_name(path: &str) -> Option<String> {
     let file = path.rsplit('/').next()?;
     let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
         .iter()
         .find_map(|suffix| file.strip_suffix(suffix))?;
-    (!stem.is_empty()).then(|| super::normalize(stem))
+    (!stem.is_empty()).then(|| normalize(stem))
 }
 
 #[cfg(test)]

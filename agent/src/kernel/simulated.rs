@@ -1,21 +1,24 @@
-//! An in-memory [`Kernel`] for scale and fault tests.
+//! An in-memory kernel for scale and fault tests, as [`KernelOps`] (so it runs
+//! the same `modprobe` algorithm as [`super::LibKmod`]).
 //!
-//! It reads the same module directories as [`super::LibKmod`] (`modules.dep`,
-//! and the `.ko` files must exist) and follows the same rules: dependencies
-//! first, idempotent loads, holders and refcounts, `in use` errors, `modprobe -r`
-//! dependency removal, rollback of a failed load. Faults and delays can be
+//! It reads the same module directories (`modules.dep`; the `.ko` files must
+//! exist) and keeps what a kernel keeps: holders and refcounts, parameters,
+//! each module's `srcversion` (from the file's `.modinfo`, else a
+//! `srcversion=` string anywhere in a fake `.ko`, else a digest of the file,
+//! so two builds of one module name differ). Faults and delays can be
 //! injected. It is never the proof that loading works: the VM tests are.
+//! Built only for tests and with the `simulated` cargo feature.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use sha2::{Digest, Sha256};
+
 use super::moddep::ModulesDep;
-use super::{
-    DepPolicy, Error, Kernel, LoadOutcome, LoadRequest, LoadedModule, Result, UnloadOutcome,
-    UnloadRequest, normalize, require_modules_dep, validate_name,
-};
+use super::ops::{Inserted, KernelOps, ModuleFile, ModuleState, Removed};
+use super::{Error, LoadedModule, Result, normalize, require_modules_dep};
 
 /// A failure to inject into the next matching insert or remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,7 @@ struct SimModule {
     /// References that are not modules (open devices, mounts).
     users: i64,
     params: Vec<String>,
+    srcversion: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -51,18 +55,6 @@ struct SimState {
     unload_delay: Duration,
     inserts: u64,
     removes: u64,
-    after_insert: Option<InsertHook>,
-}
-
-/// Called after each single insert (lock released), so an observer sees a
-/// multi-module load's progress as a real kernel's module list shows it.
-#[derive(Clone)]
-struct InsertHook(Arc<dyn Fn(&SimulatedKernel) + Send + Sync>);
-
-impl std::fmt::Debug for InsertHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InsertHook")
-    }
 }
 
 /// In-memory kernel; cheap to clone (clones share state).
@@ -90,6 +82,13 @@ impl SimulatedKernel {
     /// Loads `name` as if it were there before us (e.g. an in-tree module), held by
     /// nothing, using `deps` (which must be loaded or are added the same way).
     pub fn preload(&self, name: &str, deps: &[&str]) {
+        self.preload_build(name, deps, None);
+    }
+
+    /// [`Self::preload`] of a particular build: `srcversion` is what
+    /// `/sys/module/<name>/srcversion` shows (e.g. an in-tree module that is a
+    /// different build from the image's).
+    pub fn preload_build(&self, name: &str, deps: &[&str], srcversion: Option<&str>) {
         let mut st = self.lock();
         let name = normalize(name);
         for dep in deps {
@@ -99,7 +98,7 @@ impl SimulatedKernel {
                 .holders
                 .insert(name.clone());
         }
-        st.loaded.entry(name).or_default();
+        st.loaded.entry(name).or_default().srcversion = srcversion.map(str::to_owned);
     }
 
     /// Adds a non-module reference (like a mounted fs or an open device).
@@ -133,12 +132,6 @@ impl SimulatedKernel {
     /// Every insert takes this long (the lock is not held meanwhile).
     pub fn set_load_delay(&self, delay: Duration) {
         self.lock().load_delay = delay;
-    }
-
-    /// Calls `hook` after every single insert (not once per [`Kernel::load`]),
-    /// without the kernel's lock held.
-    pub fn set_after_insert(&self, hook: impl Fn(&SimulatedKernel) + Send + Sync + 'static) {
-        self.lock().after_insert = Some(InsertHook(Arc::new(hook)));
     }
 
     /// Every remove takes this long.
@@ -181,147 +174,42 @@ impl SimulatedKernel {
         Ok(dep)
     }
 
-    fn present(&self, name: &str) -> bool {
-        let st = self.lock();
-        st.loaded.contains_key(name) || st.builtin.contains(name)
-    }
-
-    fn insert_tree(
-        &self,
-        dep: &ModulesDep,
-        dir: &Path,
-        name: &str,
-        params: &[String],
-        visited: &mut BTreeSet<String>,
-        inserted: &mut Vec<String>,
-    ) -> Result<()> {
-        let name = normalize(name);
-        if !visited.insert(name.clone()) || self.present(&name) {
-            return Ok(());
-        }
-        let Some(entry) = dep.get(&name) else {
-            return Err(Error::NotFound {
-                module: name,
-                dir: dir.to_path_buf(),
-            });
-        };
-        for d in &entry.deps {
-            self.insert_tree(dep, dir, d, &[], visited, inserted)?;
-        }
-        let path = dir.join(&entry.path);
-        if !path.is_file() {
-            return Err(Error::Insert {
-                module: name,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("{} is missing", path.display()),
-                ),
-            });
-        }
-        let delay = self.lock().load_delay;
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        let mut st = self.lock();
-        if let Some(fault) = take_fault(&mut st.load_faults, &name) {
-            return Err(match fault {
-                Fault::KeyRejected => Error::KeyRejected { module: name },
-                Fault::InvalidParameters => Error::InvalidParameters {
-                    module: name,
-                    parameters: params.to_vec(),
-                },
-                Fault::UnknownSymbolOrParameter => Error::UnknownSymbolOrParameter { module: name },
-                Fault::Busy => Error::Insert {
-                    module: name,
-                    source: std::io::Error::from_raw_os_error(nix::errno::Errno::EBUSY as i32),
-                },
-                Fault::Other(msg) => Error::Simulated(msg),
-            });
-        }
-        if st.loaded.contains_key(&name) {
-            // another caller won the race: File exists, which is success
-            return Ok(());
-        }
-        for d in &entry.deps {
-            if let Some(m) = st.loaded.get_mut(d) {
-                m.holders.insert(name.clone());
-            }
-        }
-        st.loaded.insert(
-            name.clone(),
-            SimModule {
-                params: params.to_vec(),
-                ..SimModule::default()
+    fn insert_fault(&self, st: &mut SimState, name: &str, params: &[String]) -> Option<Error> {
+        let module = name.to_owned();
+        Some(match take_fault(&mut st.load_faults, name)? {
+            Fault::KeyRejected => Error::KeyRejected { module },
+            Fault::InvalidParameters => Error::InvalidParameters {
+                module,
+                parameters: params.to_vec(),
             },
-        );
-        st.inserts += 1;
-        inserted.push(name);
-        let hook = st.after_insert.clone();
-        drop(st);
-        if let Some(InsertHook(hook)) = hook {
-            hook(self);
-        }
-        Ok(())
+            Fault::UnknownSymbolOrParameter => Error::UnknownSymbolOrParameter { module },
+            Fault::Busy => Error::Insert {
+                module,
+                source: std::io::Error::from_raw_os_error(nix::errno::Errno::EBUSY as i32),
+            },
+            Fault::Other(msg) => Error::Simulated(msg),
+        })
     }
+}
 
-    /// Removes `name` if nothing uses it; returns what it used.
-    fn remove_one(&self, name: &str, explicit: bool) -> Result<Option<Vec<String>>> {
-        let delay = self.lock().unload_delay;
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        let mut st = self.lock();
-        let Some(m) = st.loaded.get(name) else {
-            return Ok(None);
-        };
-        let refcount = m.users + m.holders.len() as i64;
-        let in_use = Error::InUse {
-            module: name.to_owned(),
-            holders: m.holders.iter().cloned().collect(),
-            refcount,
-        };
-        if refcount > 0 {
-            return if explicit { Err(in_use) } else { Ok(None) };
-        }
-        if let Some(fault) = take_fault(&mut st.unload_faults, name) {
-            if !explicit {
-                return Ok(None);
-            }
-            return Err(match fault {
-                Fault::Busy => in_use,
-                Fault::Other(msg) => Error::Simulated(msg),
-                other => Error::Simulated(format!("{other:?}")),
-            });
-        }
-        st.loaded.remove(name);
-        st.removes += 1;
-        let mut used = Vec::new();
-        for (dep, m) in &mut st.loaded {
-            if m.holders.remove(name) {
-                used.push(dep.clone());
-            }
-        }
-        Ok(Some(used))
+/// A simulated module file's `srcversion`: as the kernel would show it for a
+/// real ELF module (its `.modinfo`'s, maybe none); for a fake file the first
+/// `srcversion=` in it, else one derived from its content.
+fn sim_srcversion(bytes: &[u8]) -> Option<String> {
+    if let Some(modinfo) = super::modinfo::modinfo_section(bytes) {
+        return super::modinfo::field(modinfo, "srcversion").map(str::to_owned);
     }
-
-    fn remove_tree(
-        &self,
-        name: &str,
-        policy: &DepPolicy,
-        explicit: bool,
-        removed: &mut Vec<String>,
-    ) -> Result<()> {
-        let Some(used) = self.remove_one(name, explicit)? else {
-            return Ok(());
-        };
-        removed.push(name.to_owned());
-        for dep in used {
-            if policy.allows(&dep) {
-                self.remove_tree(&dep, policy, false, removed)?;
-            }
-        }
-        Ok(())
+    const KEY: &[u8] = b"srcversion=";
+    if let Some(at) = bytes.windows(KEY.len()).position(|w| w == KEY) {
+        let value = &bytes[at + KEY.len()..];
+        let end = value
+            .iter()
+            .position(|b| *b == 0 || b.is_ascii_whitespace())
+            .unwrap_or(value.len());
+        return Some(String::from_utf8_lossy(&value[..end]).into_owned());
     }
+    // the kernel's is 23 upper-case hex digits of an MD4 over the sources
+    Some(hex::encode_upper(Sha256::digest(bytes))[..23].to_owned())
 }
 
 fn take_fault(faults: &mut VecDeque<(Option<String>, Fault)>, name: &str) -> Option<Fault> {
@@ -331,8 +219,10 @@ fn take_fault(faults: &mut VecDeque<(Option<String>, Fault)>, name: &str) -> Opt
     faults.remove(pos).map(|(_, f)| f)
 }
 
-impl Kernel for SimulatedKernel {
-    fn loaded_modules(&self) -> Result<Vec<LoadedModule>> {
+impl KernelOps for SimulatedKernel {
+    type Dir = (PathBuf, Arc<ModulesDep>);
+
+    fn list_modules(&self) -> Result<Vec<LoadedModule>> {
         Ok(self
             .lock()
             .loaded
@@ -345,179 +235,171 @@ impl Kernel for SimulatedKernel {
             .collect())
     }
 
-    fn is_loaded(&self, name: &str) -> Result<bool> {
-        validate_name(name)?;
-        Ok(self.present(&normalize(name)))
-    }
-
-    fn load(&self, req: &LoadRequest) -> Result<LoadOutcome> {
-        for name in req.load_order() {
-            validate_name(name)?;
-        }
-        let dep = self.modules_dep(&req.module_dir)?;
-        let main = normalize(&req.name);
-        let already_loaded = self.present(&main);
-        let mut visited = BTreeSet::new();
-        let mut inserted = Vec::new();
-        for name in req.load_order() {
-            let params: &[String] = if normalize(name) == main {
-                &req.parameters
-            } else {
-                &[]
-            };
-            if let Err(e) = self.insert_tree(
-                &dep,
-                &req.module_dir,
-                name,
-                params,
-                &mut visited,
-                &mut inserted,
-            ) {
-                for name in inserted.iter().rev() {
-                    let _ = self.remove_one(name, false);
-                }
-                return Err(e);
+    fn state(&self, name: &str) -> Result<ModuleState> {
+        let st = self.lock();
+        Ok(if st.builtin.contains(name) {
+            ModuleState::Builtin
+        } else if let Some(m) = st.loaded.get(name) {
+            ModuleState::Loaded {
+                refcount: m.users + m.holders.len() as i64,
+                holders: m.holders.iter().cloned().collect(),
             }
-        }
-        Ok(LoadOutcome {
-            inserted,
-            already_loaded,
+        } else {
+            ModuleState::NotLoaded
         })
     }
 
-    fn unload(&self, req: &UnloadRequest) -> Result<UnloadOutcome> {
-        for name in &req.modules {
-            validate_name(name)?;
+    fn open_dir(&self, module_dir: &Path) -> Result<Self::Dir> {
+        Ok((module_dir.to_path_buf(), self.modules_dep(module_dir)?))
+    }
+
+    fn resolve(&self, (dir, dep): &Self::Dir, name: &str) -> Result<Option<ModuleFile>> {
+        Ok(dep.get(name).map(|entry| ModuleFile {
+            name: name.to_owned(),
+            // as libkmod: relative to the directory, an absolute entry as written
+            path: dir.join(&entry.path),
+            deps: entry.deps.clone(),
+        }))
+    }
+
+    fn insert(&self, _dir: &Self::Dir, file: &ModuleFile, params: &[String]) -> Result<Inserted> {
+        let bytes = std::fs::read(&file.path).map_err(|source| Error::Insert {
+            module: file.name.clone(),
+            source,
+        })?;
+        let delay = self.lock().load_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
         }
-        let mut removed = Vec::new();
-        for name in &req.modules {
-            let name = normalize(name);
-            if self.lock().builtin.contains(&name) {
-                return Err(Error::Builtin { module: name });
+        let mut st = self.lock();
+        if let Some(fault) = self.insert_fault(&mut st, &file.name, params) {
+            return Err(fault);
+        }
+        if st.loaded.contains_key(&file.name) {
+            return Ok(Inserted::AlreadyLoaded);
+        }
+        for d in &file.deps {
+            if let Some(m) = st.loaded.get_mut(d) {
+                m.holders.insert(file.name.clone());
             }
-            self.remove_tree(&name, &req.deps, true, &mut removed)?;
         }
-        Ok(UnloadOutcome { removed })
+        st.loaded.insert(
+            file.name.clone(),
+            SimModule {
+                params: params.to_vec(),
+                srcversion: sim_srcversion(&bytes),
+                ..SimModule::default()
+            },
+        );
+        st.inserts += 1;
+        Ok(Inserted::Inserted)
+    }
+
+    fn remove(&self, name: &str) -> Result<Removed> {
+        let delay = self.lock().unload_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let mut st = self.lock();
+        let Some(m) = st.loaded.get(name) else {
+            return Ok(Removed::NotLoaded);
+        };
+        if m.users + m.holders.len() as i64 > 0 {
+            return Ok(Removed::Busy);
+        }
+        match take_fault(&mut st.unload_faults, name) {
+            None => {}
+            Some(Fault::Busy) => return Ok(Removed::Busy),
+            Some(Fault::Other(msg)) => return Err(Error::Simulated(msg)),
+            Some(other) => return Err(Error::Simulated(format!("{other:?}"))),
+        }
+        st.loaded.remove(name);
+        st.removes += 1;
+        for m in st.loaded.values_mut() {
+            m.holders.remove(name);
+        }
+        Ok(Removed::Removed)
+    }
+
+    fn loaded_srcversion(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .loaded
+            .get(name)
+            .and_then(|m| m.srcversion.clone()))
+    }
+
+    fn srcversion_of_file(&self, path: &Path) -> Result<Option<String>> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(sim_srcversion(&bytes))
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-mod tests {
-    use super::*;
-
-    /// A module tree as depmod would leave it: `a` needs `b` needs `c`.
-    fn tree() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for m in ["a", "b", "c", "solo"] {
-            std::fs::create_dir_all(dir.path().join("kernel/x")).unwrap();
-            std::fs::write(dir.path().join(format!("kernel/x/{m}.ko")), b"\x7fELF").unwrap();
+/// For [`SimulatedKernel`] snapshots: each loaded module with what it uses.
+impl SimulatedKernel {
+    /// Loaded modules as `name -> (modules it uses, srcversion)`: enough to
+    /// rebuild the kernel with [`Self::preload_build`].
+    pub fn snapshot(&self) -> BTreeMap<String, (Vec<String>, Option<String>)> {
+        let st = self.lock();
+        let mut out: BTreeMap<String, (Vec<String>, Option<String>)> = st
+            .loaded
+            .iter()
+            .map(|(name, m)| (name.clone(), (Vec::new(), m.srcversion.clone())))
+            .collect();
+        for (name, m) in &st.loaded {
+            for holder in &m.holders {
+                if let Some(entry) = out.get_mut(holder) {
+                    entry.0.push(name.clone());
+                }
+            }
         }
-        std::fs::write(
-            dir.path().join("modules.dep"),
-            "kernel/x/a.ko: kernel/x/b.ko kernel/x/c.ko\nkernel/x/b.ko: kernel/x/c.ko\n\
-             kernel/x/c.ko:\nkernel/x/solo.ko:\nkernel/x/gone.ko:\n",
-        )
-        .unwrap();
-        dir
+        out
     }
+}
 
-    #[test]
-    fn load_inserts_dependencies_first_and_is_idempotent() {
-        let dir = tree();
-        let k = SimulatedKernel::new();
-        let req = LoadRequest::new(dir.path(), "a").with_parameters(["p=1".to_owned()]);
-        let out = k.load(&req).unwrap();
-        assert_eq!(out.inserted, ["c", "b", "a"]);
-        assert!(!out.already_loaded);
-        assert_eq!(k.parameters("a").unwrap(), ["p=1"]);
-        assert_eq!(k.parameters("c").unwrap(), Vec::<String>::new());
-
-        let again = k.load(&req).unwrap();
-        assert!(again.inserted.is_empty() && again.already_loaded);
-        assert_eq!(k.insert_count(), 3);
+/// A minimal ELF64 little-endian module file with the given sections (name,
+/// data), e.g. a `.modinfo` with `srcversion=`: for tests of two builds of one
+/// module.
+pub fn fake_elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    // layout: header, section data, names, section headers
+    let mut names = vec![0u8];
+    let mut data = Vec::new();
+    let mut headers = vec![[0u8; 64]]; // the null section
+    let data_start = 64usize;
+    let mut entries = Vec::new();
+    for (name, bytes) in sections {
+        entries.push((names.len(), data_start + data.len(), bytes.len()));
+        names.extend_from_slice(name.as_bytes());
+        names.push(0);
+        data.extend_from_slice(bytes);
     }
-
-    #[test]
-    fn unload_removes_unused_dependencies_only() {
-        let dir = tree();
-        let k = SimulatedKernel::new();
-        k.load(&LoadRequest::new(dir.path(), "a")).unwrap();
-        k.load(&LoadRequest::new(dir.path(), "solo")).unwrap();
-        k.preload("other", &["c"]); // c is also used by something else
-
-        let err = k.unload(&UnloadRequest::module("b")).unwrap_err();
-        assert_eq!(err.to_string(), "could not remove b: in use by a");
-
-        let out = k.unload(&UnloadRequest::module("a")).unwrap();
-        assert_eq!(out.removed, ["a", "b"]);
-        assert!(k.is_loaded("c").unwrap() && k.is_loaded("solo").unwrap());
+    let strtab_name = names.len();
+    names.extend_from_slice(b".shstrtab\0");
+    let strtab_off = data_start + data.len();
+    let shoff = strtab_off + names.len();
+    entries.push((strtab_name, strtab_off, names.len()));
+    for (name, off, len) in entries {
+        let mut h = [0u8; 64];
+        h[0..4].copy_from_slice(&(name as u32).to_le_bytes());
+        h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+        h[0x20..0x28].copy_from_slice(&(len as u64).to_le_bytes());
+        headers.push(h);
     }
-
-    #[test]
-    fn unload_keeps_dependencies_that_were_there_before() {
-        let dir = tree();
-        let k = SimulatedKernel::new();
-        k.preload("c", &[]);
-        let load = k.load(&LoadRequest::new(dir.path(), "a")).unwrap();
-        assert_eq!(load.inserted, ["b", "a"]);
-        let out = k
-            .unload(&UnloadRequest::module("a").only_deps(load.inserted))
-            .unwrap();
-        assert_eq!(out.removed, ["a", "b"]);
-        assert!(k.is_loaded("c").unwrap());
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little endian
+    elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+    elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    elf[0x3c..0x3e].copy_from_slice(&(headers.len() as u16).to_le_bytes());
+    elf[0x3e..0x40].copy_from_slice(&((headers.len() - 1) as u16).to_le_bytes());
+    elf.extend_from_slice(&data);
+    elf.extend_from_slice(&names);
+    for h in headers {
+        elf.extend_from_slice(&h);
     }
-
-    #[test]
-    fn failed_load_rolls_back_what_it_inserted() {
-        let dir = tree();
-        let k = SimulatedKernel::new();
-        k.fail_next_load(Some("a"), Fault::KeyRejected);
-        let err = k.load(&LoadRequest::new(dir.path(), "a")).unwrap_err();
-        assert!(
-            err.to_string().contains("Key was rejected by service"),
-            "{err}"
-        );
-        assert!(k.loaded_modules().unwrap().is_empty());
-        // the fault was consumed
-        assert_eq!(
-            k.load(&LoadRequest::new(dir.path(), "a"))
-                .unwrap()
-                .inserted
-                .len(),
-            3
-        );
-    }
-
-    #[test]
-    fn missing_module_file_and_missing_entry_are_errors() {
-        let dir = tree();
-        let k = SimulatedKernel::new();
-        let err = k.load(&LoadRequest::new(dir.path(), "nope")).unwrap_err();
-        assert!(matches!(err, Error::NotFound { .. }), "{err}");
-        let err = k.load(&LoadRequest::new(dir.path(), "gone")).unwrap_err();
-        assert!(err.to_string().contains("is missing"), "{err}");
-        let empty = tempfile::tempdir().unwrap();
-        let err = k.load(&LoadRequest::new(empty.path(), "a")).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("image has no modules.dep under"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn remove_in_tree_of_a_used_module_names_the_user() {
-        let k = SimulatedKernel::new();
-        k.preload("loop", &[]);
-        k.add_user("loop");
-        let err = k.remove_in_tree("loop").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "could not remove loop: in use (refcount 1)"
-        );
-        k.remove_user("loop");
-        assert_eq!(k.remove_in_tree("loop").unwrap().removed, ["loop"]);
-        assert!(k.remove_in_tree("loop").unwrap().removed.is_empty());
-    }
+    elf
 }

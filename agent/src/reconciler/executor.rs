@@ -301,7 +301,7 @@ impl Executor {
             kernel: want.kernel.clone(),
             module_name: want.module_name.clone(),
             modules_loading_order: want.modules_loading_order.clone(),
-            srcversions: kernel::srcversions_of(self.kernel.as_ref(), &done.outcome.inserted),
+            srcversions: done.outcome.srcversions.clone(),
             inserted: done.outcome.inserted,
             parameters: want.parameters.clone(),
             version: want.version.clone(),
@@ -332,15 +332,22 @@ impl Executor {
         if want.in_tree_to_remove.iter().any(|m| normalize(m) == main) {
             return Ok(());
         }
-        let Some(loaded) = self.kernel.srcversion(&main)? else {
-            return Ok(());
-        };
-        let Some(wanted) = self.kernel.file_srcversion(&prepared.module_dir, &main)? else {
-            return Ok(());
-        };
-        if loaded == wanted {
+        if !self.kernel.is_loaded(&main)? {
             return Ok(());
         }
+        let loaded = self.kernel.srcversion(&main)?;
+        let wanted = self.kernel.file_srcversion(&prepared.module_dir, &main)?;
+        let (loaded, wanted) = match (loaded, wanted) {
+            (Some(l), Some(w)) if l == w => return Ok(()),
+            (Some(l), Some(w)) => (l, w),
+            // No srcversion to compare: used as before, unless this agent had it
+            // loaded before a reboot and someone else loaded it since (upstream #1083).
+            (l, w) if state.not_ours.contains(&main) => (
+                l.unwrap_or_else(|| "unknown, loaded by someone else after a reboot".into()),
+                w.unwrap_or_else(|| "none".into()),
+            ),
+            _ => return Ok(()),
+        };
         Err(ActionError::Foreign {
             module: main.clone(),
             loaded,
@@ -387,8 +394,7 @@ impl Executor {
         match result {
             Ok(done) => {
                 let mut back = old.clone();
-                back.srcversions =
-                    kernel::srcversions_of(self.kernel.as_ref(), &done.outcome.inserted);
+                back.srcversions = done.outcome.srcversions.clone();
                 back.inserted = done.outcome.inserted;
                 if let Err(e) = self.journal.update(|s| s.commit_load(key, back)) {
                     tracing::error!(module = %key, error = %e, "previous version loaded back but not recorded");

@@ -91,18 +91,25 @@ pub fn recover(
 
     let mut keep = BTreeMap::new();
     for (key, mut rec) in std::mem::take(&mut state.modules) {
+        let main = normalize(&rec.module_name);
         let why = if rec.kernel != running {
             Some(format!("recorded for kernel {}", rec.kernel))
         } else {
             match presence(kernel, &rec)? {
                 Presence::Missing => Some("its module is not in the running kernel".to_string()),
-                Presence::Foreign { loaded } => Some(format!(
-                    "a module of the same name but another build (srcversion {loaded}) is in the kernel"
-                )),
-                Presence::Ours if !same_boot && rec.srcversions.is_empty() => Some(
-                    "the node rebooted and the loaded module cannot be proved to be this agent's"
-                        .to_string(),
-                ),
+                Presence::Foreign { loaded } => {
+                    state.not_ours.insert(main);
+                    Some(format!(
+                        "a module of the same name but another build (srcversion {loaded}) is in the kernel"
+                    ))
+                }
+                Presence::Ours if !same_boot && rec.srcversions.get(&main).is_none() => {
+                    state.not_ours.insert(main);
+                    Some(
+                        "the node rebooted and the loaded module cannot be proved to be this agent's"
+                            .to_string(),
+                    )
+                }
                 Presence::Ours => None,
             }
         };

@@ -112,6 +112,12 @@ impl k::Kernel for UnreadableKernel {
     fn unload(&self, req: &k::UnloadRequest) -> k::Result<k::UnloadOutcome> {
         self.inner.unload(req)
     }
+    fn srcversion(&self, name: &str) -> k::Result<Option<String>> {
+        self.inner.srcversion(name)
+    }
+    fn file_srcversion(&self, dir: &Path, name: &str) -> k::Result<Option<String>> {
+        self.inner.file_srcversion(dir, name)
+    }
 }
 
 /// A kmod image tree: `<root>/opt/lib/modules/KVER` with `modules.dep` lines.
@@ -129,6 +135,11 @@ fn tree(root: &Path, dep: &str) -> PathBuf {
 }
 
 fn module(ns: &str, name: &str, image: &str, modprobe: &str) -> Arc<Module> {
+    module_with(ns, name, image, modprobe, "")
+}
+
+/// With `extra` lines at the container level (indented by the caller's YAML).
+fn module_with(ns: &str, name: &str, image: &str, modprobe: &str, extra: &str) -> Arc<Module> {
     let yaml = format!(
         r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1
@@ -139,6 +150,7 @@ spec:
   moduleLoader:
     container:
       imagePullPolicy: IfNotPresent
+      {extra}
       modprobe: {modprobe}
       kernelMappings:
         - regexp: '^.*$'
@@ -537,6 +549,77 @@ async fn upstream_1333_a_module_recreated_during_its_unload_is_loaded_again() {
         h.settle().await;
     }
     assert!(h.loaded("brd"), "nothing unloads it after the re-create");
+}
+
+#[tokio::test]
+async fn a_foreign_build_of_the_same_name_is_reported_never_adopted_nor_unloaded() {
+    let mut h = Harness::new();
+    h.sim.preload_build("brd", &[], Some("INTREE0000"));
+    h.image("reg/brd:1", "sha256:1", "kernel/brd.ko:\n");
+    h.apply(module("ns", "brd", "reg/brd:1", BRD));
+    h.settle().await;
+    assert!(!h.ready("ns", "brd"));
+    let (reason, message) = h.last_error("brd").unwrap();
+    assert_eq!(reason, "ForeignModuleLoaded");
+    assert!(message.contains("INTREE0000"), "{message}");
+    h.delete("brd");
+    h.settle().await;
+    assert_eq!(
+        h.sim.srcversion("brd").unwrap().as_deref(),
+        Some("INTREE0000")
+    );
+
+    // Listed in inTreeModulesToRemove, it is replaced by the Module's build.
+    h.apply(module_with(
+        "ns",
+        "brd",
+        "reg/brd:1",
+        BRD,
+        "inTreeModulesToRemove: [brd]",
+    ));
+    lock(&h.workers.failures).clear();
+    h.settle().await;
+    assert!(h.ready("ns", "brd"), "{:?}", h.last_error("brd"));
+    let ours = h.sim.srcversion("brd").unwrap();
+    assert!(ours.is_some() && ours.as_deref() != Some("INTREE0000"));
+}
+
+/// Upstream #1083: after a reboot, udev loaded the in-tree module of the same
+/// name (no srcversion to compare, as Debian's brd): the agent must neither
+/// report it ready nor unload it when the Module goes.
+#[tokio::test]
+async fn upstream_1083_after_a_reboot_an_unprovable_module_of_the_same_name_is_not_adopted() {
+    let sim = SimulatedKernel::new();
+    let key = ModuleKey::new("ns", "brd");
+    let mut before = NodeState {
+        boot_id: Some("previous-boot".into()),
+        ..NodeState::default()
+    };
+    before
+        .modules
+        .insert(key.clone(), record(Path::new("/x"), "brd", &["brd"]));
+    sim.preload("brd", &[]); // the in-tree brd, loaded by udev
+    let (state, _) = recover(&sim, before, KVER, BOOT).unwrap();
+    assert!(state.not_ours.contains("brd"));
+    let mut h = Harness::with_kernel(sim.clone(), Arc::new(sim.clone()), state);
+    h.image("reg/brd:1", "sha256:1", "kernel/brd.ko:\n");
+    // The image's brd has no srcversion either.
+    let ko = k::module_dir(&h.dir.join("sha256-1"), "/opt", KVER)
+        .unwrap()
+        .join("kernel/brd.ko");
+    std::fs::write(&ko, b"\x7fELF no modinfo").unwrap();
+    h.sim.preload("brd", &[]);
+    h.apply(module("ns", "brd", "reg/brd:1", BRD));
+    h.settle().await;
+    assert!(!h.ready("ns", "brd"));
+    assert_eq!(h.last_error("brd").unwrap().0, "ForeignModuleLoaded");
+    h.delete("brd");
+    h.settle().await;
+    assert!(
+        h.loaded("brd"),
+        "never unloaded: this agent did not insert it"
+    );
+    assert_eq!(h.sim.remove_count(), 0);
 }
 
 fn record(module_dir: &Path, name: &str, inserted: &[&str]) -> LoadedModule {

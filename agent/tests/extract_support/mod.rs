@@ -117,3 +117,33 @@ pub fn kmod_layer(kver: &str) -> Vec<u8> {
         .symlink(&format!("{base}/build"), "/usr/src/linux-headers")
         .finish()
 }
+
+/// Checks that the committed fuzz seeds in `dir` are exactly `seeds` (name,
+/// bytes); with `KMM_WRITE_FUZZ_CORPUS` set, writes them instead.
+pub fn check_corpus<'a>(
+    dir: &std::path::Path,
+    seeds: impl IntoIterator<Item = (&'a str, Vec<u8>)>,
+) {
+    let write = std::env::var_os("KMM_WRITE_FUZZ_CORPUS").is_some();
+    if write {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for (name, bytes) in seeds {
+        let path = dir.join(name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; regenerate with KMM_WRITE_FUZZ_CORPUS=1",
+                    path.display()
+                )
+            });
+            assert!(
+                committed == bytes,
+                "{} is stale; regenerate with KMM_WRITE_FUZZ_CORPUS=1",
+                path.display()
+            );
+        }
+    }
+}
