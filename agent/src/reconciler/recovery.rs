@@ -103,7 +103,7 @@ pub fn recover(
                         "a module of the same name but another build (srcversion {loaded}) is in the kernel"
                     ))
                 }
-                Presence::Ours if !same_boot && rec.srcversions.get(&main).is_none() => {
+                Presence::Ours if !same_boot && !rec.srcversions.contains_key(&main) => {
                     state.not_ours.insert(main);
                     Some(
                         "the node rebooted and the loaded module cannot be proved to be this agent's"
