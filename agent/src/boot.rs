@@ -372,11 +372,12 @@ mod tests {
             fs::read_to_string(&s.firmware_class_path).unwrap(),
             s.firmware_dir.to_string_lossy()
         );
-        // Nothing changed: the record stays as it was.
-        assert_eq!(
-            file.load().unwrap().modules[&ModuleKey::new("ns", "main")],
-            r
-        );
+        // The record stays as it was, with this boot's srcversions and id.
+        let back = file.load().unwrap();
+        let mut expected = r.clone();
+        expected.srcversions = report.loaded[0].1.srcversions.clone();
+        assert_eq!(back.modules[&ModuleKey::new("ns", "main")], expected);
+        assert_eq!(back.boot_id.as_deref(), Some(BOOT));
     }
 
     #[test]

@@ -337,16 +337,19 @@ impl Executor {
         }
         let loaded = self.kernel.srcversion(&main)?;
         let wanted = self.kernel.file_srcversion(&prepared.module_dir, &main)?;
+        let none = || "none".to_string();
         let (loaded, wanted) = match (loaded, wanted) {
             (Some(l), Some(w)) if l == w => return Ok(()),
-            (Some(l), Some(w)) => (l, w),
+            // One side has a srcversion and the other not: two different builds.
+            (Some(l), w @ (Some(_) | None)) => (l, w.unwrap_or_else(none)),
+            (None, Some(w)) => (none(), w),
             // No srcversion to compare: used as before, unless this agent had it
             // loaded before a reboot and someone else loaded it since (upstream #1083).
-            (l, w) if state.not_ours.contains(&main) => (
-                l.unwrap_or_else(|| "unknown, loaded by someone else after a reboot".into()),
-                w.unwrap_or_else(|| "none".into()),
+            (None, None) if state.not_ours.contains(&main) => (
+                "unknown, loaded by someone else after a reboot".to_string(),
+                none(),
             ),
-            _ => return Ok(()),
+            (None, None) => return Ok(()),
         };
         Err(ActionError::Foreign {
             module: main.clone(),

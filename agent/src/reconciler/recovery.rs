@@ -46,6 +46,10 @@ pub fn presence(kernel: &dyn Kernel, rec: &LoadedModule) -> Result<Presence, ker
     }
     match (rec.srcversions.get(&main), kernel.srcversion(&main)?) {
         (Some(recorded), Some(loaded)) if *recorded != loaded => Ok(Presence::Foreign { loaded }),
+        // Ours had a srcversion; this one has none: another build.
+        (Some(_), None) => Ok(Presence::Foreign {
+            loaded: "none".into(),
+        }),
         _ => Ok(Presence::Ours),
     }
 }
