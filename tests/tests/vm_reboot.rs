@@ -21,6 +21,7 @@ use kmm_tests::cluster::{
     delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
 };
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::vm::{VmNode, VmOptions};
 use kmm_tests::vm_agent::{AgentVm, AgentVmOptions, guest_registry, push_module_with_srcversion};
 use kube::Client;
 use kube::api::Api;
@@ -346,4 +347,45 @@ async fn reboot_without_anything_loaded_reloads_the_module() -> Result<()> {
     .await?;
     assert!(!f.vm.module_loaded("brd").await?, "brd unloaded");
     f.finish().await
+}
+
+/// What the tests above rest on: in the guest, the image's brd shows [`OURS`] in
+/// `/sys/module/brd/srcversion` and the in-tree brd shows its own (none on
+/// Debian's 6.1). Needs no API server.
+#[tokio::test]
+async fn image_brd_and_in_tree_brd_differ_by_srcversion_in_the_guest() -> Result<()> {
+    let (kernel, initramfs) = kmm_tests::vm_agent::prepare().await?;
+    let (ko, _) = kmm_tests::vm::stage::module_file(&kernel, "brd")?;
+    let original = std::fs::read(ko)?;
+    let in_tree = kmm_tests::vm::modinfo::srcversion(&original)?;
+    let share = tempfile::tempdir()?;
+    std::fs::write(
+        share.path().join("brd.ko"),
+        kmm_tests::vm::modinfo::with_srcversion(&original, OURS)?,
+    )?;
+    let mut opts = VmOptions::new(kernel, initramfs);
+    opts.net = false;
+    opts.share = Some(share.path().to_path_buf());
+    let vm = VmNode::boot(opts).await?;
+    let srcversion = || async {
+        let out = vm.run("cat /sys/module/brd/srcversion").await?;
+        anyhow::Ok((out.rc == 0).then(|| out.output.trim().to_string()))
+    };
+
+    vm.run_ok("/sbin/insmod /host/brd.ko rd_nr=1").await?;
+    assert_eq!(srcversion().await?.as_deref(), Some(OURS));
+    println!(
+        "image brd taint: {}",
+        vm.run_ok("cat /sys/module/brd/taint").await?.trim()
+    );
+    vm.run_ok("/sbin/rmmod brd && /sbin/modprobe brd").await?;
+    assert_eq!(
+        vm.run_ok("cat /sys/module/brd/parameters/rd_nr")
+            .await?
+            .trim(),
+        "16",
+        "the in-tree brd, with its defaults"
+    );
+    assert_eq!(srcversion().await?, in_tree);
+    vm.shutdown().await
 }
