@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kmm_common::NodeModuleStatus;
 use kmm_tests::cluster::{
     delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
@@ -169,16 +170,24 @@ spec:
         Ok(took)
     }
 
-    /// Our brd in the kernel, the ready label and a status entry without error.
-    async fn ours_is_ready(&self) -> Result<bool> {
+    /// Our brd in the kernel, the ready label and a status entry without error
+    /// whose load time is not `loaded_before` (the label and the status of the
+    /// previous boot stay until the agent reports again).
+    async fn ours_is_ready(&self, loaded_before: Option<&Time>) -> Result<bool> {
         Ok(self.vm.srcversion("brd").await?.as_deref() == Some(OURS)
             && self.has_ready_label().await?
-            && self.status().await?.is_some_and(|s| s.last_error.is_none()))
+            && self.status().await?.is_some_and(|s| {
+                s.last_error.is_none()
+                    && s.load_time.is_some()
+                    && s.load_time.as_ref() != loaded_before
+            }))
     }
 
-    async fn wait_ours_ready(&self, what: &str) -> Result<NodeModuleStatus> {
-        self.wait(what, || self.ours_is_ready()).await?;
-        Ok(self.status().await?.unwrap())
+    /// Waits for [`Self::ours_is_ready`]; returns the load time reported.
+    async fn wait_ours_ready(&self, what: &str, loaded_before: Option<&Time>) -> Result<Time> {
+        self.wait(what, || self.ours_is_ready(loaded_before))
+            .await?;
+        Ok(self.status().await?.and_then(|s| s.load_time).unwrap())
     }
 
     /// Reboots the node; with `in_tree_brd`, the guest's in-tree brd is loaded
@@ -238,11 +247,12 @@ spec:
 }
 
 /// The first boot: the Module loads our brd.
-async fn first_load(prefix: &str, in_tree_modules_to_remove: bool) -> Result<Fixture> {
+/// Returns the load time reported.
+async fn first_load(prefix: &str, in_tree_modules_to_remove: bool) -> Result<(Fixture, Time)> {
     let f = Fixture::new(prefix).await?;
     f.apply_module(in_tree_modules_to_remove)?;
-    let st = f
-        .wait_ours_ready("first boot: apply -> our brd ready")
+    let loaded = f
+        .wait_ours_ready("first boot: apply -> our brd ready", None)
         .await?;
     assert_eq!(
         f.vm.read("/sys/module/brd/parameters/rd_nr")
@@ -250,22 +260,22 @@ async fn first_load(prefix: &str, in_tree_modules_to_remove: bool) -> Result<Fix
             .as_deref(),
         Some("2")
     );
-    assert!(st.load_time.is_some(), "{st:?}");
-    Ok(f)
+    Ok((f, loaded))
 }
 
 #[tokio::test]
 async fn reboot_with_inbox_module_of_same_name_loads_ours_when_listed_in_tree_to_remove()
 -> Result<()> {
-    let f = first_load("reboot-intree", true).await?;
-    let loaded_before = f.status().await?.unwrap().load_time;
+    let (f, loaded_before) = first_load("reboot-intree", true).await?;
     let (f, boot_id) = f.reboot(true).await?;
 
     // The agent removes the in-tree brd (listed in inTreeModulesToRemove) and
     // loads ours: adopting the in-tree one would leave the srcversion theirs.
-    let st = f
-        .wait_ours_ready("after reboot: in-tree brd replaced by ours")
-        .await?;
+    f.wait_ours_ready(
+        "after reboot: in-tree brd replaced by ours",
+        Some(&loaded_before),
+    )
+    .await?;
     assert_eq!(
         f.vm.read("/sys/module/brd/parameters/rd_nr")
             .await?
@@ -273,7 +283,6 @@ async fn reboot_with_inbox_module_of_same_name_loads_ours_when_listed_in_tree_to
         Some("2"),
         "ours, with its parameters"
     );
-    assert_ne!(st.load_time, loaded_before, "loaded again in this boot");
     f.assert_state_describes(&boot_id)?;
 
     delete_module(&f.client, f.ns(), "brd").await?;
@@ -287,7 +296,7 @@ async fn reboot_with_inbox_module_of_same_name_loads_ours_when_listed_in_tree_to
 
 #[tokio::test]
 async fn reboot_with_foreign_module_of_same_name_is_never_adopted_nor_unloaded() -> Result<()> {
-    let f = first_load("reboot-foreign", false).await?;
+    let (f, _) = first_load("reboot-foreign", false).await?;
     let (f, _) = f.reboot(true).await?;
 
     // Not ours and not to be removed: no ready label, the reason in the status.
@@ -325,14 +334,11 @@ async fn reboot_with_foreign_module_of_same_name_is_never_adopted_nor_unloaded()
 
 #[tokio::test]
 async fn reboot_without_anything_loaded_reloads_the_module() -> Result<()> {
-    let f = first_load("reboot-plain", false).await?;
-    let loaded_before = f.status().await?.unwrap().load_time;
+    let (f, loaded_before) = first_load("reboot-plain", false).await?;
     let (f, boot_id) = f.reboot(false).await?;
 
-    let st = f
-        .wait_ours_ready("after reboot: our brd loaded again")
+    f.wait_ours_ready("after reboot: our brd loaded again", Some(&loaded_before))
         .await?;
-    assert_ne!(st.load_time, loaded_before, "loaded again in this boot");
     assert_eq!(
         f.vm.metric("kmm_agent_load_duration_seconds_count").await?,
         Some(1.0),
