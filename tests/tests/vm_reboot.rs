@@ -27,7 +27,8 @@ use kmm_tests::vm_agent::{AgentVm, AgentVmOptions, guest_registry, push_module_w
 use kube::Client;
 use kube::api::Api;
 
-const WAIT: Duration = Duration::from_secs(120);
+/// Generous: three TCG guests at once on a busy 2-core host took 70 s for a first load.
+const WAIT: Duration = Duration::from_secs(180);
 /// On the share: it outlives each boot, as a node's disk does.
 const STATE_DIR: &str = "/host/state";
 /// `srcversion` of the image's brd.
