@@ -3,6 +3,11 @@
 //! with the guest's `uname -r` as kernelVersion), the guest reaches the API
 //! server and the registry on the host at 10.0.2.2. Shared by the VM
 //! end-to-end tests and the demo.
+//!
+//! A node reboot ([`AgentVm::reboot`]) is a new QEMU on the same 9p share: the
+//! kernel starts empty with a new `boot_id`, the agent's state dir and image
+//! cache (under `/host`) are kept, and the test can act in the guest (play udev)
+//! before the agent starts again.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +28,11 @@ pub fn guest_registry() -> String {
     )
 }
 
+/// In-tree modules in the guest's own `/lib/modules` (with their dependencies),
+/// for `modprobe` inside the guest, as udev runs it at boot: brd is also what the
+/// tests package, so the image's module and the in-tree one share a name.
+pub const GUEST_MODULES: [&str; 3] = ["loop", "dummy", "brd"];
+
 /// A booted guest with the agent running for Node `node`.
 pub struct AgentVm {
     /// The VM.
@@ -36,6 +46,7 @@ pub struct AgentVm {
     share: PathBuf,
     /// The share when this VM created it (removed on drop).
     _own_share: Option<tempfile::TempDir>,
+    net: bool,
 }
 
 /// How [`AgentVm::start_with`] boots the node; the default is what [`AgentVm::start`] does.
@@ -95,7 +106,7 @@ async fn build_artifacts() -> Result<(KernelArtifacts, PathBuf)> {
         let initramfs = InitramfsSpec {
             binaries: vec![agent],
             extra_dir: Some(extra),
-            ..InitramfsSpec::default()
+            modules: GUEST_MODULES.map(str::to_owned).to_vec(),
         }
         .build(&kernel)?;
         Ok((kernel, initramfs))
@@ -161,6 +172,7 @@ impl AgentVm {
             state_dir: options.state_dir,
             share,
             _own_share: own_share,
+            net: options.net,
         };
         let agent = if options.start_agent {
             me.start_agent().await?;
@@ -175,13 +187,125 @@ impl AgentVm {
         Ok(me)
     }
 
+    /// Reboots the node: the guest powers off (the agent dies with it, as on a
+    /// reboot), a new QEMU boots the same kernel on the same share, with a new
+    /// `boot_id` and only what the guest's boot loads in the kernel. The Node
+    /// object is kept. With `start_agent`, the agent starts again and this returns
+    /// once it is ready; without, the test can first act in the guest (e.g. load
+    /// the in-tree module of the same name, as udev does) and then call
+    /// [`Self::start_agent`].
+    ///
+    /// # Errors
+    /// A state dir that would not survive (not under `/host`), boot or agent failures.
+    pub async fn reboot(self, start_agent: bool) -> Result<Self> {
+        if !self.state_dir.starts_with("/host/") {
+            bail!(
+                "the agent's state dir {} is not on the share: a reboot would lose it",
+                self.state_dir
+            );
+        }
+        let t = Instant::now();
+        let (kernel, initramfs) = prepare().await?;
+        let Self {
+            vm,
+            node,
+            state_dir,
+            share,
+            _own_share,
+            net,
+            ..
+        } = self;
+        vm.shutdown().await?;
+        let down = t.elapsed();
+        let mut opts = VmOptions::new(kernel.clone(), initramfs);
+        opts.share = Some(share.clone());
+        opts.net = net;
+        let me = Self {
+            vm: VmNode::boot(opts).await?,
+            node,
+            kernel,
+            state_dir,
+            share,
+            _own_share,
+            net,
+        };
+        let booted = t.elapsed();
+        let agent = if start_agent {
+            me.start_agent().await?;
+            format!("agent ready {:.1?}", t.elapsed() - booted)
+        } else {
+            "agent not started".to_string()
+        };
+        println!(
+            "[vm-agent {}] reboot: down {down:.1?}, booted {:.1?}, {agent}",
+            me.node,
+            booted - down
+        );
+        Ok(me)
+    }
+
+    /// The guest kernel's `/proc/sys/kernel/random/boot_id` (new on every boot).
+    ///
+    /// # Errors
+    /// Channel failures.
+    pub async fn boot_id(&self) -> Result<String> {
+        Ok(self
+            .vm
+            .run_ok("cat /proc/sys/kernel/random/boot_id")
+            .await?
+            .trim()
+            .to_string())
+    }
+
+    /// `/sys/module/<module>/srcversion` in the guest; `None` when the module is
+    /// not loaded or has no srcversion (see [`crate::vm::modinfo`]).
+    ///
+    /// # Errors
+    /// Channel failures.
+    pub async fn srcversion(&self, module: &str) -> Result<Option<String>> {
+        self.read(&format!("/sys/module/{module}/srcversion")).await
+    }
+
+    /// The agent's state file as it is on the share (`None` if absent), read on
+    /// the host; needs a state dir under `/host`.
+    ///
+    /// # Errors
+    /// A state dir off the share, I/O errors.
+    pub fn state_file(&self) -> Result<Option<String>> {
+        let rel = self
+            .state_dir
+            .strip_prefix("/host/")
+            .with_context(|| format!("state dir {} is not on the share", self.state_dir))?;
+        match std::fs::read_to_string(self.share.join(rel).join("state.json")) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The value of metric `series` (e.g. `kmm_agent_load_duration_seconds_count`)
+    /// of the agent in the guest, `None` if it has no such line.
+    ///
+    /// # Errors
+    /// Channel failures or a metrics server that does not answer.
+    pub async fn metric(&self, series: &str) -> Result<Option<f64>> {
+        let text = self
+            .vm
+            .run_ok("wget -q -O - http://127.0.0.1:8081/metrics")
+            .await?;
+        Ok(crate::agent::metric_value(&text, series))
+    }
+
     /// Starts (or restarts) the agent in the guest and waits for /readyz.
     ///
     /// # Errors
     /// If it does not get ready within two minutes.
     pub async fn start_agent(&self) -> Result<()> {
+        // one log for every boot of the node: say which boot each start belongs to
         let script = format!(
-            "cd / && KUBECONFIG=/host/kubeconfig RUST_LOG=info,kube=warn \
+            "echo \"--- kmm-agent start, boot_id $(cat /proc/sys/kernel/random/boot_id) ---\" \
+             >> /host/agent.log\n\
+             cd / && KUBECONFIG=/host/kubeconfig RUST_LOG=info,kube=warn \
              setsid /bin/kmm-agent --node-name {node} --state-dir {state_dir} \
              --firmware-dir /var/lib/firmware --set-firmware-class-path \
              --metrics-addr 127.0.0.1:8081 --resync-seconds 5 --verify-seconds 5 \
@@ -276,6 +400,59 @@ pub async fn push_kernel_modules(
             dest: Some((*dest).to_string()),
         });
     }
+    push_package(req, repo, tag).await
+}
+
+/// Packages a copy of the kernel's `module` whose `srcversion` is `srcversion`
+/// (see [`crate::vm::modinfo::with_srcversion`]; unsigned) and pushes it as
+/// `repo:tag`: the kernel tells it apart from the in-tree module of the same
+/// name by `/sys/module/<module>/srcversion`. The module must have no
+/// dependencies. Returns the digest.
+///
+/// # Errors
+/// An unknown module or one with dependencies, patching, packaging or push failures.
+pub async fn push_module_with_srcversion(
+    kernel: &KernelArtifacts,
+    repo: &str,
+    tag: &str,
+    module: &str,
+    srcversion: &str,
+) -> Result<String> {
+    let (ko, deps) = crate::vm::stage::module_file(kernel, module)?;
+    if !deps.is_empty() {
+        bail!("{module} depends on {deps:?}: only dependency-free modules are patched");
+    }
+    let original = std::fs::read(&ko).with_context(|| format!("reading {}", ko.display()))?;
+    let patched = crate::vm::modinfo::with_srcversion(&original, srcversion)?;
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join(format!("{module}.ko"));
+    std::fs::write(&file, patched)?;
+    // libkmod must read the rewritten module as the kernel will
+    let out = std::process::Command::new("modinfo")
+        .args(["-F", "srcversion"])
+        .arg(&file)
+        .output()
+        .context("running modinfo (package kmod)")?;
+    let seen = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || seen.trim() != srcversion {
+        bail!(
+            "modinfo reads srcversion '{}' from the patched {module}.ko: {}",
+            seen.trim(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut req = kmmctl::package::PackageRequest::new(&kernel.release);
+    req.ko_files = vec![file];
+    push_package(req, repo, tag).await
+}
+
+/// Runs `kmmctl`'s packaging for `req` and pushes the image to the local registry
+/// as `repo:tag`; returns the digest.
+async fn push_package(
+    req: kmmctl::package::PackageRequest,
+    repo: &str,
+    tag: &str,
+) -> Result<String> {
     let packaged = tokio::task::spawn_blocking(move || -> Result<_> {
         let depmod = kmmctl::depmod::Depmod::find()?;
         Ok(kmmctl::package::package(&req, &depmod)?)

@@ -32,6 +32,18 @@ fn module_name(path: &str) -> String {
     stem.replace('-', "_")
 }
 
+/// The `.ko` file of the kernel's module `name` and the files it depends on
+/// (relative to the kernel's module directory), from `modules.dep`.
+///
+/// # Errors
+/// An unknown module, an unreadable `modules.dep`.
+pub fn module_file(kernel: &KernelArtifacts, name: &str) -> Result<(PathBuf, Vec<String>)> {
+    let (ko, deps) = read_modules_dep(kernel)?
+        .remove(&name.replace('-', "_"))
+        .with_context(|| format!("{name} is not a module of {}", kernel.release))?;
+    Ok((kernel.modules_dir().join(ko), deps))
+}
+
 /// Stages `modules` (and their dependencies) from `kernel` under
 /// `<image_root>/<dir_name>` and runs depmod there. Returns the module directory
 /// (`<image_root>/<dir_name>/lib/modules/<kver>`), what the agent's `LoadRequest` takes.
