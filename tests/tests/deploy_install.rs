@@ -66,6 +66,8 @@ async fn apply_k_deploy_installs_without_warnings_and_is_idempotent() -> Result<
             "role.rbac.authorization.k8s.io/kmm-controller-leader-election",
             "validatingadmissionpolicy.admissionregistration.k8s.io/kmm-agent-own-node",
             "validatingadmissionpolicybinding.admissionregistration.k8s.io/kmm-agent-own-nodemodulesconfig",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/kmm-agent-own-events",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/kmm-agent-own-events",
             "daemonset.apps/kmm-agent",
             "deployment.apps/kmm-controller",
             "service/kmm-agent-metrics",
@@ -88,8 +90,12 @@ fn check_installed_objects(cp: &ControlPlane) -> Result<()> {
         "privileged"
     );
 
-    // Both policies compiled with no type-checking warnings.
-    for policy in ["kmm-agent-own-node", "kmm-agent-own-nodemodulesconfig"] {
+    // The policies compiled with no type-checking warnings.
+    for policy in [
+        "kmm-agent-own-node",
+        "kmm-agent-own-nodemodulesconfig",
+        "kmm-agent-own-events",
+    ] {
         let vap = get_json(cp, &["validatingadmissionpolicy", policy])?;
         let warnings = &vap["status"]["typeChecking"]["expressionWarnings"];
         assert!(
