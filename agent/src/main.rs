@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use kmm_agent::credentials::PullSecretsArgs;
 use kmm_agent::image::ImageCache;
 use kmm_agent::kernel::{Kernel, LibKmod};
 use kmm_agent::metrics::Metrics;
@@ -83,6 +84,9 @@ struct Args {
     /// Log as JSON.
     #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
     log_json: bool,
+
+    #[command(flatten)]
+    pull_secrets: PullSecretsArgs,
 }
 
 /// `kmm-agent boot`: loads again, from the local image cache, what the state file
@@ -164,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         verify_seconds,
         cache_limit_mib,
         log_json,
+        pull_secrets,
     } = Args::parse();
     kmm_runtime::init_tracing(log_json);
 
@@ -204,6 +209,12 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
+    // Built here so that bad flags fail at start.
+    // TODO(lead): hand it to the executor's pull (kmm_agent::credentials::PullSecrets)
+    // instead of its direct Secret read.
+    let _pull_secrets = pull_secrets
+        .build(client.clone())
+        .context("pull-secret settings")?;
     let metrics = Metrics::new()?;
     let images = Arc::new(
         ImageCache::open(&state_dir.join("images"), cache_limit_mib * 1024 * 1024)

@@ -1,10 +1,12 @@
 //! Registry access shared by the agent, the controller and kmmctl.
 //!
 //! - [`auth`]: credentials from Kubernetes pull secrets (kubelet's matching rules);
+//! - [`agent_api`]: the controller's pull-secret endpoint for agents (wire format);
 //! - [`client`]: an oci-client [`Client`] configured from a Module's `registryTLS`;
 //! - [`lookup`]: does an image exist (the controller's "build or not" question).
 #![warn(missing_docs)]
 
+pub mod agent_api;
 pub mod auth;
 pub mod lookup;
 
