@@ -97,3 +97,28 @@ pub fn expect_policy_denial<T: std::fmt::Debug>(
     }
     Ok(())
 }
+
+/// A kubeconfig file in `dir` with only `token` (no client certificate) for
+/// the test API server, e.g. to run a binary as a service account.
+///
+/// # Errors
+/// I/O or serialisation errors.
+pub fn token_kubeconfig(
+    cp: &crate::controlplane::ControlPlane,
+    dir: &std::path::Path,
+    who: &str,
+    token: &str,
+) -> Result<std::path::PathBuf> {
+    let server = cp.config().cluster_url.to_string();
+    let ca = crate::controlplane::run_dir().join("pki/ca.crt");
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kmm", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": who, "user": {"token": token}}],
+        "contexts": [{"name": who, "context": {"cluster": "kmm", "user": who}}],
+        "current-context": who,
+    });
+    let path = dir.join(format!("{who}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
