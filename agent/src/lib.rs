@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod boot;
+pub mod credentials;
 pub mod extract;
 pub mod image;
 pub mod kernel;

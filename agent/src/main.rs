@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use kmm_agent::credentials::PullSecretsArgs;
 use kmm_agent::image::{ImageCache, PullOptions};
 use kmm_agent::kernel::{Kernel, LibKmod};
 use kmm_agent::metrics::Metrics;
-use kmm_agent::reconciler::{self, ApiPullSecrets, Parts, Settings};
+use kmm_agent::reconciler::{self, Parts, Settings};
 use kmm_agent::server::{self, Liveness, Readiness};
 use kmm_agent::state::StateFile;
 
@@ -111,6 +112,9 @@ struct Args {
     /// Log as JSON.
     #[arg(long, env = "KMM_LOG_JSON", default_value_t = false)]
     log_json: bool,
+
+    #[command(flatten)]
+    pull_secrets: PullSecretsArgs,
 }
 
 /// `kmm-agent boot`: loads again, from the local image cache, what the state file
@@ -236,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
         max_image_entries,
         cache_limit_mib,
         log_json,
+        pull_secrets,
     } = Args::parse();
     kmm_runtime::init_tracing(log_json);
 
@@ -267,6 +272,10 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
+    // Built here so that bad flags fail at start.
+    let pull_secrets = pull_secrets
+        .build(client.clone())
+        .context("pull-secret settings")?;
     let metrics = Metrics::new()?;
     let images = Arc::new(
         ImageCache::open(&state_dir.join("images"), cache_limit_mib * 1024 * 1024)
@@ -293,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
     // (plus slack) fails /healthz so the kubelet restarts the agent.
     let live = Liveness::with_max_age(settings.resync * 2 + Duration::from_secs(60));
     let parts = Parts {
-        secrets: Arc::new(ApiPullSecrets(client.clone())),
+        secrets: Arc::new(pull_secrets),
         client,
         kernel,
         images,

@@ -7,9 +7,11 @@
 //! - [`labels`]: labels on the objects the controller creates;
 //! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`build`]: in-cluster build and sign Jobs for missing kernel images;
-//! - [`webhook`]: admission webhooks (every replica), HTTPS.
+//! - [`webhook`]: admission webhooks (every replica), HTTPS;
+//! - [`agent_credentials`]: pull secrets for agents, on the webhook server.
 #![warn(missing_docs)]
 
+pub mod agent_credentials;
 pub mod build;
 pub mod device_plugin;
 pub mod error;

@@ -104,6 +104,11 @@ struct WebhookArgs {
     /// subject to the webhooks (URL mode).
     #[arg(long, env = "KMM_WEBHOOK_NAMESPACE_SELECTOR", value_parser = parse_labels, default_value = "")]
     webhook_namespace_selector: BTreeMap<String, String>,
+
+    /// Audience agents' tokens must carry to fetch pull secrets from this
+    /// server (`/agent/v1/pull-secret`; the agent's `--controller-token-file`).
+    #[arg(long, env = "KMM_AGENT_TOKEN_AUDIENCE", default_value = kmm_registry::agent_api::DEFAULT_TOKEN_AUDIENCE)]
+    agent_token_audience: String,
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -174,7 +179,11 @@ async fn main() -> anyhow::Result<()> {
             url: webhook.webhook_url,
             namespace_selector: webhook.webhook_namespace_selector,
         };
-        let serve = kmm_controller::webhook::start(client.clone(), &settings)
+        // Agents read no Secrets: they ask here for the pull secrets of the
+        // Modules that target their node.
+        let pull_secrets =
+            kmm_controller::agent_credentials::router(client.clone(), webhook.agent_token_audience);
+        let serve = kmm_controller::webhook::start(client.clone(), &settings, pull_secrets)
             .await
             .context("starting the admission webhooks")?;
         Some(tokio::spawn(serve))

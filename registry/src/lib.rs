@@ -1,12 +1,14 @@
 //! Registry access shared by the agent, the controller and kmmctl.
 //!
 //! - [`auth`]: credentials from Kubernetes pull secrets (kubelet's matching rules);
+//! - [`agent_api`]: the controller's pull-secret endpoint for agents (wire format);
 //! - [`client`]: an oci-client [`Client`] configured from a Module's `registryTLS`;
 //! - [`lookup`]: does an image exist (the controller's "build or not" question);
 //! - [`manifest`]: manifests and indexes as `oci_client::manifest` types, and
 //!   the index entry for a platform.
 #![warn(missing_docs)]
 
+pub mod agent_api;
 pub mod auth;
 pub mod lookup;
 pub mod manifest;

@@ -8,6 +8,7 @@ pub mod buildah;
 pub mod cluster;
 pub mod controller;
 pub mod controlplane;
+pub mod identity;
 pub mod images;
 mod jobexec;
 pub mod kwok;

@@ -66,6 +66,8 @@ async fn apply_k_deploy_installs_without_warnings_and_is_idempotent() -> Result<
             "role.rbac.authorization.k8s.io/kmm-controller-leader-election",
             "validatingadmissionpolicy.admissionregistration.k8s.io/kmm-agent-own-node",
             "validatingadmissionpolicybinding.admissionregistration.k8s.io/kmm-agent-own-nodemodulesconfig",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/kmm-agent-own-events",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/kmm-agent-own-events",
             "daemonset.apps/kmm-agent",
             "deployment.apps/kmm-controller",
             "service/kmm-agent-metrics",
@@ -88,8 +90,12 @@ fn check_installed_objects(cp: &ControlPlane) -> Result<()> {
         "privileged"
     );
 
-    // Both policies compiled with no type-checking warnings.
-    for policy in ["kmm-agent-own-node", "kmm-agent-own-nodemodulesconfig"] {
+    // The policies compiled with no type-checking warnings.
+    for policy in [
+        "kmm-agent-own-node",
+        "kmm-agent-own-nodemodulesconfig",
+        "kmm-agent-own-events",
+    ] {
         let vap = get_json(cp, &["validatingadmissionpolicy", policy])?;
         let warnings = &vap["status"]["typeChecking"]["expressionWarnings"];
         assert!(
@@ -122,6 +128,26 @@ fn check_installed_objects(cp: &ControlPlane) -> Result<()> {
     assert_eq!(
         node_name["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
+    );
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(value("KMM_PULL_SECRETS"), Some("controller".into()));
+    assert_eq!(
+        value("KMM_CONTROLLER_URL"),
+        Some("https://kmm-webhook.$(POD_NAMESPACE).svc".into())
+    );
+    let projected = pod["volumes"]
+        .as_array()
+        .context("agent volumes")?
+        .iter()
+        .find(|v| v["name"] == "controller-token")
+        .context("no controller-token volume")?;
+    assert_eq!(
+        projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "kmm-controller"
     );
     let mounts: Vec<(String, bool)> = c["volumeMounts"]
         .as_array()
@@ -279,8 +305,12 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
                 "nodemodulesconfigs.kmm.sigs.x-k8s.io",
                 "--subresource=status",
             ],
-            &["get", "secrets", "-n", "some-module-ns"],
             &["create", "events.events.k8s.io", "-n", "some-module-ns"],
+            // The caBundle it trusts for the controller's pull-secret endpoint.
+            &[
+                "get",
+                "validatingwebhookconfigurations.admissionregistration.k8s.io/kmm-webhook",
+            ],
         ],
         &[
             &["delete", "modules.kmm.sigs.x-k8s.io", "-n", "default"],
@@ -299,8 +329,19 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["patch", "nodes", "--subresource=status"],
             &["delete", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
             &["update", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            // No Secret at all: pull secrets come from the controller.
+            &["get", "secrets", "-n", "some-module-ns"],
+            &["get", "secrets", "-n", "kmm-system"],
             &["list", "secrets", "-n", "default"],
             &["watch", "secrets", "-A"],
+            &[
+                "get",
+                "validatingwebhookconfigurations.admissionregistration.k8s.io/other",
+            ],
+            &[
+                "update",
+                "validatingwebhookconfigurations.admissionregistration.k8s.io/kmm-webhook",
+            ],
             &["create", "daemonsets.apps", "-n", "kmm-system"],
             &["create", "events", "-n", "default"],
             &["create", "leases.coordination.k8s.io", "-n", "kmm-system"],
@@ -344,6 +385,9 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["delete", "jobs.batch", "-n", "ns1"],
             &["get", "configmaps", "-n", "ns1"],
             &["get", "secrets", "-n", "ns1"],
+            // Who asks for a pull secret, and is it a node agent.
+            &["create", "tokenreviews.authentication.k8s.io"],
+            &["create", "subjectaccessreviews.authorization.k8s.io"],
             &["delete", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
             &["create", "leases.coordination.k8s.io", "-n", "kmm-system"],
             &[

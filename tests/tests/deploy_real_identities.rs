@@ -4,6 +4,9 @@
 //! kmm-system, neither with the admin kubeconfig. One Module with an
 //! imageRepoSecret (authenticated registry) and a device plugin goes through
 //! load, status, device-plugin objects and deletion; nothing is forbidden.
+//! The agent may read no Secret: it gets the pull secret from the
+//! controller's HTTPS server (`--pull-secrets controller`, a token for the
+//! controller's audience bound to its Pod, the controller's CA).
 //!
 //! Needs the control-plane binaries and the registries (`hack/registry/start.sh`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
@@ -18,10 +21,12 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
 use kmm_common::{Module, NodeModulesConfig};
+use kmm_controller::webhook::certs::ServingCert;
 use kmm_tests::agent::{AgentOptions, AgentProcess};
 use kmm_tests::cluster::{create_node, delete_node, install_deploy, wait_for};
 use kmm_tests::controller::controller_binary;
 use kmm_tests::controlplane::{ControlPlane, TestNamespace, run_dir};
+use kmm_tests::identity::sa_token;
 use kmm_tests::images::{auth_registry, push_fake_kmod_as};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -31,6 +36,8 @@ const KVER: &str = "6.1.0-90-sim-amd64";
 const WAIT: Duration = Duration::from_secs(60);
 const SYSTEM_NS: &str = "kmm-system";
 const LEASE: &str = "kmm-controller-leader";
+/// The audience the controller's pull-secret endpoint accepts (its default).
+const CONTROLLER_AUDIENCE: &str = "kmm-controller";
 
 /// A token for `sa` in kmm-system, bound to `pod` when given.
 async fn token(client: &Client, sa: &str, pod: Option<&Pod>) -> Result<String> {
@@ -70,7 +77,15 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(kubeconfig: &Path, ns: &str, identity: &str, dir: &Path) -> Result<Self> {
+    /// Serves its HTTPS endpoints on 127.0.0.1:`port` with the certificate in `cert_dir`.
+    fn start(
+        kubeconfig: &Path,
+        ns: &str,
+        identity: &str,
+        dir: &Path,
+        port: u16,
+        cert_dir: &Path,
+    ) -> Result<Self> {
         let log = dir.join("controller.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(controller_binary()?)
@@ -83,6 +98,9 @@ impl Controller {
                 "1",
             ])
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
+            .arg("--webhook-cert-dir")
+            .arg(cert_dir)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(out.try_clone()?))
@@ -213,16 +231,60 @@ async fn run(
         )
         .await?;
 
-    let agent = AgentProcess::start(&AgentOptions {
-        node: node.to_string(),
-        kernel_release: KVER.into(),
-        state_dir: dir.path().join("state"),
-        kubeconfig: agent_kc,
-        resync_seconds: 2,
-    })?;
-    agent.wait_ready(WAIT).await?;
+    // The controller's serving certificate (as cert-manager would issue it)
+    // and the agent's token for the controller's audience.
+    let cert = ServingCert::self_signed(&["127.0.0.1".into()])?;
+    let cert_dir = dir.path().join("certs");
+    std::fs::create_dir_all(&cert_dir)?;
+    std::fs::write(cert_dir.join("tls.crt"), &cert.cert_pem)?;
+    std::fs::write(cert_dir.join("tls.key"), &cert.key_pem)?;
+    let ca_file = cert_dir.join("ca.crt");
+    std::fs::write(&ca_file, cert.ca_pem.clone().unwrap_or_default())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let controller_token = dir.path().join("controller-token");
+    std::fs::write(
+        &controller_token,
+        sa_token(
+            admin,
+            SYSTEM_NS,
+            "kmm-agent",
+            Some(&pod),
+            &[CONTROLLER_AUDIENCE],
+        )
+        .await?,
+    )?;
+
     let identity = format!("deploy-ids-{}", std::process::id());
-    let controller = Controller::start(&controller_kc, ns.name(), &identity, dir.path())?;
+    let controller = Controller::start(
+        &controller_kc,
+        ns.name(),
+        &identity,
+        dir.path(),
+        port,
+        &cert_dir,
+    )?;
+    let agent = AgentProcess::start_with_args(
+        &AgentOptions {
+            node: node.to_string(),
+            kernel_release: KVER.into(),
+            state_dir: dir.path().join("state"),
+            kubeconfig: agent_kc,
+            resync_seconds: 2,
+        },
+        &[
+            "--pull-secrets",
+            "controller",
+            "--controller-url",
+            &format!("https://127.0.0.1:{port}"),
+            "--controller-ca-file",
+            ca_file.to_str().context("non-UTF-8 path")?,
+            "--controller-token-file",
+            controller_token.to_str().context("non-UTF-8 path")?,
+        ],
+    )?;
+    agent.wait_ready(WAIT).await?;
     let logs = || {
         format!(
             "agent log:\n{}\ncontroller log:\n{}",

@@ -38,7 +38,7 @@ pub use executor::Executor;
 pub use journal::Journal;
 pub use recovery::{Presence, Recovered, presence, recover, roll_back_interrupted};
 pub use report::{KubeReporter, Report};
-pub use sources::{ApiPullSecrets, Images, PullSecrets};
+pub use sources::{Images, PullSecrets};
 pub use workers::{Failure, Workers, backoff};
 
 mod desired;

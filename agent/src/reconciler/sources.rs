@@ -1,10 +1,8 @@
 //! What the executor takes from outside, behind traits so it runs in-process in
 //! tests: images ([`Images`], the local cache pulling from registries) and pull
-//! secrets ([`PullSecrets`]).
+//! secrets ([`PullSecrets`], over [`crate::credentials`]).
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
 
 use crate::image::{DockerConfig, ImageCache, ImageError, PullOptions, PulledImage};
 use crate::state::ModuleKey;
@@ -59,25 +57,22 @@ pub trait PullSecrets: Send + Sync {
     ) -> BoxFuture<'a, Result<DockerConfig, String>>;
 }
 
-/// Reads the Secret from the API server in the Module's namespace.
-pub struct ApiPullSecrets(pub Client);
-
-impl PullSecrets for ApiPullSecrets {
+/// The configured source (the API server, or the controller on the agent's behalf).
+impl PullSecrets for crate::credentials::AnyPullSecrets {
     fn docker_config<'a>(
         &'a self,
         module: &'a ModuleKey,
         secret: &'a str,
     ) -> BoxFuture<'a, Result<DockerConfig, String>> {
         Box::pin(async move {
-            let secrets: Api<Secret> = Api::namespaced(self.0.clone(), &module.namespace);
-            let s = secrets.get(secret).await.map_err(|e| e.to_string())?;
-            let data = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            DockerConfig::from_secret(s.type_.as_deref(), &data).map_err(|e| e.to_string())
+            crate::credentials::PullSecrets::docker_config(
+                self,
+                &module.namespace,
+                secret,
+                &module.name,
+            )
+            .await
+            .map_err(|e| e.to_string())
         })
     }
 }

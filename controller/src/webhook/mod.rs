@@ -94,13 +94,15 @@ pub fn url_host(url: &str) -> Option<String> {
 
 /// Loads or makes certificates, binds, registers (when self-managed) and
 /// returns the server future. Registration happens after binding, so the
-/// API server never calls an address nobody listens on.
+/// API server never calls an address nobody listens on. `extra` routes (e.g.
+/// [`crate::agent_credentials::router`]) are served beside the webhooks.
 ///
 /// # Errors
 /// If certificates, binding or registration fail.
 pub async fn start(
     client: Client,
     settings: &WebhookSettings,
+    extra: axum::Router,
 ) -> Result<impl Future<Output = std::io::Result<()>> + Send + 'static, WebhookError> {
     let cert = match &settings.cert_dir {
         Some(dir) => ServingCert::from_dir(dir)?,
@@ -123,7 +125,7 @@ pub async fn start(
             res => res?,
         }
     }
-    let router = handlers::router(client);
+    let router = handlers::router(client).merge(extra);
     Ok(async move { axum::serve(listener, router).await })
 }
 
