@@ -31,6 +31,21 @@ pub enum Reason {
     Internal,
 }
 
+/// Every reason.
+pub const ALL: &[Reason] = &[
+    Reason::PullSecretFailed,
+    Reason::ImagePullFailed,
+    Reason::WaitingForImage,
+    Reason::ModprobeFailed,
+    Reason::UnloadFailed,
+    Reason::InTreeRemovalFailed,
+    Reason::FirmwareFailed,
+    Reason::StateWriteFailed,
+    Reason::InvalidModuleSpec,
+    Reason::ForeignModuleLoaded,
+    Reason::Internal,
+];
+
 impl Reason {
     /// The CamelCase code written to status, events and metrics.
     pub fn as_str(self) -> &'static str {
@@ -49,6 +64,27 @@ impl Reason {
         }
     }
 
+    /// The reason whose code is `code`, if it is one of these.
+    pub fn parse(code: &str) -> Option<Self> {
+        ALL.iter().copied().find(|r| r.as_str() == code)
+    }
+
+    /// What an operator can do about it, where there is more to say than the message.
+    pub fn advice(self) -> Option<&'static str> {
+        match self {
+            Reason::UnloadFailed => Some(
+                "the module is in use: stop its users on the node (unmount, stop the processes or the device plugin holding it; see /sys/module/<module>/holders and refcnt); the agent retries with backoff and unloads it once free, or reboot the node",
+            ),
+            Reason::ForeignModuleLoaded => Some(
+                "another build of this kernel module is loaded (e.g. the in-tree driver loaded by udev at boot): add its name to inTreeModulesToRemove to replace it, or remove it by hand; the agent never unloads a module it did not insert",
+            ),
+            Reason::InvalidModuleSpec => Some(
+                "the agent refuses this Module as written and does not retry until it changes: fix the field the message names",
+            ),
+            _ => None,
+        }
+    }
+
     /// Whether the node is waiting (progress), not failing.
     pub fn is_wait(self) -> bool {
         matches!(self, Reason::WaitingForImage)
@@ -58,5 +94,23 @@ impl Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_parses_back_from_its_code() {
+        for r in ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(*r));
+        }
+        assert_eq!(Reason::parse("NoSuchReason"), None);
+        assert!(
+            Reason::UnloadFailed
+                .advice()
+                .is_some_and(|a| a.contains("in use"))
+        );
     }
 }

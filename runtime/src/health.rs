@@ -137,3 +137,29 @@ pub async fn serve(
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, router(render, ready, live, not_ready)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn liveness_fails_once_the_loop_stops_beating() {
+        let live = Liveness::with_max_age(Duration::from_millis(50));
+        live.beat();
+        assert!(live.is_alive());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(
+            !live.is_alive(),
+            "{:?} since the last beat",
+            live.since_last_beat()
+        );
+        live.beat();
+        assert!(live.is_alive());
+        assert!(
+            Liveness::default().is_alive(),
+            "no loop to watch: always alive"
+        );
+    }
+}

@@ -97,6 +97,11 @@ impl Fixture {
 
     /// Module `brd` (moduleName brd, rd_nr=2) for this node, from our image.
     fn apply_module(&self, in_tree_modules_to_remove: bool) -> Result<()> {
+        self.apply_module_with(in_tree_modules_to_remove, "rd_nr=2")
+    }
+
+    /// Module `brd` with `parameter`.
+    fn apply_module_with(&self, in_tree_modules_to_remove: bool, parameter: &str) -> Result<()> {
         let image = format!(
             "{}/{}/brd:{}",
             guest_registry(),
@@ -120,7 +125,7 @@ spec:
     container:
       modprobe:
         moduleName: brd
-        parameters: [rd_nr=2]
+        parameters: [{parameter}]
 {remove}      kernelMappings:
         - regexp: '^.+-amd64$'
           containerImage: {image}
@@ -395,4 +400,72 @@ async fn image_brd_and_in_tree_brd_differ_by_srcversion_in_the_guest() -> Result
     );
     assert_eq!(srcversion().await?, in_tree);
     vm.shutdown().await
+}
+
+/// Kills the agent in the guest (SIGKILL) and starts it again.
+async fn kill_and_restart_agent(f: &Fixture, after: Duration) -> Result<()> {
+    tokio::time::sleep(after).await;
+    f.vm.vm
+        .run_ok("killall -9 kmm-agent 2>/dev/null || pkill -9 kmm-agent || true")
+        .await?;
+    f.phase("agent SIGKILLed", after);
+    f.vm.start_agent().await
+}
+
+/// A pseudo-random kill point in `0..max_ms` (the clock's nanoseconds).
+fn kill_point(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_millis(nanos % max_ms)
+}
+
+/// The SIGKILL test on a real kernel: the agent in the guest is killed during a
+/// replace (a new parameter: unload, then load) and during an unload; after each
+/// restart the kernel, the state file and the node's labels and status agree,
+/// with no load or unload intent left behind.
+#[tokio::test]
+async fn agent_sigkilled_in_the_vm_during_a_replace_and_an_unload_converges() -> Result<()> {
+    let (f, loaded_before) = first_load("vm-sigkill", false).await?;
+    f.apply_module_with(false, "rd_nr=3")?;
+    kill_and_restart_agent(&f, kill_point(1500)).await?;
+    f.wait(
+        "after a kill during the replace: brd with rd_nr=3, ready",
+        || async {
+            Ok(f.vm
+                .read("/sys/module/brd/parameters/rd_nr")
+                .await?
+                .as_deref()
+                == Some("3")
+                && f.ours_is_ready(Some(&loaded_before)).await?)
+        },
+    )
+    .await?;
+    let state = f.vm.state_file()?.unwrap_or_default();
+    ensure!(
+        !state.contains("\"loading\"") && !state.contains("\"unloading\""),
+        "an intent was left behind:\n{state}"
+    );
+    ensure!(
+        state.contains("rd_nr=3"),
+        "the record has the new spec:\n{state}"
+    );
+
+    delete_module(&f.client, f.ns(), "brd").await?;
+    kill_and_restart_agent(&f, kill_point(1500)).await?;
+    f.wait(
+        "after a kill during the unload: brd gone, no label, no status",
+        || async {
+            Ok(!f.vm.module_loaded("brd").await?
+                && !f.has_ready_label().await?
+                && f.status().await?.is_none())
+        },
+    )
+    .await?;
+    let state = f.vm.state_file()?.unwrap_or_default();
+    ensure!(
+        !state.contains("rd_nr") && !state.contains("\"unloading\""),
+        "the record or the intent is still there:\n{state}"
+    );
+    f.finish().await
 }

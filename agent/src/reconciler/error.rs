@@ -2,7 +2,7 @@
 
 use kmm_common::Reason;
 
-use crate::kernel::{self, firmware};
+use crate::kernel;
 use crate::load_sequence::StepError;
 
 /// Why an action failed.
@@ -38,18 +38,9 @@ pub enum ActionError {
     /// Unloading failed (e.g. the module is in use); the module stays loaded.
     #[error("unloading: {0}")]
     Unload(#[source] kernel::Error),
-    /// Removing an in-tree module failed.
-    #[error("removing in-tree module {name}: {source}")]
-    InTree {
-        /// Module.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kernel::Error,
-    },
-    /// Copying firmware failed.
-    #[error("installing firmware: {0}")]
-    Firmware(#[from] firmware::FirmwareError),
+    /// A step of the load sequence (in-tree removal, firmware, load) failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
     /// The state file could not be written.
     #[error("{0}")]
     State(#[from] crate::state::StateError),
@@ -79,16 +70,6 @@ pub enum ActionError {
     Join(#[from] tokio::task::JoinError),
 }
 
-impl From<StepError> for ActionError {
-    fn from(e: StepError) -> Self {
-        match e {
-            StepError::InTree { name, source } => ActionError::InTree { name, source },
-            StepError::Firmware(e) => ActionError::Firmware(e),
-            StepError::Kernel(e) => ActionError::Kernel(e),
-        }
-    }
-}
-
 impl ActionError {
     /// The reason code for status, events and the failures metric.
     pub fn reason(&self) -> Reason {
@@ -96,15 +77,10 @@ impl ActionError {
             ActionError::PullSecret { .. } => Reason::PullSecretFailed,
             ActionError::Pull { .. } => Reason::ImagePullFailed,
             ActionError::WaitingForImage { .. } => Reason::WaitingForImage,
-            // A request the kernel layer refuses before touching the kernel is a
-            // spec problem: retrying cannot help.
-            ActionError::Kernel(
-                kernel::Error::Invalid { .. } | kernel::Error::BadLoadingOrder { .. },
-            ) => Reason::InvalidModuleSpec,
-            ActionError::Kernel(_) => Reason::ModprobeFailed,
+            ActionError::Kernel(e) | ActionError::Step(StepError::Kernel(e)) => kernel_reason(e),
             ActionError::Unload(_) => Reason::UnloadFailed,
-            ActionError::InTree { .. } => Reason::InTreeRemovalFailed,
-            ActionError::Firmware(_) => Reason::FirmwareFailed,
+            ActionError::Step(StepError::InTree { .. }) => Reason::InTreeRemovalFailed,
+            ActionError::Step(StepError::Firmware(_)) => Reason::FirmwareFailed,
             ActionError::State(_) => Reason::StateWriteFailed,
             ActionError::InvalidSpec(_) => Reason::InvalidModuleSpec,
             ActionError::Foreign { .. } => Reason::ForeignModuleLoaded,
@@ -115,5 +91,16 @@ impl ActionError {
     /// Whether this is a wait rather than a failure (no backoff growth, no warning).
     pub fn is_wait(&self) -> bool {
         self.reason().is_wait()
+    }
+}
+
+/// A request the kernel layer refuses before touching the kernel is a spec
+/// problem (retrying cannot help); anything else the kernel did is a load failure.
+fn kernel_reason(e: &kernel::Error) -> Reason {
+    match e {
+        kernel::Error::Invalid { .. } | kernel::Error::BadLoadingOrder { .. } => {
+            Reason::InvalidModuleSpec
+        }
+        _ => Reason::ModprobeFailed,
     }
 }

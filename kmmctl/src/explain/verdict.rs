@@ -84,7 +84,10 @@ pub fn explain_node(
         last_error.as_ref(),
         nmc.is_some(),
     );
-    let notes = notes(state, loaded.as_ref(), &ready);
+    let mut notes = notes(state, loaded.as_ref(), &ready);
+    if let Some(advice) = kmm_common::Reason::parse(&reason).and_then(kmm_common::Reason::advice) {
+        notes.push(format!("what to do: {advice}"));
+    }
     NodeExplanation {
         node: node.metadata.name.clone().unwrap_or_default(),
         kernel: node_kernel_version(node).map(str::to_string),

@@ -235,6 +235,23 @@ fn modprobe_failure_is_failing() {
 }
 
 #[test]
+fn a_stuck_unload_says_what_the_operator_can_do() {
+    let mut entry = loaded_entry("reg:5000/kmm-demo/brd:1", KVER);
+    entry["lastError"] = json!({"reason": "UnloadFailed", "message": "unloading: could not remove brd: in use (refcount 1)"});
+    let status = nmc(json!([entry]));
+    let e = explain_node(&plain_module(), &node(ready(), KVER), Some(&status));
+    assert_eq!(e.state, NodeState::Failing);
+    assert_eq!(e.reason, "UnloadFailed");
+    assert!(
+        e.notes
+            .iter()
+            .any(|n| n.starts_with("what to do:") && n.contains("holders")),
+        "{:?}",
+        e.notes
+    );
+}
+
+#[test]
 fn failure_while_an_older_image_is_loaded_is_failing_and_shows_both() {
     let mut entry = loaded_entry("reg:5000/old:1", KVER);
     entry["lastError"] = json!({"reason": "ImagePullFailed", "message": "not found"});
