@@ -202,12 +202,14 @@ pub fn run(
     settings: &BootSettings,
 ) -> Result<BootReport, StateError> {
     let mut state = state_file.load()?;
-    if state.boot_id.as_deref() == Some(boot_id) {
-        // Already ran this boot (or the agent did): the records describe this boot.
-        return Ok(BootReport::default());
-    }
     let plan = plan(&state, running, Path::exists);
     let report = execute(&plan, kernel, settings);
+    if state.boot_id.as_deref() == Some(boot_id) {
+        // Already ran this boot (or the agent did): the records describe this boot
+        // and what was inserted in it; a second run inserts nothing new and must
+        // not take ownership away.
+        return Ok(report);
+    }
     for (key, outcome) in &report.loaded {
         if let Some(rec) = state.modules.get_mut(key) {
             rec.inserted = outcome.inserted.clone();
@@ -441,6 +443,33 @@ mod tests {
         let report = run(&file, KVER, BOOT, &k, &settings(tmp.path())).unwrap();
         assert!(report.success());
         assert_eq!(k.insert_count(), 0);
+    }
+
+    #[test]
+    fn a_second_run_in_the_same_boot_keeps_what_the_first_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = image(&tmp.path().join("img"), "kernel/brd.ko:\n");
+        let file = StateFile::in_dir(&tmp.path().join("state"));
+        file.save(&state(vec![("brd", rec(&dir, "brd", "t"))]))
+            .unwrap();
+        let k = SimulatedKernel::new();
+        assert!(
+            run(&file, KVER, BOOT, &k, &settings(tmp.path()))
+                .unwrap()
+                .success()
+        );
+        let again = run(&file, KVER, BOOT, &k, &settings(tmp.path())).unwrap();
+        assert!(again.success());
+        assert!(
+            again.loaded[0].1.inserted.is_empty(),
+            "nothing inserted twice"
+        );
+        let back = file.load().unwrap();
+        assert_eq!(
+            back.modules[&ModuleKey::new("ns", "brd")].inserted,
+            ["brd"],
+            "still ours to unload"
+        );
     }
 
     #[test]
