@@ -25,9 +25,16 @@ started_cp=0
 if ! curl -fsk --max-time 2 "https://127.0.0.1:${KMM_APISERVER_PORT:-6443}/readyz" >/dev/null 2>&1; then started_cp=1; fi
 started_reg=0
 if ! curl -fs --max-time 2 "http://127.0.0.1:${KMM_REGISTRY_PORT:-5000}/v2/" >/dev/null 2>&1; then started_reg=1; fi
+# The tests start the auth (--auth) and TLS (--tls) registries on demand: stop
+# those this run started, like everything else it started.
+running_before() { local f="$KMM_RUN/registry-$1/registry.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+started_auth=1; if running_before auth; then started_auth=0; fi
+started_tls=1; if running_before tls; then started_tls=0; fi
 cleanup() {
   if ((started_cp)); then bash "$root/hack/controlplane/stop.sh" || true; fi
   if ((started_reg)); then bash "$root/hack/registry/stop.sh" || true; fi
+  if ((started_auth)); then bash "$root/hack/registry/stop.sh" --auth || true; fi
+  if ((started_tls)); then bash "$root/hack/registry/stop.sh" --tls || true; fi
 }
 trap cleanup EXIT
 
