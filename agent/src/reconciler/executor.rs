@@ -133,15 +133,9 @@ impl Executor {
             return Err(ActionError::InvalidSpec(why.clone()));
         }
         let pulled = self.pull(key, want, cancel).await?;
-        let prepared = prepare(want, &pulled)?;
-        let started = Instant::now();
-        let uid = module.and_then(|m| m.metadata.uid.clone());
-        let (k, w, p) = (key.clone(), want.clone(), prepared.clone());
-        let record = self
-            .kernel_step(move |ex| ex.load_now(&k, &w, &p, uid))
-            .await?;
-        self.loaded(key, want, module, &record, started).await;
-        Ok(())
+        // With nothing recorded, the swap's unload is a no-op: one kernel path.
+        self.swap(key, want, &pulled, module, "a previous load was recorded")
+            .await
     }
 
     async fn verify(
