@@ -156,6 +156,23 @@ impl AgentProcess {
         .with_context(|| format!("agent not ready; log:\n{}", self.log()))
     }
 
+    /// Waits until the agent has run `passes` whole reconcile passes after this
+    /// call (its `kmm_agent_reconciles_total` grew by `passes + 1`): what a test
+    /// asserting that nothing happens waits for, instead of a fixed sleep.
+    ///
+    /// # Errors
+    /// On timeout, with the agent's log.
+    pub async fn wait_passes(&self, passes: u32, timeout: Duration) -> Result<()> {
+        wait_counter(
+            self.metrics_port,
+            "kmm_agent_reconciles_total",
+            passes,
+            timeout,
+        )
+        .await
+        .with_context(|| format!("agent ran fewer than {passes} passes; log:\n{}", self.log()))
+    }
+
     /// Kills the process (SIGKILL: as abrupt as a node losing the pod).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -189,6 +206,23 @@ pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
         anyhow::bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }
     Ok(rest.to_string())
+}
+
+/// Waits until the counter `series` on the /metrics of `port` grew by more than
+/// `by` from its value now: with a counter bumped when a pass starts, `by`
+/// passes have then finished.
+pub(crate) async fn wait_counter(
+    port: u16,
+    series: &str,
+    by: u32,
+    timeout: Duration,
+) -> Result<()> {
+    let read = || -> Result<f64> {
+        metric_value(&http_get(port, "/metrics")?, series)
+            .with_context(|| format!("no {series} in /metrics"))
+    };
+    let start = read()?;
+    crate::cluster::wait_for(timeout, || async { Ok(read()? > start + f64::from(by)) }).await
 }
 
 /// Value of a metric line `name{labels} value` (or `name value`) in a text exposition.

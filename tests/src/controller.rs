@@ -131,6 +131,28 @@ impl ControllerProcess {
         http_get(self.metrics_port, "/metrics")
     }
 
+    /// Waits until the controller has finished `reconciles` more Module
+    /// reconciles (any Module) than when called: what a test asserting that
+    /// nothing more happens waits for, instead of a fixed sleep.
+    ///
+    /// # Errors
+    /// On timeout, with the controller's log.
+    pub async fn wait_reconciles(&self, reconciles: u32, timeout: Duration) -> Result<()> {
+        crate::agent::wait_counter(
+            self.metrics_port,
+            "kmm_controller_reconciles_total",
+            reconciles,
+            timeout,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "controller ran fewer than {reconciles} reconciles; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// GET one of the controller's endpoints (`/healthz`, `/readyz`, `/metrics`).
     ///
     /// # Errors

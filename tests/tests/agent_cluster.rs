@@ -478,8 +478,8 @@ async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_relo
     let bytes = |m: &str| metric_value(m, "kmm_agent_pulled_bytes_total").unwrap_or(-1.0);
     let after_first = bytes(&f.agent.metrics()?);
     assert!(after_first > 0.0);
-    // Several resyncs (2 s each) check the digest; none downloads a blob.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Several passes check the digest; none downloads a blob.
+    f.agent.wait_passes(3, WAIT).await?;
     assert_eq!(
         bytes(&f.agent.metrics()?),
         after_first,
@@ -519,7 +519,7 @@ async fn agent_killed_and_restarted_neither_double_loads_nor_forgets() -> Result
     };
     f.agent = AgentProcess::start(&opts)?;
     f.agent.wait_ready(WAIT).await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    f.agent.wait_passes(2, WAIT).await?;
     let m = f.agent.metrics()?;
     assert_eq!(
         metric_value(&m, "kmm_agent_load_duration_seconds_count"),
@@ -688,8 +688,8 @@ async fn agent_killed_mid_load_rolls_back_and_loads_each_module_once() -> Result
     assert!(st.last_error.is_none(), "{st:?}");
     assert_eq!(st.kernel, KVER);
     assert_eq!(st.image, f.image("kmma"));
-    // A resync later nothing was loaded again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Passes later nothing was loaded again.
+    f.agent.wait_passes(2, WAIT).await?;
     assert_eq!(
         sim_kernel_modules(&state_dir)?,
         vec![zero("kmma"), zero("kmmb"), zero("kmmc")]

@@ -71,6 +71,10 @@ impl Fixture {
                     "6".into(),
                     "--lease-renew-seconds".into(),
                     "2".into(),
+                    // Resyncs every second: "nothing more happens" is then
+                    // checked over counted reconciles, not a sleep.
+                    "--resync-seconds".into(),
+                    "1".into(),
                 ],
             )
         })
@@ -346,8 +350,8 @@ async fn a_failed_build_is_kept_and_reported_until_its_input_changes() -> Result
             .any(|e| e.reason.as_deref() == Some("BuildFailed")))
     })
     .await?;
-    // Kept, not retried.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Kept, not retried, over several resyncs.
+    ctl.wait_reconciles(3, WAIT).await?;
     assert_eq!(f.job_names().await?, [first.name_any()]);
 
     // A fixed Dockerfile is a new input: a new Job, the failed one collected.
@@ -396,7 +400,7 @@ async fn image_rebuild_trigger_generation_rebuilds_an_existing_image_once() -> R
     .with_context(|| ctl.log())?;
     assert_eq!(seen.lock().unwrap().len(), 1, "rebuilt once");
     // Recorded: later reconciles build nothing more.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    ctl.wait_reconciles(3, WAIT).await?;
     assert_eq!(seen.lock().unwrap().len(), 1);
     f.finish().await
 }

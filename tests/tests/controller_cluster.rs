@@ -290,7 +290,7 @@ async fn deletion_waits_until_no_node_reports_the_module_loaded() -> Result<()> 
     })
     .await?;
     // Still there after several retry rounds: the agent needs the Terminating Module.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    f.controller.wait_reconciles(2, WAIT).await?;
     let m = f
         .module("del")
         .await?
