@@ -5,10 +5,18 @@
 # packages Debian's `brd` module into a kmod image with `kmmctl package`,
 # boots a QEMU node running kmm-agent, applies examples/brd.yaml, shows the
 # module loaded, deletes it and shows the unload. Stops only what it started.
+#
+# The demo's API server is its own (run dir /tmp/kmm-rs-demo, port 6543, etcd
+# data wiped when it starts one), so it never shows objects left by `make test`
+# on the tests' control plane (/tmp/kmm-rs-cp, 6443). Set KMM_DEMO_RUN and the
+# KMM_*_PORT variables of hack/controlplane/start.sh to move it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-export KMM_RUN="${KMM_RUN:-/tmp/kmm-rs-cp}"
+export KMM_RUN="${KMM_DEMO_RUN:-/tmp/kmm-rs-demo}"
+export KMM_APISERVER_PORT="${KMM_APISERVER_PORT:-6543}" KMM_ETCD_PORT="${KMM_ETCD_PORT:-23890}" \
+  KMM_ETCD_PEER_PORT="${KMM_ETCD_PEER_PORT:-23900}" KMM_KCM_PORT="${KMM_KCM_PORT:-10357}" \
+  KMM_SCHEDULER_PORT="${KMM_SCHEDULER_PORT:-10359}"
 step() { printf '\n\033[1m== %s\033[0m [%s]\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
 
 step "Installing Debian packages (if missing)"
@@ -30,6 +38,8 @@ cleanup() {
 }
 trap cleanup EXIT
 step "Starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the registry"
+# A control plane this run starts begins empty: no objects from an earlier demo.
+if ((started_cp)); then rm -rf "$KMM_RUN/etcd"; fi
 START_CONTROLLERS=1 bash hack/controlplane/start.sh
 bash hack/registry/start.sh
 

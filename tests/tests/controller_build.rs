@@ -185,11 +185,6 @@ spec:
     }
 
     async fn finish(self) -> Result<()> {
-        let modules: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
-        let strip = serde_json::json!({ "metadata": { "finalizers": null } });
-        let _ = modules
-            .patch("kmod", &PatchParams::default(), &Patch::Merge(&strip))
-            .await;
         for n in &self.nodes {
             delete_node_and_status(&self.client, n).await;
         }

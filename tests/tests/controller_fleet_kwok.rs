@@ -72,7 +72,7 @@ impl Fixture {
             cp,
             kwok,
             client,
-            leftovers: Leftovers::new(cp, ns.name()),
+            leftovers: Leftovers::new(cp),
             ns,
             controller,
             agents: BTreeMap::new(),
@@ -259,18 +259,7 @@ spec:
         for (_, mut agent) in std::mem::take(&mut self.agents) {
             agent.kill();
         }
-        // Strip finalizers so the namespace can go even if a test failed midway.
-        let api: Api<Module> = Api::namespaced(self.client.clone(), self.ns());
-        for m in api.list(&ListParams::default()).await? {
-            let patch = serde_json::json!({ "metadata": { "finalizers": null } });
-            let _ = api
-                .patch(
-                    &m.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await;
-        }
+        // The namespace's cleanup releases Modules left behind finalizers.
         for n in &self.leftovers.nodes {
             delete_node_and_status(&self.client, n).await;
         }
@@ -281,20 +270,17 @@ spec:
 
 /// Best-effort cleanup when a test fails before its `finish`: fake Nodes
 /// would stay Ready forever (kwok keeps them alive, deploy/'s agent
-/// DaemonSet runs Pods on them) and a Module's finalizer, with its
-/// controller gone, would keep the namespace Terminating.
+/// DaemonSet runs Pods on them).
 struct Leftovers {
     cp: &'static ControlPlane,
-    ns: String,
     nodes: Vec<String>,
     armed: bool,
 }
 
 impl Leftovers {
-    fn new(cp: &'static ControlPlane, ns: &str) -> Self {
+    fn new(cp: &'static ControlPlane) -> Self {
         Self {
             cp,
-            ns: ns.to_string(),
             nodes: Vec::new(),
             armed: true,
         }
@@ -310,21 +296,8 @@ impl Drop for Leftovers {
         if !self.armed {
             return;
         }
-        // No async in drop: kubectl, as TestNamespace does.
-        let out = self
-            .cp
-            .kubectl(["get", "modules", "-n", &self.ns, "-o", "name"]);
-        for m in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.cp.kubectl([
-                "patch",
-                "-n",
-                &self.ns,
-                m,
-                "--type=merge",
-                "-p",
-                r#"{"metadata":{"finalizers":null}}"#,
-            ]);
-        }
+        // No async in drop: kubectl, as TestNamespace (which releases the
+        // Modules) does.
         for n in &self.nodes {
             let _ = self
                 .cp
@@ -397,7 +370,7 @@ async fn kwok_runs_a_job_pod_to_succeeded() -> Result<()> {
     let kwok = Kwok::shared().await?;
     let client = cp.client();
     let ns = cp.temp_namespace("kw-job").await?;
-    let mut leftovers = Leftovers::new(cp, ns.name());
+    let mut leftovers = Leftovers::new(cp);
     let node = format!("{}-n", ns.name());
     leftovers.nodes.push(node.clone());
     kwok.create_fake_node(&client, &node, KVER, &[(SELECTOR_KEY, ns.name())])

@@ -11,8 +11,10 @@ pub fn modinfo_section(elf: &[u8]) -> Option<&[u8]> {
     let h = Header::parse(elf)?;
     let strtab = h.section(elf, h.shstrndx(elf)?)?;
     let names = elf.get(range(strtab.offset, strtab.size)?)?;
-    (0..h.shnum(elf)?).find_map(|i| {
-        let s = h.section(elf, i)?;
+    // The count is the file's word (up to 2^64 with extended numbering): stop
+    // at the first header past the end of the file, not at the count.
+    let mut headers = (0..h.shnum(elf)?).map_while(|i| h.section(elf, i));
+    headers.find_map(|s| {
         let name = names.get(usize::try_from(s.name).ok()?..)?;
         let name = name.split(|b| *b == 0).next()?;
         (name == b".modinfo")
@@ -193,5 +195,21 @@ mod tests {
         let mut huge = elf.clone();
         huge[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(srcversion(&huge), None);
+    }
+
+    /// Extended numbering puts the section count in section 0's 64-bit
+    /// `sh_size`: a hostile file claims 2^64 sections in a few hundred bytes.
+    /// Found by the `moddep` fuzz target (it spun past libFuzzer's timeout).
+    #[test]
+    fn a_huge_extended_section_count_ends_at_the_end_of_the_file() {
+        let mut elf = fake_elf(&[(".text", b"x")]);
+        let shoff =
+            usize::try_from(u64::from_le_bytes(elf[0x28..0x30].try_into().unwrap())).unwrap();
+        elf[0x3c..0x3e].copy_from_slice(&0u16.to_le_bytes());
+        elf[shoff + 0x20..shoff + 0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(srcversion(&elf)));
+        let found = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(found, Ok(None), "still walking section headers after 10 s");
     }
 }

@@ -76,8 +76,10 @@ impl TestNamespace {
 
     /// Deletes the namespace (not waiting for it to be gone: that needs the
     /// namespace controller, i.e. `START_CONTROLLERS=1`). Already gone is fine.
+    /// Modules left behind their finalizer are released first.
     pub async fn cleanup(mut self) -> Result<()> {
         self.cleaned = true;
+        self.release_modules();
         let api = Api::<Namespace>::all(self.client.clone());
         match api.delete(&self.name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
@@ -87,11 +89,72 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Deletes every Module of the namespace and strips their finalizers: the
+    /// controller that added one may be gone (or failed mid-test), and a Module
+    /// stuck "being deleted" would hold the namespace in Terminating and show
+    /// up in the next `kubectl get modules -A`. Deleting first means no
+    /// controller can add the finalizer back. Synchronous (kubectl), so it runs
+    /// from `Drop` too; best-effort, and a cluster without the CRD is fine.
+    fn release_modules(&self) {
+        let _ = self
+            .kubectl()
+            .args([
+                "delete",
+                "modules.kmm.sigs.x-k8s.io",
+                "--all",
+                "--wait=false",
+                "--ignore-not-found",
+                "-n",
+                &self.name,
+            ])
+            .status();
+        let Ok(out) = self
+            .kubectl()
+            .args([
+                "get",
+                "modules.kmm.sigs.x-k8s.io",
+                "-o",
+                "name",
+                "-n",
+                &self.name,
+            ])
+            .output()
+        else {
+            return;
+        };
+        for module in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self
+                .kubectl()
+                .args([
+                    "patch",
+                    module,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                    "-n",
+                    &self.name,
+                ])
+                .status();
+        }
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if self.cleaned {
             return;
         }
+        self.release_modules();
         // Async deletion is impossible here (the test's runtime may be gone);
         // kubectl is synchronous and quick with --wait=false.
         eprintln!(
