@@ -12,6 +12,7 @@ pub mod identity;
 pub mod images;
 mod jobexec;
 pub mod kwok;
+pub mod module;
 pub mod signjob;
 pub mod vm;
 pub mod vm_agent;

@@ -18,8 +18,10 @@ use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{
     auth_registry, push_corrupt_kmod, push_fake_kmod, push_fake_kmod_as, registry_addr,
 };
+use kmm_tests::module::ModuleBuilder;
 use kube::Client;
 use kube::api::{Api, PostParams};
+use serde_json::json;
 
 const KVER: &str = "6.1.0-90-sim-amd64";
 const WAIT: Duration = Duration::from_secs(60);
@@ -119,35 +121,13 @@ impl Fixture {
 
 /// `selector` is a flow map without braces (`k: v, ...`) or empty; the
 /// node's own `kmm-test/node` label is always added.
-fn module_yaml(
-    node: &str,
-    name: &str,
-    image: &str,
-    extra_container: &str,
-    selector: &str,
-) -> String {
-    let selector = kmm_tests::cluster::own_node_selector(node, selector);
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector: {selector}
-  moduleLoader:
-    container:
-      {extra_container}
-      modprobe:
-        moduleName: {name}
-        parameters: [answer=42]
-      kernelMappings:
-        - regexp: '^.+-sim-amd64$'
-          containerImage: {image}
-          registryTLS:
-            insecure: true
-"#
-    )
+/// A Module for the test's own node: kernel module `name`, `answer=42`, the
+/// simulated kernels' mapping to `image` in the plain-HTTP test registry.
+fn module(node: &str, name: &str, image: &str) -> ModuleBuilder {
+    ModuleBuilder::new(name)
+        .own_node(node)
+        .parameters(&["answer=42"])
+        .insecure_mapping("^.+-sim-amd64$", image)
 }
 
 #[tokio::test]
@@ -166,13 +146,11 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
         registry_addr()
     );
     let t = Instant::now();
-    f.apply(&module_yaml(
-        &f.node,
-        "simmod",
-        &image,
-        "",
-        "kmm-test/role: storage",
-    ))
+    f.apply(
+        &module(&f.node, "simmod", &image)
+            .selector("kmm-test/role", "storage")
+            .manifest(),
+    )
     .await?;
     f.wait_label(&f.ready_label("simmod"), true).await?;
     println!("apply -> ready label: {:.1?}", t.elapsed());
@@ -233,29 +211,25 @@ async fn ineligible_nodes_get_nothing_and_the_agent_says_why() -> Result<()> {
     push_fake_kmod(&f.image("gate"), KVER, &[("gate", &[])], &[]).await?;
     push_fake_kmod(&f.image("other"), KVER, &[("other", &[])], &[]).await?;
     // selector mismatch
-    f.apply(&module_yaml(
-        &f.node,
-        "other",
-        &f.image("other"),
-        "",
-        "kmm-test/role: gpu",
-    ))
+    f.apply(
+        &module(&f.node, "other", &f.image("other"))
+            .selector("kmm-test/role", "gpu")
+            .manifest(),
+    )
     .await?;
     // version mismatch: the node has no version-module label
-    let versioned = module_yaml(
-        &f.node,
-        "versioned",
-        &f.image("other"),
-        "version: \"1\"",
-        "",
-    );
+    let versioned = module(&f.node, "versioned", &f.image("other"))
+        .version("1")
+        .manifest();
     f.apply(&versioned).await?;
     // kernel mismatch
-    let wrong_kernel = module_yaml(&f.node, "wrongkernel", &f.image("other"), "", "")
-        .replace("-sim-amd64$", "-arm64$");
+    let wrong_kernel = ModuleBuilder::new("wrongkernel")
+        .own_node(&f.node)
+        .insecure_mapping("^.+-arm64$", &f.image("other"))
+        .manifest();
     f.apply(&wrong_kernel).await?;
     // A Module that does load: once it is ready, the pass has seen the others.
-    f.apply(&module_yaml(&f.node, "gate", &f.image("gate"), "", ""))
+    f.apply(&module(&f.node, "gate", &f.image("gate")).manifest())
         .await?;
     f.wait_label(&f.ready_label("gate"), true).await?;
     let labels = f.labels().await?;
@@ -293,13 +267,12 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
     let version_label = kmm_common::version_module_label(f.ns(), "upg");
     let version_ready = kmm_common::version_ready_label(f.ns(), "upg");
     set_node_label(&f.client, &f.node, &version_label, Some("1")).await?;
-    f.apply(&module_yaml(
-        &f.node,
-        "upg",
-        &v1,
-        "version: \"1\"",
-        "kmm-test/role: storage",
-    ))
+    f.apply(
+        &module(&f.node, "upg", &v1)
+            .version("1")
+            .selector("kmm-test/role", "storage")
+            .manifest(),
+    )
     .await?;
     f.wait_label(&f.ready_label("upg"), true).await?;
     assert_eq!(
@@ -308,13 +281,12 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
     );
 
     // The Module moves to version 2; the node still says 1: the old one is unloaded.
-    f.apply(&module_yaml(
-        &f.node,
-        "upg",
-        &v2,
-        "version: \"2\"",
-        "kmm-test/role: storage",
-    ))
+    f.apply(
+        &module(&f.node, "upg", &v2)
+            .version("2")
+            .selector("kmm-test/role", "storage")
+            .manifest(),
+    )
     .await?;
     f.wait_label(&f.ready_label("upg"), false).await?;
     // The admin moves the node to 2: the new one loads.
@@ -337,16 +309,10 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
 async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result<()> {
     let f = Fixture::new("agent-corrupt", &[]).await?;
     push_corrupt_kmod(&f.image("broken")).await?;
-    f.apply(&module_yaml(&f.node, "broken", &f.image("broken"), "", ""))
+    f.apply(&module(&f.node, "broken", &f.image("broken")).manifest())
         .await?;
-    f.apply(&module_yaml(
-        &f.node,
-        "missing",
-        &f.image("missing"),
-        "",
-        "",
-    ))
-    .await?;
+    f.apply(&module(&f.node, "missing", &f.image("missing")).manifest())
+        .await?;
     for name in ["broken", "missing"] {
         wait_for(WAIT, || async {
             Ok(f.status_of(name)
@@ -375,10 +341,12 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
 
     // modprobe.args has no libkmod equivalent: refused with a reason, not ignored.
     push_fake_kmod(&f.image("withargs"), KVER, &[("withargs", &[])], &[]).await?;
-    let yaml = module_yaml(&f.node, "withargs", &f.image("withargs"), "", "").replace(
-        "        parameters: [answer=42]",
-        "        args: {load: [\"-v\"]}",
-    );
+    let yaml = module(&f.node, "withargs", &f.image("withargs"))
+        .merge(json!({"spec": {"moduleLoader": {"container": {"modprobe": {
+            "parameters": null,
+            "args": {"load": ["-v"]},
+        }}}}}))
+        .manifest();
     f.apply(&yaml).await?;
     wait_for(WAIT, || async {
         Ok(f.status_of("withargs")
@@ -404,10 +372,16 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
 async fn a_node_waits_for_an_image_built_in_cluster_then_loads_it() -> Result<()> {
     let f = Fixture::new("agent-wait-build", &[]).await?;
     let image = f.image("built");
-    let yaml = module_yaml(&f.node, "built", &image, "", "").replace(
-        "          registryTLS:\n            insecure: true\n",
-        "          registryTLS:\n            insecure: true\n          build:\n            dockerfileConfigMap: {name: built-dockerfile}\n",
-    );
+    let yaml = ModuleBuilder::new("built")
+        .own_node(&f.node)
+        .parameters(&["answer=42"])
+        .push_mapping(json!({
+            "regexp": "^.+-sim-amd64$",
+            "containerImage": image,
+            "registryTLS": {"insecure": true},
+            "build": {"dockerfileConfigMap": {"name": "built-dockerfile"}},
+        }))
+        .manifest();
     assert!(yaml.contains("dockerfileConfigMap"), "{yaml}");
     f.apply(&yaml).await?;
     wait_for(WAIT, || async {
@@ -466,13 +440,11 @@ async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_relo
     let f = Fixture::new("agent-always", &[]).await?;
     let image = f.image("alw");
     let d1 = push_fake_kmod(&image, KVER, &[("alw", &[])], &[]).await?;
-    f.apply(&module_yaml(
-        &f.node,
-        "alw",
-        &image,
-        "imagePullPolicy: Always",
-        "",
-    ))
+    f.apply(
+        &module(&f.node, "alw", &image)
+            .merge(json!({"spec": {"moduleLoader": {"container": {"imagePullPolicy": "Always"}}}}))
+            .manifest(),
+    )
     .await?;
     f.wait_label(&f.ready_label("alw"), true).await?;
     let bytes = |m: &str| metric_value(m, "kmm_agent_pulled_bytes_total").unwrap_or(-1.0);
@@ -501,7 +473,7 @@ async fn pull_policy_always_redownloads_nothing_for_an_unchanged_digest_and_relo
 async fn agent_killed_and_restarted_neither_double_loads_nor_forgets() -> Result<()> {
     let mut f = Fixture::new("agent-restart", &[]).await?;
     push_fake_kmod(&f.image("keep"), KVER, &[("keep", &[])], &[]).await?;
-    f.apply(&module_yaml(&f.node, "keep", &f.image("keep"), "", ""))
+    f.apply(&module(&f.node, "keep", &f.image("keep")).manifest())
         .await?;
     f.wait_label(&f.ready_label("keep"), true).await?;
     let loads_before = metric_value(&f.agent.metrics()?, "kmm_agent_load_duration_seconds_count");
@@ -581,10 +553,9 @@ async fn image_repo_secret_pulls_from_an_authenticated_registry_and_a_wrong_one_
         )
         .await?;
     let with_secret = |name: &str, secret: &str| {
-        module_yaml(&f.node, name, &image(name), "", "").replace(
-            "  moduleLoader:",
-            &format!("  imageRepoSecret: {{name: {secret}}}\n  moduleLoader:"),
-        )
+        module(&f.node, name, &image(name))
+            .image_repo_secret(secret)
+            .manifest()
     };
     f.apply(&with_secret("authmod", "good")).await?;
     f.wait_label(&f.ready_label("authmod"), true).await?;
@@ -641,10 +612,9 @@ async fn agent_killed_mid_load_rolls_back_and_loads_each_module_once() -> Result
     f.agent.wait_ready(WAIT).await?;
 
     // [kmma, kmmb, kmmc]: kmmc is inserted first, kmma last.
-    let yaml = module_yaml(&f.node, "kmma", &f.image("kmma"), "", "").replace(
-        "parameters: [answer=42]",
-        "parameters: [answer=42]\n        modulesLoadingOrder: [kmma, kmmb, kmmc]",
-    );
+    let yaml = module(&f.node, "kmma", &f.image("kmma"))
+        .loading_order(&["kmma", "kmmb", "kmmc"])
+        .manifest();
     let applied = Instant::now();
     f.apply(&yaml).await?;
     let deadline = applied + WAIT;
@@ -774,18 +744,18 @@ async fn a_registry_that_trickles_blocks_neither_other_loads_nor_unloads() -> Re
     let f = Fixture::new("agent-trickle", &[]).await?;
     push_fake_kmod(&f.image("keep"), KVER, &[("keep", &[])], &[]).await?;
     push_fake_kmod(&f.image("later"), KVER, &[("later", &[])], &[]).await?;
-    f.apply(&module_yaml(&f.node, "keep", &f.image("keep"), "", ""))
+    f.apply(&module(&f.node, "keep", &f.image("keep")).manifest())
         .await?;
     f.wait_label(&f.ready_label("keep"), true).await?;
 
     let (slow, server) = trickling_registry().await?;
     let stuck = format!("{slow}/{}/stuck:{KVER}", f.ns());
-    f.apply(&module_yaml(&f.node, "stuck", &stuck, "", ""))
+    f.apply(&module(&f.node, "stuck", &stuck).manifest())
         .await?;
     // Let the stuck pull start, then ask for a load and an unload.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
-    f.apply(&module_yaml(&f.node, "later", &f.image("later"), "", ""))
+    f.apply(&module(&f.node, "later", &f.image("later")).manifest())
         .await?;
     f.delete_module("keep").await?;
     f.wait_label(&f.ready_label("later"), true).await?;
@@ -809,7 +779,7 @@ async fn a_registry_that_trickles_blocks_neither_other_loads_nor_unloads() -> Re
 async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Result<()> {
     let f = Fixture::new("agent-cordon", &[]).await?;
     push_fake_kmod(&f.image("held"), KVER, &[("held", &[])], &[]).await?;
-    f.apply(&module_yaml(&f.node, "held", &f.image("held"), "", ""))
+    f.apply(&module(&f.node, "held", &f.image("held")).manifest())
         .await?;
     f.wait_label(&f.ready_label("held"), true).await?;
     let nodes: Api<Node> = Api::all(f.client.clone());
@@ -849,15 +819,12 @@ async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Resu
 const CHAOS: &[(&str, &[&str])] = &[("chaosa", &["chaosa", "chaosdep"]), ("chaosb", &["chaosb"])];
 
 fn chaos_yaml(node: &str, image: &str, name: &str, answer: u32) -> String {
-    let yaml =
-        module_yaml(node, name, image, "", "").replace("answer=42", &format!("answer={answer}"));
+    let answer = format!("answer={answer}");
+    let m = module(node, name, image).parameters(&[&answer]);
     if name == "chaosa" {
-        yaml.replace(
-            "parameters:",
-            "modulesLoadingOrder: [chaosa, chaosdep]\n        parameters:",
-        )
+        m.loading_order(&["chaosa", "chaosdep"]).manifest()
     } else {
-        yaml
+        m.manifest()
     }
 }
 

@@ -5,14 +5,14 @@
 //! refused whole.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use kmm_tests::agent::{AgentOptions, AgentProcess};
 use kmm_tests::cluster::{
-    apply_yaml, create_node, delete_module, delete_node_and_status, ensure_crds, own_node_selector,
-    wait_for,
+    apply_yaml, create_node, delete_module, delete_node_and_status, ensure_crds, wait_for,
 };
 use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{push_fake_kmod, registry_addr};
@@ -22,26 +22,11 @@ const KVER: &str = "6.1.0-90-sim-amd64";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn module_yaml(node: &str, name: &str, kmod: &str, image: &str) -> String {
-    let selector = own_node_selector(node, "");
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector: {selector}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: {kmod}
-      kernelMappings:
-        - regexp: '^.+-sim-amd64$'
-          containerImage: {image}
-          registryTLS:
-            insecure: true
-"#
-    )
+    ModuleBuilder::new(name)
+        .module_name(kmod)
+        .own_node(node)
+        .insecure_mapping("^.+-sim-amd64$", image)
+        .manifest()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,8 @@
 //! real with buildah).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +23,7 @@ use kmm_tests::cluster::{crd_namespace, create_node, delete_node_and_status, wai
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
-use kmm_tests::kwok::{Kwok, TOLERATION_YAML};
+use kmm_tests::kwok::Kwok;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -120,34 +122,20 @@ impl Fixture {
         format!("{}/{}/kmod", registry_addr(), self.ns())
     }
 
-    fn module_yaml(&self, extra_spec: &str) -> String {
-        format!(
-            r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: kmod
-spec:
-  selector:
-    {sel}: "yes"
-  tolerations: [{TOLERATION_YAML}]
-{extra_spec}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: kmod
-      kernelMappings:
-        - regexp: '^.+-build-amd64$'
-          containerImage: {repo}:${{KERNEL_FULL_VERSION}}
-          registryTLS:
-            insecure: true
-          build:
-            dockerfileConfigMap:
-              name: kmod-dockerfile
-"#,
-            sel = self.sel(),
-            repo = self.image_repo(),
-        )
+    /// Module `kmod`, built in-cluster from `kmod-dockerfile` for this test's
+    /// fake nodes (their taint tolerated).
+    fn module_yaml(&self, spec: serde_json::Value) -> String {
+        ModuleBuilder::new("kmod")
+            .selector(&self.sel(), "yes")
+            .tolerations(json!([kmm_tests::kwok::toleration()]))
+            .push_mapping(json!({
+                "regexp": "^.+-build-amd64$",
+                "containerImage": format!("{}:${{KERNEL_FULL_VERSION}}", self.image_repo()),
+                "registryTLS": {"insecure": true},
+                "build": {"dockerfileConfigMap": {"name": "kmod-dockerfile"}},
+            }))
+            .merge(json!({ "spec": spec }))
+            .manifest()
     }
 
     async fn apply(&self, yaml: &str) -> Result<()> {
@@ -251,7 +239,7 @@ async fn killing_the_leader_mid_rollout_builds_nothing_twice() -> Result<()> {
 
     f.fake_node("n1", "6.1.0-91-build-amd64").await?;
     f.fake_node("n2", "6.1.0-92-build-amd64").await?;
-    f.apply(&f.module_yaml("")).await?;
+    f.apply(&f.module_yaml(json!({}))).await?;
     // The leader has started the rollout: at least one build Job exists.
     wait_for(WAIT, || async { Ok(!seen.lock().unwrap().is_empty()) })
         .await
@@ -302,7 +290,7 @@ async fn a_failed_build_is_kept_and_reported_until_its_input_changes() -> Result
     ctl.wait_leader(WAIT).await?;
     // Job pods stay Pending on a Node without kubelet: the test decides the end.
     f.plain_node("n1", "6.1.0-94-build-amd64").await?;
-    f.apply(&f.module_yaml("")).await?;
+    f.apply(&f.module_yaml(json!({}))).await?;
     wait_for(WAIT, || async {
         Ok(f.jobs().list(&ListParams::default()).await?.items.len() == 1)
     })
@@ -370,7 +358,7 @@ async fn image_rebuild_trigger_generation_rebuilds_an_existing_image_once() -> R
     let ctl = f.controller("a")?;
     ctl.wait_leader(WAIT).await?;
     f.fake_node("n1", kernel).await?;
-    f.apply(&f.module_yaml("")).await?;
+    f.apply(&f.module_yaml(json!({}))).await?;
     wait_for(WAIT, || async {
         Ok(f.condition("ImagesReady")
             .await?
@@ -383,7 +371,7 @@ async fn image_rebuild_trigger_generation_rebuilds_an_existing_image_once() -> R
         "the image exists: no build"
     );
 
-    f.apply(&f.module_yaml("  imageRebuildTriggerGeneration: 1"))
+    f.apply(&f.module_yaml(json!({"imageRebuildTriggerGeneration": 1})))
         .await?;
     wait_for(WAIT, || async {
         let m = f.module().await?;

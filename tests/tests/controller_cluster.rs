@@ -19,8 +19,10 @@ use kmm_tests::cluster::{
 };
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::module::ModuleBuilder;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use serde_json::json;
 
 const KVER: &str = "6.1.0-90-sim-amd64";
 const OTHER_KVER: &str = "6.1.0-90-sim-arm64";
@@ -153,26 +155,15 @@ impl Fixture {
     }
 }
 
-fn module_yaml(name: &str, selector_key: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector:
-    {selector_key}: "yes"
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: {name}
-      kernelMappings:
-        - regexp: '^.+-amd64$'
-          containerImage: registry.example/kmm/{name}:${{KERNEL_FULL_VERSION}}
-{extra}
-"#
-    )
+/// A Module selecting the nodes labelled `selector_key: "yes"`, mapped to an
+/// image nobody pulls (no agent runs here: the test plays the nodes).
+fn a_module(name: &str, selector_key: &str) -> ModuleBuilder {
+    ModuleBuilder::new(name)
+        .selector(selector_key, "yes")
+        .mapping(
+            "^.+-amd64$",
+            &format!("registry.example/kmm/{name}:${{KERNEL_FULL_VERSION}}"),
+        )
 }
 
 fn condition<'a>(
@@ -205,7 +196,7 @@ async fn ns_label(client: &Client, ns: &str) -> Result<Option<String>> {
 #[tokio::test]
 async fn finalizer_and_namespace_label_are_added_to_every_module() -> Result<()> {
     let f = Fixture::new("ctl-fin").await?;
-    f.apply(&module_yaml("fin", &f.sel(), "")).await?;
+    f.apply(&a_module("fin", &f.sel()).manifest()).await?;
     f.wait_module("fin", "finalizer added", |m| {
         m.is_some_and(|m| m.finalizers().iter().any(|x| x == MODULE_FINALIZER))
     })
@@ -239,19 +230,15 @@ async fn failed_reconciles_are_counted_by_reason_and_retried() -> Result<()> {
     let f = Fixture::new("ctl-err").await?;
     // A user volume named like the controller's own kubelet volume: the API
     // server rejects the DaemonSet.
-    let clash = DEVICE_PLUGIN.replace(
-        "name: config\n        configMap",
-        "name: kubelet-device-plugins\n        configMap",
-    );
-    assert_ne!(clash, DEVICE_PLUGIN);
-    f.apply(&module_yaml("bad", &f.sel(), &clash)).await?;
+    let clash = with_device_plugin(a_module("bad", &f.sel()), "kubelet-device-plugins");
+    f.apply(&clash.manifest()).await?;
     let series = "kmm_controller_reconcile_errors_total{reason=\"kube_api\"}";
     wait_for(WAIT, || async { Ok(f.controller.metric(series) >= 2.0) })
         .await
         .with_context(|| f.controller.log())?;
     assert!(f.controller.log().contains("reconcile failed"));
     // Fixed spec: the next retry succeeds.
-    f.apply(&module_yaml("bad", &f.sel(), DEVICE_PLUGIN))
+    f.apply(&with_device_plugin(a_module("bad", &f.sel()), "config").manifest())
         .await?;
     let dss: Api<DaemonSet> = Api::namespaced(f.client.clone(), f.ns());
     wait_for(WAIT, || async {
@@ -267,7 +254,7 @@ async fn deletion_waits_until_no_node_reports_the_module_loaded() -> Result<()> 
     let mut f = Fixture::new("ctl-del").await?;
     let n1 = f.node("n1", true, KVER).await?;
     let n2 = f.node("n2", true, KVER).await?;
-    f.apply(&module_yaml("del", &f.sel(), "")).await?;
+    f.apply(&a_module("del", &f.sel()).manifest()).await?;
     f.wait_module("del", "finalizer added", |m| {
         m.is_some_and(|m| m.finalizers().iter().any(|x| x == MODULE_FINALIZER))
     })
@@ -351,7 +338,7 @@ async fn status_counts_a_mixed_fleet_and_aggregates_errors() -> Result<()> {
     let b = f.node("b", true, KVER).await?;
     let _c = f.node("c", true, OTHER_KVER).await?; // selected, no kernel mapping
     let d = f.node("d", false, KVER).await?; // not selected
-    f.apply(&module_yaml("mix", &f.sel(), "")).await?;
+    f.apply(&a_module("mix", &f.sel()).manifest()).await?;
     f.set_nmc_status(&a, serde_json::json!([f.loaded_entry("mix")]))
         .await?;
     f.set_nmc_status(
@@ -405,29 +392,26 @@ async fn status_counts_a_mixed_fleet_and_aggregates_errors() -> Result<()> {
     f.finish().await
 }
 
-const DEVICE_PLUGIN: &str = r#"  imageRepoSecret:
-    name: pull-secret
-  tolerations:
-    - operator: Exists
-  devicePlugin:
-    container:
-      image: registry.example/kmm/dp:1
-      args: [--verbose]
-      volumeMounts:
-        - name: config
-          mountPath: /etc/dp
-    initContainer:
-      image: registry.example/kmm/dp-init:1
-    volumes:
-      - name: config
-        configMap:
-          name: dp-config
-"#;
+/// A device plugin with a user volume named `volume`, a pull secret and a
+/// toleration of every taint.
+fn with_device_plugin(m: ModuleBuilder, volume: &str) -> ModuleBuilder {
+    m.image_repo_secret("pull-secret")
+        .tolerations(json!([{"operator": "Exists"}]))
+        .merge(json!({"spec": {"devicePlugin": {
+            "container": {
+                "image": "registry.example/kmm/dp:1",
+                "args": ["--verbose"],
+                "volumeMounts": [{"name": volume, "mountPath": "/etc/dp"}],
+            },
+            "initContainer": {"image": "registry.example/kmm/dp-init:1"},
+            "volumes": [{"name": volume, "configMap": {"name": "dp-config"}}],
+        }}}))
+}
 
 #[tokio::test]
 async fn device_plugin_daemonset_is_created_owned_and_collected() -> Result<()> {
     let f = Fixture::new("ctl-dp").await?;
-    let yaml = module_yaml("gpu", &f.sel(), DEVICE_PLUGIN);
+    let yaml = with_device_plugin(a_module("gpu", &f.sel()), "config").manifest();
     f.apply(&yaml).await?;
     let dss: Api<DaemonSet> = Api::namespaced(f.client.clone(), f.ns());
     let sas: Api<ServiceAccount> = Api::namespaced(f.client.clone(), f.ns());
@@ -503,7 +487,7 @@ async fn device_plugin_daemonset_is_created_owned_and_collected() -> Result<()> 
     .await?;
 
     // devicePlugin removed: DaemonSet and ServiceAccount collected.
-    f.apply(&module_yaml("gpu", &f.sel(), "")).await?;
+    f.apply(&a_module("gpu", &f.sel()).manifest()).await?;
     wait_for(WAIT, || async {
         Ok(dss.get_opt("gpu-device-plugin").await?.is_none()
             && sas.get_opt("gpu-device-plugin").await?.is_none())
@@ -568,7 +552,7 @@ async fn device_plugin_ready_label_follows_pod_readiness() -> Result<()> {
     let n2 = f.node("n2", true, KVER).await?;
     // The agent loaded the module on n1 only.
     set_node_label(&f.client, &n1, &ready_label(f.ns(), "gpu"), Some("")).await?;
-    f.apply(&module_yaml("gpu", &f.sel(), DEVICE_PLUGIN))
+    f.apply(&with_device_plugin(a_module("gpu", &f.sel()), "config").manifest())
         .await?;
 
     // kube-controller-manager's DaemonSet controller creates a pod for n1 only.
@@ -628,7 +612,7 @@ async fn a_rollout_to_many_nodes_costs_few_status_writes() -> Result<()> {
     for i in 0..NODES {
         names.push(f.node(&format!("r{i}"), true, KVER).await?);
     }
-    f.apply(&module_yaml("roll", &f.sel(), "")).await?;
+    f.apply(&a_module("roll", &f.sel()).manifest()).await?;
     for n in &names {
         f.set_nmc_status(n, serde_json::json!([])).await?;
     }

@@ -12,6 +12,8 @@
 //! registry (`hack/registry/start.sh`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -129,33 +131,21 @@ impl Fixture {
     /// Module `name` selecting this test's Nodes, tolerating the fake Nodes'
     /// taint, with a device plugin whose image is `dp_image` (none if empty).
     fn module_yaml(&self, name: &str, dp_image: &str) -> String {
-        let device_plugin = if dp_image.is_empty() {
-            String::new()
+        let m = ModuleBuilder::new(name)
+            .selector(SELECTOR_KEY, self.ns())
+            .tolerations(json!([kmm_tests::kwok::toleration()]))
+            .insecure_mapping(
+                "^.+-sim-amd64$",
+                &format!(
+                    "{}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}",
+                    registry_addr()
+                ),
+            );
+        if dp_image.is_empty() {
+            m.manifest()
         } else {
-            format!("  devicePlugin:\n    container:\n      image: {dp_image}\n")
-        };
-        format!(
-            r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector: {{{SELECTOR_KEY}: {ns}}}
-  tolerations: [{TOLERATION_YAML}]
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: {name}
-      kernelMappings:
-        - regexp: '^.+-sim-amd64$'
-          containerImage: {registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}
-          registryTLS:
-            insecure: true
-{device_plugin}"#,
-            ns = self.ns(),
-            registry = registry_addr(),
-        )
+            m.device_plugin(dp_image).manifest()
+        }
     }
 
     async fn apply(&self, yaml: &str) -> Result<()> {

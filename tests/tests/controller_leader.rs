@@ -3,6 +3,7 @@
 //! replaced once its Lease expires; a SIGTERMed leader releases it at once.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,25 +17,12 @@ use kube::{Client, ResourceExt};
 
 const LEASE: &str = "kmm-controller-leader";
 
+/// A Module no node matches: only the controller acts on it.
 fn module_yaml(name: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector:
-    kmm-test/no-such-node: "yes"
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: {name}
-      kernelMappings:
-        - regexp: '^.+$'
-          containerImage: registry.example/kmm/{name}:v1
-"#
-    )
+    ModuleBuilder::new(name)
+        .selector("kmm-test/no-such-node", "yes")
+        .mapping("^.+$", &format!("registry.example/kmm/{name}:v1"))
+        .manifest()
 }
 
 async fn holder(client: &Client, ns: &str) -> Result<(Option<String>, i32)> {

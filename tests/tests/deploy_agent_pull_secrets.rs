@@ -15,6 +15,7 @@
 //!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
+use kmm_tests::module::ModuleBuilder;
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,23 +43,11 @@ const REGISTRY: &str = "registry.example:5000";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn module_yaml(name: &str, selector_value: &str) -> String {
-    format!(
-        r#"apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector: {{kmm-test/pullsec: {selector_value}}}
-  imageRepoSecret: {{name: pull}}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: {name}
-      kernelMappings:
-        - regexp: '^.+$'
-          containerImage: {REGISTRY}/kmm/{name}:1
-"#
-    )
+    ModuleBuilder::new(name)
+        .selector("kmm-test/pullsec", selector_value)
+        .image_repo_secret("pull")
+        .mapping("^.+$", &format!("{REGISTRY}/kmm/{name}:1"))
+        .manifest()
 }
 
 fn secret(name: &str, user: &str) -> Result<Secret> {

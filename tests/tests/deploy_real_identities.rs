@@ -11,6 +11,7 @@
 //! Needs the control-plane binaries and the registries (`hack/registry/start.sh`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -134,28 +135,12 @@ fn docker_config_secret(registry: &str, user: &str, password: &str) -> Result<Se
 }
 
 fn module_yaml(node: &str, image: &str) -> String {
-    format!(
-        r#"apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: idmod
-spec:
-  selector: {{kmm-test/node: {node}}}
-  imageRepoSecret: {{name: pull}}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: idmod
-      kernelMappings:
-        - regexp: '^.+-sim-amd64$'
-          containerImage: {image}
-          registryTLS:
-            insecure: true
-  devicePlugin:
-    container:
-      image: registry.invalid/kmm/dp:1
-"#
-    )
+    ModuleBuilder::new("idmod")
+        .own_node(node)
+        .image_repo_secret("pull")
+        .insecure_mapping("^.+-sim-amd64$", image)
+        .device_plugin("registry.invalid/kmm/dp:1")
+        .manifest()
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 //! (ImagePullFailed), load error (ModprobeFailed), loaded, and no agent yet.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -45,29 +47,18 @@ fn run(bin: &Path, args: &[&str]) -> Result<Output> {
 }
 
 fn module_yaml() -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {MODULE}
-spec:
-  selector: {{kmm-test/explain: "yes"}}
-  moduleLoader:
-    container:
-      version: "1"
-      modprobe:
-        moduleName: {MODULE}
-      kernelMappings:
-        - literal: 6.1.0-1-never
-          containerImage: {reg}/never:1
-        - regexp: '^.+-sim-amd64$'
-          containerImage: '{reg}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}'
-          registryTLS:
-            insecure: true
-"#,
-        reg = registry_addr()
-    )
+    let reg = registry_addr();
+    ModuleBuilder::new(MODULE)
+        .selector("kmm-test/explain", "yes")
+        .version("1")
+        .push_mapping(
+            json!({"literal": "6.1.0-1-never", "containerImage": format!("{reg}/never:1")}),
+        )
+        .insecure_mapping(
+            "^.+-sim-amd64$",
+            &format!("{reg}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}"),
+        )
+        .manifest()
 }
 
 struct Cluster {

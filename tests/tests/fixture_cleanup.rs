@@ -5,6 +5,8 @@
 //!
 //! Needs the control plane binaries (`bash hack/controlplane/build.sh`).
 
+use kmm_tests::module::ModuleBuilder;
+use serde_json::json;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -16,22 +18,10 @@ use kube::api::{DeleteParams, PostParams};
 const FINALIZER: &str = "kmm.node.kubernetes.io/module-finalizer";
 
 fn module_with_finalizer(name: &str) -> Result<Module> {
-    Ok(serde_yaml::from_str(&format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-  finalizers: ["{FINALIZER}"]
-spec:
-  selector: {{}}
-  moduleLoader:
-    container:
-      modprobe: {{moduleName: m}}
-      kernelMappings:
-        - {{regexp: '.*', containerImage: "127.0.0.1:5000/x/m:1"}}
-"#
-    ))?)
+    ModuleBuilder::new(name)
+        .mapping(".*", "127.0.0.1:5000/x/m:1")
+        .merge(json!({"metadata": {"finalizers": [FINALIZER]}}))
+        .module()
 }
 
 /// A test that panics drops its namespace without `cleanup()`; one that ends

@@ -6,6 +6,7 @@
 //! The configuration is deleted at the end and on drop.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+use kmm_tests::module::ModuleBuilder;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -149,18 +150,11 @@ impl Fixture {
 }
 
 fn module(name: &str, regexp: &str) -> Module {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"kmm-test/webhook-none": "yes"},
-            "moduleLoader": {"container": {
-                "modprobe": {"moduleName": name},
-                "kernelMappings": [{"regexp": regexp, "containerImage": format!("registry.example/kmm/{name}:1")}]
-            }}
-        }
-    }))
-    .unwrap()
+    ModuleBuilder::new(name)
+        .selector("kmm-test/webhook-none", "yes")
+        .mapping(regexp, &format!("registry.example/kmm/{name}:1"))
+        .module()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,19 +299,11 @@ async fn upstream_708_namespace_holding_modules_cannot_be_deleted_until_they_are
 
 /// A Module `name` loading kernel module `module_name`, as YAML for kubectl.
 fn module_yaml(name: &str, module_name: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: {name}}}
-spec:
-  selector: {{kmm-test/webhook-none: "yes"}}
-  moduleLoader:
-    container:
-      modprobe: {{moduleName: {module_name}}}
-      kernelMappings: [{{regexp: '^.+$', containerImage: "registry.example/kmm/x:1"}}]
-"#
-    )
+    ModuleBuilder::new(name)
+        .module_name(module_name)
+        .selector("kmm-test/webhook-none", "yes")
+        .mapping("^.+$", "registry.example/kmm/x:1")
+        .manifest()
 }
 
 /// The namespace is invisible to CEL: only the webhook sees that `<ns>.<name>.ready` is one
