@@ -110,17 +110,6 @@ pub fn apply_yaml(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
     Ok(())
 }
 
-/// A Module selector (YAML flow map) matching only `node`'s `kmm-test/node`
-/// label, plus `extra` entries (`k: v, ...`, may be empty). Agents of tests
-/// running in parallel watch every Module, so each test targets only its nodes.
-pub fn own_node_selector(node: &str, extra: &str) -> String {
-    if extra.is_empty() {
-        format!("{{kmm-test/node: {node}}}")
-    } else {
-        format!("{{kmm-test/node: {node}, {extra}}}")
-    }
-}
-
 /// Creates (or replaces) a Node object named `name` with `labels`, reporting
 /// `kernel` as `status.nodeInfo.kernelVersion`, as a kubelet would.
 ///

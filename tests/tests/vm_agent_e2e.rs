@@ -14,9 +14,11 @@ use kmm_tests::cluster::{
     wait_for,
 };
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::vm_agent::{AgentVm, guest_registry, push_kernel_modules};
 use kube::Client;
 use kube::api::Api;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -97,37 +99,13 @@ impl E2e {
     }
 }
 
-/// `selector`: flow-map entries without braces, or empty; the node's own
-/// `kmm-test/node` label is always added.
-fn module(
-    node: &str,
-    name: &str,
-    modprobe: &str,
-    container_extra: &str,
-    image: &str,
-    selector: &str,
-) -> String {
-    let selector = kmm_tests::cluster::own_node_selector(node, selector);
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: {name}
-spec:
-  selector: {selector}
-  moduleLoader:
-    container:
-      modprobe:
-{modprobe}
-{container_extra}
-      kernelMappings:
-        - regexp: '^.+-amd64$'
-          containerImage: {image}
-          registryTLS:
-            insecure: true
-"#
-    )
+/// A Module for the VM node (its own `kmm-test/node` label selected), loading
+/// kernel module `module_name` from `image` in the plain-HTTP test registry.
+fn module(node: &str, name: &str, module_name: &str, image: &str) -> ModuleBuilder {
+    ModuleBuilder::new(name)
+        .module_name(module_name)
+        .own_node(node)
+        .insecure_mapping("^.+-amd64$", image)
 }
 
 #[tokio::test]
@@ -147,15 +125,13 @@ async fn brd_loads_with_parameters_and_firmware_then_unloads_on_delete() -> Resu
         "{}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}",
         guest_registry()
     );
-    let modprobe = "        moduleName: brd\n        parameters: [rd_nr=3, rd_size=2048]\n        firmwarePath: /firmware";
-    e.apply(&module(
-        &e.node.node,
-        "brd",
-        modprobe,
-        "",
-        &image,
-        "kmm-test/e2e: \"yes\"",
-    ))
+    e.apply(
+        &module(&e.node.node, "brd", "brd", &image)
+            .parameters(&["rd_nr=3", "rd_size=2048"])
+            .merge(json!({"spec": {"moduleLoader": {"container": {"modprobe": {"firmwarePath": "/firmware"}}}}}))
+            .selector("kmm-test/e2e", "yes")
+            .manifest(),
+    )
     .await?;
     let took = e.wait_ready("brd", true).await?;
     println!("phase apply -> ready label: {took:.1?}");
@@ -221,9 +197,13 @@ async fn loading_order_and_in_tree_removal_on_a_real_kernel() -> Result<()> {
         .await?;
 
     let image = format!("{}/{repo}:{kver}", guest_registry());
-    let modprobe = "        moduleName: null_blk\n        parameters: [nr_devices=1]\n        modulesLoadingOrder: [null_blk, brd]";
-    let extra = "      inTreeModulesToRemove: [dummy]";
-    e.apply(&module(&e.node.node, "order", modprobe, extra, &image, ""))
+    e.apply(
+        &module(&e.node.node, "order", "null_blk", &image)
+            .parameters(&["nr_devices=1"])
+            .loading_order(&["null_blk", "brd"])
+            .merge(json!({"spec": {"moduleLoader": {"container": {"inTreeModulesToRemove": ["dummy"]}}}}))
+            .manifest(),
+    )
         .await?;
     e.wait_ready("order", true).await?;
     for m in ["brd", "configfs", "null_blk"] {
@@ -263,16 +243,17 @@ async fn ordered_upgrade_selector_change_and_missing_image_on_a_real_kernel() ->
     push_kernel_modules(&e.node.kernel, &repo, "v2", &["brd"], &[]).await?;
     let version_label = kmm_common::version_module_label(e.ns(), "upg");
     set_node_label(&e.client, &e.node.node, &version_label, Some("1")).await?;
-    let sel = "kmm-test/e2e: \"yes\"";
     let v = |n: &str| {
         module(
             &e.node.node,
             "upg",
-            &format!("        moduleName: brd\n        parameters: [rd_nr={n}]"),
-            &format!("      version: \"{n}\""),
+            "brd",
             &format!("{}/{repo}:v{n}", guest_registry()),
-            sel,
         )
+        .parameters(&[&format!("rd_nr={n}")])
+        .version(n)
+        .selector("kmm-test/e2e", "yes")
+        .manifest()
     };
     e.apply(&v("1")).await?;
     e.wait_ready("upg", true).await?;
@@ -308,11 +289,10 @@ async fn ordered_upgrade_selector_change_and_missing_image_on_a_real_kernel() ->
     let missing = module(
         &e.node.node,
         "missing",
-        "        moduleName: loop",
-        "",
+        "loop",
         &format!("{}/{}/nothing-here:{kver}", guest_registry(), e.ns()),
-        "",
-    );
+    )
+    .manifest();
     e.apply(&missing).await?;
     wait_for(WAIT, || async {
         Ok(e.status_of("missing")

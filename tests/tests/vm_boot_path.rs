@@ -13,9 +13,11 @@ use k8s_openapi::api::core::v1::Node;
 use kmm_common::{Module, NodeModulesConfig};
 use kmm_tests::cluster::{delete_node, ensure_crds, wait_for};
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::vm_agent::{AgentVm, AgentVmOptions, guest_registry, push_kernel_modules};
 use kube::Client;
 use kube::api::{Api, DeleteParams};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 /// The agent's state dir on the 9p share: it outlives each VM, like a node's disk.
@@ -62,27 +64,12 @@ async fn load_count(vm: &AgentVm) -> Result<u64> {
 }
 
 fn module_yaml(node: &str, image: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: brd
-spec:
-  selector: {{kmm-test/node: {node}}}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: brd
-        parameters: [rd_nr=3, rd_size=2048]
-        firmwarePath: /firmware
-      kernelMappings:
-        - regexp: '^.+-amd64$'
-          containerImage: {image}
-          registryTLS:
-            insecure: true
-"#
-    )
+    ModuleBuilder::new("brd")
+        .own_node(node)
+        .parameters(&["rd_nr=3", "rd_size=2048"])
+        .merge(json!({"spec": {"moduleLoader": {"container": {"modprobe": {"firmwarePath": "/firmware"}}}}}))
+        .insecure_mapping("^.+-amd64$", image)
+        .manifest()
 }
 
 async fn assert_brd_as_loaded_by_the_agent(vm: &AgentVm) -> Result<()> {

@@ -17,11 +17,13 @@ use kmm_tests::build_e2e::{BrdE2e, pod, pod_mut, wait_images_ready_and_jobs_coll
 use kmm_tests::buildah::{Buildah, run_build_job, run_build_job_with};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{auth_registry, registry_addr};
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::vm_agent::guest_registry;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
+use serde_json::json;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -417,41 +419,26 @@ async fn failing_recipe_and_unknown_job_shapes_are_errors_not_silent_successes()
 /// The Module of the end-to-end test: brd, built from [`DOCKERFILE`] for the
 /// node's kernel, pushed where the guest's agent pulls it.
 fn build_module(node: &str, ns: &str) -> String {
-    let selector = kmm_tests::cluster::own_node_selector(node, "");
     let registry = guest_registry();
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: brd
-spec:
-  selector: {selector}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: brd
-        parameters: [rd_nr=2]
-        firmwarePath: /firmware
-      kernelMappings:
-        - regexp: '^.+-amd64$'
-          containerImage: {registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}
-          registryTLS:
-            insecure: true
-          build:
-            dockerfileConfigMap:
-              name: kmod-dockerfile
-            buildArgs:
-              - name: BUILDER_IMAGE
-                value: {registry}/{ns}/builder
-              - name: FLAVOUR
-                value: turbo
-            secrets:
-              - name: build-token
-            baseImageRegistryTLS:
-              insecure: true
-"#
-    )
+    ModuleBuilder::new("brd")
+        .own_node(node)
+        .parameters(&["rd_nr=2"])
+        .merge(json!({"spec": {"moduleLoader": {"container": {"modprobe": {"firmwarePath": "/firmware"}}}}}))
+        .push_mapping(json!({
+            "regexp": "^.+-amd64$",
+            "containerImage": format!("{registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}"),
+            "registryTLS": {"insecure": true},
+            "build": {
+                "dockerfileConfigMap": {"name": "kmod-dockerfile"},
+                "buildArgs": [
+                    {"name": "BUILDER_IMAGE", "value": format!("{registry}/{ns}/builder")},
+                    {"name": "FLAVOUR", "value": "turbo"},
+                ],
+                "secrets": [{"name": "build-token"}],
+                "baseImageRegistryTLS": {"insecure": true},
+            },
+        }))
+        .manifest()
 }
 
 #[tokio::test]

@@ -22,10 +22,12 @@ use kmm_tests::cluster::{
     delete_module, delete_node_and_status, ensure_crds, node_module_status, wait_for,
 };
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::vm::{VmNode, VmOptions};
 use kmm_tests::vm_agent::{AgentVm, AgentVmOptions, guest_registry, push_module_with_srcversion};
 use kube::Client;
 use kube::api::Api;
+use serde_json::json;
 
 /// Generous: three TCG guests at once on a busy 2-core host took 70 s for a first load.
 const WAIT: Duration = Duration::from_secs(180);
@@ -108,32 +110,14 @@ impl Fixture {
             self.ns(),
             self.vm.kernel.release
         );
-        let remove = if in_tree_modules_to_remove {
-            "      inTreeModulesToRemove: [brd]\n"
-        } else {
-            ""
-        };
-        let yaml = format!(
-            r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: brd
-spec:
-  selector: {selector}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: brd
-        parameters: [{parameter}]
-{remove}      kernelMappings:
-        - regexp: '^.+-amd64$'
-          containerImage: {image}
-          registryTLS:
-            insecure: true
-"#,
-            selector = kmm_tests::cluster::own_node_selector(&self.vm.node, "")
-        );
+        let mut module = ModuleBuilder::new("brd")
+            .own_node(&self.vm.node)
+            .parameters(&[parameter])
+            .insecure_mapping("^.+-amd64$", &image);
+        if in_tree_modules_to_remove {
+            module = module.merge(json!({"spec": {"moduleLoader": {"container": {"inTreeModulesToRemove": ["brd"]}}}}));
+        }
+        let yaml = module.manifest();
         kmm_tests::cluster::apply_yaml(self.cp, self.ns(), &yaml)
     }
 

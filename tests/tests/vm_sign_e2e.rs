@@ -32,6 +32,7 @@ use kmm_tests::cluster::{
 };
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::images::{auth_registry, registry_addr};
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::signjob::{complete_job_pod, kmmctl_binary, parse_sign_job, run_sign_job};
 use kmm_tests::vm::KernelArtifacts;
 use kmm_tests::vm_agent::{guest_registry, push_kernel_modules};
@@ -41,6 +42,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use oci_client::secrets::RegistryAuth;
+use serde_json::json;
 
 const CN: &str = "kmm-rs sign job e2e key";
 const SIGNER_IMAGE: &str = "registry.example/kmm-rs:sign-e2e";
@@ -281,43 +283,26 @@ COPY --from=src /opt/lib/modules/${KERNEL_FULL_VERSION} /opt/lib/modules/${KERNE
 "#;
 
 fn build_and_sign_module(node: &str, ns: &str) -> String {
-    let selector = kmm_tests::cluster::own_node_selector(node, "");
     let registry = guest_registry();
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: brd
-spec:
-  selector: {selector}
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: brd
-        parameters: [rd_nr=3]
-      kernelMappings:
-        - regexp: '^.+-amd64$'
-          containerImage: {registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}
-          registryTLS:
-            insecure: true
-          build:
-            dockerfileConfigMap:
-              name: kmod-dockerfile
-            buildArgs:
-              - name: SRC_IMAGE
-                value: {registry}/{ns}/brd-src
-            baseImageRegistryTLS:
-              insecure: true
-          sign:
-            keySecret:
-              name: key
-            certSecret:
-              name: cert
-            filesToSign:
-              - /opt/lib/modules/${{KERNEL_FULL_VERSION}}/{BRD}
-"#
-    )
+    ModuleBuilder::new("brd")
+        .own_node(node)
+        .parameters(&["rd_nr=3"])
+        .push_mapping(json!({
+            "regexp": "^.+-amd64$",
+            "containerImage": format!("{registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}"),
+            "registryTLS": {"insecure": true},
+            "build": {
+                "dockerfileConfigMap": {"name": "kmod-dockerfile"},
+                "buildArgs": [{"name": "SRC_IMAGE", "value": format!("{registry}/{ns}/brd-src")}],
+                "baseImageRegistryTLS": {"insecure": true},
+            },
+            "sign": {
+                "keySecret": {"name": "key"},
+                "certSecret": {"name": "cert"},
+                "filesToSign": [format!("/opt/lib/modules/${{KERNEL_FULL_VERSION}}/{BRD}")],
+            },
+        }))
+        .manifest()
 }
 
 #[tokio::test]
@@ -516,39 +501,23 @@ async fn controller_build_and_sign_jobs_executed_for_real_load_our_signed_module
 }
 
 fn sign_only_module(node: &str, ns: &str, kver: &str, target_registry: &str) -> String {
-    let selector = kmm_tests::cluster::own_node_selector(node, "");
     let registry = registry_addr();
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata:
-  name: brd
-spec:
-  selector: {selector}
-  imageRepoSecret:
-    name: pull-secret
-  moduleLoader:
-    container:
-      modprobe:
-        moduleName: brd
-      kernelMappings:
-        - literal: '{kver}'
-          containerImage: {target_registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}-signed:${{KERNEL_FULL_VERSION}}
-          registryTLS:
-            insecure: true
-          sign:
-            unsignedImage: {registry}/{ns}/brd-unsigned:${{KERNEL_FULL_VERSION}}
-            unsignedImageRegistryTLS:
-              insecure: true
-            keySecret:
-              name: key
-            certSecret:
-              name: cert
-            filesToSign:
-              - /opt/lib/modules/${{KERNEL_FULL_VERSION}}/kernel/drivers/block/*.ko
-"#
-    )
+    ModuleBuilder::new("brd")
+        .own_node(node)
+        .image_repo_secret("pull-secret")
+        .push_mapping(json!({
+            "literal": kver,
+            "containerImage": format!("{target_registry}/${{MOD_NAMESPACE}}/${{MOD_NAME}}-signed:${{KERNEL_FULL_VERSION}}"),
+            "registryTLS": {"insecure": true},
+            "sign": {
+                "unsignedImage": format!("{registry}/{ns}/brd-unsigned:${{KERNEL_FULL_VERSION}}"),
+                "unsignedImageRegistryTLS": {"insecure": true},
+                "keySecret": {"name": "key"},
+                "certSecret": {"name": "cert"},
+                "filesToSign": ["/opt/lib/modules/${KERNEL_FULL_VERSION}/kernel/drivers/block/*.ko"],
+            },
+        }))
+        .manifest()
 }
 
 #[tokio::test]
