@@ -217,6 +217,7 @@ impl ControllerPullSecrets {
                 );
             }
         }
+        kmm_runtime::identify(&mut config, "kmm-agent", env!("CARGO_PKG_VERSION"));
         Client::try_from(config)
             .map_err(|e| CredentialsError::Ca(format!("building the controller client: {e}")))
     }

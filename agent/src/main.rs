@@ -269,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
         )?,
     };
 
-    let client = kube::Client::try_default()
+    let client = kmm_runtime::kube_client("kmm-agent", env!("CARGO_PKG_VERSION"))
         .await
         .context("connecting to the API server")?;
     // Built here so that bad flags fail at start.

@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     kmm_runtime::init_tracing(log_json);
     let identity = identity.unwrap_or_else(default_identity);
 
-    let client = kube::Client::try_default()
+    let client = kmm_runtime::kube_client("kmm-controller", env!("CARGO_PKG_VERSION"))
         .await
         .context("connecting to the API server")?;
     let metrics = Metrics::new()?;

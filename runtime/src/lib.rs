@@ -18,3 +18,58 @@ pub fn init_tracing(json: bool) {
         builder.init();
     }
 }
+
+/// Why no API server client could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No in-cluster config nor kubeconfig.
+    #[error("no API server configuration (in-cluster or KUBECONFIG): {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// The client could not be built from the configuration.
+    #[error("building the API server client: {0}")]
+    Build(#[from] kube::Error),
+}
+
+/// Names this process in every request as `component/version` (the HTTP
+/// User-Agent), so API server audit logs and metrics tell kmm-agent and
+/// kmm-controller apart from each other and from other clients.
+pub fn identify(config: &mut kube::Config, component: &str, version: &str) {
+    let value = format!("{component}/{version}");
+    // Component names and crate versions are ASCII: always a valid header.
+    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+        config
+            .headers
+            .retain(|(name, _)| name != axum::http::header::USER_AGENT);
+        config.headers.push((axum::http::header::USER_AGENT, value));
+    }
+}
+
+/// A client from the in-cluster config or KUBECONFIG, identified as
+/// `component/version` (see [`identify`]).
+///
+/// # Errors
+/// No configuration, or a client that cannot be built from it.
+pub async fn kube_client(component: &str, version: &str) -> Result<kube::Client, ClientError> {
+    let mut config = kube::Config::infer().await?;
+    identify(&mut config, component, version);
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_agent_names_the_component_once() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().expect("uri"));
+        identify(&mut config, "kmm-agent", "1.2.3");
+        identify(&mut config, "kmm-agent", "1.2.4");
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(n, _)| n == axum::http::header::USER_AGENT)
+            .map(|(_, v)| v.to_str().expect("ascii"))
+            .collect();
+        assert_eq!(agents, ["kmm-agent/1.2.4"]);
+    }
+}

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod audit;
 pub mod build_e2e;
 pub mod buildah;
 pub mod cluster;

@@ -5,7 +5,6 @@
 //! refused whole.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,6 +15,7 @@ use kmm_tests::cluster::{
 };
 use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{push_fake_kmod, registry_addr};
+use kmm_tests::module::ModuleBuilder;
 use kube::api::Api;
 
 const KVER: &str = "6.1.0-90-sim-amd64";

@@ -6,8 +6,6 @@
 //! real with buildah).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,9 +22,11 @@ use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
 use kmm_tests::kwok::Kwok;
+use kmm_tests::module::ModuleBuilder;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 

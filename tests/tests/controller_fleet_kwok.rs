@@ -12,8 +12,6 @@
 //! registry (`hack/registry/start.sh`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -32,8 +30,10 @@ use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
 use kmm_tests::kwok::{Kwok, TOLERATION_YAML};
+use kmm_tests::module::ModuleBuilder;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use serde_json::json;
 
 /// Mapped by the Modules' kernel mapping.
 const KVER: &str = "6.1.0-90-sim-amd64";

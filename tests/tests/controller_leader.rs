@@ -3,7 +3,6 @@
 //! replaced once its Lease expires; a SIGTERMed leader releases it at once.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,6 +11,7 @@ use kmm_common::{MODULE_FINALIZER, Module};
 use kmm_tests::cluster::{ensure_crds, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::module::ModuleBuilder;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 

@@ -15,7 +15,6 @@
 //!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
-use kmm_tests::module::ModuleBuilder;
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use kmm_tests::cluster::{apply_yaml, create_node, install_deploy, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::identity::{pod_on_node, refusal, sa_token, token_kubeconfig};
+use kmm_tests::module::ModuleBuilder;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use oci_client::secrets::RegistryAuth;

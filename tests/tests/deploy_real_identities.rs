@@ -11,7 +11,6 @@
 //! Needs the control-plane binaries and the registries (`hack/registry/start.sh`).
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,6 +28,7 @@ use kmm_tests::controller::controller_binary;
 use kmm_tests::controlplane::{ControlPlane, TestNamespace, run_dir};
 use kmm_tests::identity::sa_token;
 use kmm_tests::images::{auth_registry, push_fake_kmod_as};
+use kmm_tests::module::ModuleBuilder;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;

@@ -5,8 +5,6 @@
 //! (ImagePullFailed), load error (ModprobeFailed), loaded, and no agent yet.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -17,11 +15,13 @@ use kmm_tests::agent::{AgentOptions, AgentProcess};
 use kmm_tests::cluster::{create_node, delete_node, ensure_crds, wait_for};
 use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{push_fake_kmod, registry_addr};
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::vm::artifacts::cargo_artifact;
 use kmmctl::explain::report::Explanation;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use serde_json::Value;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 const MODULE: &str = "exm";

@@ -5,15 +5,15 @@
 //!
 //! Needs the control plane binaries (`bash hack/controlplane/build.sh`).
 
-use kmm_tests::module::ModuleBuilder;
-use serde_json::json;
 use std::time::Duration;
 
 use anyhow::Result;
 use kmm_common::Module;
 use kmm_tests::cluster::{crd_namespace, wait_for};
+use kmm_tests::module::ModuleBuilder;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
 
 const FINALIZER: &str = "kmm.node.kubernetes.io/module-finalizer";
 

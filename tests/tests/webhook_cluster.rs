@@ -6,7 +6,6 @@
 //! The configuration is deleted at the end and on drop.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
-use kmm_tests::module::ModuleBuilder;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,6 +15,7 @@ use kmm_common::Module;
 use kmm_tests::cluster::{WebhookConfigGuard, crd_namespace, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
+use kmm_tests::module::ModuleBuilder;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 

@@ -84,7 +84,7 @@ pub fn node_status(
     };
     let mut out = Vec::new();
     for (key, rec) in &state.modules {
-        let loaded_at = rec.loaded_at.parse::<Timestamp>().ok().map(Time);
+        let loaded_at = whole_seconds(&rec.loaded_at);
         out.push(NodeModuleStatus {
             item: item(key),
             config: Some(ModuleConfig {
@@ -119,6 +119,14 @@ pub fn node_status(
     NodeModulesConfigStatus { modules: out }
 }
 
+/// A recorded RFC 3339 time as the API server stores a `metav1.Time`: whole
+/// seconds. Sub-second digits here would make every comparison with the
+/// stored status differ, and every pass rewrite an unchanged status.
+fn whole_seconds(rfc3339: &str) -> Option<Time> {
+    let t = rfc3339.parse::<Timestamp>().ok()?;
+    Timestamp::from_second(t.as_second()).ok().map(Time)
+}
+
 /// What the agent tells the cluster, behind a trait so the executor can be run
 /// in-process against a recording double.
 pub trait Report: Send + Sync {
@@ -142,7 +150,14 @@ pub struct KubeReporter {
     client: Client,
     recorder: Recorder,
     node_name: String,
+    /// The status last written or found equal, and when: an unchanged status
+    /// costs no request at all until it is this old (then one GET checks that
+    /// nobody removed or changed the object).
+    written: std::sync::Mutex<Option<(NodeModulesConfigStatus, std::time::Instant)>>,
 }
+
+/// How long a written status is trusted without reading it back.
+const STATUS_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl KubeReporter {
     /// A reporter for node `node_name`.
@@ -155,6 +170,7 @@ impl KubeReporter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             node_name: node_name.to_string(),
+            written: std::sync::Mutex::new(None),
         }
     }
 }
@@ -169,7 +185,18 @@ impl Report for KubeReporter {
     }
 
     fn status(&self, status: NodeModulesConfigStatus) -> BoxFuture<'_, Result<(), kube::Error>> {
-        Box::pin(write_status(&self.client, &self.node_name, status))
+        Box::pin(async move {
+            let fresh = crate::reconciler::lock(&self.written)
+                .as_ref()
+                .is_some_and(|(last, at)| *last == status && at.elapsed() < STATUS_RECHECK);
+            if fresh {
+                return Ok(());
+            }
+            let result = write_status(&self.client, &self.node_name, status.clone()).await;
+            *crate::reconciler::lock(&self.written) =
+                result.is_ok().then(|| (status, std::time::Instant::now()));
+            result
+        })
     }
 
     fn labels(
@@ -309,6 +336,28 @@ mod tests {
             module_uid: None,
             srcversions: BTreeMap::new(),
         }
+    }
+
+    /// The state file keeps nanoseconds; the API server returns whole
+    /// seconds. Equal statuses must compare equal after the round trip, or the
+    /// agent patches its NodeModulesConfig on every pass (issue 14).
+    #[test]
+    fn status_times_are_whole_seconds_as_the_api_server_stores_them() {
+        let mut st = NodeState::default();
+        let mut r = rec(None);
+        r.loaded_at = "2026-11-25T10:20:30.123456789Z".into();
+        st.modules.insert(ModuleKey::new("ns", "a"), r);
+        let status = node_status(&st, &BTreeMap::new(), &BTreeMap::new());
+        let stored: NodeModulesConfigStatus =
+            serde_json::from_value(serde_json::json!({"modules": [{
+                "name": "a", "namespace": "ns",
+                "config": serde_json::to_value(&status.modules[0].config).unwrap(),
+                "lastTransitionTime": "2026-11-25T10:20:30Z",
+                "loadTime": "2026-11-25T10:20:30Z",
+                "image": "r/ns/brd:k", "digest": "sha256:1", "kernel": "k",
+            }]}))
+            .unwrap();
+        assert_eq!(status, stored);
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! kmm-agent's API budget per node, counted from the API server's audit log
+//! (by its User-Agent), so it cannot grow unnoticed: a load costs at most 3
+//! writes (the label, the NodeModulesConfig status, one event), an unload at
+//! most 3, and a node with nothing to do costs nothing however often its
+//! kubelet updates the Node's status.
+//!
+//! Needs the control plane (`hack/controlplane/start.sh` with its audit log)
+//! and the registry.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kmm_tests::agent::{AgentOptions, AgentProcess};
+use kmm_tests::audit::{AuditLog, Request, agent_request_for, is_write};
+use kmm_tests::cluster::{
+    apply_yaml, crd_namespace, create_node, delete_module, delete_node_and_status, wait_for,
+};
+use kmm_tests::images::{push_fake_kmod, registry_addr};
+use kmm_tests::module::ModuleBuilder;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+const KVER: &str = "6.1.0-91-sim-amd64";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn describe(requests: &[Request]) -> Vec<String> {
+    requests.iter().map(Request::describe).collect()
+}
+
+/// What a kubelet does every few seconds: a new heartbeat in the Ready condition.
+async fn heartbeat(nodes: &Api<Node>, node: &str) -> Result<()> {
+    let now = Timestamp::now().to_string();
+    let status = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": now, "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }]}});
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_load_and_an_unload_cost_three_writes_and_a_heartbeat_costs_none() -> Result<()> {
+    let audit = AuditLog::open()?;
+    let (cp, client, ns) = crd_namespace("budget").await?;
+    let node = format!("{}-node", ns.name());
+    create_node(&client, &node, &[("kmm-test/node", &node)], KVER).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    heartbeat(&nodes, &node).await?;
+    let dir = tempfile::tempdir()?;
+    let agent = AgentProcess::start(&AgentOptions {
+        node: node.clone(),
+        kernel_release: KVER.into(),
+        state_dir: dir.path().join("state"),
+        kubeconfig: cp.kubeconfig_path().to_path_buf(),
+        resync_seconds: 2,
+    })?;
+    let ns_name = ns.name().to_string();
+    let result = async {
+        agent.wait_ready(WAIT).await?;
+        agent.wait_passes(2, WAIT).await?;
+        let agent_writes = |mark| {
+            audit.since(mark, |r| {
+                is_write(r) && agent_request_for(r, &node, &ns_name)
+            })
+        };
+        let ready = kmm_common::ready_label(&ns_name, "bud");
+        let has_label = |want: bool| {
+            let (nodes, node, ready) = (&nodes, &node, &ready);
+            async move {
+                let n = nodes.get(node).await?;
+                Ok(n.metadata.labels.unwrap_or_default().contains_key(ready) == want)
+            }
+        };
+
+        let image = format!("{}/{ns_name}/bud:{KVER}", registry_addr());
+        push_fake_kmod(&image, KVER, &[("bud", &[])], &[]).await?;
+        let mark = audit.mark()?;
+        let module = ModuleBuilder::new("bud")
+            .own_node(&node)
+            .insecure_mapping("^.+-sim-amd64$", &image);
+        apply_yaml(cp, &ns_name, &module.manifest())?;
+        wait_for(WAIT, || has_label(true)).await?;
+        agent.wait_passes(3, WAIT).await?;
+        let load = agent_writes(mark)?;
+        println!("load: {:#?}", describe(&load));
+        anyhow::ensure!(
+            load.len() <= 3,
+            "a load wrote {}: {:#?}",
+            load.len(),
+            describe(&load)
+        );
+
+        // A kubelet's heartbeats: the agent sees each Node update and has
+        // nothing to write.
+        let mark = audit.mark()?;
+        for _ in 0..8 {
+            heartbeat(&nodes, &node).await?;
+            agent.wait_passes(1, WAIT).await?;
+        }
+        let idle = agent_writes(mark)?;
+        anyhow::ensure!(
+            idle.is_empty(),
+            "heartbeats made the agent write: {:#?}",
+            describe(&idle)
+        );
+
+        let mark = audit.mark()?;
+        delete_module(&client, &ns_name, "bud").await?;
+        wait_for(WAIT, || has_label(false)).await?;
+        agent.wait_passes(3, WAIT).await?;
+        let unload = agent_writes(mark)?;
+        println!("unload: {:#?}", describe(&unload));
+        anyhow::ensure!(
+            unload.len() <= 3,
+            "an unload wrote {}: {:#?}",
+            unload.len(),
+            describe(&unload)
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let log = agent.log();
+    drop(agent);
+    delete_node_and_status(&client, &node).await;
+    ns.cleanup().await?;
+    result.map_err(|e| e.context(format!("agent log:\n{log}")))
+}
