@@ -2,7 +2,8 @@
 //! (by its User-Agent), so it cannot grow unnoticed: a load costs at most 3
 //! writes (the label, the NodeModulesConfig status, one event), an unload at
 //! most 3, and a node with nothing to do costs nothing however often its
-//! kubelet updates the Node's status.
+//! kubelet updates the Node's status or the controller the Module's status
+//! (not a write, not even a read of its NodeModulesConfig).
 //!
 //! Needs the control plane (`hack/controlplane/start.sh` with its audit log)
 //! and the registry.
@@ -45,7 +46,7 @@ async fn heartbeat(nodes: &Api<Node>, node: &str) -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_load_and_an_unload_cost_three_writes_and_a_heartbeat_costs_none() -> Result<()> {
+async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing() -> Result<()> {
     let audit = AuditLog::open()?;
     let (cp, client, ns) = crd_namespace("budget").await?;
     let node = format!("{}-node", ns.name());
@@ -99,7 +100,7 @@ async fn a_load_and_an_unload_cost_three_writes_and_a_heartbeat_costs_none() -> 
         // A kubelet's heartbeats: the agent sees each Node update and has
         // nothing to write.
         let mark = audit.mark()?;
-        for _ in 0..8 {
+        for _ in 0..4 {
             heartbeat(&nodes, &node).await?;
             agent.wait_passes(1, WAIT).await?;
         }
@@ -108,6 +109,26 @@ async fn a_load_and_an_unload_cost_three_writes_and_a_heartbeat_costs_none() -> 
             idle.is_empty(),
             "heartbeats made the agent write: {:#?}",
             describe(&idle)
+        );
+
+        // The controller writes the Module's status: the agent reads and
+        // writes nothing for it (no GET of its NodeModulesConfig either).
+        let modules: Api<kmm_common::Module> = Api::namespaced(client.clone(), &ns_name);
+        let mark = audit.mark()?;
+        for n in 0..3 {
+            let status = json!({"status": {"moduleLoader": {
+                "nodesMatchingSelectorNumber": 1, "desiredNumber": 1, "availableNumber": n % 2,
+            }}});
+            modules
+                .patch_status("bud", &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+            agent.wait_passes(1, WAIT).await?;
+        }
+        let status_only = audit.since(mark, |r| agent_request_for(r, &node, &ns_name))?;
+        anyhow::ensure!(
+            status_only.is_empty(),
+            "Module status writes made the agent call: {:#?}",
+            describe(&status_only)
         );
 
         let mark = audit.mark()?;
