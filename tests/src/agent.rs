@@ -60,6 +60,25 @@ pub struct AgentOptions {
     pub resync_seconds: u64,
 }
 
+impl AgentOptions {
+    /// An agent for `node` of `cp` whose simulated kernel is `kernel_release`,
+    /// state in `state_dir`, resyncing every 2 s (what most tests want).
+    pub fn new(
+        cp: &crate::controlplane::ControlPlane,
+        node: &str,
+        kernel_release: &str,
+        state_dir: PathBuf,
+    ) -> Self {
+        Self {
+            node: node.to_string(),
+            kernel_release: kernel_release.to_string(),
+            state_dir,
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            resync_seconds: 2,
+        }
+    }
+}
+
 impl AgentProcess {
     /// Starts `kmm-agent --kernel simulated` for `opts.node`.
     ///

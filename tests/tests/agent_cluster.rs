@@ -48,13 +48,12 @@ impl Fixture {
         labels.push(("kmm-test/node", &node));
         create_node(&client, &node, &labels, KVER).await?;
         let dir = tempfile::tempdir()?;
-        let agent = AgentProcess::start(&AgentOptions {
-            node: node.clone(),
-            kernel_release: KVER.into(),
-            state_dir: dir.path().join("state"),
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            resync_seconds: 2,
-        })?;
+        let agent = AgentProcess::start(&AgentOptions::new(
+            cp,
+            &node,
+            KVER,
+            dir.path().join("state"),
+        ))?;
         agent.wait_ready(WAIT).await?;
         Ok(Self {
             cp,

@@ -38,13 +38,12 @@ async fn a_module_whose_label_cannot_exist_does_not_block_other_labels() -> Resu
     let node = format!("{}-node", ns.name());
     create_node(&client, &node, &[("kmm-test/node", &node)], KVER).await?;
     let dir = tempfile::tempdir()?;
-    let agent = AgentProcess::start(&AgentOptions {
-        node: node.clone(),
-        kernel_release: KVER.into(),
-        state_dir: dir.path().join("state"),
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        resync_seconds: 2,
-    })?;
+    let agent = AgentProcess::start(&AgentOptions::new(
+        cp,
+        &node,
+        KVER,
+        dir.path().join("state"),
+    ))?;
     let result = async {
         agent.wait_ready(WAIT).await?;
         // <ns>.<long>.ready is longer than 63 characters; the name alone passes CEL (<= 55).

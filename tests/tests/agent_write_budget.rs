@@ -54,13 +54,12 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
     let nodes: Api<Node> = Api::all(client.clone());
     heartbeat(&nodes, &node).await?;
     let dir = tempfile::tempdir()?;
-    let agent = AgentProcess::start(&AgentOptions {
-        node: node.clone(),
-        kernel_release: KVER.into(),
-        state_dir: dir.path().join("state"),
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        resync_seconds: 2,
-    })?;
+    let agent = AgentProcess::start(&AgentOptions::new(
+        cp,
+        &node,
+        KVER,
+        dir.path().join("state"),
+    ))?;
     let ns_name = ns.name().to_string();
     let result = async {
         agent.wait_ready(WAIT).await?;

@@ -109,13 +109,12 @@ impl Fixture {
         if let Some(mut old) = self.agents.remove(node) {
             old.kill();
         }
-        let agent = AgentProcess::start(&AgentOptions {
-            node: node.to_string(),
-            kernel_release: self.kernels[node].clone(),
-            state_dir: self.dir.path().join(node),
-            kubeconfig: self.cp.kubeconfig_path().to_path_buf(),
-            resync_seconds: 2,
-        })?;
+        let agent = AgentProcess::start(&AgentOptions::new(
+            self.cp,
+            node,
+            &self.kernels[node],
+            self.dir.path().join(node),
+        ))?;
         agent.wait_ready(WAIT).await?;
         self.agents.insert(node.to_string(), agent);
         Ok(())

@@ -192,13 +192,12 @@ async fn explain_tells_the_true_reason_per_node_in_text_and_json() -> Result<()>
     let dir = tempfile::tempdir()?;
     let mut agents = Vec::new();
     for (suffix, kernel) in [("ok", K_OK), ("pull", K_PULL), ("load", K_LOAD)] {
-        let agent = AgentProcess::start(&AgentOptions {
-            node: c.node(suffix),
-            kernel_release: kernel.into(),
-            state_dir: dir.path().join(suffix),
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
-            resync_seconds: 2,
-        })?;
+        let agent = AgentProcess::start(&AgentOptions::new(
+            cp,
+            &c.node(suffix),
+            kernel,
+            dir.path().join(suffix),
+        ))?;
         agent.wait_ready(WAIT).await?;
         agents.push(agent);
     }

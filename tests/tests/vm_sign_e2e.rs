@@ -530,13 +530,12 @@ async fn sign_only_module_signs_its_unsigned_image_with_registry_credentials() -
     let kver = kernel.release.clone();
     create_node(&client, &node_name, &[("kmm-test/node", &node_name)], &kver).await?;
     let dir = tempfile::tempdir()?;
-    let agent = AgentProcess::start(&AgentOptions {
-        node: node_name.clone(),
-        kernel_release: kver.clone(),
-        state_dir: dir.path().join("agent"),
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        resync_seconds: 2,
-    })?;
+    let agent = AgentProcess::start(&AgentOptions::new(
+        cp,
+        &node_name,
+        &kver,
+        dir.path().join("agent"),
+    ))?;
     agent.wait_ready(WAIT).await?;
 
     push_kernel_modules(
