@@ -34,7 +34,7 @@ SECURITY="${KMM_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
 BASE_NAME=docker.io/library/debian:bookworm-slim
 BINS=(kmm-agent kmm-controller kmmctl)
 
-for t in mmdebstrap buildah skopeo cargo curl sha256sum; do
+for t in mmdebstrap buildah skopeo cargo curl sha256sum python3; do
     command -v "$t" >/dev/null || { echo "image: '$t' not found (bash hack/setup.sh)" >&2; exit 1; }
 done
 [ "$(id -u)" -eq 0 ] || { echo "image: run as root (mmdebstrap and buildah chroot isolation)" >&2; exit 1; }
@@ -77,19 +77,25 @@ if [ ! -f "$BASE_TAR" ]; then
     step "making the Debian base with mmdebstrap ($BASE_TAR)"
     # A temporary name, so an interrupted run never leaves a half tar under the
     # cache key (--format: mmdebstrap would take a non-.tar name for a directory).
+    trap 'rm -f "$BASE_TAR.tmp"' EXIT
     mmdebstrap --quiet --format=tar "${MMDEB_ARGS[@]}" "$BASE_TAR.tmp" "${SOURCES[@]}"
     mv "$BASE_TAR.tmp" "$BASE_TAR"
+    trap - EXIT
+    # Bases under other keys are superseded.
+    find "$CACHE" -maxdepth 1 -name 'base-bookworm-*.tar' ! -name "${BASE_TAR##*/}" -delete
 fi
-have_key="$("${BUILDAH[@]}" inspect --type image \
-    --format '{{index .OCIv1.Config.Labels "org.kmm-rs.base-key"}}' "$BASE_NAME" 2>/dev/null || true)"
-if [ "$have_key" != "$KEY" ]; then
+# The key of the base last imported, kept beside the storage (a label would be
+# inherited by the kmm-rs image).
+IMPORTED="$CACHE/storage-base-key"
+if [ "$(cat "$IMPORTED" 2>/dev/null)" != "$KEY" ] \
+    || ! "${BUILDAH[@]}" inspect --type image "$BASE_NAME" >/dev/null 2>&1; then
     step "importing the base into buildah as $BASE_NAME"
     ctr="$("${BUILDAH[@]}" from scratch)"
     "${BUILDAH[@]}" add "$ctr" "$BASE_TAR" / >/dev/null
     "${BUILDAH[@]}" config --cmd /bin/bash \
-        --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        --label "org.kmm-rs.base-key=$KEY" "$ctr"
+        --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
     "${BUILDAH[@]}" commit --quiet --rm "$ctr" "$BASE_NAME" >/dev/null
+    echo "$KEY" > "$IMPORTED"
 fi
 
 # ---- 2. release binaries ----------------------------------------------------
