@@ -1,11 +1,20 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: test demo bench crds fmt lint
+.PHONY: test demo bench crds fmt lint image deploy-check
 
 test:
 	bash hack/test.sh
 
 demo:
 	bash hack/demo.sh
+
+# The kmm-rs image, without a container daemon (mmdebstrap base, buildah),
+# pushed to the local registry 127.0.0.1:$${KMM_REGISTRY_PORT:-5000}.
+image:
+	bash hack/image/build.sh
+
+# Render checks of deploy/ (kubectl kustomize only, no cluster).
+deploy-check:
+	bash hack/deploy/check.sh
 
 bench:
 	bash benches/scale.sh

@@ -12,9 +12,13 @@ set -euo pipefail
 #  apache2-utils                          - htpasswd, for the registry-auth tests
 #  xz-utils, zstd                         - kernel/initramfs (de)compression
 #  libssl-dev                             - the openssl crate (kmmctl sign: PKCS#7 module signatures)
-#  buildah                                - executes the in-cluster build recipe for real in tests
+#  buildah                                - executes the in-cluster build recipe for real in tests, and
+#                                           builds the kmm-rs image without a daemon (hack/image/build.sh)
+#  mmdebstrap, uidmap                     - the image's Debian base, made from the Debian archive
+#  skopeo                                 - inspects/copies the pushed image (hack/image/build.sh)
 PKGS=(libkmod-dev libclang-dev pkg-config kmod docker-registry qemu-system-x86 busybox-static cpio
-      openssl apache2-utils xz-utils zstd ca-certificates curl libssl-dev buildah)
+      openssl apache2-utils xz-utils zstd ca-certificates curl libssl-dev buildah
+      mmdebstrap uidmap skopeo)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -153,7 +153,7 @@ const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 fn boot(args: BootArgs) -> anyhow::Result<()> {
     kmm_runtime::init_tracing(args.log_json);
     let running = running_release()?;
-    let kernel = LibKmod::new().context("initialising libkmod")?;
+    let kernel = open_libkmod()?;
     let settings = kmm_agent::boot::BootSettings {
         firmware_dir: args.firmware_dir,
         set_firmware_class_path: args.set_firmware_class_path,
@@ -195,6 +195,28 @@ fn read_boot_id(path: &std::path::Path) -> anyhow::Result<String> {
     let id = std::fs::read_to_string(path)
         .with_context(|| format!("reading the boot id from {}", path.display()))?;
     Ok(id.trim().to_string())
+}
+
+/// The kubelet shows this file's content as the container's termination
+/// message (`kubectl describe pod`, `kubectl get pod -o yaml`).
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// The running kernel through libkmod. A node it cannot work on (no module
+/// support) is logged as an error that says what to do, and also becomes the
+/// Pod's termination message, so the restarts are not left unexplained.
+fn open_libkmod() -> anyhow::Result<LibKmod> {
+    LibKmod::new().map_err(|e| {
+        tracing::error!("kmm-agent cannot start: {e}");
+        // Only in a container, where the kubelet provides the file; never create it.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(TERMINATION_LOG)
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "{e}");
+        }
+        anyhow::Error::new(e).context("initialising libkmod")
+    })
 }
 
 fn running_release() -> anyhow::Result<String> {
@@ -256,10 +278,7 @@ async fn main() -> anyhow::Result<()> {
                 sim_load_delay_ms == 0 && sim_unload_delay_ms == 0,
                 "--sim-load-delay-ms and --sim-unload-delay-ms only apply to --kernel simulated"
             );
-            (
-                Arc::new(LibKmod::new().context("initialising libkmod")?),
-                running,
-            )
+            (Arc::new(open_libkmod()?), running)
         }
         KernelKind::Simulated => simulated_kernel(
             kernel_release,

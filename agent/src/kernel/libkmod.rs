@@ -31,24 +31,57 @@ impl LibKmod {
     /// The running kernel (`/sys/module`, `/proc/modules`).
     ///
     /// # Errors
-    /// [`Error::Kmod`] if libkmod cannot set up a context; [`Error::Io`] if the
-    /// kernel has no module support (no `/proc/modules`).
+    /// [`Error::NoModuleSupport`] if the kernel has no module support (no
+    /// `/proc/modules`); [`Error::Kmod`] if libkmod cannot set up a context.
     pub fn new() -> Result<Self> {
-        Context::new().map_err(kmod_error)?;
-        let proc_modules = Path::new("/proc/modules");
-        std::fs::metadata(proc_modules).map_err(|source| Error::Io {
-            path: proc_modules.to_path_buf(),
-            source,
-        })?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let builtin_list = Path::new("/lib/modules")
-            .join(release.trim())
-            .join("modules.builtin");
-        let mut kernel = Self::with_sys_module("/sys/module");
-        // a node without the list still works: built-ins with parameters show in sysfs
-        kernel.builtin = std::fs::read_to_string(builtin_list)
-            .map(|text| builtin_names(&text))
-            .unwrap_or_default();
+        let kernel = Self::open(
+            Path::new("/proc/modules"),
+            Path::new("/lib/modules"),
+            release.trim(),
+            "/sys/module",
+        )?;
+        Context::new().map_err(kmod_error)?;
+        Ok(kernel)
+    }
+
+    /// [`LibKmod::new`] with the paths as arguments (tests give a fake root).
+    fn open(
+        proc_modules: &Path,
+        lib_modules: &Path,
+        release: &str,
+        sys_module: &str,
+    ) -> Result<Self> {
+        match std::fs::metadata(proc_modules) {
+            Ok(_) => {}
+            // A kernel built without CONFIG_MODULES: say so, and what to do,
+            // rather than a bare ENOENT the agent would crash-loop on.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NoModuleSupport {
+                    path: proc_modules.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    path: proc_modules.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let tree = lib_modules.join(release);
+        let mut kernel = Self::with_sys_module(sys_module);
+        // A node without the list still works: built-ins with parameters show
+        // in sysfs; those without are then taken for loadable modules.
+        match std::fs::read_to_string(tree.join("modules.builtin")) {
+            Ok(text) => kernel.builtin = builtin_names(&text),
+            Err(e) => tracing::warn!(
+                "cannot read {}: {e}; built-in modules without parameters will not be recognised \
+                 as built in. Is the host's {} mounted into the agent (deploy/ mounts it \
+                 read-only) and does it hold the running kernel's directory {release}?",
+                tree.join("modules.builtin").display(),
+                lib_modules.display(),
+            ),
+        }
         Ok(kernel)
     }
 
@@ -281,6 +314,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel = LibKmod::with_sys_module(dir.path());
         (dir, kernel)
+    }
+
+    #[test]
+    fn a_kernel_without_module_support_is_named_with_what_to_do() {
+        let root = tempfile::tempdir().unwrap();
+        let err = LibKmod::open(
+            &root.path().join("proc/modules"),
+            &root.path().join("lib/modules"),
+            "6.1.0-test",
+            "/sys/module",
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NoModuleSupport { .. }), "{err:?}");
+        let msg = err.to_string();
+        for needle in [
+            "no loadable-module support",
+            "proc/modules",
+            "nodeSelector",
+            "--kernel simulated",
+        ] {
+            assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_node_without_lib_modules_still_opens() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("proc")).unwrap();
+        std::fs::write(root.path().join("proc/modules"), "").unwrap();
+        let k = LibKmod::open(
+            &root.path().join("proc/modules"),
+            &root.path().join("lib/modules"),
+            "6.1.0-test",
+            "/sys/module",
+        )
+        .unwrap();
+        assert!(k.builtin.is_empty());
     }
 
     #[test]

@@ -145,6 +145,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The running kernel has no loadable-module support (no `/proc/modules`).
+    #[error(
+        "this kernel has no loadable-module support ({} does not exist), so kmm-agent cannot \
+         load modules on this node. Keep the agent off such nodes with a nodeSelector or node \
+         affinity on the kmm-agent DaemonSet (docs/install.md, \"Nodes the agent runs on\"); \
+         `--kernel simulated` (KMM_KERNEL=simulated) is for tests only",
+        path.display()
+    )]
+    NoModuleSupport {
+        /// The missing file.
+        path: PathBuf,
+    },
     /// libkmod could not set up a context or list modules.
     #[error("libkmod: {0}")]
     Kmod(String),
@@ -186,6 +198,7 @@ impl Error {
             Error::Builtin { .. } => "builtin",
             Error::Insert { .. } => "insert",
             Error::Remove { .. } => "remove",
+            Error::NoModuleSupport { .. } => "no_module_support",
             Error::Kmod(_) => "libkmod",
             Error::Io { .. } => "io",
             Error::Simulated(_) => "simulated",
