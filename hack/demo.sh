@@ -3,7 +3,7 @@
 # builds the control plane from source (the first run takes ~10 minutes on 2
 # cores; later runs seconds), starts etcd + kube-apiserver + a registry,
 # packages Debian's `brd` module into a kmod image with `kmmctl package`,
-# boots a QEMU node running kmm-agent, applies examples/brd.yaml, shows the
+# starts kmm-controller, boots a QEMU node running kmm-agent, applies examples/brd.yaml, shows the
 # module loaded, deletes it and shows the unload. Stops only what it started.
 #
 # The demo's API server is its own (run dir /tmp/kmm-rs-demo, port 6543, etcd
@@ -26,8 +26,8 @@ bash hack/controlplane/build.sh >/dev/null
 step "Fetching Debian's kernel for the VM node"
 kdir=$(bash tests/vm/fetch-kernel.sh | tail -1)
 kver=$(cat "$kdir/kver")
-step "Building kmm-rs (kmm-agent, kmmctl, the demo driver)"
-cargo build -q -p kmm-agent -p kmmctl -p kmm-tests --bins
+step "Building kmm-rs (kmm-agent, kmm-controller, kmmctl, the demo driver)"
+cargo build -q -p kmm-agent -p kmm-controller -p kmmctl -p kmm-tests --bins
 
 started_cp=0 started_reg=0
 curl -fsk --max-time 2 "https://127.0.0.1:${KMM_APISERVER_PORT:-6443}/readyz" >/dev/null 2>&1 || started_cp=1

@@ -38,6 +38,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step "deploy/ renders (images-only overlay, agent nodeSelector patch)"
+bash hack/deploy/check.sh
+
 step "control plane and registry"
 START_CONTROLLERS=1 bash hack/controlplane/start.sh
 bash hack/registry/start.sh

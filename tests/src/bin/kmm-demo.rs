@@ -1,5 +1,5 @@
-//! The demo (`make demo`): a real control plane, a real registry, and a QEMU
-//! node booting Debian's kernel with `kmm-agent` inside. It applies
+//! The demo (`make demo`): a real control plane, a real registry, `kmm-controller`
+//! and a QEMU node booting Debian's kernel with `kmm-agent` inside. It applies
 //! `examples/brd.yaml`, shows the module loaded (labels, per-node status, the
 //! module's parameters read from the guest's sysfs), then deletes the Module and
 //! shows the unload. `hack/demo.sh` prepares everything and calls this.
@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kmm_common::NodeModulesConfig;
+use kmm_common::{Module, NodeModulesConfig};
 use kmm_tests::cluster::{delete_node, ensure_crds, wait_for};
+use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, repo_root};
 use kmm_tests::vm_agent::AgentVm;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -39,6 +40,17 @@ async fn main() -> Result<()> {
         namespaces.create(&PostParams::default(), &ns).await?;
     }
 
+    say("Starting kmm-controller (finalizer, Module status, device plugins)");
+    let logs = tempfile::tempdir()?;
+    let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
+        cp,
+        NS,
+        logs.path(),
+        Vec::new(),
+    ))?;
+    controller.wait_leader(Duration::from_secs(60)).await?;
+    println!("leader elected");
+
     say("Booting the VM node (QEMU, Debian's kernel, kmm-agent inside)");
     let node = AgentVm::start(cp, &client, NODE, &[("kmm-demo", "true")]).await?;
     println!(
@@ -50,7 +62,9 @@ async fn main() -> Result<()> {
     let result = run(cp, &client, &node).await;
     if result.is_err() {
         eprintln!("--- agent log ---\n{}", node.agent_log());
+        eprintln!("--- controller log ---\n{}", controller.log());
     }
+    drop(controller);
     say("Cleaning up");
     node.shutdown().await?;
     delete_node(&client, NODE).await;
@@ -88,6 +102,17 @@ async fn run(cp: &ControlPlane, client: &kube::Client, node: &AgentVm) -> Result
         "Module loaded: {took:.1?} from `kubectl apply` to the node's ready label"
     ));
 
+    // The controller counts the node in the Module's status.
+    let modules: Api<Module> = Api::namespaced(client.clone(), NS);
+    wait_for(Duration::from_secs(60), || async {
+        Ok(modules
+            .get("brd")
+            .await?
+            .status
+            .is_some_and(|s| s.module_loader.available_number == 1))
+    })
+    .await
+    .context("the controller did not count the loaded node in the Module's status")?;
     show(cp, &["get", "modules", "-n", NS, "-o", "wide"])?;
     say("The node's labels");
     show(
