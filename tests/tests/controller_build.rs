@@ -297,13 +297,14 @@ async fn a_failed_build_is_kept_and_reported_until_its_input_changes() -> Result
     .await
     .with_context(|| ctl.log())?;
     let first = f.jobs().list(&ListParams::default()).await?.items.remove(0);
-    let progress = f.condition("ImagesReady").await?;
-    assert!(
-        progress
-            .as_ref()
-            .is_some_and(|(s, r, _)| s == "False" && r == "Building"),
-        "{progress:?}"
-    );
+    // The reconcile that created the Job writes the status after it.
+    wait_for(WAIT, || async {
+        Ok(f.condition("ImagesReady")
+            .await?
+            .is_some_and(|(s, r, _)| s == "False" && r == "Building"))
+    })
+    .await
+    .with_context(|| ctl.log())?;
 
     fail_job(&f.jobs(), &first.name_any()).await?;
     wait_for(WAIT, || async {

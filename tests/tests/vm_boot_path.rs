@@ -51,16 +51,30 @@ async fn wait_label(vm: &AgentVm, client: &Client, key: &str, present: bool) -> 
 
 /// `kmm_agent_load_duration_seconds_count` of the agent in the guest.
 async fn load_count(vm: &AgentVm) -> Result<u64> {
+    guest_metric(vm, "kmm_agent_load_duration_seconds_count").await
+}
+
+/// Waits until the agent in the guest has run `passes` whole passes.
+async fn wait_passes(vm: &AgentVm, passes: u64) -> Result<()> {
+    let start = guest_metric(vm, "kmm_agent_reconciles_total").await?;
+    wait_for(WAIT, || async {
+        Ok(guest_metric(vm, "kmm_agent_reconciles_total").await? > start + passes)
+    })
+    .await
+}
+
+/// A counter of the agent in the guest.
+async fn guest_metric(vm: &AgentVm, series: &str) -> Result<u64> {
     let out = vm
         .vm
         .run_ok("wget -q -O - http://127.0.0.1:8081/metrics")
         .await?;
     out.lines()
-        .find_map(|l| l.strip_prefix("kmm_agent_load_duration_seconds_count "))
-        .with_context(|| format!("no load count in /metrics:\n{out}"))?
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .with_context(|| format!("no {series} in /metrics:\n{out}"))?
         .trim()
         .parse()
-        .context("load count")
+        .with_context(|| format!("{series} is not a count"))
 }
 
 fn module_yaml(node: &str, image: &str) -> String {
@@ -210,8 +224,8 @@ async fn modules_come_back_at_boot_without_network_and_the_agent_adopts_them() -
     vm3.start_agent().await?;
     println!("phase vm3 agent ready: {:.1?}", t.elapsed());
     assert_eq!(load_count(&vm3).await?, 0, "no load right after start");
-    // Several resyncs (every 5 s) later the agent still has not loaded anything.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Several passes later the agent still has not loaded anything.
+    wait_passes(&vm3, 2).await?;
     let loads = load_count(&vm3).await?;
     if loads != 0 {
         return vm3.fail(format!(
