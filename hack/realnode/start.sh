@@ -53,7 +53,12 @@ if [[ "${1:-}" == --in-netns ]]; then
     # shellcheck disable=SC1091
     source "$run/paths"
     t0=$(date +%s.%N)
-    START_CONTROLLERS=1 bash "$repo/hack/controlplane/start.sh"
+    # kubectl logs/exec and node proxy: the API server dials the kubelet at the
+    # node's InternalIP (not its name: that would need DNS, which goes nowhere
+    # here) with a client certificate the kubelet's webhook authorizer accepts
+    # (admin: system:masters; issued by hack/controlplane before the API server starts).
+    KMM_APISERVER_EXTRA_ARGS="--kubelet-client-certificate=$run/pki/admin.crt --kubelet-client-key=$run/pki/admin.key --kubelet-preferred-address-types=InternalIP" \
+        START_CONTROLLERS=1 bash "$repo/hack/controlplane/start.sh"
     bash "$repo/hack/registry/start.sh"
     t_cp=$(date +%s.%N)
     kc="$run/admin.kubeconfig"
@@ -86,7 +91,11 @@ KC
     # The API server reaches the kubelet (logs, exec) at the node's InternalIP
     # 10.0.2.15:40250: give that address to this namespace's loopback and let
     # QEMU forward it into the guest. Pod IPs (10.245.0.0/24) stay unreachable.
+    # Source 127.0.0.1 for those dials: slirp rewrites only loopback peers to
+    # 10.0.2.2; a peer 10.0.2.15 would reach the guest as a SYN from its own
+    # address and be dropped (seen: "TLS handshake timeout").
     ip addr add 10.0.2.15/32 dev lo 2>/dev/null || true
+    ip route change local 10.0.2.15 dev lo table local proto kernel scope host src 127.0.0.1
     t_qemu=$(date +%s.%N)
     log "starting QEMU (initramfs $(du -h "$INITRD" | cut -f1))"
     setsid nice -n 19 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 2048 -smp 1 -no-reboot -nodefaults \
@@ -113,12 +122,26 @@ KC
         fi
         sleep 1
     done
+    # The API server -> kubelet path (10.0.2.15:40250 on our loopback -> QEMU hostfwd).
+    log "kubelet through the API server: /healthz says '$(k get --raw /api/v1/nodes/kmm-guest/proxy/healthz 2>&1)'"
+    k -n default logs pause-kmm-guest >/dev/null && log "kubectl logs pause-kmm-guest: ok"
+    # A DaemonSet: scheduler + DaemonSet controller + kubelet + image pull from the registry.
+    t_ds=$(date +%s.%N)
+    sed "s#@REGISTRY@#$reg#g" "$here/guest/daemonset.yaml" | k apply -f - >&2
+    ds=""
+    while ((SECONDS < deadline)); do
+        if [[ "$(k -n default get ds pause -o 'jsonpath={.status.numberReady}' 2>/dev/null)" == 1 ]]; then
+            ds=$(date +%s.%N); break
+        fi
+        sleep 1
+    done
     k -n default get pod -o wide || true
     secs() { printf '%.1f' "$(echo "$2 - $1" | bc)"; }
     {
         echo "control plane + registry up: $(secs "$t0" "$t_cp") s"
         echo "QEMU start -> Node Ready: $(secs "$t_qemu" "$ready") s"
         [[ -n "$pod" ]] && echo "QEMU start -> static Pod Running: $(secs "$t_qemu" "$pod") s"
+        [[ -n "$ds" ]] && echo "DaemonSet applied -> 1/1 Ready: $(secs "$t_ds" "$ds") s"
         grep -E '^RN ' "$run/console.log" | head -5
     } | tee "$run/timeline.txt"
     exit 0
