@@ -27,7 +27,22 @@ echo "RN containerd up t=$(t)"
 kubelet --config /host/kubelet.yaml --kubeconfig /host/kubelet.kubeconfig --hostname-override kmm-guest \
   --node-ip 10.0.2.15 --root-dir /var/lib/kubelet --v=1 > /host/logs/kubelet.log 2>&1 &
 echo "RN kubelet started t=$(t)"
+# Command channel over the share (hack/realnode/guest-exec.sh): run each
+# /host/cmd/<id>.sh once, leave <id>.out and then <id>.rc. A status line every 30 s.
+mkdir -p /host/cmd
+n=0
 while :; do
-  sleep 30
-  echo "RN t=$(t) running=$(ctr -a /run/ctd/containerd.sock -n k8s.io task ls 2>/dev/null | grep -c RUNNING) mem=$(free -m | awk '/Mem/{print $3}')MB"
+  for f in /host/cmd/*.sh; do
+    [ -e "$f" ] || continue
+    id=${f%.sh}
+    mv "$f" "$id.run"
+    sh "$id.run" > "$id.out" 2>&1 < /dev/null
+    echo $? > "$id.rc.tmp" && mv "$id.rc.tmp" "$id.rc"
+    rm -f "$id.run"
+  done
+  n=$((n+1))
+  if [ $((n % 60)) = 0 ]; then
+    echo "RN t=$(t) running=$(ctr -a /run/ctd/containerd.sock -n k8s.io task ls 2>/dev/null | grep -c RUNNING) mem=$(free -m | awk '/Mem/{print $3}')MB"
+  fi
+  sleep 0.5
 done
