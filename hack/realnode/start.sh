@@ -55,7 +55,7 @@ if [[ "${1:-}" == --in-netns ]]; then
     t0=$(date +%s.%N)
     # kubectl logs/exec and node proxy: the API server dials the kubelet at the
     # node's InternalIP (not its name: that would need DNS, which goes nowhere
-    # here) with a client certificate the kubelet's webhook authorizer accepts
+    # here; seen: a lookup sent to the host's DNS server) with a client certificate the kubelet's webhook authorizer accepts
     # (admin: system:masters; issued by hack/controlplane before the API server starts).
     KMM_APISERVER_EXTRA_ARGS="--kubelet-client-certificate=$run/pki/admin.crt --kubelet-client-key=$run/pki/admin.key --kubelet-preferred-address-types=InternalIP" \
         START_CONTROLLERS=1 bash "$repo/hack/controlplane/start.sh"
@@ -88,19 +88,24 @@ current-context: kmm-guest
 KC
     cp "$pki/ca.crt" "$share/ca.crt"
 
-    # The API server reaches the kubelet (logs, exec) at the node's InternalIP
-    # 10.0.2.15:40250: give that address to this namespace's loopback and let
-    # QEMU forward it into the guest. Pod IPs (10.245.0.0/24) stay unreachable.
-    # Source 127.0.0.1 for those dials: slirp rewrites only loopback peers to
-    # 10.0.2.2; a peer 10.0.2.15 would reach the guest as a SYN from its own
-    # address and be dropped (seen: "TLS handshake timeout").
-    ip addr add 10.0.2.15/32 dev lo 2>/dev/null || true
-    ip route change local 10.0.2.15 dev lo table local proto kernel scope host src 127.0.0.1
+    # A local path from the API server into the guest, for the kubelet (logs,
+    # exec, node proxy: the node's InternalIP is the guest's end of the tap) and
+    # for webhooks served by Pods (Pod CIDR routed to the guest). The namespace
+    # still has no other link: everything else stays unreachable.
+    ip tuntap add dev rntap0 mode tap
+    ip addr add 192.168.77.1/30 dev rntap0
+    ip link set rntap0 up
+    ip route add 10.245.0.0/24 via 192.168.77.2
+    assert_unreachable 10.88.0.5
+    assert_unreachable 1.1.1.1
+    assert_unreachable 10.0.2.15
+    log "ip route get 10.245.0.5: $(ip route get 10.245.0.5 | head -1)"
     t_qemu=$(date +%s.%N)
     log "starting QEMU (initramfs $(du -h "$INITRD" | cut -f1))"
     setsid nice -n 19 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 2048 -smp 1 -no-reboot -nodefaults \
         -display none -kernel "$KDIR/vmlinux" -initrd "$INITRD" -serial "file:$run/console.log" \
-        -nic "user,model=virtio-net-pci,hostfwd=tcp:10.0.2.15:40250-:40250" \
+        -nic user,model=virtio-net-pci,mac=52:54:00:12:34:56 \
+        -netdev tap,id=tap0,ifname=rntap0,script=no,downscript=no -device virtio-net-pci,netdev=tap0,mac=52:54:00:77:00:02 \
         -virtfs "local,path=$share,mount_tag=host0,security_model=none,id=fs0" \
         -append "console=ttyS0 panic=-1 quiet" -pidfile "$run/qemu.pid" \
         </dev/null >"$run/qemu.log" 2>&1 &
@@ -179,7 +184,7 @@ initrd="$(KMM_CACHE="$HOME/.cache/kmm-rs/realnode" KMM_VM_KERNEL_DIR="$kdir" EXT
 # The 9p share: guest script and configs (no initramfs rebuild when they change).
 reg="127.0.0.1:$KMM_REGISTRY_PORT"
 cp "$here/guest/join.sh" "$share/join.sh"
-echo "API_PORT=$KMM_APISERVER_PORT" >"$share/env"
+printf 'API_PORT=%s\nNODE_IP=192.168.77.2\nTAP_MAC=52:54:00:77:00:02\n' "$KMM_APISERVER_PORT" >"$share/env"
 cp "$here/guest/kubelet.yaml" "$share/kubelet.yaml"
 sed "s#@REGISTRY@#$reg#g" "$here/guest/containerd.toml" >"$share/containerd.toml"
 cp "$here/guest/bridge.conflist" "$share/cni/net.d/10-bridge.conflist"
