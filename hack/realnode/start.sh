@@ -57,7 +57,10 @@ if [[ "${1:-}" == --in-netns ]]; then
     # node's InternalIP (not its name: that would need DNS, which goes nowhere
     # here; seen: a lookup sent to the host's DNS server) with a client certificate the kubelet's webhook authorizer accepts
     # (admin: system:masters; issued by hack/controlplane before the API server starts).
-    KMM_APISERVER_EXTRA_ARGS="--kubelet-client-certificate=$run/pki/admin.crt --kubelet-client-key=$run/pki/admin.key --kubelet-preferred-address-types=InternalIP" \
+    # --enable-aggregator-routing: webhook calls go to the Service's endpoint
+    # (a Pod IP, routed over the tap), not its ClusterIP (no kube-proxy in this
+    # namespace; seen: "dial tcp 10.0.0.18:443: connect: network is unreachable").
+    KMM_APISERVER_EXTRA_ARGS="--kubelet-client-certificate=$run/pki/admin.crt --kubelet-client-key=$run/pki/admin.key --kubelet-preferred-address-types=InternalIP --enable-aggregator-routing=true" \
         START_CONTROLLERS=1 bash "$repo/hack/controlplane/start.sh"
     bash "$repo/hack/registry/start.sh"
     t_cp=$(date +%s.%N)
