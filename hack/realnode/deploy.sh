@@ -2,7 +2,8 @@
 # On a node started by hack/realnode/start.sh: `kubectl apply -k` of deploy/
 # (through overlay/, which only sets the image), wait for the agent and the
 # controller, then the brd Module: loaded in the guest's kernel by the agent
-# Pod, ready label on the Node, deletion unloads. Prints a timeline.
+# Pod, ready label on the Node; a rolling update of the agent leaves it loaded;
+# deletion unloads. Prints a timeline.
 #
 # Env: KMM_RN_IMAGE   source of the kmm-rs image (default: docker://127.0.0.1:5000/kmm-rs:dev,
 #                     pushed there by hack/image/build.sh); copied on the host, pushed in the netns
@@ -71,6 +72,26 @@ k get node kmm-guest --show-labels | tr ',' '\n' | grep kmm.node || true
 "$here/guest-exec.sh" 'grep "^brd " /proc/modules; for p in /sys/module/brd/parameters/*; do echo "$p=$(cat $p)"; done'
 sleep 3
 k get modules -A -o wide || true
+# A rolling update of the agent DaemonSet (same image, new tag) must neither
+# unload nor reload brd, and the label must stay (checked every second).
+skopeo copy -q --dest-tls-verify=false "oci:$run/images/kmm-rs:dev" "docker://$reg/kmm-rs:dev2"
+before="$("$here/guest-exec.sh" 'grep "^brd " /proc/modules') $(k get nmc kmm-guest -o 'jsonpath={.status.modules[0].loadTime}')"
+old_pod="$(k -n kmm-system get pod -l app.kubernetes.io/name=kmm-agent -o name)"
+t_roll=$(now)
+k -n kmm-system set image ds/kmm-agent agent="$reg/kmm-rs:dev2" >&2
+missing=0 limit=$((SECONDS + 300))
+while ! k -n kmm-system rollout status ds/kmm-agent --timeout=1s >/dev/null 2>&1; do
+    label || missing=$((missing + 1))
+    ((SECONDS < limit)) || die "agent rollout not done after 300 s"
+    sleep 1
+done
+t_rolled=$(now)
+after="$("$here/guest-exec.sh" 'grep "^brd " /proc/modules') $(k get nmc kmm-guest -o 'jsonpath={.status.modules[0].loadTime}')"
+new_pod="$(k -n kmm-system get pod -l app.kubernetes.io/name=kmm-agent -o name)"
+log "agent $old_pod -> $new_pod; brd before: $before; after: $after; label missing in $missing polls"
+[[ "$before" == "$after" && "$old_pod" != "$new_pod" && "$missing" == 0 ]] || die "rolling update disturbed brd"
+label || die "ready label gone after the rolling update"
+
 t_del=$(now)
 k delete module brd --wait=true >&2
 unloaded() { ! "$here/guest-exec.sh" 'grep -q "^brd " /proc/modules'; }
@@ -81,5 +102,6 @@ t_unl=$(now)
     echo "apply -k -> agent DaemonSet 1/1 Ready: $(secs "$t0" "$t_agent") s"
     echo "apply -k -> controller 2/2 Ready: $(secs "$t0" "$t_ctrl") s"
     echo "brd Module applied -> ready label: $(secs "$t_mod" "$t_label") s"
+    echo "agent rolling update (new tag) -> rolled out, brd untouched, label kept: $(secs "$t_roll" "$t_rolled") s"
     echo "brd Module deleted -> unloaded: $(secs "$t_del" "$t_unl") s"
 } | tee "$run/deploy-timeline.txt"
