@@ -10,6 +10,7 @@ log() { printf '[realnode/stop %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 # shellcheck source=../lib/stop-pid.sh
 source "$here/../lib/stop-pid.sh"
 
+stop_pid prometheus "$KMM_RUN/prometheus.pid" "$KMM_RUN/"
 stop_pid qemu-system-x86_64 "$KMM_RUN/qemu.pid" "$KMM_RUN/"
 bash "$here/../registry/stop.sh" || true
 bash "$here/../controlplane/stop.sh" || true
