@@ -19,6 +19,8 @@
 #   KMM_KCM_PORT          kube-controller-manager secure port (default: 10257)
 #   KMM_SCHEDULER_PORT    kube-scheduler secure port (default: 10259)
 #   START_CONTROLLERS=1   also start kube-controller-manager and kube-scheduler
+#   KMM_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, split on spaces (e.g. the
+#                         kubelet client certificate for a real node: hack/realnode)
 #   KMM_CP_TIMEOUT        seconds to wait for each component (default: 120)
 #
 # Outputs in $KMM_RUN:
@@ -271,6 +273,7 @@ rules:
     resources: [{group: kmm.sigs.x-k8s.io, resources: [nodemodulesconfigs]}]
   - level: None
 POLICY
+    # shellcheck disable=SC2086 # KMM_APISERVER_EXTRA_ARGS is split on purpose
     launch kube-apiserver \
         --audit-policy-file="$run/audit-policy.yaml" \
         --audit-log-path="$logs/audit.log" \
@@ -301,7 +304,8 @@ POLICY
         --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity,ValidatingAdmissionPolicy,NodeRestriction \
         --allow-privileged=true \
         --profiling=false \
-        --v=1
+        --v=1 \
+        ${KMM_APISERVER_EXTRA_ARGS:-}
     wait_for kube-apiserver api_ready
 }
 
