@@ -14,9 +14,8 @@
 //!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
-use anyhow::{Context, Result, ensure};
-use kmm_tests::controlplane::{ControlPlane, repo_root};
-use serde_json::Value;
+use anyhow::{Result, ensure};
+use kmm_tests::controlplane::ControlPlane;
 
 const SKIPPED_KINDS: [&str; 4] = [
     "CustomResourceDefinition",
@@ -28,28 +27,7 @@ const SKIPPED_KINDS: [&str; 4] = [
 /// `deploy/` rendered by an overlay with `namespace: ns` and `namePrefix: prefix`,
 /// as one YAML stream without the skipped kinds.
 fn render(cp: &ControlPlane, ns: &str, prefix: &str) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    // kustomize loads bases relative to the overlay: copy deploy/ next to it.
-    let copy = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo_root().join("deploy"))
-        .arg(dir.path().join("deploy"))
-        .status()?;
-    ensure!(copy.success(), "copying deploy/");
-    let overlay = dir.path().join("overlay");
-    std::fs::create_dir(&overlay)?;
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {ns}\nnamePrefix: {prefix}\nresources:\n- ../deploy\n"
-        ),
-    )?;
-    let rendered = cp.kubectl_ok(["kustomize", overlay.to_str().context("non-UTF-8 path")?])?;
-    let docs: Vec<Value> = rendered
-        .split("\n---\n")
-        .map(serde_yaml::from_str)
-        .collect::<Result<_, _>>()?;
+    let docs = kmm_tests::cluster::render_deploy_overlay(cp, ns, prefix)?;
     let kept = docs
         .iter()
         .filter(|d| !SKIPPED_KINDS.iter().any(|k| d["kind"] == *k))

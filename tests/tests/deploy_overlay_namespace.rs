@@ -19,7 +19,7 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Node;
 use kmm_common::NodeModulesConfig;
 use kmm_tests::cluster::{create_node, install_deploy};
-use kmm_tests::controlplane::{ControlPlane, repo_root};
+use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::identity::{expect_policy_denial, pod_on_node, sa_token};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -35,28 +35,7 @@ const SKIPPED_KINDS: [&str; 4] = [
 
 /// `deploy/` rendered by an overlay with `namespace: ns` and `namePrefix: prefix`.
 fn render_overlay(cp: &ControlPlane, ns: &str, prefix: &str) -> Result<Vec<serde_json::Value>> {
-    let dir = tempfile::tempdir()?;
-    // kustomize loads bases relative to the overlay: copy deploy/ next to it.
-    let copy = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo_root().join("deploy"))
-        .arg(dir.path().join("deploy"))
-        .status()?;
-    anyhow::ensure!(copy.success(), "copying deploy/");
-    let overlay = dir.path().join("overlay");
-    std::fs::create_dir(&overlay)?;
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {ns}\nnamePrefix: {prefix}\nresources:\n- ../deploy\n"
-        ),
-    )?;
-    let rendered = cp.kubectl_ok(["kustomize", overlay.to_str().context("non-UTF-8 path")?])?;
-    let docs: Vec<serde_json::Value> = rendered
-        .split("\n---\n")
-        .map(serde_yaml::from_str)
-        .collect::<Result<_, _>>()?;
+    let docs = kmm_tests::cluster::render_deploy_overlay(cp, ns, prefix)?;
     Ok(docs
         .into_iter()
         .filter(|d| !SKIPPED_KINDS.iter().any(|k| d["kind"] == *k))
