@@ -1,11 +1,17 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: test demo bench crds fmt lint image deploy-check
+.PHONY: test demo demo-cluster bench crds fmt lint image deploy-check
 
 test:
 	bash hack/test.sh
 
 demo:
 	bash hack/demo.sh
+
+# The whole system on a real kubelet in a QEMU guest: the release image,
+# `kubectl apply -k deploy/`, brd loaded by the agent Pod, Prometheus; prints
+# the timeline (KEEP=1 leaves it running).
+demo-cluster:
+	bash hack/demo-cluster.sh
 
 # The kmm-rs image, without a container daemon (mmdebstrap base, buildah),
 # pushed to the local registry 127.0.0.1:$${KMM_REGISTRY_PORT:-5000}.

@@ -6,10 +6,9 @@
 # starts kmm-controller, boots a QEMU node running kmm-agent, applies examples/brd.yaml, shows the
 # module loaded, deletes it and shows the unload. Stops only what it started.
 #
-# The demo's API server is its own (run dir /tmp/kmm-rs-demo, port 6543, etcd
-# data wiped when it starts one), so it never shows objects left by `make test`
-# on the tests' control plane (/tmp/kmm-rs-cp, 6443). Set KMM_DEMO_RUN and the
-# KMM_*_PORT variables of hack/controlplane/start.sh to move it.
+# The demo's cluster is its own: started empty (run dir /tmp/kmm-rs-demo, etcd
+# data wiped) inside a network namespace of its own with loopback only, and
+# stopped at the end. Set KMM_DEMO_RUN to move its run dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -29,17 +28,31 @@ kver=$(cat "$kdir/kver")
 step "Building kmm-rs (kmm-agent, kmm-controller, kmmctl, the demo driver)"
 cargo build -q -p kmm-agent -p kmm-controller -p kmmctl -p kmm-tests --bins
 
-started_cp=0 started_reg=0
-curl -fsk --max-time 2 "https://127.0.0.1:${KMM_APISERVER_PORT:-6443}/readyz" >/dev/null 2>&1 || started_cp=1
-curl -fs --max-time 2 "http://127.0.0.1:${KMM_REGISTRY_PORT:-5000}/v2/" >/dev/null 2>&1 || started_reg=1
+# The cluster runs in a network namespace of its own, loopback only and no
+# route: nothing it starts can reach another machine.
+netns="kmm-demo-$$"
+log() { printf '[demo %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib/netns.sh
+source "$root/hack/lib/netns.sh"
+if [[ "${1:-}" != --in-netns ]]; then
+  step "Entering network namespace $netns (loopback only, no route)"
+  netns_reap kmm-demo-
+  netns_create "$netns"
+  trap 'netns_delete "$netns"' EXIT
+  ip netns exec "$netns" bash "$root/hack/demo.sh" --in-netns "$netns"
+  exit 0
+fi
+netns_inside "$2" || die "not inside network namespace $2"
+netns_assert_isolated
 cleanup() {
-  if ((started_cp)); then bash "$root/hack/controlplane/stop.sh" >/dev/null 2>&1 || true; fi
-  if ((started_reg)); then bash "$root/hack/registry/stop.sh" >/dev/null 2>&1 || true; fi
+  bash "$root/hack/controlplane/stop.sh" >/dev/null 2>&1 || true
+  bash "$root/hack/registry/stop.sh" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 step "Starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the registry"
-# A control plane this run starts begins empty: no objects from an earlier demo.
-if ((started_cp)); then rm -rf "$KMM_RUN/etcd"; fi
+# The demo's control plane begins empty: no objects from an earlier demo.
+rm -rf "$KMM_RUN/etcd"
 START_CONTROLLERS=1 bash hack/controlplane/start.sh
 bash hack/registry/start.sh
 

@@ -16,9 +16,16 @@ set -euo pipefail
 #                                           builds the kmm-rs image without a daemon (hack/image/build.sh)
 #  mmdebstrap, uidmap                     - the image's Debian base, made from the Debian archive
 #  skopeo                                 - inspects/copies the pushed image (hack/image/build.sh)
+#  binutils                               - strip: the test image's debug binaries
+#  containerd, runc, iptables,            - the real node's runtime and Pod network, copied into
+#  containernetworking-plugins, gcc,        the QEMU guest (hack/realnode); gcc + libc6-dev build
+#  libc6-dev                                its pause image. Never started on the host.
+#  prometheus                             - scrapes the real node's Pods (hack/realnode/prometheus.sh)
+#  bc                                     - the real-node scripts' timelines
 PKGS=(libkmod-dev libclang-dev pkg-config kmod docker-registry qemu-system-x86 busybox-static cpio
       openssl apache2-utils xz-utils zstd ca-certificates curl libssl-dev buildah
-      mmdebstrap uidmap skopeo)
+      mmdebstrap uidmap skopeo binutils containerd runc iptables containernetworking-plugins
+      gcc libc6-dev prometheus bc)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -28,6 +35,14 @@ if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
+  # No package may start its daemon on this machine (containerd, prometheus,
+  # docker-registry run only where the scripts start them): policy-rc.d says
+  # "action forbidden" to invoke-rc.d for the length of the install.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 for t in cargo go; do

@@ -1,14 +1,42 @@
 #!/usr/bin/env bash
 # The test command (`make test`): on a fresh Debian machine it installs what is
-# missing, builds (or reuses) the control plane from source, fetches Debian's
-# kernel for the VM node, starts etcd + kube-apiserver + the registry, and runs
-# every test: unit, integration against the real API server and registry, and
-# the VM end-to-end tests. Services it started are stopped at the end.
+# missing, builds (or reuses) the control plane and the real node's kubelet
+# from source, fetches Debian's kernel for the VM nodes, builds the tests and
+# the kmm-rs image; then, inside a network namespace of its own with loopback
+# only and no route, starts etcd + kube-apiserver + the registry and runs every
+# test: unit, integration against the real API server and registry, the VM
+# end-to-end tests and the real-kubelet test. Nothing a test starts can reach
+# another machine: a stray dial fails with "Network is unreachable"
+# (tests/tests/hermetic.rs checks it). Everything it started is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-export KMM_RUN="${KMM_RUN:-/tmp/kmm-rs-cp}"
+# The tests' own run dir: never the one a developer's control plane uses.
+export KMM_RUN="${KMM_TEST_RUN:-/tmp/kmm-rs-test}"
+netns="kmm-test-$$"
 step() { printf '\n== %s [%s]\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
+log() { printf '[test %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib/netns.sh
+source "$root/hack/lib/netns.sh"
+
+if [[ "${1:-}" == --in-netns ]]; then
+    netns_inside "$2" || die "not inside network namespace $2"
+    netns_assert_isolated
+    # The tests start the auth (--auth) and TLS (--tls) registries on demand.
+    cleanup() {
+        for r in "" --auth --tls; do bash "$root/hack/registry/stop.sh" $r >/dev/null 2>&1 || true; done
+        bash "$root/hack/controlplane/stop.sh" || true
+    }
+    trap cleanup EXIT
+    step "control plane and registry (in $2, fresh etcd)"
+    rm -rf "$KMM_RUN/etcd"
+    START_CONTROLLERS=1 bash hack/controlplane/start.sh
+    bash hack/registry/start.sh
+    step "cargo test (unit, integration, VM end-to-end, real kubelet)"
+    CARGO_NET_OFFLINE=true cargo test --workspace --no-fail-fast -- --include-ignored --test-threads=2
+    exit 0
+fi
 
 step "setup"
 bash hack/setup.sh
@@ -16,37 +44,34 @@ step "control plane binaries"
 bash hack/controlplane/build.sh >/dev/null
 step "kwok binary (simulated kubelets)"
 bash hack/kwok/build.sh >/dev/null
+step "real node: kubelet, kube-proxy, pause image"
+bash hack/realnode/build.sh >/dev/null
 step "VM node kernel"
 kdir=$(bash tests/vm/fetch-kernel.sh | tail -1)
 # kmmctl's real-kernel tests (ignored by default, run below) read the same tree.
 export KMM_KERNEL_TREE="$kdir/root" KMM_KERNEL_VERSION="$(cat "$kdir/kver")"
 
-started_cp=0
-if ! curl -fsk --max-time 2 "https://127.0.0.1:${KMM_APISERVER_PORT:-6443}/readyz" >/dev/null 2>&1; then started_cp=1; fi
-started_reg=0
-if ! curl -fs --max-time 2 "http://127.0.0.1:${KMM_REGISTRY_PORT:-5000}/v2/" >/dev/null 2>&1; then started_reg=1; fi
-# The tests start the auth (--auth) and TLS (--tls) registries on demand: stop
-# those this run started, like everything else it started.
-running_before() { local f="$KMM_RUN/registry-$1/registry.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
-started_auth=1; if running_before auth; then started_auth=0; fi
-started_tls=1; if running_before tls; then started_tls=0; fi
-cleanup() {
-  if ((started_cp)); then bash "$root/hack/controlplane/stop.sh" || true; fi
-  if ((started_reg)); then bash "$root/hack/registry/stop.sh" || true; fi
-  if ((started_auth)); then bash "$root/hack/registry/stop.sh" --auth || true; fi
-  if ((started_tls)); then bash "$root/hack/registry/stop.sh" --tls || true; fi
-}
-trap cleanup EXIT
-
 step "deploy/ renders (images-only overlay, agent nodeSelector patch)"
 bash hack/deploy/check.sh
 
-step "control plane and registry"
-START_CONTROLLERS=1 bash hack/controlplane/start.sh
-bash hack/registry/start.sh
+# Everything that needs the network happens before the namespace: crates,
+# the image's Debian base and packages.
+step "build the tests"
+cargo test --workspace --no-run
+step "the kmm-rs image from the test build (hack/image/build.sh, not pushed)"
+# The real-kubelet test deploys it; debug binaries (stripped) spare CI a
+# second, release build (`make image` builds the release image). Built alone:
+# in the test build the agent has the tests' `simulated` feature.
+cargo build --bin kmm-agent --bin kmm-controller --bin kmmctl
+KMM_IMAGE_TAG=test KMM_IMAGE_BINARIES="$root/target/debug" KMM_IMAGE_OCI="$KMM_RUN/image-oci" \
+    bash hack/image/build.sh
+export KMM_TEST_IMAGE="oci:$KMM_RUN/image-oci:test"
 
-step "cargo test (unit, integration, VM end-to-end)"
-cargo test --workspace --no-fail-fast -- --include-ignored --test-threads=2
+step "network namespace $netns (loopback only, no route)"
+netns_reap kmm-test-
+netns_create "$netns"
+trap 'netns_delete "$netns"' EXIT
+ip netns exec "$netns" bash "$root/hack/test.sh" --in-netns "$netns"
 
 step "fuzz the layer extractor (bounded)"
 bash hack/fuzz.sh "${KMM_FUZZ_SECONDS:-60}"

@@ -21,7 +21,11 @@
 #
 # Env: KMM_IMAGE_TAG (dev), KMM_REGISTRY_PORT (5000), KMM_DEBIAN_MIRROR
 # (http://deb.debian.org/debian), KMM_DEBIAN_SECURITY
-# (http://deb.debian.org/debian-security), KMM_IMAGE_REFRESH_BASE=1 remakes the base.
+# (http://deb.debian.org/debian-security), KMM_IMAGE_REFRESH_BASE=1 remakes the base,
+# KMM_IMAGE_BINARIES=DIR takes the binaries from DIR (e.g. target/debug, stripped
+# on the way in) instead of the release build, KMM_IMAGE_OCI=DIR writes the image
+# to an OCI layout DIR (tag $KMM_IMAGE_TAG) instead of pushing it (`make test`
+# builds its test image this way, before its network namespace exists).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -34,7 +38,7 @@ SECURITY="${KMM_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
 BASE_NAME=docker.io/library/debian:bookworm-slim
 BINS=(kmm-agent kmm-controller kmmctl)
 
-for t in mmdebstrap buildah skopeo cargo curl sha256sum python3; do
+for t in mmdebstrap buildah skopeo cargo curl sha256sum python3 strip; do
     command -v "$t" >/dev/null || { echo "image: '$t' not found (bash hack/setup.sh)" >&2; exit 1; }
 done
 [ "$(id -u)" -eq 0 ] || { echo "image: run as root (mmdebstrap and buildah chroot isolation)" >&2; exit 1; }
@@ -98,14 +102,19 @@ if [ "$(cat "$IMPORTED" 2>/dev/null)" != "$KEY" ] \
     echo "$KEY" > "$IMPORTED"
 fi
 
-# ---- 2. release binaries ----------------------------------------------------
-step "building the release binaries (cargo build --release --locked)"
-export CARGO_TARGET_DIR="${KMM_IMAGE_TARGET_DIR:-$CACHE/target}"
-(cd "$ROOT" && cargo build -q --release --locked "${BINS[@]/#/--bin=}")
+# ---- 2. binaries -------------------------------------------------------------
 # A context of its own holding only the binaries: nothing else is sent.
 CTX="$CACHE/context"
 rm -rf "$CTX" && mkdir -p "$CTX/prebuilt"
-for b in "${BINS[@]}"; do cp "$CARGO_TARGET_DIR/release/$b" "$CTX/prebuilt/"; done
+if [ -n "${KMM_IMAGE_BINARIES:-}" ]; then
+    step "taking the binaries from $KMM_IMAGE_BINARIES (stripped)"
+    for b in "${BINS[@]}"; do strip -o "$CTX/prebuilt/$b" "$KMM_IMAGE_BINARIES/$b"; done
+else
+    step "building the release binaries (cargo build --release --locked)"
+    export CARGO_TARGET_DIR="${KMM_IMAGE_TARGET_DIR:-$CACHE/target}"
+    (cd "$ROOT" && cargo build -q --release --locked "${BINS[@]/#/--bin=}")
+    for b in "${BINS[@]}"; do cp "$CARGO_TARGET_DIR/release/$b" "$CTX/prebuilt/"; done
+fi
 
 # ---- 3. image ---------------------------------------------------------------
 step "building the image (buildah bud --isolation chroot --target runtime-prebuilt)"
@@ -114,16 +123,24 @@ step "building the image (buildah bud --isolation chroot --target runtime-prebui
     --target runtime-prebuilt -f "$ROOT/deploy/image/Containerfile" \
     -t "localhost/kmm-rs:$TAG" "$CTX" >/dev/null
 
-# ---- 4. push ----------------------------------------------------------------
-if ! curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/v2/"; then
-    step "starting the local registry"
-    KMM_REGISTRY_PORT="$PORT" bash "$ROOT/hack/registry/start.sh" >&2
+# ---- 4. push (or an OCI layout) ---------------------------------------------
+if [ -n "${KMM_IMAGE_OCI:-}" ]; then
+    REF="oci:$KMM_IMAGE_OCI:$TAG"
+    step "writing $REF"
+    rm -rf "$KMM_IMAGE_OCI" && mkdir -p "$(dirname "$KMM_IMAGE_OCI")"
+    "${BUILDAH[@]}" push --quiet --digestfile "$CACHE/digest" "localhost/kmm-rs:$TAG" "$REF"
+else
+    if ! curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/v2/"; then
+        step "starting the local registry"
+        KMM_REGISTRY_PORT="$PORT" bash "$ROOT/hack/registry/start.sh" >&2
+    fi
+    step "pushing $REF"
+    "${BUILDAH[@]}" push --quiet --tls-verify=false --digestfile "$CACHE/digest" \
+        "localhost/kmm-rs:$TAG" "docker://$REF"
+    REF="docker://$REF"
 fi
-step "pushing $REF"
-"${BUILDAH[@]}" push --quiet --tls-verify=false --digestfile "$CACHE/digest" \
-    "localhost/kmm-rs:$TAG" "docker://$REF"
 digest="$(cat "$CACHE/digest")"
-manifest="$(skopeo inspect --raw --tls-verify=false "docker://$REF")"
+manifest="$(skopeo inspect --raw --tls-verify=false "$REF")"
 # Compressed: what a node pulls (config + gzip layers); uncompressed: unpacked.
 compressed="$(printf '%s' "$manifest" | python3 -c \
     'import json,sys; m=json.load(sys.stdin); print(m["config"]["size"]+sum(l["size"] for l in m["layers"]))')"

@@ -52,6 +52,11 @@ skopeo copy -q --dest-tls-verify=false "oci:$run/images/brd:$kver" "docker://$re
 
 t0=$(now)
 k apply -k "$here/overlay" >&2
+# A second apply of the same manifests must change nothing (GitOps tools
+# would show drift otherwise): every line "... unchanged".
+changed="$(k apply -k "$here/overlay" | grep -v ' unchanged$' || true)"
+[[ -z "$changed" ]] || die "a second kubectl apply -k changed: $changed"
+log "second kubectl apply -k: every object unchanged"
 ready() { [[ "$(k -n kmm-system get "$1" -o "jsonpath={.status.$2}")" == "$3" ]]; }
 wait_until "agent DaemonSet 1/1 Ready" 600 ready ds/kmm-agent numberReady 1
 t_agent=$(now)

@@ -36,13 +36,9 @@ share="$run/share"
 log() { printf '[realnode/start %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# Fails unless DEST is unreachable from the current network namespace.
-assert_unreachable() {
-    local out
-    if out="$(ip route get "$1" 2>&1)"; then die "$1 is routable here ($out): refusing to go on"; fi
-    [[ "$out" == *"Network is unreachable"* ]] || die "unexpected answer for $1: $out"
-    log "ip route get $1: $out"
-}
+# shellcheck source=../lib/netns.sh
+source "$here/../lib/netns.sh"
+assert_unreachable() { netns_assert_unreachable "$1"; log "ip route get $1: unreachable"; }
 
 # ------------------------------------------------------------ phase 3 (in the namespace)
 if [[ "${1:-}" == --in-netns ]]; then

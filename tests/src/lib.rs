@@ -14,6 +14,7 @@ pub mod images;
 mod jobexec;
 pub mod kwok;
 pub mod module;
+pub mod realnode;
 pub mod signjob;
 pub mod vm;
 pub mod vm_agent;

@@ -1,0 +1,199 @@
+//! What a user does, on a real kubelet: `kubectl apply -k deploy/` (an overlay
+//! that only sets `images:`, as docs/install.md says) onto a QEMU guest running
+//! containerd + kubelet v1.35.4 on Debian's kernel; the agent DaemonSet's Pod
+//! loads `brd` into the guest's kernel, the controller fills in the Module's
+//! status, Prometheus scrapes the Pods, deletion unloads.
+//! `hack/realnode/deploy.sh` runs first (it also checks that a second
+//! `kubectl apply -k` says only "unchanged", rolls the agent DaemonSet and
+//! checks `brd` is left alone); the assertions here then repeat the load and
+//! check what the user would look at.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kmm_tests::controlplane::repo_root;
+use kmm_tests::realnode::RealNode;
+use serde_json::Value;
+
+const LABEL: &str = "kmm.node.kubernetes.io/default.brd.ready";
+
+fn wait<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(Some(v)) => {
+                eprintln!(
+                    "vm_kubelet: {what} after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) if start.elapsed() >= limit => {
+                return Err(e.context(format!("waiting for {what}")));
+            }
+            Err(_) => {}
+        }
+        if start.elapsed() >= limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn json(node: &RealNode, args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    Ok(serde_json::from_str(&node.kubectl(&all)?)?)
+}
+
+fn labelled(node: &RealNode) -> Result<bool> {
+    let n = json(node, &["get", "node", RealNode::NAME])?;
+    Ok(n["metadata"]["labels"].get(LABEL).is_some())
+}
+
+#[test]
+#[ignore = "boots a QEMU guest running a real kubelet and deploys kmm-rs on it (several minutes, needs KMM_TEST_IMAGE): run by make test"]
+fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
+    let image = std::env::var_os("KMM_TEST_IMAGE").context(
+        "KMM_TEST_IMAGE is unset: the kmm-rs image to deploy, e.g. oci:DIR:TAG \
+         (make test builds it with hack/image/build.sh)",
+    )?;
+    let kmmctl = kmm_tests::signjob::kmmctl_binary()?;
+    let node = RealNode::start()?;
+
+    // deploy/ through the images-only overlay, agent 1/1 and controller 2/2
+    // Ready, brd loaded, the agent rolled to a new tag without touching brd,
+    // brd deleted and unloaded: deploy.sh fails on any of it.
+    node.script(
+        "deploy.sh",
+        &[
+            ("KMM_RN_IMAGE", image.as_os_str()),
+            ("KMMCTL", kmmctl.as_os_str()),
+        ],
+    )?;
+
+    // The agent Pod: on the guest node, Running and Ready.
+    let pods = json(
+        &node,
+        &[
+            "-n",
+            "kmm-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=kmm-agent",
+        ],
+    )?;
+    let items = pods["items"].as_array().context("pod list")?;
+    ensure!(
+        items.len() == 1,
+        "expected one agent Pod, got {}",
+        items.len()
+    );
+    let pod = &items[0];
+    let pod_name = pod["metadata"]["name"]
+        .as_str()
+        .context("pod name")?
+        .to_string();
+    ensure!(
+        pod["spec"]["nodeName"] == RealNode::NAME,
+        "agent Pod on {}",
+        pod["spec"]["nodeName"]
+    );
+    ensure!(
+        pod["status"]["phase"] == "Running",
+        "agent Pod phase {}",
+        pod["status"]["phase"]
+    );
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    ensure!(ready, "agent Pod not Ready: {}", pod["status"]);
+    eprintln!(
+        "vm_kubelet: agent Pod {pod_name} Running and Ready on node {}",
+        RealNode::NAME
+    );
+
+    // brd again, loaded by that Pod.
+    let brd = std::fs::read_to_string(repo_root().join("examples/brd.yaml"))?
+        .replace("10.0.2.2:5000/", "10.0.2.2:25000/");
+    node.kubectl_stdin(&["apply", "-f", "-"], &brd)?;
+    wait("the brd ready label", Duration::from_secs(300), || {
+        Ok(labelled(&node)?.then_some(()))
+    })?;
+    let (_, modules) = node.guest("grep '^brd ' /proc/modules")?;
+    ensure!(
+        modules.starts_with("brd "),
+        "brd not in the guest's /proc/modules: {modules:?}"
+    );
+    let (_, params) =
+        node.guest("cat /sys/module/brd/parameters/rd_nr /sys/module/brd/parameters/rd_size")?;
+    ensure!(
+        params.split_whitespace().collect::<Vec<_>>() == ["3", "2048"],
+        "brd parameters in the guest: {params:?}"
+    );
+    let logs = node.kubectl(&["-n", "kmm-system", "logs", &pod_name])?;
+    let loaded = logs
+        .lines()
+        .find(|l| l.contains("module loaded") && l.contains("default/brd"))
+        .with_context(|| format!("no 'module loaded' line for default/brd in {pod_name}'s log"))?;
+    eprintln!("vm_kubelet: guest /proc/modules: {}", modules.trim());
+    eprintln!(
+        "vm_kubelet: guest rd_nr rd_size: {}",
+        params.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    eprintln!("vm_kubelet: {pod_name}: {}", loaded.trim());
+
+    // The controller's counts, as `kubectl get modules` shows them.
+    let status = wait("Module status 1/1/1", Duration::from_secs(120), || {
+        let m = json(&node, &["get", "module", "brd"])?;
+        let s = &m["status"]["moduleLoader"];
+        Ok((s["nodesMatchingSelectorNumber"] == 1
+            && s["desiredNumber"] == 1
+            && s["availableNumber"] == 1)
+            .then(|| s.clone()))
+    })?;
+    eprintln!("vm_kubelet: Module brd status.moduleLoader {status}");
+    eprintln!("{}", node.kubectl(&["get", "modules", "-A", "-o", "wide"])?);
+
+    // Prometheus: one agent and two controllers up, the agent's series for brd.
+    node.script("prometheus.sh", &[])?;
+    let up = node.prometheus_query("up")?;
+    ensure!(up.len() == 3, "expected 3 scrape targets, got {up:?}");
+    for t in &up {
+        ensure!(t["value"][1] == "1", "target down: {t}");
+        eprintln!(
+            "vm_kubelet: up{{job={}, pod={}}} = 1",
+            t["metric"]["job"], t["metric"]["pod"]
+        );
+    }
+    let series =
+        node.prometheus_query(r#"kmm_agent_modules_loaded{namespace="default",name="brd"}"#)?;
+    ensure!(
+        series
+            .iter()
+            .any(|s| s["metric"]["node"] == RealNode::NAME && s["value"][1] == "1"),
+        "no kmm_agent_modules_loaded == 1 for brd on {}: {series:?}",
+        RealNode::NAME
+    );
+    eprintln!("vm_kubelet: {series:?}");
+
+    // Deletion unloads.
+    node.kubectl(&["delete", "module", "brd", "--wait=true", "--timeout=120s"])?;
+    wait(
+        "brd unloaded from the guest",
+        Duration::from_secs(120),
+        || {
+            let (found, _) = node.guest("grep -q '^brd ' /proc/modules")?;
+            Ok((!found).then_some(()))
+        },
+    )?;
+    wait("the ready label removed", Duration::from_secs(60), || {
+        Ok((!labelled(&node)?).then_some(()))
+    })?;
+    Ok(())
+}
