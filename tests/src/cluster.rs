@@ -86,6 +86,20 @@ pub fn render_deploy_overlay(
     ns: &str,
     prefix: &str,
 ) -> Result<Vec<serde_json::Value>> {
+    render_deploy_dir_overlay(cp, "", ns, prefix)
+}
+
+/// Like [`render_deploy_overlay`] for the kustomization `deploy/<sub>` (e.g.
+/// `overlays/monitoring`); an empty `prefix` sets no `namePrefix`.
+///
+/// # Errors
+/// Copy, kustomize or YAML failures.
+pub fn render_deploy_dir_overlay(
+    cp: &ControlPlane,
+    sub: &str,
+    ns: &str,
+    prefix: &str,
+) -> Result<Vec<serde_json::Value>> {
     let dir = tempfile::tempdir()?;
     // kustomize loads bases relative to the overlay: copy deploy/ next to it.
     let copy = std::process::Command::new("cp")
@@ -96,11 +110,21 @@ pub fn render_deploy_overlay(
     anyhow::ensure!(copy.success(), "copying deploy/");
     let overlay = dir.path().join("overlay");
     std::fs::create_dir(&overlay)?;
+    let base = if sub.is_empty() {
+        "../deploy".to_string()
+    } else {
+        format!("../deploy/{}", sub.trim_matches('/'))
+    };
+    let name_prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("namePrefix: {prefix}\n")
+    };
     std::fs::write(
         overlay.join("kustomization.yaml"),
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {ns}\nnamePrefix: {prefix}\nresources:\n- ../deploy\n"
+             namespace: {ns}\n{name_prefix}resources:\n- {base}\n"
         ),
     )?;
     let rendered = cp.kubectl_ok(["kustomize", overlay.to_str().context("non-UTF-8 path")?])?;
