@@ -14,6 +14,7 @@ pub mod images;
 mod jobexec;
 pub mod kwok;
 pub mod module;
+pub mod monitoring;
 pub mod realnode;
 pub mod signjob;
 pub mod vm;
