@@ -50,6 +50,10 @@ step "VM node kernel"
 kdir=$(bash tests/vm/fetch-kernel.sh | tail -1)
 # kmmctl's real-kernel tests (ignored by default, run below) read the same tree.
 export KMM_KERNEL_TREE="$kdir/root" KMM_KERNEL_VERSION="$(cat "$kdir/kver")"
+step "Prometheus Operator CRDs (Go module proxy)"
+# Fetched here, before any cluster test runs: the tests never download.
+KMM_MONITORING_CRDS="$(bash hack/monitoring/fetch-crds.sh | tail -1)"
+export KMM_MONITORING_CRDS
 
 step "deploy/ renders (images-only overlay, agent nodeSelector patch)"
 bash hack/deploy/check.sh
