@@ -91,6 +91,14 @@ async fn monitoring_overlay_servicemonitors_pass_the_real_crd_and_broken_ones_do
     for m in &monitors {
         assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
         assert_eq!(m["metadata"]["namespace"], name.as_str());
+        // Installed into another namespace, they must select the Services
+        // there: no namespaceSelector (its own namespace) or exactly this one.
+        let selector = &m["spec"]["namespaceSelector"];
+        assert!(
+            selector.is_null() || selector["matchNames"] == serde_json::json!([name]),
+            "{} selects Services elsewhere: {selector}",
+            m["metadata"]["name"]
+        );
     }
 
     // Accepted, without warnings, twice (idempotent), and stored as written.
