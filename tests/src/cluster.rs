@@ -58,58 +58,6 @@ pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
     .copied()
 }
 
-/// Installs `deploy/` (`kubectl apply --server-side -k deploy/`), the CRDs
-/// first under the tests' field manager so the two never conflict.
-///
-/// # Errors
-/// kubectl failures.
-pub async fn install_deploy(cp: &ControlPlane) -> Result<()> {
-    ensure_crds(cp).await?;
-    let dir = repo_root().join("deploy");
-    cp.kubectl_ok([
-        "apply",
-        "--server-side",
-        "-k",
-        dir.to_str().context("non-UTF-8 repo path")?,
-    ])?;
-    Ok(())
-}
-
-/// `deploy/` rendered (`kubectl kustomize`) by an overlay that sets only
-/// `namespace: ns` and `namePrefix: prefix`, as a user installing it twice
-/// would; one JSON value per object.
-///
-/// # Errors
-/// Copy, kustomize or YAML failures.
-pub fn render_deploy_overlay(
-    cp: &ControlPlane,
-    ns: &str,
-    prefix: &str,
-) -> Result<Vec<serde_json::Value>> {
-    let dir = tempfile::tempdir()?;
-    // kustomize loads bases relative to the overlay: copy deploy/ next to it.
-    let copy = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo_root().join("deploy"))
-        .arg(dir.path().join("deploy"))
-        .status()?;
-    anyhow::ensure!(copy.success(), "copying deploy/");
-    let overlay = dir.path().join("overlay");
-    std::fs::create_dir(&overlay)?;
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {ns}\nnamePrefix: {prefix}\nresources:\n- ../deploy\n"
-        ),
-    )?;
-    let rendered = cp.kubectl_ok(["kustomize", overlay.to_str().context("non-UTF-8 path")?])?;
-    Ok(rendered
-        .split("\n---\n")
-        .map(serde_yaml::from_str)
-        .collect::<Result<_, _>>()?)
-}
-
 /// Deletes a ValidatingWebhookConfiguration when dropped, however a test ends,
 /// so a dead webhook never blocks other tests.
 pub struct WebhookConfigGuard {
