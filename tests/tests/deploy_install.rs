@@ -20,7 +20,7 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kmm_common::Module;
 use kmm_tests::cluster::ensure_crds;
 use kmm_tests::controlplane::{ControlPlane, repo_root};
-use kmm_tests::deploy::install_deploy;
+use kmm_tests::deploy::{WEBHOOK_CONFIG, WEBHOOK_KIND, install_deploy, render_deploy};
 use kmm_tests::module::ModuleBuilder;
 use kube::api::{Api, PostParams};
 use serde_json::Value;
@@ -231,6 +231,35 @@ fn check_installed_objects(cp: &ControlPlane) -> Result<()> {
         let s = get_json(cp, &["-n", "kmm-system", "service", svc])?;
         assert_eq!(s["spec"]["ports"][0]["port"], port, "{svc}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_webhooks_fail_closed_like_upstream() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let docs = render_deploy(cp)?;
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == WEBHOOK_KIND && d["metadata"]["name"] == WEBHOOK_CONFIG)
+        .context("no webhook configuration rendered")?;
+    let policies: Vec<(&str, &str)> = config["webhooks"]
+        .as_array()
+        .context("no webhooks")?
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap_or_default(),
+                w["failurePolicy"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            ("namespace-deletion.kmm.sigs.x-k8s.io", "Fail"),
+            ("vmodule.kmm.sigs.x-k8s.io", "Fail"),
+        ]
+    );
     Ok(())
 }
 
