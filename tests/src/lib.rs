@@ -9,6 +9,7 @@ pub mod buildah;
 pub mod cluster;
 pub mod controller;
 pub mod controlplane;
+pub mod deploy;
 pub mod identity;
 pub mod images;
 mod jobexec;

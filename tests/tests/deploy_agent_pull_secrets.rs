@@ -27,9 +27,10 @@ use kmm_agent::credentials::{
 use kmm_agent::image::DockerConfig;
 use kmm_common::Module;
 use kmm_controller::webhook::certs::ServingCert;
-use kmm_tests::cluster::{apply_yaml, create_node, install_deploy, wait_for};
+use kmm_tests::cluster::{apply_yaml, create_node, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::deploy::install_deploy;
 use kmm_tests::identity::{pod_on_node, refusal, sa_token, token_kubeconfig};
 use kmm_tests::module::ModuleBuilder;
 use kube::Client;

@@ -8,32 +8,27 @@
 //!
 //! Rendered through an overlay with its own namespace and `namePrefix`, so its
 //! cluster-scoped objects do not touch the shared kmm-system install the other
-//! deploy tests use. The CRDs (shared), the webhook configuration and the
-//! workloads (no kubelet here) are left out, as in deploy_overlay_namespace;
-//! everything else is applied twice and removed again.
+//! deploy tests use. The CRDs (shared), the webhook configuration (its
+//! `failurePolicy: Fail` with no controller running would block other tests'
+//! Module writes) and the workloads (no kubelet here) are left out, as in
+//! deploy_overlay_namespace; everything else is applied twice and removed again.
 //!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
 use anyhow::{Result, ensure};
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::deploy::{render_deploy_overlay, to_yaml, without_webhook};
 
-const SKIPPED_KINDS: [&str; 4] = [
-    "CustomResourceDefinition",
-    "ValidatingWebhookConfiguration",
-    "DaemonSet",
-    "Deployment",
-];
+const SKIPPED_KINDS: [&str; 3] = ["CustomResourceDefinition", "DaemonSet", "Deployment"];
 
 /// `deploy/` rendered by an overlay with `namespace: ns` and `namePrefix: prefix`,
-/// as one YAML stream without the skipped kinds.
+/// as one YAML stream without the webhook configuration and the skipped kinds.
 fn render(cp: &ControlPlane, ns: &str, prefix: &str) -> Result<String> {
-    let docs = kmm_tests::cluster::render_deploy_overlay(cp, ns, prefix)?;
-    let kept = docs
-        .iter()
+    let kept: Vec<_> = without_webhook(render_deploy_overlay(cp, ns, prefix)?)?
+        .into_iter()
         .filter(|d| !SKIPPED_KINDS.iter().any(|k| d["kind"] == *k))
-        .map(serde_yaml::to_string)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(kept.join("---\n"))
+        .collect();
+    to_yaml(&kept)
 }
 
 fn kubectl_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> Result<String> {

@@ -1,19 +1,28 @@
 //! `deploy/` installs cleanly on the real API server and its RBAC is least
-//! privilege: `kubectl apply --server-side -k deploy/` succeeds with nothing on
-//! stderr (twice: idempotent), the objects are what the manifests promise, and
-//! `kubectl auth can-i` as each service account answers as designed.
+//! privilege: `kubectl apply --server-side` of the rendered `deploy/` succeeds
+//! with nothing on stderr (twice: idempotent), the objects are what the
+//! manifests promise, and `kubectl auth can-i` as each service account answers
+//! as designed.
 //!
 //! The install is left in place (kmm-system, RBAC, policies, workloads): the
 //! deploy tests share it, tests that run their own agents and controllers use
 //! the admin kubeconfig and other namespaces, and with no kubelet the
 //! DaemonSet's and Deployment's pods only stay Pending (the agent pods go
-//! with their test Nodes).
+//! with their test Nodes). Its webhook configuration is left out
+//! (`kmm_tests::deploy::without_webhook`): it fails closed, and with no
+//! controller running it would refuse every other test's Module writes. Its
+//! content is checked on the rendered manifests instead.
 //!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kmm_common::Module;
 use kmm_tests::cluster::ensure_crds;
 use kmm_tests::controlplane::{ControlPlane, repo_root};
+use kmm_tests::deploy::{WEBHOOK_CONFIG, WEBHOOK_KIND, install_deploy, render_deploy};
+use kmm_tests::module::ModuleBuilder;
+use kube::api::{Api, PostParams};
 use serde_json::Value;
 
 const AGENT: &str = "system:serviceaccount:kmm-system:kmm-agent";
@@ -27,14 +36,15 @@ fn deploy_dir() -> Result<String> {
         .to_string())
 }
 
-/// `kubectl apply --server-side -k deploy/`; returns (stdout, stderr).
+/// `kmm_tests::deploy::apply_deploy` (deploy/ without its webhook
+/// configuration); returns (stdout, stderr).
 fn apply_deploy(cp: &ControlPlane) -> Result<(String, String)> {
-    let out = cp.kubectl(["apply", "--server-side", "-k", &deploy_dir()?]);
+    let out = kmm_tests::deploy::apply_deploy(cp)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         bail!(
-            "kubectl apply -k deploy/ failed ({}):\n{stderr}",
+            "kubectl apply of deploy/ failed ({}):\n{stderr}",
             out.status
         );
     }
@@ -49,7 +59,7 @@ fn get_json(cp: &ControlPlane, args: &[&str]) -> Result<Value> {
 }
 
 #[tokio::test]
-async fn apply_k_deploy_installs_without_warnings_and_is_idempotent() -> Result<()> {
+async fn applying_deploy_installs_without_warnings_and_is_idempotent() -> Result<()> {
     let cp = ControlPlane::shared().await?;
     // Same CRD content under the tests' field manager first, so the apply
     // below never conflicts with a parallel test's copy.
@@ -72,6 +82,7 @@ async fn apply_k_deploy_installs_without_warnings_and_is_idempotent() -> Result<
             "deployment.apps/kmm-controller",
             "service/kmm-agent-metrics",
             "service/kmm-controller-metrics",
+            "service/kmm-webhook",
         ] {
             assert!(
                 stdout.contains(&format!("{object} serverside-applied")),
@@ -220,6 +231,75 @@ fn check_installed_objects(cp: &ControlPlane) -> Result<()> {
         let s = get_json(cp, &["-n", "kmm-system", "service", svc])?;
         assert_eq!(s["spec"]["ports"][0]["port"], port, "{svc}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_webhooks_fail_closed_like_upstream() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let docs = render_deploy(cp)?;
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == WEBHOOK_KIND && d["metadata"]["name"] == WEBHOOK_CONFIG)
+        .context("no webhook configuration rendered")?;
+    let policies: Vec<(&str, &str)> = config["webhooks"]
+        .as_array()
+        .context("no webhooks")?
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap_or_default(),
+                w["failurePolicy"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            ("namespace-deletion.kmm.sigs.x-k8s.io", "Fail"),
+            ("vmodule.kmm.sigs.x-k8s.io", "Fail"),
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_test_install_leaves_no_webhook_that_would_block_other_tests() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    install_deploy(cp).await?;
+    let client = cp.client();
+    let pointing_at_kmm_system: Vec<String> =
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .list(&Default::default())
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.webhooks.iter().flatten().any(|w| {
+                    w.client_config
+                        .service
+                        .as_ref()
+                        .is_some_and(|s| s.namespace == "kmm-system")
+                })
+            })
+            .filter_map(|c| c.metadata.name)
+            .collect();
+    assert_eq!(pointing_at_kmm_system, Vec::<String>::new());
+
+    // A Module write anywhere goes through (the API server calls validating
+    // webhooks on dry runs too).
+    let ns = cp.temp_namespace("deploy-nowh").await?;
+    let module = ModuleBuilder::new("m")
+        .mapping("^.+$", "registry.example/kmm/m:1")
+        .module()?;
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let created = Api::<Module>::namespaced(client, ns.name())
+        .create(&dry, &module)
+        .await;
+    ns.cleanup().await?;
+    created.context("a dry-run Module create in a fresh namespace")?;
     Ok(())
 }
 

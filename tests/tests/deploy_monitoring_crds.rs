@@ -17,8 +17,8 @@
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
 use anyhow::{Context, Result};
-use kmm_tests::cluster::render_deploy_dir_overlay;
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::deploy::render_deploy_dir_overlay;
 use kmm_tests::monitoring::ensure_crds;
 use serde_json::{Value, json};
 

@@ -6,8 +6,9 @@
 //! write A's NodeModulesConfig and is denied for node B. Policies that named
 //! `system:serviceaccount:kmm-system:kmm-agent` literally admitted it all.
 //!
-//! The overlay's CRDs (shared, same content), webhook configuration and
-//! workloads (no kubelet here) are left out of the apply; everything else of
+//! The overlay's CRDs (shared, same content), webhook configuration (it fails
+//! closed, and no controller runs here) and workloads (no kubelet here) are
+//! left out of the apply; everything else of
 //! the rendered install is applied and removed again at the end.
 //!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
@@ -18,37 +19,28 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Node;
 use kmm_common::NodeModulesConfig;
-use kmm_tests::cluster::{create_node, install_deploy};
+use kmm_tests::cluster::create_node;
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::deploy::{install_deploy, render_deploy_overlay, to_yaml, without_webhook};
 use kmm_tests::identity::{expect_policy_denial, pod_on_node, sa_token};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const READY: &str = "kmm.node.kubernetes.io/ovl.m.ready";
-const SKIPPED_KINDS: [&str; 4] = [
-    "CustomResourceDefinition",
-    "ValidatingWebhookConfiguration",
-    "DaemonSet",
-    "Deployment",
-];
+const SKIPPED_KINDS: [&str; 3] = ["CustomResourceDefinition", "DaemonSet", "Deployment"];
 
-/// `deploy/` rendered by an overlay with `namespace: ns` and `namePrefix: prefix`.
+/// `deploy/` rendered by an overlay with `namespace: ns` and `namePrefix: prefix`,
+/// without the webhook configuration and the skipped kinds.
 fn render_overlay(cp: &ControlPlane, ns: &str, prefix: &str) -> Result<Vec<serde_json::Value>> {
-    let docs = kmm_tests::cluster::render_deploy_overlay(cp, ns, prefix)?;
-    Ok(docs
+    Ok(without_webhook(render_deploy_overlay(cp, ns, prefix)?)?
         .into_iter()
         .filter(|d| !SKIPPED_KINDS.iter().any(|k| d["kind"] == *k))
         .collect())
 }
 
 fn kubectl_docs(cp: &ControlPlane, args: &[&str], docs: &[serde_json::Value]) -> Result<()> {
-    let yaml = docs
-        .iter()
-        .map(serde_yaml::to_string)
-        .collect::<Result<Vec<_>, _>>()?
-        .join("---\n");
-    let out = cp.kubectl_with_stdin(args, &yaml)?;
+    let out = cp.kubectl_with_stdin(args, &to_yaml(docs)?)?;
     anyhow::ensure!(
         out.status.success(),
         "kubectl {args:?}: {}",

@@ -2,9 +2,12 @@
 //! manifests and every controller replica adds its self-managed CA to the
 //! caBundle of the webhooks pointing at its Service, so the API server trusts
 //! whichever replica the Service picks. Two real controller processes (a
-//! leader and a standby) against the real API server; the configuration's
-//! namespaceSelector matches nothing, so the API server never calls it; the
-//! test checks the bundle and talks HTTPS to both replicas itself.
+//! leader and a standby) against the real API server and deploy/'s own
+//! configuration (`failurePolicy: Fail`), renamed and pointed at a Service in
+//! the test namespace; its namespaceSelector is replaced by one that matches
+//! nothing, so the API server never calls it and other tests' Module writes
+//! are never refused; the test checks the bundle and talks HTTPS to both
+//! replicas itself.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
 use std::io::{Read as _, Write as _};
@@ -16,37 +19,50 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kmm_tests::cluster::{WebhookConfigGuard, ensure_crds};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::deploy::{WEBHOOK_KIND, render_deploy};
 use kube::api::{Api, DeleteParams, PostParams};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn configuration(name: &str, ns: &str, svc: &str) -> Result<ValidatingWebhookConfiguration> {
-    let webhook = |wh: &str, service: &str, path: &str| {
-        serde_json::json!({
-            "name": wh,
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Ignore",
-            "timeoutSeconds": 5,
-            // Matches no namespace: the API server never calls these.
-            "namespaceSelector": {"matchLabels": {"kmm-test/never": ns}},
-            "clientConfig": {"service": {"namespace": ns, "name": service, "path": path, "port": 443}},
-            "rules": [{"apiGroups": ["kmm.sigs.x-k8s.io"], "apiVersions": ["v1beta1"],
-                       "operations": ["CREATE"], "resources": ["modules"]}]
-        })
-    };
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [
-            webhook("namespace-deletion.kmm.sigs.x-k8s.io", svc, "/validate-namespace"),
-            webhook("vmodule.kmm.sigs.x-k8s.io", svc, "/validate-module"),
-            webhook("someone-else.example.com", "another-service", "/x"),
-        ]
-    }))?)
+/// deploy/'s webhook configuration (`failurePolicy: Fail`), renamed, pointed at
+/// Service `svc` in `ns` and with a namespaceSelector that matches nothing,
+/// plus a third webhook of another Service.
+fn configuration(
+    cp: &ControlPlane,
+    name: &str,
+    ns: &str,
+    svc: &str,
+) -> Result<ValidatingWebhookConfiguration> {
+    let mut config = render_deploy(cp)?
+        .into_iter()
+        .find(|d| d["kind"] == WEBHOOK_KIND)
+        .context("no webhook configuration in deploy/")?;
+    // Matches no namespace: the API server never calls these, Fail or not.
+    let never = serde_json::json!({"matchLabels": {"kmm-test/never": ns}});
+    config["metadata"] = serde_json::json!({"name": name});
+    let webhooks = config["webhooks"]
+        .as_array_mut()
+        .context("no webhooks in deploy/")?;
+    for wh in webhooks.iter_mut() {
+        assert_eq!(wh["failurePolicy"], "Fail", "{wh}");
+        wh["namespaceSelector"] = never.clone();
+        let service = &mut wh["clientConfig"]["service"];
+        service["namespace"] = ns.into();
+        service["name"] = svc.into();
+    }
+    webhooks.push(serde_json::json!({
+        "name": "someone-else.example.com",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Fail",
+        "namespaceSelector": never,
+        "clientConfig": {"service": {"namespace": ns, "name": "another-service", "path": "/x", "port": 443}},
+        "rules": [{"apiGroups": ["kmm.sigs.x-k8s.io"], "apiVersions": ["v1beta1"],
+                   "operations": ["CREATE"], "resources": ["modules"]}]
+    }));
+    Ok(serde_json::from_value(config)?)
 }
 
 /// POSTs an AdmissionReview over HTTPS, trusting only `bundle`, verifying the
@@ -121,7 +137,7 @@ async fn every_replica_adds_its_ca_and_serves() -> Result<()> {
     configs
         .create(
             &PostParams::default(),
-            &configuration(&config_name, &ns_name, svc)?,
+            &configuration(cp, &config_name, &ns_name, svc)?,
         )
         .await?;
 
