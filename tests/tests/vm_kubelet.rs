@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use kmm_tests::controlplane::repo_root;
+use kmm_tests::module::ModuleBuilder;
 use kmm_tests::realnode::RealNode;
 use serde_json::Value;
 
@@ -159,6 +160,20 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
     })?;
     eprintln!("vm_kubelet: Module brd status.moduleLoader {status}");
     eprintln!("{}", node.kubectl(&["get", "modules", "-A", "-o", "wide"])?);
+
+    // The webhook, served by the controller Pods through their Service, fails
+    // closed: a Module with a regexp that does not compile is refused.
+    let bad = ModuleBuilder::new("bad-regexp")
+        .mapping("(", "10.0.2.2:25000/default/brd:x")
+        .manifest();
+    let refused = node
+        .kubectl_stdin(&["apply", "-f", "-"], &bad)
+        .expect_err("a Module with regexp \"(\" was admitted");
+    ensure!(
+        format!("{refused:#}").contains("vmodule.kmm.sigs.x-k8s.io"),
+        "refused, but not by the webhook: {refused:#}"
+    );
+    eprintln!("vm_kubelet: webhook refused regexp \"(\": {refused:#}");
 
     // Prometheus: one agent and two controllers up, the agent's series for brd.
     node.script("prometheus.sh", &[])?;
