@@ -45,16 +45,11 @@ if [[ "${1:-}" != --in-netns ]]; then
 fi
 netns_inside "$2" || die "not inside network namespace $2"
 netns_assert_isolated
-cleanup() {
-  bash "$root/hack/controlplane/stop.sh" >/dev/null 2>&1 || true
-  bash "$root/hack/registry/stop.sh" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-step "Starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the registry"
-# The demo's control plane begins empty: no objects from an earlier demo.
-rm -rf "$KMM_RUN/etcd"
-START_CONTROLLERS=1 bash hack/controlplane/start.sh
-bash hack/registry/start.sh
+# shellcheck source=lib/cluster.sh
+source "$root/hack/lib/cluster.sh"
+trap cluster_stop EXIT
+step "Starting etcd (empty), kube-apiserver, kube-controller-manager, kube-scheduler and the registry"
+cluster_start
 
 step "Packaging brd from linux-image-$kver with kmmctl and pushing it"
 ref="127.0.0.1:${KMM_REGISTRY_PORT:-5000}/kmm-demo/brd:$kver"

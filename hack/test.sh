@@ -23,16 +23,11 @@ source "$root/hack/lib/netns.sh"
 if [[ "${1:-}" == --in-netns ]]; then
     netns_inside "$2" || die "not inside network namespace $2"
     netns_assert_isolated
-    # The tests start the auth (--auth) and TLS (--tls) registries on demand.
-    cleanup() {
-        for r in "" --auth --tls; do bash "$root/hack/registry/stop.sh" $r >/dev/null 2>&1 || true; done
-        bash "$root/hack/controlplane/stop.sh" || true
-    }
-    trap cleanup EXIT
+    # shellcheck source=lib/cluster.sh
+    source "$root/hack/lib/cluster.sh"
+    trap cluster_stop EXIT
     step "control plane and registry (in $2, fresh etcd)"
-    rm -rf "$KMM_RUN/etcd"
-    START_CONTROLLERS=1 bash hack/controlplane/start.sh
-    bash hack/registry/start.sh
+    cluster_start
     step "cargo test (unit, integration, VM end-to-end, real kubelet)"
     CARGO_NET_OFFLINE=true cargo test --workspace --no-fail-fast -- --include-ignored --test-threads=2
     exit 0

@@ -2,9 +2,11 @@
 
 use std::time::Instant;
 
+use kmm_common::Module;
+use kube::ResourceExt;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// A reconcile is a handful of API calls: milliseconds, seconds when the API server is slow.
@@ -29,6 +31,63 @@ pub struct Metrics {
     /// Build and sign Jobs created, by kind (`build`, `sign`). Two replicas
     /// never both count one Job: a create that finds it existing is not counted.
     pub jobs_created: IntCounterVec,
+    /// Upstream KMM's gauges over all Modules, same names and labels, so
+    /// dashboards made for upstream keep working ([`Metrics::count_modules`]).
+    upstream: UpstreamGauges,
+}
+
+/// Upstream KMM's `kmm_*_num` and `kmm_modprobe_*args` gauges.
+#[derive(Clone)]
+struct UpstreamGauges {
+    modules: IntGauge,
+    in_cluster_build: IntGauge,
+    in_cluster_sign: IntGauge,
+    device_plugin: IntGauge,
+    modprobe_args: IntGaugeVec,
+    modprobe_raw_args: IntGaugeVec,
+}
+
+impl UpstreamGauges {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            modules: IntGauge::new("kmm_module_num", "Number of existing KMMO Modules")?,
+            in_cluster_build: IntGauge::new(
+                "kmm_in_cluster_build_num",
+                "Number of existing KMMO Modules with in-cluster Build defined",
+            )?,
+            in_cluster_sign: IntGauge::new(
+                "kmm_in_cluster_sign_num",
+                "Number of existing KMMO Modules with in-cluster Sign defined",
+            )?,
+            device_plugin: IntGauge::new(
+                "kmm_device_plugin_num",
+                "Number of existing KMMO Modules with DevicePlugin defined",
+            )?,
+            modprobe_args: IntGaugeVec::new(
+                Opts::new(
+                    "kmm_modprobe_args",
+                    "for a given kernel version, describe which modprobe args used (if at all)",
+                ),
+                &["name", "namespace", "modprobeArgs"],
+            )?,
+            modprobe_raw_args: IntGaugeVec::new(
+                Opts::new(
+                    "kmm_modprobe_raw_args",
+                    "for a given kernel version, describe which modprobe raw args used (if at all)",
+                ),
+                &["name", "namespace", "modprobeRawArgs"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.modules.clone()))?;
+        registry.register(Box::new(self.in_cluster_build.clone()))?;
+        registry.register(Box::new(self.in_cluster_sign.clone()))?;
+        registry.register(Box::new(self.device_plugin.clone()))?;
+        registry.register(Box::new(self.modprobe_args.clone()))?;
+        registry.register(Box::new(self.modprobe_raw_args.clone()))
+    }
 }
 
 impl Metrics {
@@ -69,6 +128,7 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            upstream: UpstreamGauges::new()?,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.reconcile_errors.clone()))?;
@@ -77,7 +137,45 @@ impl Metrics {
         m.registry.register(Box::new(m.is_leader.clone()))?;
         m.registry.register(Box::new(m.status_writes.clone()))?;
         m.registry.register(Box::new(m.jobs_created.clone()))?;
+        m.upstream.register(&m.registry)?;
         Ok(m)
+    }
+
+    /// Sets upstream KMM's gauges from every Module (upstream's rules: build
+    /// or sign at the container level or in any kernel mapping; `modprobe`
+    /// load args joined with ","). Series of Modules gone or changed go too.
+    pub fn count_modules<'a>(&self, modules: impl IntoIterator<Item = &'a Module>) {
+        let g = &self.upstream;
+        let (mut all, mut build, mut sign, mut device_plugin) = (0, 0, 0, 0);
+        g.modprobe_args.reset();
+        g.modprobe_raw_args.reset();
+        for m in modules {
+            all += 1;
+            device_plugin += i64::from(m.spec.device_plugin.is_some());
+            let Some(loader) = &m.spec.module_loader else {
+                continue;
+            };
+            let c = &loader.container;
+            build +=
+                i64::from(c.build.is_some() || c.kernel_mappings.iter().any(|k| k.build.is_some()));
+            sign +=
+                i64::from(c.sign.is_some() || c.kernel_mappings.iter().any(|k| k.sign.is_some()));
+            let (name, ns) = (m.name_any(), m.namespace().unwrap_or_default());
+            if let Some(args) = &c.modprobe.args {
+                g.modprobe_args
+                    .with_label_values(&[&name, &ns, &args.load.join(",")])
+                    .set(1);
+            }
+            if let Some(raw) = &c.modprobe.raw_args {
+                g.modprobe_raw_args
+                    .with_label_values(&[&name, &ns, &raw.load.join(",")])
+                    .set(1);
+            }
+        }
+        g.modules.set(all);
+        g.in_cluster_build.set(build);
+        g.in_cluster_sign.set(sign);
+        g.device_plugin.set(device_plugin);
     }
 
     /// Counts a reconcile and times it until the guard drops.
@@ -113,6 +211,68 @@ impl Drop for ReconcileTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn module(ns: &str, name: &str, spec: serde_json::Value) -> Module {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "Module",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn loader(container: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"selector": {}, "moduleLoader": {"container": container}})
+    }
+
+    #[test]
+    fn upstream_gauges_count_modules_like_upstream() {
+        let plain = module(
+            "a",
+            "plain",
+            loader(serde_json::json!({
+                "modprobe": {"moduleName": "plain"},
+                "kernelMappings": [{"regexp": ".", "containerImage": "r/x:1"}],
+            })),
+        );
+        // Build in a mapping only, sign at the container level, raw args.
+        let built = module(
+            "a",
+            "built",
+            loader(serde_json::json!({
+                "modprobe": {"rawArgs": {"load": ["-v", "built"]}},
+                "sign": {"keySecret": {"name": "k"}, "certSecret": {"name": "c"}},
+                "kernelMappings": [{"regexp": ".", "containerImage": "r/y:1",
+                    "build": {"dockerfileConfigMap": {"name": "d"}}}],
+            })),
+        );
+        let mut with_args = loader(serde_json::json!({
+            "modprobe": {"moduleName": "gpu", "args": {"load": ["-v", "--first-time"]}},
+            "kernelMappings": [{"regexp": ".", "containerImage": "r/z:1"}],
+        }));
+        with_args["devicePlugin"] = serde_json::json!({"container": {"image": "r/dp:1"}});
+        let gpu = module("b", "gpu", with_args);
+
+        let m = Metrics::new().unwrap();
+        m.count_modules([&plain, &built, &gpu]);
+        let text = m.render();
+        for line in [
+            "kmm_module_num 3",
+            "kmm_in_cluster_build_num 1",
+            "kmm_in_cluster_sign_num 1",
+            "kmm_device_plugin_num 1",
+            r#"kmm_modprobe_args{modprobeArgs="-v,--first-time",name="gpu",namespace="b"} 1"#,
+            r#"kmm_modprobe_raw_args{modprobeRawArgs="-v,built",name="built",namespace="a"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // A Module gone takes its series with it.
+        m.count_modules([&plain]);
+        let text = m.render();
+        assert!(text.contains("kmm_module_num 1"), "{text}");
+        assert!(!text.contains("name=\"gpu\""), "{text}");
+    }
 
     #[test]
     fn timer_counts_and_observes_on_drop() {

@@ -65,26 +65,52 @@ if [[ "${1:-}" == --in-netns ]]; then
     reg="127.0.0.1:$KMM_REGISTRY_PORT"
     skopeo copy -q --dest-tls-verify=false "oci:$PAUSE_OCI:3.10" "docker://$reg/pause:3.10"
 
-    # kubelet's client identity: the Node authorizer and NodeRestriction want
-    # O=system:nodes, CN=system:node:<node name>.
     pki="$run/pki"
-    if [[ ! -f "$pki/kubelet-kmm-guest.crt" ]]; then
-        openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/kubelet-kmm-guest.key" \
-            -subj "/O=system:nodes/CN=system:node:kmm-guest" -out "$pki/kubelet-kmm-guest.csr" 2>/dev/null
-        printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
-            >"$pki/kubelet-kmm-guest.ext"
-        openssl x509 -req -in "$pki/kubelet-kmm-guest.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-            -sha256 -days 3650 -extfile "$pki/kubelet-kmm-guest.ext" -out "$pki/kubelet-kmm-guest.crt" 2>/dev/null
-    fi
     b64() { base64 -w0 <"$1"; }
-    cat >"$share/kubelet.kubeconfig" <<KC
+    # guest_kubeconfig NAME SUBJECT: a client certificate for SUBJECT signed by
+    # the cluster CA and $share/NAME.kubeconfig using it (server: the API
+    # server as the guest reaches it).
+    guest_kubeconfig() {
+        local name="$1" subj="$2"
+        if [[ ! -f "$pki/$name.crt" ]]; then
+            openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$name.key" \
+                -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+            printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
+                >"$pki/$name.ext"
+            openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+                -sha256 -days 3650 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+        fi
+        cat >"$share/$name.kubeconfig" <<KC
 apiVersion: v1
 kind: Config
 clusters: [{name: kmm-rs, cluster: {server: "https://10.0.2.2:$KMM_APISERVER_PORT", certificate-authority-data: $(b64 "$pki/ca.crt")}}]
-users: [{name: kmm-guest, user: {client-certificate-data: $(b64 "$pki/kubelet-kmm-guest.crt"), client-key-data: $(b64 "$pki/kubelet-kmm-guest.key")}}]
-contexts: [{name: kmm-guest, context: {cluster: kmm-rs, user: kmm-guest}}]
-current-context: kmm-guest
+users: [{name: $name, user: {client-certificate-data: $(b64 "$pki/$name.crt"), client-key-data: $(b64 "$pki/$name.key")}}]
+contexts: [{name: $name, context: {cluster: kmm-rs, user: $name}}]
+current-context: $name
 KC
+    }
+    # kubelet: the Node authorizer and NodeRestriction want O=system:nodes,
+    # CN=system:node:<node name>. kube-proxy: the default binding of
+    # ClusterRole system:node-proxier names user system:kube-proxy.
+    guest_kubeconfig kubelet "/O=system:nodes/CN=system:node:kmm-guest"
+    guest_kubeconfig kube-proxy "/CN=system:kube-proxy"
+    # The `kubernetes` Service's endpoint as Pods in the guest reach the API
+    # server: 10.0.2.2 (QEMU's alias for this namespace's loopback). The API
+    # server keeps no endpoints itself here (--endpoint-reconciler-type=none:
+    # it advertises 127.0.0.1), and the Service has no selector, so this slice
+    # is left alone by the EndpointSlice controller. kube-proxy in the guest
+    # programs 10.0.0.1:443 from it.
+    k apply -f - >&2 <<ES
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes-guest
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: hack.realnode}
+addressType: IPv4
+endpoints: [{addresses: ["10.0.2.2"], conditions: {ready: true}}]
+ports: [{name: https, port: $KMM_APISERVER_PORT, protocol: TCP}]
+ES
     cp "$pki/ca.crt" "$share/ca.crt"
 
     # A local path from the API server into the guest, for the kubelet (logs,
@@ -129,6 +155,16 @@ KC
     # The API server -> kubelet path (10.0.2.15:40250 on our loopback -> QEMU hostfwd).
     log "kubelet through the API server: /healthz says '$(k get --raw /api/v1/nodes/kmm-guest/proxy/healthz 2>&1)'"
     k -n default logs pause-kmm-guest >/dev/null && log "kubectl logs pause-kmm-guest: ok"
+    # kube-proxy in the guest: the `kubernetes` Service (the Pods' way to the
+    # API server) programmed from the EndpointSlice above.
+    svc=""
+    while ((SECONDS < deadline)); do
+        if bash "$here/guest-exec.sh" 'iptables -t nat -S KUBE-SERVICES | grep -q "10.0.0.1/32"' >/dev/null 2>&1; then
+            svc=$(date +%s.%N); break
+        fi
+        sleep 2
+    done
+    [[ -n "$svc" ]] || { tail -20 "$share/logs/kube-proxy.log" >&2; die "kube-proxy did not program 10.0.0.1:443"; }
     # A DaemonSet: scheduler + DaemonSet controller + kubelet + image pull from the registry.
     t_ds=$(date +%s.%N)
     sed "s#@REGISTRY@#$reg#g" "$here/guest/daemonset.yaml" | k apply -f - >&2
@@ -145,6 +181,7 @@ KC
         echo "control plane + registry up: $(secs "$t0" "$t_cp") s"
         echo "QEMU start -> Node Ready: $(secs "$t_qemu" "$ready") s"
         [[ -n "$pod" ]] && echo "QEMU start -> static Pod Running: $(secs "$t_qemu" "$pod") s"
+        echo "QEMU start -> kube-proxy serves 10.0.0.1:443: $(secs "$t_qemu" "$svc") s"
         [[ -n "$ds" ]] && echo "DaemonSet applied -> 1/1 Ready: $(secs "$t_ds" "$ds") s"
         grep -E '^RN ' "$run/console.log" | head -5
     } | tee "$run/timeline.txt"
@@ -176,13 +213,16 @@ done
 # Own cache root for the ~190 MB initramfs: make-initramfs.sh keeps only the
 # newest 8 images of its cache dir, which must not evict the tests' images.
 initrd="$(KMM_CACHE="$HOME/.cache/kmm-rs/realnode" KMM_VM_KERNEL_DIR="$kdir" EXTRA_DIR="$extra" \
-    MODULES="loop dummy brd overlay bridge veth br_netfilter nf_tables nft_compat nft_chain_nat xt_MASQUERADE xt_nat xt_comment xt_tcpudp xt_addrtype xt_conntrack xt_mark" \
+    MODULES="loop dummy brd overlay bridge veth br_netfilter nf_tables nft_compat nft_chain_nat xt_MASQUERADE xt_nat xt_comment xt_tcpudp xt_addrtype xt_conntrack xt_mark xt_statistic" \
     nice -n 19 bash "$repo/tests/vm/make-initramfs.sh" "$KUBELET" "$(command -v containerd)" \
     "$(command -v containerd-shim-runc-v2)" "$(command -v runc)" "$(command -v ctr)" "$(readlink -f "$(command -v xtables-nft-multi)")" | tail -1)"
 
 # The 9p share: guest script and configs (no initramfs rebuild when they change).
 reg="127.0.0.1:$KMM_REGISTRY_PORT"
 cp "$here/guest/join.sh" "$share/join.sh"
+# kube-proxy from the share, not the initramfs (one exec; the initramfs stays
+# smaller and boots sooner).
+mkdir -p "$share/bin" && cp "$KUBE_PROXY" "$share/bin/kube-proxy"
 printf 'API_PORT=%s\nNODE_IP=192.168.77.2\nTAP_MAC=52:54:00:77:00:02\n' "$KMM_APISERVER_PORT" >"$share/env"
 cp "$here/guest/kubelet.yaml" "$share/kubelet.yaml"
 sed "s#@REGISTRY@#$reg#g" "$here/guest/containerd.toml" >"$share/containerd.toml"

@@ -212,6 +212,12 @@ async fn finalizer_and_namespace_label_are_added_to_every_module() -> Result<()>
     })
     .await?;
     assert!(f.controller.metric("kmm_controller_reconciles_total") >= 1.0);
+    // Upstream KMM's fleet gauge, under its name: at least this Module (set
+    // right after the reconcile that wrote the status seen above).
+    wait_for(WAIT, || async {
+        Ok(f.controller.metric("kmm_module_num") >= 1.0)
+    })
+    .await?;
     assert_eq!(f.controller.get("/healthz")?, "ok");
     assert_eq!(f.controller.get("/readyz")?, "ready");
     let metrics = f.controller.metrics()?;
@@ -219,6 +225,9 @@ async fn finalizer_and_namespace_label_are_added_to_every_module() -> Result<()>
         "kmm_controller_reconciles_total",
         "kmm_controller_reconcile_duration_seconds_bucket",
         "kmm_controller_is_leader 1",
+        "kmm_in_cluster_build_num ",
+        "kmm_in_cluster_sign_num ",
+        "kmm_device_plugin_num ",
     ] {
         assert!(metrics.contains(family), "missing {family} in\n{metrics}");
     }

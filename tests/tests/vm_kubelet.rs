@@ -17,6 +17,15 @@ use kmm_tests::module::ModuleBuilder;
 use kmm_tests::realnode::RealNode;
 use serde_json::Value;
 
+/// A line in `make test`'s log even when the test passes: written to the
+/// process's stderr directly, past libtest's capture of `eprintln!`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 const LABEL: &str = "kmm.node.kubernetes.io/default.brd.ready";
 
 fn wait<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
@@ -24,7 +33,7 @@ fn wait<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<Option
     loop {
         match probe() {
             Ok(Some(v)) => {
-                eprintln!(
+                say!(
                     "vm_kubelet: {what} after {:.1} s",
                     start.elapsed().as_secs_f64()
                 );
@@ -114,7 +123,7 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
         .flatten()
         .any(|c| c["type"] == "Ready" && c["status"] == "True");
     ensure!(ready, "agent Pod not Ready: {}", pod["status"]);
-    eprintln!(
+    say!(
         "vm_kubelet: agent Pod {pod_name} Running and Ready on node {}",
         RealNode::NAME
     );
@@ -142,12 +151,12 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
         .lines()
         .find(|l| l.contains("module loaded") && l.contains("default/brd"))
         .with_context(|| format!("no 'module loaded' line for default/brd in {pod_name}'s log"))?;
-    eprintln!("vm_kubelet: guest /proc/modules: {}", modules.trim());
-    eprintln!(
+    say!("vm_kubelet: guest /proc/modules: {}", modules.trim());
+    say!(
         "vm_kubelet: guest rd_nr rd_size: {}",
         params.split_whitespace().collect::<Vec<_>>().join(" ")
     );
-    eprintln!("vm_kubelet: {pod_name}: {}", loaded.trim());
+    say!("vm_kubelet: {pod_name}: {}", loaded.trim());
 
     // The controller's counts, as `kubectl get modules` shows them.
     let status = wait("Module status 1/1/1", Duration::from_secs(120), || {
@@ -158,8 +167,8 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
             && s["availableNumber"] == 1)
             .then(|| s.clone()))
     })?;
-    eprintln!("vm_kubelet: Module brd status.moduleLoader {status}");
-    eprintln!("{}", node.kubectl(&["get", "modules", "-A", "-o", "wide"])?);
+    say!("vm_kubelet: Module brd status.moduleLoader {status}");
+    say!("{}", node.kubectl(&["get", "modules", "-A", "-o", "wide"])?);
 
     // The webhook, served by the controller Pods through their Service, fails
     // closed: a Module with a regexp that does not compile is refused.
@@ -173,7 +182,7 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
         format!("{refused:#}").contains("vmodule.kmm.sigs.x-k8s.io"),
         "refused, but not by the webhook: {refused:#}"
     );
-    eprintln!("vm_kubelet: webhook refused regexp \"(\": {refused:#}");
+    say!("vm_kubelet: webhook refused regexp \"(\": {refused:#}");
 
     // Prometheus: one agent and two controllers up, the agent's series for brd.
     node.script("prometheus.sh", &[])?;
@@ -181,9 +190,10 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
     ensure!(up.len() == 3, "expected 3 scrape targets, got {up:?}");
     for t in &up {
         ensure!(t["value"][1] == "1", "target down: {t}");
-        eprintln!(
+        say!(
             "vm_kubelet: up{{job={}, pod={}}} = 1",
-            t["metric"]["job"], t["metric"]["pod"]
+            t["metric"]["job"],
+            t["metric"]["pod"]
         );
     }
     let series =
@@ -195,7 +205,7 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
         "no kmm_agent_modules_loaded == 1 for brd on {}: {series:?}",
         RealNode::NAME
     );
-    eprintln!("vm_kubelet: {series:?}");
+    say!("vm_kubelet: {series:?}");
 
     // Deletion unloads.
     node.kubectl(&["delete", "module", "brd", "--wait=true", "--timeout=120s"])?;

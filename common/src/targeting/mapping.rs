@@ -1,6 +1,9 @@
 //! Kernel mapping resolution: first matching mapping wins, mapping fields override the
 //! container-level defaults, variables are substituted.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
 use regex::Regex;
 
 use super::Ineligible;
@@ -55,12 +58,35 @@ pub fn kernel_matches(
     if mapping.regexp.is_empty() {
         return Ok(false);
     }
-    let re = Regex::new(&mapping.regexp).map_err(|e| Ineligible::InvalidRegexp {
+    let re = compiled(&mapping.regexp).map_err(|error| Ineligible::InvalidRegexp {
         index,
         regexp: mapping.regexp.clone(),
-        error: e.to_string(),
+        error,
     })?;
     Ok(re.is_match(kernel))
+}
+
+/// Patterns kept compiled; past this many distinct ones the cache starts over
+/// (a fleet has a handful; this only bounds hostile or churning specs).
+const COMPILED_MAX: usize = 1024;
+
+/// `pattern` compiled once per process, not once per node and call: the
+/// controller resolves every Module for every Node on each count, the agent
+/// on each change of its Node. `Regex` clones share one compiled program.
+fn compiled(pattern: &str) -> Result<Regex, String> {
+    static CACHE: LazyLock<Mutex<HashMap<String, Result<Regex, String>>>> =
+        LazyLock::new(Mutex::default);
+    // A panic while holding the lock cannot leave a half-written entry.
+    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(hit) = cache.get(pattern) {
+        return hit.clone();
+    }
+    if cache.len() >= COMPILED_MAX {
+        cache.clear();
+    }
+    let result = Regex::new(pattern).map_err(|e| e.to_string());
+    cache.insert(pattern.to_string(), result.clone());
+    result
 }
 
 /// Resolves the Module for `kernel`: the first mapping that matches, in order.

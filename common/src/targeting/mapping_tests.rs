@@ -100,15 +100,33 @@ moduleLoader:
     kernelMappings: [{regexp: "[", containerImage: "r:1"}]
 "#,
     );
-    let err = resolve_mapping(&m, "6.1").expect_err("should fail");
-    assert!(
-        matches!(err, Ineligible::InvalidRegexp { index: 0, .. }),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .starts_with("invalid regexp '[' in kernelMappings[0]: "),
-        "{err}"
+    // Twice: the second answer comes from the compiled-pattern cache.
+    for _ in 0..2 {
+        let err = resolve_mapping(&m, "6.1").expect_err("should fail");
+        assert!(
+            matches!(err, Ineligible::InvalidRegexp { index: 0, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("invalid regexp '[' in kernelMappings[0]: "),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn compiled_patterns_stay_correct_past_the_cache_bound() {
+    // More distinct patterns than the cache holds: it starts over, answers
+    // stay right (each pattern matches only its own kernel).
+    for i in 0..(COMPILED_MAX + 10) {
+        let re = compiled(&format!("^6\\.1\\.0-{i}-amd64$")).expect("compiles");
+        assert!(re.is_match(&format!("6.1.0-{i}-amd64")));
+        assert!(!re.is_match(&format!("6.1.0-{}-amd64", i + 1)));
+    }
+    assert_eq!(
+        compiled("(").expect_err("does not compile"),
+        compiled("(").expect_err("still does not compile")
     );
 }
 

@@ -213,22 +213,30 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     .watches_stream(job_trigger, triggers::module_of_job)
     .reconcile_all_on(node_trigger)
     // Bursts of NMC/Node events (a rollout) collapse into one reconcile per Module.
-    .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => tracing::debug!(module = %obj, "reconciled"),
-            Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                tracing::debug!(module = %obj, error = %e, "reconcile failed");
+    .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
+    // Upstream's fleet gauges, recounted from the Module cache after each
+    // reconcile (no API call).
+    let modules = controller.store();
+    let metrics = ctx.metrics.clone();
+    let controller = controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(move |res| {
+            metrics.count_modules(modules.state().iter().map(AsRef::as_ref));
+            async move {
+                match res {
+                    Ok((obj, _)) => tracing::debug!(module = %obj, "reconciled"),
+                    Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                        tracing::debug!(module = %obj, error = %e, "reconcile failed");
+                    }
+                    // NMCs list Modules of every namespace; outside our scope (or just
+                    // deleted) they are not in the store.
+                    Err(controller::Error::ObjectNotFound(obj)) => {
+                        tracing::debug!(module = %obj, "not in scope or gone");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "controller"),
+                }
             }
-            // NMCs list Modules of every namespace; outside our scope (or just
-            // deleted) they are not in the store.
-            Err(controller::Error::ObjectNotFound(obj)) => {
-                tracing::debug!(module = %obj, "not in scope or gone");
-            }
-            Err(e) => tracing::warn!(error = %e, "controller"),
-        }
-    });
+        });
     tokio::select! {
         () = controller => {}
         () = nmc_gc => {}

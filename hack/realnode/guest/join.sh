@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs in the guest (from /init): prepare cgroup v2, netfilter and the kubelet's
-# directories, then start containerd and kubelet, which joins the control plane
-# as node kmm-guest. Config comes from /host (written by hack/realnode/start.sh);
+# directories, then start containerd, kubelet, which joins the control plane
+# as node kmm-guest, and kube-proxy. Config comes from /host (written by hack/realnode/start.sh);
 # logs go to /host/logs so the host can read them while the guest runs.
 t() { cut -d' ' -f1 /proc/uptime; }
 set -u
@@ -9,7 +9,7 @@ set -u
 mkdir -p /var/lib/kubelet /var/log/pods /run/xtables /tmp/ctd /host/logs
 cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id   # cadvisor wants one
 for m in overlay bridge veth br_netfilter nf_tables nft_compat nft_chain_nat xt_MASQUERADE xt_nat \
-         xt_comment xt_tcpudp xt_addrtype xt_conntrack xt_mark; do
+         xt_comment xt_tcpudp xt_addrtype xt_conntrack xt_mark xt_statistic; do
   /sbin/modprobe $m || echo "RN modprobe $m failed"
 done
 # cgroup v2 with every controller delegated to the root's children (kubelet's cgroupfs driver).
@@ -23,10 +23,6 @@ for d in /sys/class/net/*; do
     ip link set "${d##*/}" up && ip addr add "$NODE_IP/30" dev "${d##*/}" || echo "RN tap setup failed"
   fi
 done
-# The `kubernetes` Service (10.0.0.1:443) without kube-proxy: DNAT to the API
-# server through QEMU's user network (10.0.0.1 is in its serving certificate).
-iptables -t nat -A PREROUTING -d 10.0.0.1/32 -p tcp --dport 443 -j DNAT --to-destination 10.0.2.2:$API_PORT
-iptables -t nat -A OUTPUT -d 10.0.0.1/32 -p tcp --dport 443 -j DNAT --to-destination 10.0.2.2:$API_PORT
 echo "RN setup done t=$(t)"
 containerd --config /host/containerd.toml > /host/logs/containerd.log 2>&1 &
 while [ ! -S /run/ctd/containerd.sock ]; do sleep 0.2; done
@@ -34,6 +30,12 @@ echo "RN containerd up t=$(t)"
 kubelet --config /host/kubelet.yaml --kubeconfig /host/kubelet.kubeconfig --hostname-override kmm-guest \
   --node-ip $NODE_IP --root-dir /var/lib/kubelet --v=1 > /host/logs/kubelet.log 2>&1 &
 echo "RN kubelet started t=$(t)"
+# Services (the Pods' way to the API server: 10.0.0.1:443, whose endpoint
+# start.sh wrote) through kube-proxy, iptables mode (iptables-nft).
+/host/bin/kube-proxy --kubeconfig /host/kube-proxy.kubeconfig --hostname-override kmm-guest \
+  --proxy-mode iptables --cluster-cidr 10.245.0.0/24 --conntrack-max-per-core 0 --v=1 \
+  > /host/logs/kube-proxy.log 2>&1 &
+echo "RN kube-proxy started t=$(t)"
 # Command channel over the share (hack/realnode/guest-exec.sh): run each
 # /host/cmd/<id>.sh once, leave <id>.out and then <id>.rc. A status line every 30 s.
 mkdir -p /host/cmd
