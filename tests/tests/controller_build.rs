@@ -211,21 +211,98 @@ fn observe_and_build(client: Client, ns: &str) -> Arc<Mutex<BTreeMap<String, Str
     out
 }
 
-/// Plays a builder that gave up: the Job controller's own terminal status.
-async fn fail_job(jobs: &Api<Job>, name: &str) -> Result<()> {
+/// Plays the end of a builder: the Job controller's own terminal status,
+/// failed (gave up) or succeeded.
+async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) -> Result<()> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let cond = |t: &str| {
-        serde_json::json!({"type": t, "status": "True", "reason": "BackoffLimitExceeded",
-            "message": "Job has reached the specified backoff limit",
+    let cond = |t: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": t, "status": "True", "reason": reason, "message": message,
             "lastProbeTime": now, "lastTransitionTime": now})
     };
-    let patch = serde_json::json!({"status": {
-        "active": 0, "ready": 0, "terminating": 0, "failed": 3,
-        "conditions": [cond("FailureTarget"), cond("Failed")],
-    }});
+    let patch = if succeeded {
+        let (reason, message) = (
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+        );
+        serde_json::json!({"status": {
+            "active": 0, "ready": 0, "terminating": 0, "succeeded": 1,
+            "completionTime": now,
+            "conditions": [cond("SuccessCriteriaMet", reason, message), cond("Complete", reason, message)],
+        }})
+    } else {
+        let (reason, message) = (
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        );
+        serde_json::json!({"status": {
+            "active": 0, "ready": 0, "terminating": 0, "failed": 3,
+            "conditions": [cond("FailureTarget", reason, message), cond("Failed", reason, message)],
+        }})
+    };
     jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> Result<Vec<Event>> {
+    Ok(Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_succeeded_build_is_reported_once_like_upstream() -> Result<()> {
+    let mut f = Fixture::new("ctl-build-ok").await?;
+    let ctl = f.controller("a")?;
+    ctl.wait_leader(WAIT).await?;
+    // Job pods stay Pending on a Node without kubelet: the test decides the end.
+    f.plain_node("n1", "6.1.0-95-build-amd64").await?;
+    f.apply(&f.module_yaml(json!({}))).await?;
+    wait_for(WAIT, || async {
+        Ok(f.jobs().list(&ListParams::default()).await?.items.len() == 1)
+    })
+    .await
+    .with_context(|| ctl.log())?;
+    let job = f.jobs().list(&ListParams::default()).await?.items.remove(0);
+    let kernel = job.annotations()[KERNEL_ANNOTATION].clone();
+    let target = job.annotations()[TARGET_IMAGE_ANNOTATION].clone();
+    push_fake_kmod(&target, &kernel, &[("kmod", &[])], &[]).await?;
+    finish_job(&f.jobs(), &job.name_any(), true).await?;
+
+    wait_for(WAIT, || async {
+        Ok(!events_with_reason(&f.client, f.ns(), "BuildSucceeded")
+            .await?
+            .is_empty())
+    })
+    .await
+    .with_context(|| ctl.log())?;
+    // Over several more reconciles (the Job collected meanwhile), still one
+    // event, never repeated.
+    ctl.wait_reconciles(3, WAIT).await?;
+    let events = events_with_reason(&f.client, f.ns(), "BuildSucceeded").await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].series.is_none(),
+        "reported again: {:?}",
+        events[0].series
+    );
+    let note = events[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains(&job.name_any()) && note.contains(&kernel),
+        "{note}"
+    );
+    wait_for(WAIT, || async {
+        Ok(f.condition("ImagesReady")
+            .await?
+            .is_some_and(|(s, _, _)| s == "True"))
+    })
+    .await
+    .with_context(|| ctl.log())?;
+    f.finish().await
 }
 
 #[tokio::test]
@@ -306,7 +383,7 @@ async fn a_failed_build_is_kept_and_reported_until_its_input_changes() -> Result
     .await
     .with_context(|| ctl.log())?;
 
-    fail_job(&f.jobs(), &first.name_any()).await?;
+    finish_job(&f.jobs(), &first.name_any(), false).await?;
     wait_for(WAIT, || async {
         Ok(f.condition("ImagesReady")
             .await?

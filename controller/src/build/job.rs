@@ -27,6 +27,9 @@ pub const HASH_LABEL: &str = "kmm.node.kubernetes.io/build.hash";
 pub const JOB_TYPE_LABEL: &str = "kmm.node.kubernetes.io/job.type";
 /// Annotation with the kernel a Job is for (kernels are not valid label values).
 pub const KERNEL_ANNOTATION: &str = "kmm.node.kubernetes.io/kernel-version";
+/// Annotation set on a Job once its `BuildSucceeded`/`SignSucceeded` event
+/// went out, so a restart or a new leader never reports it twice.
+pub const SUCCEEDED_REPORTED_ANNOTATION: &str = "kmm.node.kubernetes.io/succeeded-event-sent";
 /// Annotation with the image a Job pushes.
 pub const TARGET_IMAGE_ANNOTATION: &str = "kmm.node.kubernetes.io/target-image";
 /// The ConfigMap key holding the Dockerfile (upstream KMM's).

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 
-use super::job::{HASH_LABEL, JOB_TYPE_LABEL, KERNEL_ANNOTATION, Step, StepKind};
+use super::job::{
+    HASH_LABEL, JOB_TYPE_LABEL, KERNEL_ANNOTATION, SUCCEEDED_REPORTED_ANNOTATION, Step, StepKind,
+};
 
 /// Where a Job is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,8 @@ pub struct JobView {
     pub kind: Option<StepKind>,
     /// Its state.
     pub state: JobState,
+    /// Its success event went out already.
+    pub succeeded_reported: bool,
 }
 
 /// Reads a Job of ours; `None` without the hash label.
@@ -80,6 +84,9 @@ pub fn job_view(job: &Job) -> Option<JobView> {
             .unwrap_or_default(),
         kind,
         state,
+        succeeded_reported: job
+            .annotations()
+            .contains_key(SUCCEEDED_REPORTED_ANNOTATION),
     })
 }
 

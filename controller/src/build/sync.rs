@@ -176,6 +176,8 @@ pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<B
         // Recorded before the Jobs go: they are the only other record of it.
         record_trigger(module, ns, ctx).await?;
     }
+    // Before collection: a succeeded Job is collected in this same pass.
+    report_succeeded(module, ns, &jobs, ctx).await;
     // While a kernel cannot be evaluated, its Jobs are not judged obsolete.
     if problems.is_empty() {
         delete_jobs(ns, plan::jobs_to_delete(&jobs, &outcomes, force), ctx).await?;
@@ -414,6 +416,44 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, &module.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing event");
+    }
+}
+
+/// Upstream's `BuildSucceeded`/`SignSucceeded`, once per Job: the Job is
+/// marked first, so a restart or a new leader never reports it again (at
+/// worst, a failed event write loses one report).
+async fn report_succeeded(module: &Module, ns: &str, jobs: &[JobView], ctx: &BuildContext<'_>) {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let done = jobs
+        .iter()
+        .filter(|j| j.state == plan::JobState::Succeeded && !j.succeeded_reported);
+    for job in done {
+        let Some(kind) = job.kind else { continue };
+        let mark = serde_json::json!({"metadata": {"annotations": {
+            job::SUCCEEDED_REPORTED_ANNOTATION: "",
+        }}});
+        if let Err(e) = api
+            .patch(&job.name, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+        {
+            tracing::warn!(job = %job.name, error = %e, "marking a succeeded Job");
+            continue;
+        }
+        let (reason, what) = match kind {
+            StepKind::Build => ("BuildSucceeded", "Build"),
+            StepKind::Sign => ("SignSucceeded", "Sign"),
+        };
+        publish(
+            module,
+            ctx,
+            EventType::Normal,
+            reason,
+            format!(
+                "{what} Job {} succeeded for kernel {}",
+                job.name, job.kernel
+            ),
+        )
+        .await;
     }
 }
 

@@ -261,6 +261,7 @@ fn view(step: &Step, state: JobState) -> JobView {
         kernel: step.kernel.clone(),
         kind: Some(step.kind),
         state,
+        succeeded_reported: false,
     }
 }
 
@@ -423,4 +424,22 @@ fn job_state_is_read_from_the_job_conditions() {
             "BackoffLimitExceeded: Job has reached the specified backoff limit".into()
         )
     );
+    assert!(!v.succeeded_reported);
+}
+
+#[test]
+fn a_reported_success_is_read_from_the_job() {
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "j", "labels": {job::HASH_LABEL: "h", job::JOB_TYPE_LABEL: "build"},
+                     "annotations": {job::KERNEL_ANNOTATION: "6.1",
+                                     job::SUCCEEDED_REPORTED_ANNOTATION: ""}},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]}
+    }))
+    .unwrap();
+    let v = plan::job_view(&job).unwrap();
+    assert_eq!(
+        (v.kind, v.state),
+        (Some(StepKind::Build), JobState::Succeeded)
+    );
+    assert!(v.succeeded_reported);
 }
