@@ -45,6 +45,9 @@ step "VM node kernel"
 kdir=$(bash tests/vm/fetch-kernel.sh | tail -1)
 # kmmctl's real-kernel tests (ignored by default, run below) read the same tree.
 export KMM_KERNEL_TREE="$kdir/root" KMM_KERNEL_VERSION="$(cat "$kdir/kver")"
+# ... and kmmctl's byte-for-byte signing test, the kernel's own sign-file.
+KMM_SIGN_FILE="$(bash tests/vm/fetch-sign-file.sh "$KMM_KERNEL_VERSION" | tail -1)"
+export KMM_SIGN_FILE
 step "Prometheus Operator CRDs (Go module proxy)"
 # Fetched here, before any cluster test runs: the tests never download.
 KMM_MONITORING_CRDS="$(bash hack/monitoring/fetch-crds.sh | tail -1)"

@@ -328,63 +328,30 @@ fn kernel_sign_file(sign_file: &Path, hash: &str, key: &Path, cert: &Path, ko: &
 }
 
 /// The kernel's own `scripts/sign-file` (Debian's linux-kbuild package):
-/// `$KMM_SIGN_FILE`, an installed linux-kbuild, or one unpacked into
-/// `$KMM_CACHE/sign-file` by `apt-get download` (like tests/vm/fetch-kernel.sh
-/// fetches the kernel).
+/// `$KMM_SIGN_FILE` (`make test` fetches it before its network namespace),
+/// an installed linux-kbuild, or `tests/vm/fetch-sign-file.sh`'s download.
 fn find_kernel_sign_file(brd: &Path) -> Option<PathBuf> {
-    let find_in = |root: &Path| -> Option<PathBuf> {
-        std::fs::read_dir(root.join("usr/lib"))
-            .ok()?
-            .flatten()
-            .filter(|d| d.file_name().to_string_lossy().starts_with("linux-kbuild-"))
-            .map(|d| d.path().join("scripts/sign-file"))
-            .find(|p| p.is_file())
-    };
     if let Some(p) = std::env::var_os("KMM_SIGN_FILE") {
         return Some(PathBuf::from(p));
     }
-    if let Some(p) = find_in(Path::new("/")) {
-        return Some(p);
+    let installed = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("linux-kbuild-"))
+        .map(|d| d.path().join("scripts/sign-file"))
+        .find(|p| p.is_file());
+    if installed.is_some() {
+        return installed;
     }
-    let cache = std::env::var_os("KMM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/kmm-rs")
-        })
-        .join("sign-file");
-    if let Some(p) = find_in(&cache) {
-        return Some(p);
-    }
-    // brd.ko is in lib/modules/<6.1.0-56-amd64>/kernel/...: the package is linux-kbuild-6.1.
-    let kver = brd
-        .ancestors()
-        .nth(4)?
-        .file_name()?
-        .to_string_lossy()
-        .into_owned();
-    let series: Vec<&str> = kver.split(['.', '-']).take(2).collect();
-    let pkg = format!("linux-kbuild-{}", series.join("."));
-    std::fs::create_dir_all(&cache).ok()?;
-    let downloaded = Command::new("apt-get")
-        .args(["download", &pkg])
-        .current_dir(&cache)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !downloaded {
-        return None;
-    }
-    for deb in std::fs::read_dir(&cache).ok()?.flatten() {
-        if deb.file_name().to_string_lossy().ends_with(".deb") {
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(deb.path())
-                .arg(&cache)
-                .status()
-                .ok()?;
-        }
-    }
-    find_in(&cache)
+    // brd.ko is in lib/modules/<kver>/kernel/...
+    let kver = brd.ancestors().nth(4)?.file_name()?.to_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vm/fetch-sign-file.sh");
+    let out = Command::new("bash").arg(script).arg(kver).output().ok()?;
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()?
+        .to_owned();
+    out.status.success().then(|| PathBuf::from(path))
 }
 
 #[test]
