@@ -101,7 +101,12 @@ impl ControllerProcess {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(&opts.extra_args)
             .env("KUBECONFIG", &opts.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            // KMM_TEST_CONTROLLER_LOG=debug to see every reconcile in its log.
+            .env(
+                "RUST_LOG",
+                std::env::var("KMM_TEST_CONTROLLER_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             // Parallel controllers cannot share :9443 nor one webhook configuration;
             // webhook tests opt in with `--webhook true` (flags beat env).
             .env("KMM_WEBHOOK", "false")

@@ -193,6 +193,34 @@ pub fn jobs_to_delete(
         .collect()
 }
 
+/// Jobs whose success is to be reported (upstream's `BuildSucceeded` /
+/// `SignSucceeded`), not reported yet: those that completed, and those still
+/// running whose kernel is Ready, its image pushed, since they are collected
+/// now and would never be seen completing. Failed Jobs and Jobs of inputs no
+/// kernel has any more are not successes.
+pub fn succeeded_jobs<'a>(
+    jobs: &'a [JobView],
+    kernels: &[(Vec<Step>, Outcome)],
+) -> Vec<&'a JobView> {
+    let current: BTreeSet<String> = kernels
+        .iter()
+        .flat_map(|(chain, _)| chain.iter().map(Step::hash))
+        .collect();
+    let ready: BTreeSet<String> = kernels
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Ready)
+        .flat_map(|(chain, _)| chain.iter().map(Step::hash))
+        .collect();
+    jobs.iter()
+        .filter(|j| !j.succeeded_reported && current.contains(&j.hash))
+        .filter(|j| match j.state {
+            JobState::Succeeded => true,
+            JobState::Active => ready.contains(&j.hash),
+            JobState::Failed(_) => false,
+        })
+        .collect()
+}
+
 /// The Module-wide inputs of a chain.
 #[derive(Debug, Clone, Default)]
 pub struct ChainInput {

@@ -177,7 +177,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<B
         record_trigger(module, ns, ctx).await?;
     }
     // Before collection: a succeeded Job is collected in this same pass.
-    report_succeeded(module, ns, &jobs, ctx).await;
+    report_succeeded(module, ns, plan::succeeded_jobs(&jobs, &outcomes), ctx).await;
     // While a kernel cannot be evaluated, its Jobs are not judged obsolete.
     if problems.is_empty() {
         delete_jobs(ns, plan::jobs_to_delete(&jobs, &outcomes, force), ctx).await?;
@@ -419,14 +419,11 @@ async fn publish(
     }
 }
 
-/// Upstream's `BuildSucceeded`/`SignSucceeded`, once per Job: the Job is
-/// marked first, so a restart or a new leader never reports it again (at
-/// worst, a failed event write loses one report).
-async fn report_succeeded(module: &Module, ns: &str, jobs: &[JobView], ctx: &BuildContext<'_>) {
+/// Upstream's `BuildSucceeded`/`SignSucceeded`, once per Job
+/// ([`plan::succeeded_jobs`]): the Job is marked first, so a restart or a new
+/// leader never reports it again (at worst, a failed event write loses one).
+async fn report_succeeded(module: &Module, ns: &str, done: Vec<&JobView>, ctx: &BuildContext<'_>) {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let done = jobs
-        .iter()
-        .filter(|j| j.state == plan::JobState::Succeeded && !j.succeeded_reported);
     for job in done {
         let Some(kind) = job.kind else { continue };
         let mark = serde_json::json!({"metadata": {"annotations": {

@@ -378,6 +378,49 @@ fn successful_and_obsolete_jobs_are_collected_once_the_image_exists() {
 }
 
 #[test]
+fn successes_are_completed_jobs_and_running_ones_whose_image_is_there_once_each() {
+    let chain = both_chain();
+    let stale = Step {
+        dockerfile: Some("FROM old".into()),
+        ..chain[0].clone()
+    };
+    let names = |v: Vec<&JobView>| v.iter().map(|j| j.name.clone()).collect::<Vec<_>>();
+    // Build completed, sign still running: while signing, only the build.
+    let jobs = [
+        view(&chain[0], JobState::Succeeded),
+        view(&chain[1], JobState::Active),
+        view(&stale, JobState::Succeeded),
+    ];
+    let running = vec![(
+        chain.clone(),
+        Outcome::Running {
+            job: chain[1].job_name(),
+            kind: StepKind::Sign,
+        },
+    )];
+    assert_eq!(
+        names(plan::succeeded_jobs(&jobs, &running)),
+        [chain[0].job_name()]
+    );
+    // The signed image is there (the sign Job not seen completing): both, the
+    // obsolete one never.
+    let ready = vec![(chain.clone(), Outcome::Ready)];
+    assert_eq!(
+        names(plan::succeeded_jobs(&jobs, &ready)),
+        [chain[0].job_name(), chain[1].job_name()]
+    );
+    // Reported once; a failed Job is no success.
+    let jobs = [
+        JobView {
+            succeeded_reported: true,
+            ..view(&chain[0], JobState::Succeeded)
+        },
+        view(&chain[1], JobState::Failed("BackoffLimitExceeded".into())),
+    ];
+    assert!(plan::succeeded_jobs(&jobs, &ready).is_empty());
+}
+
+#[test]
 fn a_rebuild_trigger_ignores_existing_images_and_keeps_evidence_until_all_kernels_are_done() {
     let chain = both_chain();
     assert_eq!(
