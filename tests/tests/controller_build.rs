@@ -138,6 +138,28 @@ impl Fixture {
             .manifest()
     }
 
+    /// A leading controller, one Node without kubelet on `kernel` (Job pods
+    /// stay Pending: the test decides how the Job ends), the Module, and the
+    /// one build Job it created.
+    async fn one_pending_build(&mut self, kernel: &str) -> Result<(ControllerProcess, Job)> {
+        let ctl = self.controller("a")?;
+        ctl.wait_leader(WAIT).await?;
+        self.plain_node("n1", kernel).await?;
+        self.apply(&self.module_yaml(json!({}))).await?;
+        wait_for(WAIT, || async {
+            Ok(self.jobs().list(&ListParams::default()).await?.items.len() == 1)
+        })
+        .await
+        .with_context(|| ctl.log())?;
+        let job = self
+            .jobs()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .remove(0);
+        Ok((ctl, job))
+    }
+
     async fn apply(&self, yaml: &str) -> Result<()> {
         kmm_tests::cluster::apply_yaml(self.cp, self.ns(), yaml)
     }
@@ -257,21 +279,14 @@ async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> Result<V
 #[tokio::test]
 async fn a_succeeded_build_is_reported_once_like_upstream() -> Result<()> {
     let mut f = Fixture::new("ctl-build-ok").await?;
-    let ctl = f.controller("a")?;
-    ctl.wait_leader(WAIT).await?;
-    // Job pods stay Pending on a Node without kubelet: the test decides the end.
-    f.plain_node("n1", "6.1.0-95-build-amd64").await?;
-    f.apply(&f.module_yaml(json!({}))).await?;
-    wait_for(WAIT, || async {
-        Ok(f.jobs().list(&ListParams::default()).await?.items.len() == 1)
-    })
-    .await
-    .with_context(|| ctl.log())?;
-    let job = f.jobs().list(&ListParams::default()).await?.items.remove(0);
+    let (ctl, job) = f.one_pending_build("6.1.0-95-build-amd64").await?;
     let kernel = job.annotations()[KERNEL_ANNOTATION].clone();
     let target = job.annotations()[TARGET_IMAGE_ANNOTATION].clone();
-    push_fake_kmod(&target, &kernel, &[("kmod", &[])], &[]).await?;
+    // The Job completes first: with the image already there the controller
+    // could collect the Job before the test marks it (that path, a running
+    // Job whose image exists, is plan::succeeded_jobs's unit test).
     finish_job(&f.jobs(), &job.name_any(), true).await?;
+    push_fake_kmod(&target, &kernel, &[("kmod", &[])], &[]).await?;
 
     wait_for(WAIT, || async {
         Ok(!events_with_reason(&f.client, f.ns(), "BuildSucceeded")
@@ -363,17 +378,7 @@ async fn killing_the_leader_mid_rollout_builds_nothing_twice() -> Result<()> {
 #[tokio::test]
 async fn a_failed_build_is_kept_and_reported_until_its_input_changes() -> Result<()> {
     let mut f = Fixture::new("ctl-build-fail").await?;
-    let ctl = f.controller("a")?;
-    ctl.wait_leader(WAIT).await?;
-    // Job pods stay Pending on a Node without kubelet: the test decides the end.
-    f.plain_node("n1", "6.1.0-94-build-amd64").await?;
-    f.apply(&f.module_yaml(json!({}))).await?;
-    wait_for(WAIT, || async {
-        Ok(f.jobs().list(&ListParams::default()).await?.items.len() == 1)
-    })
-    .await
-    .with_context(|| ctl.log())?;
-    let first = f.jobs().list(&ListParams::default()).await?.items.remove(0);
+    let (ctl, first) = f.one_pending_build("6.1.0-94-build-amd64").await?;
     // The reconcile that created the Job writes the status after it.
     wait_for(WAIT, || async {
         Ok(f.condition("ImagesReady")
