@@ -95,26 +95,39 @@ impl RealNode {
         Ok(())
     }
 
-    /// A command inside the node's namespace.
-    fn in_netns<S: AsRef<OsStr>>(&self, program: &OsStr, args: &[S]) -> Result<Output> {
-        Command::new("ip")
+    /// A command inside the node's namespace, `stdin` fed to it.
+    fn in_netns<S: AsRef<OsStr>>(
+        &self,
+        program: &OsStr,
+        args: &[S],
+        stdin: Option<&str>,
+    ) -> Result<Output> {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
             .arg(program)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("ip netns exec {}", self.netns))
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("ip netns exec {}", self.netns))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
     }
 
-    /// `kubectl` against the node's control plane; its stdout.
-    ///
-    /// # Errors
-    /// If kubectl fails (its stderr in the error).
-    pub fn kubectl<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+    /// `kubectl` against the node's control plane, `stdin` fed to it; its stdout.
+    fn run_kubectl<S: AsRef<OsStr>>(&self, args: &[S], stdin: Option<&str>) -> Result<String> {
         let kubeconfig = self.run.join("admin.kubeconfig");
         let mut all: Vec<&OsStr> = vec![OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
         all.extend(args.iter().map(AsRef::as_ref));
-        let out = self.in_netns(self.kubectl.as_os_str(), &all)?;
+        let out = self.in_netns(self.kubectl.as_os_str(), &all, stdin)?;
         ensure!(
             out.status.success(),
             "kubectl {:?}: {}",
@@ -124,36 +137,20 @@ impl RealNode {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `kubectl` against the node's control plane; its stdout.
+    ///
+    /// # Errors
+    /// If kubectl fails (its stderr in the error).
+    pub fn kubectl<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        self.run_kubectl(args, None)
+    }
+
     /// `kubectl ... -f -` with `stdin` as the manifest.
     ///
     /// # Errors
     /// If kubectl fails.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
-        use std::io::Write as _;
-        let kubeconfig = self.run.join("admin.kubeconfig");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning kubectl")?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(stdin.as_bytes())?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.run_kubectl(args, Some(stdin))
     }
 
     /// Runs `sh -c CMD` in the guest (`guest-exec.sh`); its exit status and
@@ -191,6 +188,7 @@ impl RealNode {
                 "--data-urlencode",
                 &format!("query={query}"),
             ],
+            None,
         )?;
         ensure!(
             out.status.success(),
