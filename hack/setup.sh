@@ -22,10 +22,11 @@ set -euo pipefail
 #  libc6-dev                                its pause image. Never started on the host.
 #  prometheus                             - scrapes the real node's Pods (hack/realnode/prometheus.sh)
 #  bc                                     - the real-node scripts' timelines
+#  fonts-dejavu-core                      - the text of the fleet benchmark's plot (benches/)
 PKGS=(libkmod-dev libclang-dev pkg-config kmod docker-registry qemu-system-x86 busybox-static cpio
       openssl apache2-utils xz-utils zstd ca-certificates curl libssl-dev buildah
       mmdebstrap uidmap skopeo binutils containerd runc iptables containernetworking-plugins
-      gcc libc6-dev prometheus bc)
+      gcc libc6-dev prometheus bc fonts-dejavu-core)
 
 missing=()
 for p in "${PKGS[@]}"; do

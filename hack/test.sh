@@ -62,9 +62,9 @@ step "build the tests"
 cargo test --workspace --no-run
 step "the kmm-rs image from the test build (hack/image/build.sh, not pushed)"
 # The real-kubelet test deploys it; debug binaries (stripped) spare CI a
-# second, release build (`make image` builds the release image). Built alone:
-# in the test build the agent has the tests' `simulated` feature.
-cargo build --bin kmm-agent --bin kmm-controller --bin kmmctl
+# second, release build (`make image` builds the release image). Built with its
+# packages named alone (kmm-tests needs the agent with its `simulated` feature).
+cargo build -p kmm-agent -p kmm-controller -p kmmctl --bin kmm-agent --bin kmm-controller --bin kmmctl
 KMM_IMAGE_TAG=test KMM_IMAGE_BINARIES="$root/target/debug" KMM_IMAGE_OCI="$KMM_RUN/image-oci" \
     bash hack/image/build.sh
 export KMM_TEST_IMAGE="oci:$KMM_RUN/image-oci:test"

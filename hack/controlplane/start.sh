@@ -28,7 +28,7 @@
 #   admin-guest.kubeconfig  the same credentials, server https://10.0.2.2:PORT (for QEMU guests)
 #   pki/ca.crt              cluster CA;  pki/sa.{key,pub} service-account signing pair
 #   logs/<component>.log, <component>.pid
-#   logs/audit.log          API server audit log: writes, and NodeModulesConfig reads
+#   logs/audit.log          API server audit log: every read and write, Metadata level (audit-policy.yaml)
 set -euo pipefail
 
 # shellcheck source=lib.sh
@@ -258,27 +258,16 @@ start_apiserver() {
     # on regardless; list the ones the tests rely on explicitly, plus
     # NodeRestriction which is off by default.
     require_free kube-apiserver "$api_port"
-    # The audit log counts what each client writes (tests check kmm-rs's write
-    # budgets from it, by User-Agent): every write at Metadata level, and the
-    # reads of NodeModulesConfigs; nothing else.
-    cat > "$run/audit-policy.yaml" <<'POLICY'
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: Metadata
-    verbs: [create, update, patch, delete, deletecollection]
-  - level: Metadata
-    verbs: [get, list]
-    resources: [{group: kmm.sigs.x-k8s.io, resources: [nodemodulesconfigs]}]
-  - level: None
-POLICY
+    # The audit log counts what each client writes and reads (tests check
+    # kmm-rs's budgets from it by User-Agent; the fleet benchmark counts every
+    # client): policy in audit-policy.yaml, large enough not to rotate mid-run.
+    cp "$(dirname "${BASH_SOURCE[0]}")/audit-policy.yaml" "$run/audit-policy.yaml"
     # shellcheck disable=SC2086 # KMM_APISERVER_EXTRA_ARGS is split on purpose
     launch kube-apiserver \
         --audit-policy-file="$run/audit-policy.yaml" \
         --audit-log-path="$logs/audit.log" \
         --audit-log-format=json \
-        --audit-log-maxsize=200 \
+        --audit-log-maxsize="${KMM_AUDIT_LOG_MAXSIZE_MB:-4096}" \
         --audit-log-maxbackup=1 \
         --bind-address=127.0.0.1 \
         --advertise-address=127.0.0.1 \

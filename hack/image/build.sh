@@ -112,7 +112,9 @@ if [ -n "${KMM_IMAGE_BINARIES:-}" ]; then
 else
     step "building the release binaries (cargo build --release --locked)"
     export CARGO_TARGET_DIR="${KMM_IMAGE_TARGET_DIR:-$CACHE/target}"
-    (cd "$ROOT" && cargo build -q --release --locked "${BINS[@]/#/--bin=}")
+    # Packages named: the workspace's kmm-tests would add the agent's test-only
+    # `simulated` feature.
+    (cd "$ROOT" && cargo build -q --release --locked "${BINS[@]/#/--package=}" "${BINS[@]/#/--bin=}")
     for b in "${BINS[@]}"; do cp "$CARGO_TARGET_DIR/release/$b" "$CTX/prebuilt/"; done
 fi
 

@@ -133,11 +133,7 @@ impl AgentProcess {
 
     /// Resident memory of the process in KiB (from /proc), if it is running.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        crate::fleet::procstat::rss_kib(self.pid())
     }
 
     /// The agent's log so far.

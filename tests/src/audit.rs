@@ -1,6 +1,6 @@
 //! The test API server's audit log (`$KMM_RUN/logs/audit.log`, policy in
-//! `hack/controlplane/start.sh`: every write, and NodeModulesConfig reads), read
-//! as counted evidence of what a component asked of the API server.
+//! `hack/controlplane/audit-policy.yaml`: every read and write), read as counted
+//! evidence of what a component asked of the API server.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ pub struct Request {
     pub object_ref: ObjectRef,
     /// The stage: each request is counted once, at `ResponseComplete`.
     pub stage: String,
+    /// When the stage was reached (RFC 3339, microseconds).
+    #[serde(default)]
+    pub stage_timestamp: String,
 }
 
 /// The object of an audited request.
@@ -86,6 +89,16 @@ impl AuditLog {
         Ok(Self { path })
     }
 
+    /// The JSON audit log at `path` (of any API server).
+    pub fn at(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Where the log starts.
+    pub fn start(&self) -> Mark {
+        Mark(0)
+    }
+
     /// Where the log ends now.
     ///
     /// # Errors
@@ -127,8 +140,28 @@ pub fn agent_request_for(r: &Request, node: &str, ns: &str) -> bool {
 
 /// Whether `r` writes.
 pub fn is_write(r: &Request) -> bool {
+    is_write_verb(&r.verb)
+}
+
+/// Whether `verb` writes.
+pub fn is_write_verb(verb: &str) -> bool {
     matches!(
-        r.verb.as_str(),
+        verb,
         "create" | "update" | "patch" | "delete" | "deletecollection"
     )
+}
+
+/// Whether `verb` reads (a GET or a LIST; watches are not logged).
+pub fn is_read_verb(verb: &str) -> bool {
+    matches!(verb, "get" | "list")
+}
+
+/// The client of `r`: its User-Agent's product name (`kmm-agent/0.1.0` and
+/// `kubectl/v1.35.4 (linux/amd64) kubernetes/…` give `kmm-agent` and `kubectl`).
+pub fn client_of(r: &Request) -> &str {
+    let product = r.user_agent.split(' ').next().unwrap_or_default();
+    match product.split('/').next() {
+        Some(p) if !p.is_empty() => p,
+        _ => "unknown",
+    }
 }

@@ -152,7 +152,8 @@ pub struct KubeReporter {
     node_name: String,
     /// The status last written or found equal, and when: an unchanged status
     /// costs no request at all until it is this old (then one GET checks that
-    /// nobody removed or changed the object).
+    /// nobody removed or changed the object), and a change from it is written
+    /// without reading first (one request per transition).
     written: std::sync::Mutex<Option<(NodeModulesConfigStatus, std::time::Instant)>>,
 }
 
@@ -186,13 +187,20 @@ impl Report for KubeReporter {
 
     fn status(&self, status: NodeModulesConfigStatus) -> BoxFuture<'_, Result<(), kube::Error>> {
         Box::pin(async move {
-            let fresh = crate::reconciler::lock(&self.written)
-                .as_ref()
-                .is_some_and(|(last, at)| *last == status && at.elapsed() < STATUS_RECHECK);
-            if fresh {
-                return Ok(());
-            }
-            let result = write_status(&self.client, &self.node_name, status.clone()).await;
+            let known = crate::reconciler::lock(&self.written).clone();
+            let api: Api<NodeModulesConfig> = Api::all(self.client.clone());
+            let result = match known {
+                Some((last, at)) if last == status && at.elapsed() < STATUS_RECHECK => {
+                    return Ok(());
+                }
+                // A transition from what this agent wrote: one write, no read.
+                Some((last, _)) if last != status => {
+                    patch_status(&api, &self.node_name, &status).await
+                }
+                // First status since start, or time to check nobody changed it:
+                // read, and write only if it differs.
+                _ => write_status(&api, &self.node_name, &status).await,
+            };
             *crate::reconciler::lock(&self.written) =
                 result.is_ok().then(|| (status, std::time::Instant::now()));
             result
@@ -211,39 +219,58 @@ impl Report for KubeReporter {
     }
 }
 
+/// Writes `status` if the stored one differs (creating the object if missing).
 async fn write_status(
-    client: &Client,
+    api: &Api<NodeModulesConfig>,
     name: &str,
-    status: NodeModulesConfigStatus,
+    status: &NodeModulesConfigStatus,
 ) -> Result<(), kube::Error> {
-    let api: Api<NodeModulesConfig> = Api::all(client.clone());
-    let existing = match api.get_opt(name).await? {
-        Some(n) => n,
+    match api.get_opt(name).await? {
+        Some(existing) if existing.status.as_ref() == Some(status) => Ok(()),
+        Some(_) => patch_status(api, name, status).await,
         None => {
-            let nmc = NodeModulesConfig {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    ..ObjectMeta::default()
-                },
-                spec: NodeModulesConfigSpec::default(),
-                status: None,
-            };
-            match api.create(&PostParams::default(), &nmc).await {
-                Ok(n) => n,
-                Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await?,
-                Err(e) => return Err(e),
-            }
+            create_empty(api, name).await?;
+            patch_status(api, name, status).await
         }
-    };
-    if existing.status.as_ref() == Some(&status) {
-        return Ok(());
     }
+}
+
+/// Replaces the status's module list, creating the object if it is missing.
+async fn patch_status(
+    api: &Api<NodeModulesConfig>,
+    name: &str,
+    status: &NodeModulesConfigStatus,
+) -> Result<(), kube::Error> {
     // A merge patch replaces the list whole; an explicit `[]` clears it (an
     // apply of an empty status would be pruned to null and refused).
     let patch = serde_json::json!({ "status": { "modules": status.modules } });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+    let params = PatchParams::default();
+    match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            create_empty(api, name).await?;
+            api.patch_status(name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Creates this node's NodeModulesConfig without status (someone else's create is fine).
+async fn create_empty(api: &Api<NodeModulesConfig>, name: &str) -> Result<(), kube::Error> {
+    let nmc = NodeModulesConfig {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: NodeModulesConfigSpec::default(),
+        status: None,
+    };
+    match api.create(&PostParams::default(), &nmc).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// A [`Report`] that records everything, for in-process tests.
