@@ -11,6 +11,7 @@ mod report;
 mod sources;
 #[cfg(test)]
 mod tests;
+mod wake;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -166,8 +167,11 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(node_writer);
-    tokio::spawn(drive("modules", module_watch, wake.clone()));
-    tokio::spawn(drive("node", node_watch, wake.clone()));
+    let mut module_wakes = wake::ModuleWakes::default();
+    tokio::spawn(drive("modules", module_watch, wake.clone(), move |e| {
+        module_wakes.wakes(e)
+    }));
+    tokio::spawn(drive("node", node_watch, wake.clone(), |_| true));
 
     // Acting on a partial view could unload a Module merely not listed yet.
     module_store.wait_until_ready().await?;
@@ -189,14 +193,24 @@ pub async fn run(
     }
 }
 
-async fn drive<S, K>(what: &'static str, stream: S, wake: Arc<Notify>)
-where
+/// Follows a watch (its reflector updates the store) and wakes the loop for
+/// the events `wakes` selects.
+async fn drive<S, K>(
+    what: &'static str,
+    stream: S,
+    wake: Arc<Notify>,
+    mut wakes: impl FnMut(&watcher::Event<K>) -> bool,
+) where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream);
     loop {
         match stream.try_next().await {
-            Ok(Some(_)) => wake.notify_one(),
+            Ok(Some(event)) => {
+                if wakes(&event) {
+                    wake.notify_one();
+                }
+            }
             Ok(None) => break,
             // The store keeps its last view on errors: nothing is unloaded because of them.
             Err(e) => {
