@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kmm_tests::agent::{AgentOptions, AgentProcess};
+use kmm_tests::agent::{AgentOptions, AgentProcess, metric_value};
 use kmm_tests::audit::{AuditLog, Request, agent_request_for, is_write};
 use kmm_tests::cluster::{
     apply_yaml, crd_namespace, create_node, delete_module, delete_node_and_status, set_node_label,
@@ -98,6 +98,22 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
             load.len(),
             describe(&load)
         );
+        // Its phases, watch event to label, were each observed once.
+        let metrics = agent.metrics()?;
+        let sums: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("kmm_agent_load_phase_seconds_sum"))
+            .collect();
+        println!("load phases: {sums:#?}");
+        for phase in [
+            "watch", "decide", "pull", "extract", "kernel", "status", "label", "total",
+        ] {
+            let series = format!("kmm_agent_load_phase_seconds_count{{phase=\"{phase}\"}}");
+            anyhow::ensure!(
+                metric_value(&metrics, &series) == Some(1.0),
+                "{series} is not 1:\n{metrics}"
+            );
+        }
 
         // A kubelet's heartbeats: the agent sees each Node update and has
         // nothing to write.
