@@ -1,9 +1,11 @@
 //! Prometheus metrics of the agent, owned by its context (no globals), so tests
 //! can assert on a fresh registry.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets for kernel operations and pulls: module loads take ~10 ms on hardware,
@@ -30,6 +32,8 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Reconcile passes.
     pub reconciles: IntCounter,
+    /// Phases of a load, watch event to `.ready` label (`reconciler::phases`).
+    pub load_phase: HistogramVec,
 }
 
 impl Metrics {
@@ -74,6 +78,14 @@ impl Metrics {
                 "kmm_agent_reconciles_total",
                 "Reconcile passes over all Modules",
             )?,
+            load_phase: HistogramVec::new(
+                HistogramOpts::new(
+                    "kmm_agent_load_phase_seconds",
+                    "Time of each phase of a load, from the watch event to the ready label",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["phase"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.modules_loaded.clone()))?;
@@ -83,7 +95,15 @@ impl Metrics {
         m.registry.register(Box::new(m.pulled_bytes.clone()))?;
         m.registry.register(Box::new(m.failures.clone()))?;
         m.registry.register(Box::new(m.reconciles.clone()))?;
+        m.registry.register(Box::new(m.load_phase.clone()))?;
         Ok(m)
+    }
+
+    /// Observes `d` for load phase `phase`.
+    pub fn observe_load_phase(&self, phase: &str, d: Duration) {
+        self.load_phase
+            .with_label_values(&[phase])
+            .observe(d.as_secs_f64());
     }
 
     /// The text exposition format of every metric.
@@ -105,6 +125,7 @@ mod tests {
         m.modules_loaded.with_label_values(&["ns", "brd"]).set(1);
         m.failures.with_label_values(&["pull"]).inc();
         m.load_duration.observe(0.2);
+        m.observe_load_phase("pull", Duration::from_millis(20));
         let text = m.render();
         for name in [
             "kmm_agent_modules_loaded{name=\"brd\",namespace=\"ns\"} 1",
@@ -112,6 +133,7 @@ mod tests {
             "kmm_agent_load_duration_seconds_count 1",
             "kmm_agent_pulled_bytes_total 0",
             "kmm_agent_reconciles_total 0",
+            "kmm_agent_load_phase_seconds_count{phase=\"pull\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

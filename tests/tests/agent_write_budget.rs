@@ -3,7 +3,9 @@
 //! writes (the label, the NodeModulesConfig status, one event), an unload at
 //! most 3, and a node with nothing to do costs nothing however often its
 //! kubelet updates the Node's status or the controller the Module's status
-//! (not a write, not even a read of its NodeModulesConfig).
+//! (not a write, not even a read of its NodeModulesConfig). An ordered
+//! upgrade is an unload when the Module moves to the new version and a load
+//! when the admin moves the node's label: 3 writes each (docs/upgrade.md).
 //!
 //! Needs the control plane (`hack/controlplane/start.sh` with its audit log)
 //! and the registry.
@@ -13,10 +15,11 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kmm_tests::agent::{AgentOptions, AgentProcess};
+use kmm_tests::agent::{AgentOptions, AgentProcess, metric_value};
 use kmm_tests::audit::{AuditLog, Request, agent_request_for, is_write};
 use kmm_tests::cluster::{
-    apply_yaml, crd_namespace, create_node, delete_module, delete_node_and_status, wait_for,
+    apply_yaml, crd_namespace, create_node, delete_module, delete_node_and_status, set_node_label,
+    wait_for,
 };
 use kmm_tests::images::{push_fake_kmod, registry_addr};
 use kmm_tests::module::ModuleBuilder;
@@ -95,6 +98,22 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
             load.len(),
             describe(&load)
         );
+        // Its phases, watch event to label, were each observed once.
+        let metrics = agent.metrics()?;
+        let sums: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("kmm_agent_load_phase_seconds_sum"))
+            .collect();
+        println!("load phases: {sums:#?}");
+        for phase in [
+            "watch", "decide", "pull", "extract", "kernel", "status", "label", "total",
+        ] {
+            let series = format!("kmm_agent_load_phase_seconds_count{{phase=\"{phase}\"}}");
+            anyhow::ensure!(
+                metric_value(&metrics, &series) == Some(1.0),
+                "{series} is not 1:\n{metrics}"
+            );
+        }
 
         // A kubelet's heartbeats: the agent sees each Node update and has
         // nothing to write.
@@ -142,6 +161,88 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
             unload.len(),
             describe(&unload)
         );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let log = agent.log();
+    drop(agent);
+    delete_node_and_status(&client, &node).await;
+    ns.cleanup().await?;
+    result.map_err(|e| e.context(format!("agent log:\n{log}")))
+}
+
+#[tokio::test]
+async fn an_ordered_upgrade_costs_an_unload_and_a_load() -> Result<()> {
+    let audit = AuditLog::open()?;
+    let (cp, client, ns) = crd_namespace("budget-upg").await?;
+    let node = format!("{}-node", ns.name());
+    create_node(&client, &node, &[("kmm-test/node", &node)], KVER).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let dir = tempfile::tempdir()?;
+    let agent = AgentProcess::start(&AgentOptions::new(
+        cp,
+        &node,
+        KVER,
+        dir.path().join("state"),
+    ))?;
+    let ns_name = ns.name().to_string();
+    let result = async {
+        agent.wait_ready(WAIT).await?;
+        let agent_writes = |mark| {
+            audit.since(mark, |r| {
+                is_write(r) && agent_request_for(r, &node, &ns_name)
+            })
+        };
+        let version_ready = kmm_common::version_ready_label(&ns_name, "upg");
+        let version_is = |want: Option<&'static str>| {
+            let (nodes, node, label) = (&nodes, &node, &version_ready);
+            async move {
+                let n = nodes.get(node).await?;
+                let labels = n.metadata.labels.unwrap_or_default();
+                Ok(labels.get(label).map(String::as_str) == want)
+            }
+        };
+        let image = |v: &str| format!("{}/{ns_name}/upg:{v}", registry_addr());
+        push_fake_kmod(&image("v1"), KVER, &[("upg", &[])], &[]).await?;
+        push_fake_kmod(&image("v2"), KVER, &[("upg", &[]), ("upgdep", &[])], &[]).await?;
+        let module = |v: &str| {
+            ModuleBuilder::new("upg")
+                .own_node(&node)
+                .insecure_mapping("^.+-sim-amd64$", &image(v))
+                .version(v)
+                .manifest()
+        };
+        let version_label = kmm_common::version_module_label(&ns_name, "upg");
+        set_node_label(&client, &node, &version_label, Some("v1")).await?;
+        apply_yaml(cp, &ns_name, &module("v1"))?;
+        wait_for(WAIT, || version_is(Some("v1"))).await?;
+        agent.wait_passes(3, WAIT).await?;
+
+        // The Module moves to v2; the node still says v1: v1 is unloaded.
+        let mark = audit.mark()?;
+        apply_yaml(cp, &ns_name, &module("v2"))?;
+        wait_for(WAIT, || version_is(None)).await?;
+        agent.wait_passes(3, WAIT).await?;
+        let unload = agent_writes(mark)?;
+        println!("upgrade, Module to v2: {:#?}", describe(&unload));
+
+        // The admin moves the node to v2: v2 is loaded.
+        let mark = audit.mark()?;
+        set_node_label(&client, &node, &version_label, Some("v2")).await?;
+        wait_for(WAIT, || version_is(Some("v2"))).await?;
+        agent.wait_passes(3, WAIT).await?;
+        let load = agent_writes(mark)?;
+        println!("upgrade, label to v2: {:#?}", describe(&load));
+        anyhow::ensure!(
+            unload.len() <= 3 && load.len() <= 3,
+            "an ordered upgrade wrote {} when the Module changed and {} when the label moved: {:#?} {:#?}",
+            unload.len(),
+            load.len(),
+            describe(&unload),
+            describe(&load)
+        );
+        delete_module(&client, &ns_name, "upg").await?;
+        wait_for(WAIT, || version_is(None)).await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

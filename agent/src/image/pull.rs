@@ -160,6 +160,9 @@ pub struct PulledImage {
     pub unpacked: bool,
     /// The registry was not contacted at all.
     pub from_cache: bool,
+    /// Time spent unpacking layers (zero when found unpacked), the extract
+    /// phase of a load.
+    pub unpack_time: Duration,
 }
 
 impl ImageCache {
@@ -322,10 +325,16 @@ impl ImageCache {
             bytes += n;
             blobs += 1;
         }
+        let started = Instant::now();
         self.unpack(&manifest_digest, &layers, compressions, run)
             .await?;
+        let unpack_time = started.elapsed();
         self.record(&whole, entry.clone()).await?;
-        self.done(&whole, &entry, bytes, blobs, true, false)
+        let pulled = self.done(&whole, &entry, bytes, blobs, true, false)?;
+        Ok(PulledImage {
+            unpack_time,
+            ..pulled
+        })
     }
 
     /// A manifest by digest: from the cache, else from the source (capped,
@@ -410,11 +419,18 @@ impl ImageCache {
             }
         }
         let compressions = compressions(&layers)?;
+        let started = Instant::now();
         self.unpack(&entry.manifest, &layers, compressions, run)
             .await?;
-        self.done(whole, &entry, 0, 0, true, true)
+        let unpack_time = started.elapsed();
+        let pulled = self.done(whole, &entry, 0, 0, true, true)?;
+        Ok(PulledImage {
+            unpack_time,
+            ..pulled
+        })
     }
 
+    #[tracing::instrument(name = "extract", skip_all, fields(manifest = %manifest_digest))]
     async fn unpack(
         &self,
         manifest_digest: &str,
@@ -490,6 +506,7 @@ impl ImageCache {
             blobs_downloaded,
             unpacked,
             from_cache,
+            unpack_time: Duration::ZERO,
         })
     }
 }

@@ -14,10 +14,11 @@ use kmm_common::Module;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 use tokio::sync::watch;
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use super::error::ActionError;
 use super::journal::Journal;
+use super::phases::{LoadPhases, Phase};
 use super::report::{self, Report};
 use super::sources::{Images, PullSecrets};
 use super::{Settings, lock};
@@ -84,7 +85,7 @@ impl Executor {
         }
     }
 
-    /// Executes one action.
+    /// Executes one action; a load's phases are marked in `phases`.
     ///
     /// # Errors
     /// The first failing step; nothing after it runs. A failed load leaves nothing
@@ -95,21 +96,29 @@ impl Executor {
         action: &Action,
         module: Option<Arc<Module>>,
         cancel: Cancel,
+        phases: &mut LoadPhases,
     ) -> Result<()> {
         match action {
-            Action::Load { key, want } => self.load(key, want, module.as_deref(), cancel).await,
+            Action::Load { key, want } => {
+                self.load(key, want, module.as_deref(), cancel, phases)
+                    .await
+            }
             Action::Replace { key, want } => {
-                let pulled = self.pull(key, want, cancel).await?;
+                let pulled = self.pull(key, want, cancel, phases).await?;
                 self.swap(
                     key,
                     want,
                     &pulled,
                     module.as_deref(),
                     "the Module's spec, version or the node's kernel changed",
+                    phases,
                 )
                 .await
             }
-            Action::Verify { key, want } => self.verify(key, want, module.as_deref(), cancel).await,
+            Action::Verify { key, want } => {
+                self.verify(key, want, module.as_deref(), cancel, phases)
+                    .await
+            }
             Action::Unload { key, reason } => self.unload(key, reason, module.as_deref()).await,
         }
     }
@@ -128,14 +137,22 @@ impl Executor {
         want: &DesiredLoad,
         module: Option<&Module>,
         cancel: Cancel,
+        phases: &mut LoadPhases,
     ) -> Result<()> {
         if let Some(why) = &want.rejected {
             return Err(ActionError::InvalidSpec(why.clone()));
         }
-        let pulled = self.pull(key, want, cancel).await?;
+        let pulled = self.pull(key, want, cancel, phases).await?;
         // With nothing recorded, the swap's unload is a no-op: one kernel path.
-        self.swap(key, want, &pulled, module, "a previous load was recorded")
-            .await
+        self.swap(
+            key,
+            want,
+            &pulled,
+            module,
+            "a previous load was recorded",
+            phases,
+        )
+        .await
     }
 
     async fn verify(
@@ -144,11 +161,12 @@ impl Executor {
         want: &DesiredLoad,
         module: Option<&Module>,
         cancel: Cancel,
+        phases: &mut LoadPhases,
     ) -> Result<()> {
         if !self.verify_due(key, want) {
             return Ok(());
         }
-        let pulled = self.pull(key, want, cancel).await?;
+        let pulled = self.pull(key, want, cancel, phases).await?;
         lock(&self.verified_at).insert(key.clone(), Instant::now());
         let current = self
             .journal
@@ -166,6 +184,7 @@ impl Executor {
             &pulled,
             module,
             "the image digest changed (imagePullPolicy: Always)",
+            phases,
         )
         .await
     }
@@ -180,6 +199,7 @@ impl Executor {
         pulled: &PulledImage,
         module: Option<&Module>,
         why: &str,
+        phases: &mut LoadPhases,
     ) -> Result<()> {
         if let Some(reason) = &want.rejected {
             return Err(ActionError::InvalidSpec(reason.clone()));
@@ -201,7 +221,9 @@ impl Executor {
                     }
                 }
             })
+            .instrument(tracing::info_span!("kernel"))
             .await?;
+        phases.mark(Phase::Kernel);
         if let Some((old, outcome)) = old {
             tracing::info!(module = %key, removed = ?outcome.removed, why, "previous version unloaded");
             self.unloaded_event(key, module, &old, why).await;
@@ -418,6 +440,7 @@ impl Executor {
         key: &ModuleKey,
         want: &DesiredLoad,
         mut cancel: Cancel,
+        phases: &mut LoadPhases,
     ) -> Result<PulledImage> {
         let credentials = match &want.pull_secret {
             Some(name) => self
@@ -459,6 +482,7 @@ impl Executor {
             .pull_duration
             .observe(started.elapsed().as_secs_f64());
         self.metrics.pulled_bytes.inc_by(pulled.bytes_downloaded);
+        phases.mark_pull(pulled.unpack_time);
         Ok(pulled)
     }
 

@@ -6,17 +6,19 @@
 mod error;
 mod executor;
 mod journal;
+pub mod phases;
 mod recovery;
 mod report;
 mod sources;
 #[cfg(test)]
 mod tests;
+mod wake;
 mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -166,8 +168,21 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(node_writer);
-    tokio::spawn(drive("modules", module_watch, wake.clone()));
-    tokio::spawn(drive("node", node_watch, wake.clone()));
+    // When the first watch event not yet seen by a pass arrived: where a load's phases start.
+    let event_at = Arc::new(Mutex::new(None));
+    let mut module_wakes = wake::ModuleWakes::default();
+    tokio::spawn(drive(
+        "modules",
+        module_watch,
+        (wake.clone(), event_at.clone()),
+        move |e| module_wakes.wakes(e),
+    ));
+    tokio::spawn(drive(
+        "node",
+        node_watch,
+        (wake.clone(), event_at.clone()),
+        |_| true,
+    ));
 
     // Acting on a partial view could unload a Module merely not listed yet.
     module_store.wait_until_ready().await?;
@@ -177,7 +192,8 @@ pub async fn run(
 
     loop {
         live.beat();
-        let next_retry = pass(&workers, &settings, &module_store, &node_store).await;
+        let woken_at = lock(&event_at).take();
+        let next_retry = pass(&workers, &settings, &module_store, &node_store, woken_at).await;
         let wait = next_retry.map_or(settings.resync, |d| d.min(settings.resync));
         tokio::select! {
             () = wake.notified() => {
@@ -189,14 +205,25 @@ pub async fn run(
     }
 }
 
-async fn drive<S, K>(what: &'static str, stream: S, wake: Arc<Notify>)
-where
+/// Follows a watch (its reflector updates the store) and wakes the loop for
+/// the events `wakes` selects, noting when the first of them arrived.
+async fn drive<S, K>(
+    what: &'static str,
+    stream: S,
+    (wake, event_at): (Arc<Notify>, Arc<Mutex<Option<Instant>>>),
+    mut wakes: impl FnMut(&watcher::Event<K>) -> bool,
+) where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream);
     loop {
         match stream.try_next().await {
-            Ok(Some(_)) => wake.notify_one(),
+            Ok(Some(event)) => {
+                if wakes(&event) {
+                    lock(&event_at).get_or_insert_with(Instant::now);
+                    wake.notify_one();
+                }
+            }
             Ok(None) => break,
             // The store keeps its last view on errors: nothing is unloaded because of them.
             Err(e) => {
@@ -212,6 +239,7 @@ async fn pass(
     settings: &Settings,
     modules: &Store<Module>,
     nodes: &Store<Node>,
+    event_at: Option<Instant>,
 ) -> Option<Duration> {
     let Some(node) = nodes.find(|n| n.metadata.name.as_deref() == Some(&settings.node_name)) else {
         tracing::warn!(node = %settings.node_name, "own Node not found; doing nothing until it exists");
@@ -238,6 +266,6 @@ async fn pass(
         })
         .collect();
     workers
-        .reconcile(&all, &by_key, &node, &settings.kernel_release)
+        .reconcile(&all, &by_key, &node, &settings.kernel_release, event_at)
         .await
 }

@@ -68,6 +68,7 @@ impl Images for FakeImages {
                 blobs_downloaded: 0,
                 unpacked: false,
                 from_cache: true,
+                unpack_time: Duration::ZERO,
             })
         })
     }
@@ -242,6 +243,11 @@ impl Harness {
     }
 
     async fn pass(&self) {
+        self.pass_woken_at(None).await;
+    }
+
+    /// A pass woken by a watch event seen at `event_at`.
+    async fn pass_woken_at(&self, event_at: Option<std::time::Instant>) {
         let by_key = self
             .modules
             .iter()
@@ -261,7 +267,7 @@ impl Harness {
         labels.extend(lock(&self.reporter.node_labels).clone());
         node.metadata.labels = Some(labels);
         self.workers
-            .reconcile(&self.modules, &by_key, &node, KVER)
+            .reconcile(&self.modules, &by_key, &node, KVER, event_at)
             .await;
     }
 
@@ -316,6 +322,76 @@ impl Harness {
 }
 
 const BRD: &str = "{moduleName: brd, parameters: [rd_nr=2]}";
+
+/// How many times each load phase was observed.
+fn phase_counts(h: &Harness) -> Vec<(&'static str, u64)> {
+    let metrics = &h.workers.executor().metrics;
+    phases::Phase::ALL
+        .iter()
+        .map(|p| {
+            let n = metrics
+                .load_phase
+                .with_label_values(&[p.as_str()])
+                .get_sample_count();
+            (p.as_str(), n)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_phase_of_a_load_is_observed_once_per_load() {
+    let mut h = Harness::new();
+    h.image("reg/brd:1", "sha256:1", "kernel/brd.ko:\n");
+    h.image("reg/brd:2", "sha256:2", "kernel/brd.ko:\n");
+    h.apply(module("ns", "brd", "reg/brd:1", BRD));
+    h.settle().await;
+    assert!(h.ready("ns", "brd"));
+    let once = phase_counts(&h);
+    assert!(once.iter().all(|(_, n)| *n == 1), "{once:?}");
+    // Passes with nothing to do observe nothing; a replace is a load.
+    h.settle().await;
+    assert_eq!(phase_counts(&h), once);
+    h.apply(module("ns", "brd", "reg/brd:2", BRD));
+    h.settle().await;
+    assert_eq!(
+        h.state().modules[&ModuleKey::new("ns", "brd")].digest,
+        "sha256:2"
+    );
+    let twice = phase_counts(&h);
+    assert!(twice.iter().all(|(_, n)| *n == 2), "{twice:?}");
+    // Neither an unload nor a failed load is a load.
+    h.delete("brd");
+    h.apply(module("ns", "gone", "reg/gone:1", BRD));
+    h.settle().await;
+    assert!(!h.loaded("brd"));
+    assert!(h.last_error("gone").is_some());
+    assert_eq!(phase_counts(&h), twice);
+}
+
+#[tokio::test]
+async fn a_load_is_timed_from_the_watch_event_that_woke_its_pass() {
+    let mut h = Harness::new();
+    h.image("reg/brd:1", "sha256:1", "kernel/brd.ko:\n");
+    h.apply(module("ns", "brd", "reg/brd:1", BRD));
+    let seen = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(10))
+        .unwrap();
+    h.pass_woken_at(Some(seen)).await;
+    h.settle().await;
+    assert!(h.ready("ns", "brd"));
+    let metrics = &h.workers.executor().metrics;
+    let sum = |p: phases::Phase| {
+        metrics
+            .load_phase
+            .with_label_values(&[p.as_str()])
+            .get_sample_sum()
+    };
+    assert!(sum(phases::Phase::Watch) >= 10.0);
+    assert!(sum(phases::Phase::Total) >= 10.0);
+    // The phases add up to the whole.
+    let parts: f64 = phases::Phase::ALL[..7].iter().map(|p| sum(*p)).sum();
+    assert!((parts - sum(phases::Phase::Total)).abs() < 1e-6, "{parts}");
+}
 
 #[tokio::test]
 async fn a_module_loads_reports_and_unloads_in_process() {

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::desired::{DesiredSet, desired_for_node};
 use super::error::ActionError;
 use super::executor::Executor;
+use super::phases::{LoadPhases, Phase};
 use super::recovery::{Presence, presence};
 use super::{lock, report};
 use crate::plan::{self, Action, Desired};
@@ -62,6 +63,8 @@ pub struct Workers {
     running: std::sync::Mutex<HashMap<ModuleKey, Running>>,
     pub(super) failures: std::sync::Mutex<HashMap<ModuleKey, Failure>>,
     reasons: std::sync::Mutex<HashMap<ModuleKey, String>>,
+    /// Loads done whose status and label are not written yet, with their phases.
+    unpublished: std::sync::Mutex<HashMap<ModuleKey, LoadPhases>>,
     /// An unload or replace freed an image since the last cache collection.
     images_freed: AtomicBool,
     /// A pull may have grown the cache since the last collection.
@@ -77,6 +80,7 @@ impl Workers {
             running: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
             reasons: std::sync::Mutex::new(HashMap::new()),
+            unpublished: std::sync::Mutex::new(HashMap::new()),
             images_freed: AtomicBool::new(false),
             images_pulled: AtomicBool::new(false),
         }
@@ -98,15 +102,49 @@ impl Workers {
     }
 
     /// One pass: re-check the kernel, plan, start workers, publish. Returns when
-    /// the earliest backed-off Module may be retried, if any.
+    /// the earliest backed-off Module may be retried, if any. `event_at`: when
+    /// the watch event that woke this pass was seen (the start of a load's phases).
     pub async fn reconcile(
         self: &Arc<Self>,
         all: &[Arc<Module>],
         by_key: &BTreeMap<ModuleKey, Arc<Module>>,
         node: &Node,
         kernel: &str,
+        event_at: Option<Instant>,
     ) -> Option<Duration> {
+        let phases = LoadPhases::new(event_at, Instant::now());
         self.exec.metrics.reconciles.inc();
+        let desired = self
+            .decide(all, by_key, node, kernel, phases)
+            .instrument(tracing::debug_span!("decide"))
+            .await;
+        {
+            // Failures of Modules neither wanted nor loaded here are stale; an
+            // unload that fails keeps its failure while the record stays.
+            let running = lock(&self.running);
+            let state = self.exec.journal.snapshot();
+            lock(&self.failures).retain(|k, _| {
+                desired.wants(k) || state.modules.contains_key(k) || running.contains_key(k)
+            });
+        }
+        self.publish(node, by_key).await;
+        self.collect_images().await;
+        let now = Instant::now();
+        lock(&self.failures)
+            .values()
+            .map(|f| f.retry_at.saturating_duration_since(now))
+            .min()
+    }
+
+    /// Re-checks the kernel, plans and starts the workers; returns what is desired.
+    async fn decide(
+        self: &Arc<Self>,
+        all: &[Arc<Module>],
+        by_key: &BTreeMap<ModuleKey, Arc<Module>>,
+        node: &Node,
+        kernel: &str,
+        phases: LoadPhases,
+    ) -> DesiredSet {
         let desired = desired_for_node(all, node, kernel);
         self.log_reasons(&desired);
         let unknown = self.recheck_kernel().await;
@@ -137,27 +175,18 @@ impl Workers {
                 continue;
             }
             let key = action.key().clone();
-            self.dispatch(action, by_key.get(&key).cloned(), now);
+            self.dispatch(action, by_key.get(&key).cloned(), now, phases.clone());
         }
-        {
-            // Failures of Modules neither wanted nor loaded here are stale; an
-            // unload that fails keeps its failure while the record stays.
-            let running = lock(&self.running);
-            let state = self.exec.journal.snapshot();
-            lock(&self.failures).retain(|k, _| {
-                desired.wants(k) || state.modules.contains_key(k) || running.contains_key(k)
-            });
-        }
-        self.publish(node, by_key).await;
-        self.collect_images().await;
-        let now = Instant::now();
-        lock(&self.failures)
-            .values()
-            .map(|f| f.retry_at.saturating_duration_since(now))
-            .min()
+        desired
     }
 
-    fn dispatch(self: &Arc<Self>, action: Action, module: Option<Arc<Module>>, now: Instant) {
+    fn dispatch(
+        self: &Arc<Self>,
+        action: Action,
+        module: Option<Arc<Module>>,
+        now: Instant,
+        mut phases: LoadPhases,
+    ) {
         let key = action.key().clone();
         let unload = matches!(action, Action::Unload { .. });
         let mut running = lock(&self.running);
@@ -177,15 +206,20 @@ impl Workers {
         let span = tracing::info_span!("worker", module = %key, action = action.kind());
         tokio::spawn(
             async move {
+                phases.mark(Phase::Decide);
                 let exec = this.exec.clone();
                 let (a, m) = (action.clone(), module.clone());
                 // A panicking step must not leave the Module marked busy for ever.
-                let result =
-                    match tokio::spawn(async move { exec.execute(&a, m, cancelled).await }).await {
-                        Ok(r) => r,
-                        Err(e) => Err(ActionError::Join(e)),
-                    };
-                this.finish(&action, module.as_deref(), result).await;
+                let run = async move {
+                    let result = exec.execute(&a, m, cancelled, &mut phases).await;
+                    (result, phases)
+                };
+                let (result, phases) = match tokio::spawn(run).await {
+                    Ok((r, phases)) => (r, Some(phases)),
+                    Err(e) => (Err(ActionError::Join(e)), None),
+                };
+                this.finish(&action, module.as_deref(), result, phases)
+                    .await;
             }
             .instrument(span),
         );
@@ -196,6 +230,7 @@ impl Workers {
         action: &Action,
         module: Option<&Module>,
         result: Result<(), ActionError>,
+        phases: Option<LoadPhases>,
     ) {
         let key = action.key().clone();
         let generation = module.and_then(|m| m.metadata.generation);
@@ -209,6 +244,12 @@ impl Workers {
                 }
                 if !matches!(action, Action::Unload { .. }) {
                     self.images_pulled.store(true, Ordering::SeqCst);
+                }
+                // A load's last phases end when the next pass has published it.
+                if let Some(p) = phases.filter(|p| p.has(Phase::Kernel))
+                    && matches!(action, Action::Load { .. } | Action::Replace { .. })
+                {
+                    lock(&self.unpublished).insert(key.clone(), p);
                 }
                 None
             }
@@ -338,29 +379,65 @@ impl Workers {
     /// Writes the NMC status, then the labels (so a `.ready` label is always
     /// explained by the status already there).
     async fn publish(&self, node: &Node, modules: &BTreeMap<ModuleKey, Arc<Module>>) {
+        // Taken before the snapshot: a load finished after it is published next pass.
+        let loads: Vec<ModuleKey> = lock(&self.unpublished).keys().cloned().collect();
         let state = self.exec.journal.snapshot();
         let failures: BTreeMap<ModuleKey, (String, String)> = lock(&self.failures)
             .iter()
             .map(|(k, f)| (k.clone(), (f.reason.to_string(), f.message.clone())))
             .collect();
         let status = report::node_status(&state, &failures, modules);
-        if let Err(e) = self.exec.reporter.status(status).await {
+        let written = self
+            .exec
+            .reporter
+            .status(status)
+            .instrument(tracing::debug_span!("status"))
+            .await;
+        if let Err(e) = written {
             self.exec
                 .metrics
                 .failures
                 .with_label_values(&["StatusWriteFailed"])
                 .inc();
             tracing::warn!(error = %e, "could not write NodeModulesConfig status");
+        } else {
+            let mut unpublished = lock(&self.unpublished);
+            for key in &loads {
+                if let Some(p) = unpublished.get_mut(key)
+                    && !p.has(Phase::Status)
+                {
+                    p.mark(Phase::Status);
+                }
+            }
         }
         let current = node.labels().clone();
         let wanted = report::wanted_labels(&current, &state);
-        if let Err(e) = self.exec.reporter.labels(current, wanted).await {
+        let written = self
+            .exec
+            .reporter
+            .labels(current, wanted)
+            .instrument(tracing::debug_span!("label"))
+            .await;
+        if let Err(e) = written {
             self.exec
                 .metrics
                 .failures
                 .with_label_values(&["NodeLabelFailed"])
                 .inc();
             tracing::warn!(error = %e, "could not update node labels");
+        } else {
+            let mut unpublished = lock(&self.unpublished);
+            for key in &loads {
+                if let Some(mut p) = unpublished.remove(key) {
+                    if !p.has(Phase::Status) {
+                        // Its status is not written yet: the label phase waits for it.
+                        unpublished.insert(key.clone(), p);
+                        continue;
+                    }
+                    p.mark(Phase::Label);
+                    p.observe(&self.exec.metrics);
+                }
+            }
         }
     }
 
