@@ -23,6 +23,7 @@ deploy-check:
 	bash hack/deploy/check.sh
 
 bench:
+	bash benches/fleet.sh
 	bash benches/scale.sh
 	cargo bench -p kmm-common --bench targeting
 

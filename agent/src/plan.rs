@@ -71,6 +71,10 @@ pub enum Desired {
     /// Nothing of this Module should be loaded here; the reason is for users
     /// ("node labels do not match selector", "Module is being deleted").
     Absent(String),
+    /// Leave what is loaded as it is and load nothing: upstream's ordered
+    /// upgrade, where a node whose version label names another version than
+    /// the Module's keeps the version it runs until the admin moves the label.
+    Keep(String),
 }
 
 /// One step for the executor.
@@ -137,6 +141,7 @@ impl Action {
 ///   `desired` every Module it knows of, so a Module missing there was deleted).
 ///   The caller must only call this with a synced view of the API server: a watch
 ///   error never empties the view, so it never leads to an unload.
+/// - `Keep` neither loads nor unloads.
 /// - Unloads come first (they free in-tree slots and memory), then replaces, loads, verifies,
 ///   each group ordered by Module key so runs are reproducible.
 pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Action> {
@@ -155,6 +160,7 @@ pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Ac
                 key: key.clone(),
                 reason: reason.clone(),
             }),
+            Some(Desired::Keep(_)) => {}
             Some(Desired::Load(want)) if want.satisfied_by(loaded) => {
                 verifies.push(Action::Verify {
                     key: key.clone(),
@@ -257,6 +263,21 @@ mod tests {
             .insert(key("a"), loaded(&want("img:1", Some("1"))));
         let desired = BTreeMap::from([(key("a"), Desired::Load(want("img:2", Some("2"))))]);
         assert!(matches!(&plan(&desired, &st)[..], [Action::Replace { .. }]));
+    }
+
+    #[test]
+    fn keep_neither_loads_nor_unloads() {
+        let mut st = NodeState::default();
+        st.modules
+            .insert(key("a"), loaded(&want("img:1", Some("1"))));
+        let keep = |k: &str| {
+            (
+                key(k),
+                Desired::Keep("version label is 1, Module wants 2".into()),
+            )
+        };
+        // The loaded version stays; a node that has none gets none.
+        assert_eq!(plan(&BTreeMap::from([keep("a"), keep("b")]), &st), vec![]);
     }
 
     #[test]

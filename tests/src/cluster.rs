@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::OnceCell;
@@ -45,13 +46,25 @@ pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
             "-k",
             dir.to_str().context("non-UTF-8 repo path")?,
         ])?;
-        cp.kubectl_ok([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/modules.kmm.sigs.x-k8s.io",
-            "crd/nodemodulesconfigs.kmm.sigs.x-k8s.io",
-        ])?;
+        // Polled here: `kubectl wait --for=condition=Established` fails outright
+        // on a CRD so new it has no conditions yet.
+        let crds: Api<CustomResourceDefinition> = Api::all(cp.try_client()?);
+        for name in [
+            "modules.kmm.sigs.x-k8s.io",
+            "nodemodulesconfigs.kmm.sigs.x-k8s.io",
+        ] {
+            wait_for(Duration::from_secs(60), || async {
+                let crd = crds.get(name).await?;
+                Ok(crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True"))
+            })
+            .await
+            .with_context(|| format!("CRD {name} not established"))?;
+        }
         Ok(())
     })
     .await

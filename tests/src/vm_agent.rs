@@ -296,6 +296,27 @@ impl AgentVm {
         Ok(crate::agent::metric_value(&text, series))
     }
 
+    /// Waits until the guest's agent has run `passes` more reconcile passes
+    /// (it resyncs every 5 s): what a test asserting that nothing happens
+    /// waits for.
+    ///
+    /// # Errors
+    /// On timeout (two minutes), with the agent's log.
+    pub async fn wait_passes(&self, passes: u32) -> Result<()> {
+        let series = "kmm_agent_reconciles_total";
+        let start = self.metric(series).await?.unwrap_or(0.0);
+        wait_for(Duration::from_secs(120), || async move {
+            Ok(self.metric(series).await?.unwrap_or(0.0) >= start + f64::from(passes))
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "fewer than {passes} agent passes; log:\n{}",
+                self.agent_log()
+            )
+        })
+    }
+
     /// Starts (or restarts) the agent in the guest and waits for /readyz.
     ///
     /// # Errors

@@ -256,7 +256,8 @@ async fn ineligible_nodes_get_nothing_and_the_agent_says_why() -> Result<()> {
 }
 
 #[tokio::test]
-async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads() -> Result<()> {
+async fn ordered_upgrade_keeps_the_labelled_version_then_follows_the_label_and_selector_change_unloads()
+-> Result<()> {
     let f = Fixture::new("agent-upgrade", &[("kmm-test/role", "storage")]).await?;
     let v1 = format!("{}/{}/upg:v1", registry_addr(), f.ns());
     let v2 = format!("{}/{}/upg:v2", registry_addr(), f.ns());
@@ -279,7 +280,8 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
         Some("1")
     );
 
-    // The Module moves to version 2; the node still says 1: the old one is unloaded.
+    // The Module moves to version 2; the node still says 1: version 1 stays
+    // loaded (upstream's ordered upgrade: the label decides, node by node).
     f.apply(
         &module(&f.node, "upg", &v2)
             .version("2")
@@ -287,14 +289,22 @@ async fn ordered_upgrade_follows_the_version_label_and_selector_change_unloads()
             .manifest(),
     )
     .await?;
-    f.wait_label(&f.ready_label("upg"), false).await?;
-    // The admin moves the node to 2: the new one loads.
-    set_node_label(&f.client, &f.node, &version_label, Some("2")).await?;
-    f.wait_label(&f.ready_label("upg"), true).await?;
+    f.agent.wait_passes(3, WAIT).await?;
     assert_eq!(
         f.labels().await?.get(&version_ready).map(String::as_str),
-        Some("2")
+        Some("1")
     );
+    assert_eq!(
+        f.status_of("upg").await?.map(|s| s.digest),
+        Some(d1.clone())
+    );
+    // The admin moves the node to 2: the new one replaces it.
+    set_node_label(&f.client, &f.node, &version_label, Some("2")).await?;
+    wait_for(WAIT, || async {
+        Ok(f.labels().await?.get(&version_ready).map(String::as_str) == Some("2"))
+    })
+    .await?;
+    assert!(f.labels().await?.contains_key(&f.ready_label("upg")));
     assert_eq!(f.status_of("upg").await?.map(|s| s.digest), Some(d2));
 
     // The node stops matching the selector: unloaded.

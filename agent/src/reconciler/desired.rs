@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
-use kmm_common::{Module, ResolvedMapping, target_node};
+use kmm_common::{Ineligible, Module, ResolvedMapping, target_node};
 
 use crate::plan::{Desired, DesiredLoad, RegistryAccess};
 use crate::state::ModuleKey;
@@ -21,6 +21,13 @@ impl DesiredSet {
     /// Whether the Module should be loaded here.
     pub fn wants(&self, key: &ModuleKey) -> bool {
         matches!(self.map.get(key), Some(Desired::Load(_)))
+    }
+
+    /// Whether what runs for the Module here may go on: wanted, or kept as it is
+    /// (an ordered upgrade waiting for its label). A load under way for a kept
+    /// Module finishes, as upstream's worker does with an unchanged NMC.
+    pub fn lets_run(&self, key: &ModuleKey) -> bool {
+        matches!(self.map.get(key), Some(Desired::Load(_) | Desired::Keep(_)))
     }
 }
 
@@ -40,6 +47,14 @@ pub fn desired_for_node(modules: &[Arc<Module>], node: &Node, kernel: &str) -> D
         } else {
             match target_node(m, labels, kernel) {
                 Ok(target) => Desired::Load(Box::new(to_load(m, &target))),
+                // Upstream's ordered upgrade: a version label naming another
+                // version than the Module's keeps what runs (step 2 of its
+                // guide: the Module moves first, then each node's label).
+                Err(
+                    why @ Ineligible::VersionMismatch {
+                        actual: Some(_), ..
+                    },
+                ) => Desired::Keep(format!("{why}: what is loaded stays until the label moves")),
                 Err(why) => Desired::Absent(why.to_string()),
             }
         };
@@ -177,6 +192,34 @@ spec:
         assert!(
             matches!(set.map.get(&ModuleKey::new("ns", "brd")), Some(Desired::Absent(r)) if r.contains("matches no kernelMapping"))
         );
+    }
+
+    #[test]
+    fn another_version_label_keeps_and_no_label_unloads() {
+        let versioned = BRD.replace("      modprobe:", "      version: \"2\"\n      modprobe:");
+        let label = "kmm.node.kubernetes.io/version-module.ns.brd";
+        let get = |labels: &[(&str, &str)]| {
+            desired_for_node(&[module(&versioned)], &node(labels), "6.1.0-56-amd64")
+                .map
+                .remove(&ModuleKey::new("ns", "brd"))
+        };
+        // As upstream: label 1, Module 2: version 1 (if loaded) stays.
+        let kept = get(&[("role", "storage"), (label, "1")]);
+        assert!(
+            matches!(&kept, Some(Desired::Keep(r)) if r.contains("is 1, Module wants 2")),
+            "{kept:?}"
+        );
+        assert!(matches!(
+            get(&[("role", "storage"), (label, "2")]),
+            Some(Desired::Load(_))
+        ));
+        // No label: not targeted (upstream's step 4 unloads by removing it).
+        assert!(matches!(
+            get(&[("role", "storage")]),
+            Some(Desired::Absent(_))
+        ));
+        // The selector still comes first.
+        assert!(matches!(get(&[(label, "1")]), Some(Desired::Absent(_))));
     }
 
     #[test]

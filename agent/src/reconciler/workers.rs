@@ -159,7 +159,7 @@ impl Workers {
             });
         }
         for (key, r) in lock(&self.running).iter() {
-            if !r.unload && !desired.wants(key) {
+            if !r.unload && !desired.lets_run(key) {
                 // Not wanted any more: stop its pull (a kernel step in progress
                 // finishes, and the next pass unloads what it loaded).
                 let _ = r.cancel.send(true);
@@ -468,7 +468,7 @@ impl Workers {
         let mut reasons = lock(&self.reasons);
         let mut seen = Vec::new();
         for (key, d) in &desired.map {
-            if let Desired::Absent(why) = d {
+            if let Desired::Absent(why) | Desired::Keep(why) = d {
                 seen.push(key.clone());
                 if reasons.get(key) != Some(why) {
                     tracing::info!(module = %key, reason = %why, "Module does not apply to this node");

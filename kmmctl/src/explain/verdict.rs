@@ -25,6 +25,10 @@ pub const REASON_UPGRADING: &str = "Upgrading";
 /// Reason code: the Module no longer applies but is still loaded.
 pub const REASON_UNLOADING: &str = "Unloading";
 
+/// Reason code: an ordered upgrade moved the Module to another version; the
+/// node's version label still names the one it runs, which stays loaded.
+pub const REASON_KEPT: &str = "KeptUntilVersionLabelMoves";
+
 /// Stable code for an [`Ineligible`] reason (the `reason` of a not-targeted node).
 pub fn ineligible_code(reason: &Ineligible) -> &'static str {
     match reason {
@@ -77,12 +81,21 @@ pub fn explain_node(
         version: labels.get(&version_ready_label(namespace, name)).cloned(),
     };
 
+    // As upstream (and the agent): a version label naming another version keeps what runs.
+    let kept = matches!(
+        eligibility,
+        Err(Ineligible::VersionMismatch {
+            actual: Some(_),
+            ..
+        })
+    );
     let (state, reason, message) = decide(
         target.as_ref(),
         not_targeted.as_ref(),
         loaded.as_ref(),
         last_error.as_ref(),
         nmc.is_some(),
+        kept,
     );
     let mut notes = notes(state, loaded.as_ref(), &ready);
     if let Some(advice) = kmm_common::Reason::parse(&reason).and_then(kmm_common::Reason::advice) {
@@ -145,6 +158,7 @@ fn decide(
     loaded: Option<&Loaded>,
     last_error: Option<&ErrorInfo>,
     has_nmc: bool,
+    kept: bool,
 ) -> (NodeState, String, String) {
     if let Some(err) = last_error {
         // The controller is building or signing the image: progress, not failure.
@@ -183,6 +197,15 @@ fn decide(
             format!(
                 "should load {}; the agent has not reported it loaded yet",
                 t.image
+            ),
+        ),
+        (None, why, Some(l)) if kept => (
+            NodeState::Loaded,
+            REASON_KEPT.into(),
+            format!(
+                "{} stays loaded until the version label moves ({})",
+                l.image,
+                why.map(|w| w.message.as_str()).unwrap_or_default()
             ),
         ),
         (None, why, Some(l)) => (

@@ -291,6 +291,21 @@ fn loaded_but_no_longer_targeted_is_pending_unload() {
 }
 
 #[test]
+fn the_version_a_node_is_labelled_for_stays_loaded_after_the_module_moves_on() {
+    let m = module(json!({}), json!({"version": "2"}));
+    let label = "kmm.node.kubernetes.io/version-module.kmm-demo.brd";
+    let status = nmc(json!([loaded_entry(IMAGE, KVER)]));
+    let labels = json!({ label: "1", "kmm.node.kubernetes.io/kmm-demo.brd.ready": "" });
+    let e = explain_node(&m, &node(labels, KVER), Some(&status));
+    assert_eq!(e.state, NodeState::Loaded);
+    assert_eq!(e.reason, "KeptUntilVersionLabelMoves");
+    assert!(e.message.contains("wants 2"), "{}", e.message);
+    // Without the label the node is no longer targeted: that unloads.
+    let e = explain_node(&m, &node(ready(), KVER), Some(&status));
+    assert_eq!(e.reason, "Unloading");
+}
+
+#[test]
 fn ready_label_without_status_gets_a_note() {
     let e = explain_node(&plain_module(), &node(ready(), KVER), Some(&nmc(json!([]))));
     assert_eq!(e.state, NodeState::Pending);
