@@ -45,6 +45,12 @@ pub use workers::{Failure, Workers, backoff};
 
 mod desired;
 
+/// How long a pass waits after a watch event for more (a rollout touches many
+/// objects at once).
+const WATCH_COALESCE: Duration = Duration::from_millis(200);
+/// How long a pass waits after a worker finished for the others of its burst.
+const FINISH_COALESCE: Duration = Duration::from_millis(20);
+
 /// Static settings of the agent.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -153,7 +159,10 @@ pub async fn run(
         parts.metrics,
     ));
     let wake = Arc::new(Notify::new());
-    let workers = Arc::new(Workers::new(exec, wake.clone()));
+    // Workers finishing wake the loop on their own: their result is published
+    // at once, not after the watch events' coalescing delay.
+    let finished = Arc::new(Notify::new());
+    let workers = Arc::new(Workers::new(exec, finished.clone()));
 
     let modules: Api<Module> = Api::all(parts.client.clone());
     let nodes: Api<Node> = Api::all(parts.client.clone());
@@ -198,7 +207,11 @@ pub async fn run(
         tokio::select! {
             () = wake.notified() => {
                 // Coalesce bursts (a rollout touches many objects at once).
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(WATCH_COALESCE).await;
+            }
+            () = finished.notified() => {
+                // Workers of one burst finish close together: one status write for them.
+                tokio::time::sleep(FINISH_COALESCE).await;
             }
             () = tokio::time::sleep(wait) => {}
         }
