@@ -133,10 +133,16 @@ impl AgentProcess {
 
     /// Resident memory of the process in KiB (from /proc), if it is running.
     pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// A KiB field of /proc/<pid>/status (`VmRSS`, `RssAnon`: heap and
+    /// stacks, `RssFile`: mapped pages of the binary and libraries).
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
