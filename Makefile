@@ -25,6 +25,7 @@ deploy-check:
 bench:
 	bash benches/scale.sh
 	cargo bench -p kmm-common --bench targeting
+	cargo bench -p kmm-agent --bench extract
 
 crds:
 	cargo run -q -p kmm-common --bin crdgen -- deploy/crds

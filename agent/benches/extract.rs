@@ -67,7 +67,7 @@ fn layer(dir: &Path) -> (PathBuf, u64) {
     let path = dir.join("layer.tar.gz");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+    let add = |tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
@@ -97,6 +97,9 @@ fn layer(dir: &Path) -> (PathBuf, u64) {
     std::fs::write(&path, &gz).expect("layer written");
     (path, raw.len() as u64)
 }
+
+/// One way of unpacking the layer (its path) into a new directory.
+type Unpack = fn(&Path, &Path);
 
 fn open(path: &Path) -> Layer<'static> {
     Layer {
@@ -162,7 +165,7 @@ fn main() {
         .configure_from_args();
     let mut group = c.benchmark_group("extract_gzip_layer");
     group.throughput(Throughput::Bytes(tar_bytes));
-    let cases: [(&str, fn(&Path, &Path)); 3] = [
+    let cases: [(&str, Unpack); 3] = [
         ("tar_xzf", tar_xzf),
         ("kmm_unpack_image", unpack_only),
         ("kmm_pull_path_scan_and_unpack", pull_path),
