@@ -26,6 +26,7 @@ bench:
 	bash benches/fleet.sh
 	bash benches/scale.sh
 	cargo bench -p kmm-common --bench targeting
+	cargo bench -p kmm-agent --bench extract
 
 crds:
 	cargo run -q -p kmm-common --bin crdgen -- deploy/crds

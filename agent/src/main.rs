@@ -236,7 +236,10 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
+// Two workers whatever the core count: the agent waits on the network and runs
+// its disk and kernel work on blocking threads, and every worker thread costs
+// memory (its stack, its own glibc arena) on a 64-core node as on a small one.
+#[tokio::main(worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|a| a == "boot") {
         let argv = std::iter::once("kmm-agent boot".into()).chain(std::env::args_os().skip(2));

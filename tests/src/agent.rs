@@ -136,6 +136,12 @@ impl AgentProcess {
         crate::fleet::procstat::rss_kib(self.pid())
     }
 
+    /// A KiB field of /proc/<pid>/status (`VmRSS`, `RssAnon`: heap and
+    /// stacks, `RssFile`: mapped pages of the binary and libraries).
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
+        crate::fleet::procstat::status_kib(self.pid(), field)
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -19,6 +19,7 @@ mod cache;
 mod error;
 mod manifest;
 mod pull;
+mod reference;
 mod source;
 mod token;
 

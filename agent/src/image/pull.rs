@@ -513,12 +513,10 @@ impl ImageCache {
 
 /// Parses an image reference (`registry/repo:tag`, `@sha256:...`).
 pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
-    reference
-        .parse::<Reference>()
-        .map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_owned(),
-            reason: e.to_string(),
-        })
+    super::reference::parse(reference).map_err(|e| ImageError::InvalidReference {
+        reference: reference.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn compressions(layers: &[Descriptor]) -> Result<Vec<Compression>, ImageError> {

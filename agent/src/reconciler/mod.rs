@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Node;
 use kmm_common::Module;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
 use crate::image::ImageCache;
@@ -170,12 +170,14 @@ pub async fn run(
     let (node_store, node_writer) = reflector::store::<Node>();
     let module_watch = watcher(modules, watcher::Config::default())
         .default_backoff()
+        .modify(slim_module)
         .reflect(module_writer);
     let node_watch = watcher(
         nodes,
         watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name)),
     )
     .default_backoff()
+    .modify(slim_node)
     .reflect(node_writer);
     // When the first watch event not yet seen by a pass arrived: where a load's phases start.
     let event_at = Arc::new(Mutex::new(None));
@@ -215,6 +217,27 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Written by `kubectl apply`: the whole object again, as JSON.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The watch caches keep what the agent reads, not what the API server
+/// stores: managedFields and kubectl's last-applied copy more than double a
+/// Module, and every agent of a fleet holds every Module.
+fn slim_module(module: &mut Module) {
+    module.managed_fields_mut().clear();
+    module.annotations_mut().remove(LAST_APPLIED);
+}
+
+/// As [`slim_module`], and a Node's image list (up to 50 images with all
+/// their tags and digests), which the agent never reads.
+fn slim_node(node: &mut Node) {
+    node.managed_fields_mut().clear();
+    node.annotations_mut().remove(LAST_APPLIED);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
     }
 }
 

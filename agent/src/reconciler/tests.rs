@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,6 +172,8 @@ struct Harness {
     workers: Arc<Workers>,
     modules: Vec<Arc<Module>>,
     node: Node,
+    /// Calls of the workers' memory release.
+    releases: Arc<AtomicU32>,
 }
 
 fn settings() -> Settings {
@@ -211,6 +214,13 @@ impl Harness {
         let mut node = Node::default();
         node.metadata.name = Some("n1".into());
         node.metadata.labels = Some(BTreeMap::from([("role".into(), "test".into())]));
+        let releases = Arc::new(AtomicU32::new(0));
+        let counter = releases.clone();
+        let workers =
+            Workers::new(exec, Arc::new(Notify::new())).with_release_memory(Arc::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                false
+            }));
         Self {
             _tmp: tmp,
             dir,
@@ -218,9 +228,10 @@ impl Harness {
             sim,
             images,
             reporter,
-            workers: Arc::new(Workers::new(exec, Arc::new(Notify::new()))),
+            workers: Arc::new(workers),
             modules: Vec::new(),
             node,
+            releases,
         }
     }
 
@@ -413,6 +424,34 @@ async fn a_module_loads_reports_and_unloads_in_process() {
     assert!(!h.ready("ns", "brd"));
     assert!(h.state().modules.is_empty());
     assert_eq!(h.reporter.events_with("ModuleUnloaded").len(), 1);
+}
+
+#[tokio::test]
+async fn freed_memory_is_released_once_after_each_finished_worker_and_not_when_idle() {
+    let mut h = Harness::new();
+    let count = h.releases.clone();
+    let releases = move || count.load(Ordering::SeqCst);
+    h.pass().await;
+    assert_eq!(
+        releases(),
+        1,
+        "the first pass releases what startup allocated"
+    );
+    h.pass().await;
+    assert_eq!(releases(), 1, "an idle pass does not");
+
+    h.image("reg/brd:1", "sha256:1", "kernel/brd.ko:\n");
+    h.apply(module("ns", "brd", "reg/brd:1", BRD));
+    h.settle().await;
+    assert!(h.loaded("brd"));
+    assert_eq!(releases(), 2, "one release after the load worker");
+    h.pass().await;
+    assert_eq!(releases(), 2);
+
+    h.delete("brd");
+    h.settle().await;
+    assert!(!h.loaded("brd"));
+    assert_eq!(releases(), 3, "one release after the unload worker");
 }
 
 #[tokio::test]
@@ -828,4 +867,43 @@ async fn a_kernel_read_error_neither_unloads_nor_forgets() {
     lock(&kernel.unreadable).clear();
     h.settle().await;
     assert!(!sim.is_loaded("brd").unwrap());
+}
+
+#[test]
+fn the_watch_caches_drop_what_the_agent_never_reads() {
+    let mut node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "n1",
+            "labels": {"role": "gpu"},
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "1"},
+            "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+        },
+        "status": {
+            "nodeInfo": {"kernelVersion": KVER, "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "operatingSystem": "linux",
+                "osImage": "", "systemUUID": ""},
+            "images": [{"names": ["reg/big:1"], "sizeBytes": 1}],
+        },
+    }))
+    .unwrap();
+    super::slim_node(&mut node);
+    assert!(node.metadata.managed_fields.unwrap_or_default().is_empty());
+    let annotations = node.metadata.annotations.unwrap();
+    assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"]);
+    assert_eq!(node.metadata.labels.unwrap()["role"], "gpu");
+    let status = node.status.unwrap();
+    assert_eq!(status.images, None);
+    assert_eq!(status.node_info.unwrap().kernel_version, KVER);
+
+    let mut m = (*module("ns", "brd", "reg/brd:1", BRD)).clone();
+    m.metadata.managed_fields = Some(vec![Default::default()]);
+    m.metadata.annotations = Some(BTreeMap::from([(
+        "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+        "{}".to_owned(),
+    )]));
+    let spec = serde_json::to_value(&m.spec).unwrap();
+    super::slim_module(&mut m);
+    assert!(m.metadata.managed_fields.unwrap_or_default().is_empty());
+    assert!(m.metadata.annotations.unwrap_or_default().is_empty());
+    assert_eq!(serde_json::to_value(&m.spec).unwrap(), spec);
 }

@@ -56,6 +56,9 @@ struct Running {
     cancel: watch::Sender<bool>,
 }
 
+/// Gives freed heap memory back to the OS; returns whether any was released.
+pub type ReleaseMemory = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The workers of one node.
 pub struct Workers {
     exec: Arc<Executor>,
@@ -69,6 +72,9 @@ pub struct Workers {
     images_freed: AtomicBool,
     /// A pull may have grown the cache since the last collection.
     images_pulled: AtomicBool,
+    /// A worker finished (or the agent started) since memory was last released.
+    memory_to_release: AtomicBool,
+    release_memory: ReleaseMemory,
 }
 
 impl Workers {
@@ -83,7 +89,17 @@ impl Workers {
             unpublished: std::sync::Mutex::new(HashMap::new()),
             images_freed: AtomicBool::new(false),
             images_pulled: AtomicBool::new(false),
+            // The first pass also releases what starting up allocated.
+            memory_to_release: AtomicBool::new(true),
+            release_memory: Arc::new(kmm_memtrim::release_free_memory),
         }
+    }
+
+    /// Replaces how freed memory is given back to the OS (tests count calls).
+    #[must_use]
+    pub fn with_release_memory(mut self, release: ReleaseMemory) -> Self {
+        self.release_memory = release;
+        self
     }
 
     /// The executor.
@@ -129,6 +145,7 @@ impl Workers {
         }
         self.publish(node, by_key).await;
         self.collect_images().await;
+        self.release_memory();
         let now = Instant::now();
         lock(&self.failures)
             .values()
@@ -318,7 +335,19 @@ impl Workers {
                 .await;
         }
         lock(&self.running).remove(&key);
+        self.memory_to_release.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// After a worker finished, at the end of the pass (after the image
+    /// collection, which frees too): a pull and an extraction leave megabytes
+    /// of freed heap in the allocator's per-thread arenas, which an agent
+    /// idle until the next load should not keep.
+    fn release_memory(&self) {
+        if self.memory_to_release.swap(false, Ordering::SeqCst) {
+            let released = (self.release_memory)();
+            tracing::debug!(released, "freed heap given back to the OS");
+        }
     }
 
     /// Checks every record not being worked on against the kernel: a module that

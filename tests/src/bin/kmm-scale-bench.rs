@@ -29,8 +29,49 @@ struct Args {
     out: std::path::PathBuf,
 }
 
+/// How long after the last ready label the settled memory is read.
+const SETTLE: Duration = Duration::from_secs(15);
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// Average and maximum, in MiB.
+fn stats(v: &[u64]) -> serde_json::Value {
+    let max = v.iter().copied().max().unwrap_or(0);
+    let avg = if v.is_empty() {
+        0
+    } else {
+        v.iter().sum::<u64>() / v.len() as u64
+    };
+    serde_json::json!({ "avg_mib": mib(avg), "max_mib": mib(max) })
+}
+
+/// The agents' memory at one moment (KiB per agent, from /proc/<pid>/status).
+struct Memory {
+    rss: Vec<u64>,
+    anon: Vec<u64>,
+    file: Vec<u64>,
+}
+
+impl Memory {
+    fn of(agents: &[AgentProcess]) -> Self {
+        let field = |f: &str| agents.iter().filter_map(|a| a.status_kib(f)).collect();
+        Self {
+            rss: field("VmRSS"),
+            anon: field("RssAnon"),
+            file: field("RssFile"),
+        }
+    }
+
+    fn rss(&self) -> serde_json::Value {
+        stats(&self.rss)
+    }
+
+    /// RSS split into anonymous memory (heap, stacks) and file pages (the binary).
+    fn kinds(&self) -> serde_json::Value {
+        serde_json::json!({ "anon": stats(&self.anon), "file": stats(&self.file) })
+    }
 }
 
 #[tokio::main]
@@ -63,7 +104,7 @@ async fn main() -> Result<()> {
         a.wait_ready(Duration::from_secs(300)).await?;
     }
     let startup = t.elapsed();
-    let idle_rss: Vec<u64> = agents.iter().filter_map(AgentProcess::rss_kib).collect();
+    let idle = Memory::of(&agents);
     println!("{n} agents ready in {startup:.1?}");
 
     let module = format!(
@@ -112,8 +153,11 @@ spec:
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_ready = t.elapsed();
-    let loaded_rss: Vec<u64> = agents.iter().filter_map(AgentProcess::rss_kib).collect();
+    let loaded = Memory::of(&agents);
     println!("apply -> {n} ready labels: {all_ready:.1?} (first after {first_ready:.1?})");
+    // Again once the agents are idle: what a node keeps paying for after a load.
+    tokio::time::sleep(SETTLE).await;
+    let settled = Memory::of(&agents);
 
     let t = Instant::now();
     cp.kubectl_ok(["delete", "-n", &run, "module", "scalemod", "--wait=false"])?;
@@ -125,15 +169,6 @@ spec:
     let all_unloaded = t.elapsed();
     println!("delete -> all labels gone: {all_unloaded:.1?}");
 
-    let stats = |v: &[u64]| {
-        let max = v.iter().copied().max().unwrap_or(0);
-        let avg = if v.is_empty() {
-            0
-        } else {
-            v.iter().sum::<u64>() / v.len() as u64
-        };
-        serde_json::json!({ "avg_mib": mib(avg), "max_mib": mib(max) })
-    };
     let result = serde_json::json!({
         "benchmark": "agents against one API server (simulated kernel)",
         "date": k8s_openapi::jiff::Timestamp::now().to_string(),
@@ -143,8 +178,15 @@ spec:
         "apply_to_first_ready_label_s": first_ready.map(|d| d.as_secs_f64()),
         "apply_to_all_ready_labels_s": all_ready.as_secs_f64(),
         "delete_to_all_labels_removed_s": all_unloaded.as_secs_f64(),
-        "agent_rss_idle": stats(&idle_rss),
-        "agent_rss_after_load": stats(&loaded_rss),
+        "agent_rss_idle": idle.rss(),
+        "agent_rss_after_load": loaded.rss(),
+        "agent_rss_after_load_settled_s": SETTLE.as_secs(),
+        "agent_rss_after_load_settled": settled.rss(),
+        "agent_memory_kinds_mib": {
+            "idle": idle.kinds(),
+            "after_load": loaded.kinds(),
+            "after_load_settled": settled.kinds(),
+        },
     });
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
