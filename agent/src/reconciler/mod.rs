@@ -188,11 +188,12 @@ pub async fn run(
         (wake.clone(), event_at.clone()),
         move |e| module_wakes.wakes(e),
     ));
+    let mut node_wakes = wake::NodeWakes::default();
     tokio::spawn(drive(
         "node",
         node_watch,
         (wake.clone(), event_at.clone()),
-        |_| true,
+        move |e| node_wakes.wakes(e),
     ));
 
     // Acting on a partial view could unload a Module merely not listed yet.

@@ -1,19 +1,23 @@
-//! Which Module watch events are worth a pass. The controller rewrites a
-//! Module's status whenever a node's state changes; on a large fleet every
-//! agent would otherwise run a full pass (kernel re-check, plan, publish) for
-//! each of those writes. Only what the agent acts on wakes the loop: the spec
-//! (its changes move `metadata.generation`), labels, annotations, deletion.
-//! The reflector's store is updated for every event either way.
+//! Which watch events are worth a pass. The controller rewrites a Module's
+//! status whenever a node's state changes, and kubelets rewrite their Node's
+//! status (heartbeats, conditions, images); on a large fleet every agent would
+//! otherwise run a full pass (kernel re-check, plan, publish) for each of
+//! those writes. Only what the agent acts on wakes the loop: of a Module its
+//! spec (its changes move `metadata.generation`), labels, annotations and
+//! deletion; of its Node the labels and the kernel it reports. The
+//! reflector's store is updated for every event either way.
 
 use std::collections::{BTreeMap, HashMap};
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kmm_common::Module;
+use kube::Resource;
 use kube::runtime::watcher::Event;
 
 /// What of a Module a pass depends on, besides its spec.
 #[derive(Debug, Clone, PartialEq)]
-struct Seen {
+pub(super) struct ModuleSeen {
     uid: Option<String>,
     generation: Option<i64>,
     labels: Option<BTreeMap<String, String>>,
@@ -21,7 +25,7 @@ struct Seen {
     deletion: Option<Time>,
 }
 
-impl Seen {
+impl ModuleSeen {
     fn of(m: &Module) -> Self {
         let meta = &m.metadata;
         Self {
@@ -34,38 +38,90 @@ impl Seen {
     }
 }
 
+/// What of its Node a pass depends on: the labels (selector, version label,
+/// the agent's own labels) and the kernel the kubelet reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct NodeSeen {
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    kernel: Option<String>,
+}
+
+impl NodeSeen {
+    fn of(n: &Node) -> Self {
+        Self {
+            uid: n.metadata.uid.clone(),
+            labels: n.metadata.labels.clone(),
+            kernel: n
+                .status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.kernel_version.clone()),
+        }
+    }
+}
+
 type Key = (Option<String>, Option<String>);
 
-fn key(m: &Module) -> Key {
-    (m.metadata.namespace.clone(), m.metadata.name.clone())
+fn key<K: Resource>(o: &K) -> Key {
+    (o.meta().namespace.clone(), o.meta().name.clone())
 }
 
-/// Remembers what each Module looked like at its last event.
-#[derive(Debug, Default)]
-pub(super) struct ModuleWakes {
-    seen: HashMap<Key, Seen>,
+/// Remembers what each object looked like at its last event.
+#[derive(Debug)]
+pub(super) struct Wakes<K, S> {
+    seen: HashMap<Key, S>,
     /// Built during a re-list, swapped in at its end.
-    relist: HashMap<Key, Seen>,
+    relist: HashMap<Key, S>,
+    what: fn(&K) -> S,
 }
 
-impl ModuleWakes {
+/// The filter of Module events.
+pub(super) type ModuleWakes = Wakes<Module, ModuleSeen>;
+/// The filter of the Node's events.
+pub(super) type NodeWakes = Wakes<Node, NodeSeen>;
+
+impl Default for ModuleWakes {
+    fn default() -> Self {
+        Wakes::new(ModuleSeen::of)
+    }
+}
+
+impl Default for NodeWakes {
+    fn default() -> Self {
+        Wakes::new(NodeSeen::of)
+    }
+}
+
+impl<K: Resource, S: PartialEq> Wakes<K, S> {
+    fn new(what: fn(&K) -> S) -> Self {
+        Self {
+            seen: HashMap::new(),
+            relist: HashMap::new(),
+            what,
+        }
+    }
+
     /// Records `event` and says whether it may change what the agent does.
-    pub(super) fn wakes(&mut self, event: &Event<Module>) -> bool {
+    pub(super) fn wakes(&mut self, event: &Event<K>) -> bool {
         match event {
-            Event::Apply(m) => {
-                let now = Seen::of(m);
-                self.seen.insert(key(m), now.clone()) != Some(now)
+            Event::Apply(o) => {
+                let now = (self.what)(o);
+                let k = key(o);
+                let changed = self.seen.get(&k) != Some(&now);
+                self.seen.insert(k, now);
+                changed
             }
-            Event::Delete(m) => {
-                self.seen.remove(&key(m));
+            Event::Delete(o) => {
+                self.seen.remove(&key(o));
                 true
             }
             Event::Init => {
                 self.relist.clear();
                 false
             }
-            Event::InitApply(m) => {
-                self.relist.insert(key(m), Seen::of(m));
+            Event::InitApply(o) => {
+                self.relist.insert(key(o), (self.what)(o));
                 false
             }
             // The store replaces its content now (objects deleted while the
@@ -132,6 +188,44 @@ mod tests {
         let mut other = module(1, 0);
         other.metadata.name = Some("other".into());
         assert!(w.wakes(&Event::Apply(other)), "another Module");
+    }
+
+    fn node(heartbeat: &str, labels: serde_json::Value, kernel: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n", "uid": "u1", "labels": labels},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}],
+                "nodeInfo": {"kernelVersion": kernel, "architecture": "", "bootID": "",
+                    "containerRuntimeVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                    "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn node_heartbeats_do_not_wake_the_loop_labels_and_kernel_do() {
+        let labels = serde_json::json!({"role": "gpu"});
+        let first = node("2026-12-06T10:00:00Z", labels.clone(), "6.1.0-57-amd64");
+        let mut w = NodeWakes::default();
+        assert!(!w.wakes(&Event::Init));
+        assert!(!w.wakes(&Event::InitApply(first)));
+        assert!(w.wakes(&Event::InitDone));
+        let beat = node("2026-12-06T10:00:10Z", labels.clone(), "6.1.0-57-amd64");
+        assert!(!w.wakes(&Event::Apply(beat)), "a heartbeat");
+        let relabelled = node(
+            "2026-12-06T10:00:20Z",
+            serde_json::json!({}),
+            "6.1.0-57-amd64",
+        );
+        assert!(w.wakes(&Event::Apply(relabelled)), "labels");
+        let rebooted = node(
+            "2026-12-06T10:00:30Z",
+            serde_json::json!({}),
+            "6.1.0-58-amd64",
+        );
+        assert!(w.wakes(&Event::Apply(rebooted)), "kernel");
     }
 
     #[test]
