@@ -23,7 +23,7 @@ deploy-check:
 	bash hack/deploy/check.sh
 
 bench:
-	bash benches/fleet.sh
+	bash benches/cluster.sh
 	bash benches/scale.sh
 	cargo bench -p kmm-common --bench targeting
 	cargo bench -p kmm-agent --bench extract

@@ -1,5 +1,5 @@
 //! `kmm-agent-fleet`: many instances of the real agent reconciler in one
-//! process, for the fleet benchmark (`benches/fleet.sh`). Each instance is what
+//! process, for the fleet benchmark (`benches/cluster.sh`). Each instance is what
 //! one `kmm-agent --kernel simulated` process runs: its own API client
 //! (User-Agent `kmm-agent/<version>`), its own watches of Modules and of its
 //! Node, its own state dir and image cache, its own simulated kernel. Only the

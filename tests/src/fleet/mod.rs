@@ -1,4 +1,4 @@
-//! The fleet benchmark (`benches/fleet.sh`, `make bench`): N simulated nodes
+//! The fleet benchmark (`benches/cluster.sh`, `make bench`): N simulated nodes
 //! against the real API server, counted from its audit log. See
 //! benches/README.md for the method.
 

@@ -56,7 +56,7 @@ fn num(v: Option<f64>, digits: usize) -> String {
 pub fn markdown(results: &[BenchResult]) -> String {
     let mut s = String::from(
         "# Fleet benchmark\n\n\
-         Written by `benches/fleet.sh` (`make bench`); method in benches/README.md. \
+         Written by `benches/cluster.sh` (`make bench`); method in benches/README.md. \
          Requests counted from the API server's audit log by User-Agent; \
          per node = total / N.\n\n\
          | N | fleet | operation | time s | last agent write s | agent writes/node | agent reads/node | controller writes/node | controller reads/node | API server CPU s | etcd CPU s | agents CPU s | controller CPU s |\n\
