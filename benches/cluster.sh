@@ -26,7 +26,10 @@ if [[ "${1:-}" != --in-netns ]]; then
   bash hack/setup.sh
   bash hack/controlplane/build.sh >/dev/null
   # The simulated kernel is a cargo feature of the agent (absent from the shipped one).
-  cargo build -q --release -p kmm-tests -p kmm-controller --bins
+  # Built as the benchmarks build them (tests/src/vm/artifacts.rs): one
+  # package at a time, so their features resolve as they will at run time.
+  cargo build -q --release -p kmm-tests --bins
+  cargo build -q --release -p kmm-controller --bin kmm-controller
   cargo build -q --release -p kmm-agent --bin kmm-agent --features simulated
   [[ "${VM_LATENCY:-1}" == 0 ]] || bash tests/vm/fetch-kernel.sh >/dev/null
   netns_reap kmm-bench-
