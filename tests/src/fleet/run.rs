@@ -119,7 +119,8 @@ pub struct BenchResult {
     pub nodes: usize,
     /// How the agents ran.
     pub fleet: FleetKind,
-    /// From starting the agents until all had synced their watches.
+    /// From starting the agents until all had synced their watches, written
+    /// their first status and gone quiet (2 s without a request).
     pub startup_s: f64,
     /// The operations, in order.
     pub operations: Vec<Operation>,
@@ -286,6 +287,19 @@ fn module_manifest(run: &str, version: &str, image: &str) -> Result<Module> {
     }))?)
 }
 
+/// Waits until kmm-agent has sent no request for 2 s.
+async fn quiet(audit: &AuditLog, timeout: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let mark = audit.mark()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if audit.since(mark, |r| client_of(r) == "kmm-agent")?.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(t.elapsed() < timeout, "agents still busy after {timeout:?}");
+    }
+}
+
 /// Runs `f` over `items` with `width` at a time.
 async fn each<T, F, Fut>(items: Vec<T>, width: usize, f: F) -> Result<()>
 where
@@ -341,14 +355,18 @@ async fn measure(
     let mut fleet = Fleet::start(opts.fleet, cp, &format!("{run}-"), n, KVER, &work)?;
     fleet.wait_ready(opts.timeout).await?;
     controller.wait_leader(opts.timeout).await?;
+    // Ready means watches synced; each agent then writes its first (empty)
+    // status. The operations start once the agents are quiet, so none of
+    // those first writes is counted against the load.
+    let audit = AuditLog::open()?;
+    quiet(&audit, opts.timeout).await?;
     let startup_s = started.elapsed().as_secs_f64();
-    println!("{n} agents ready in {startup_s:.1} s");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("{n} agents ready and quiet in {startup_s:.1} s");
     let agents_idle = fleet.rss_kib();
 
     let mut bench = Bench {
         client,
-        audit: AuditLog::open()?,
+        audit,
         fleet,
         controller,
         progress: Progress::watch(client.clone(), &format!("kmm-fleet={run}")),
