@@ -330,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
         images,
         state_file: StateFile::in_dir(&state_dir),
         metrics: metrics.clone(),
+        release_memory: Arc::new(kmm_memtrim::release_free_memory),
     };
 
     let server = tokio::spawn(server::serve(

@@ -41,7 +41,7 @@ pub use journal::Journal;
 pub use recovery::{Presence, Recovered, presence, recover, roll_back_interrupted};
 pub use report::{KubeReporter, Report};
 pub use sources::{Images, PullSecrets};
-pub use workers::{Failure, Workers, backoff};
+pub use workers::{Failure, ReleaseMemory, Workers, backoff};
 
 mod desired;
 
@@ -129,6 +129,9 @@ pub struct Parts {
     pub state_file: StateFile,
     /// Metrics.
     pub metrics: Metrics,
+    /// Gives freed heap back to the OS after work (`kmm_memtrim`; many agents
+    /// in one process share one, rate-limited).
+    pub release_memory: ReleaseMemory,
 }
 
 /// Runs the agent until the watches end (they do not, barring shutdown).
@@ -162,7 +165,8 @@ pub async fn run(
     // Workers finishing wake the loop on their own: their result is published
     // at once, not after the watch events' coalescing delay.
     let finished = Arc::new(Notify::new());
-    let workers = Arc::new(Workers::new(exec, finished.clone()));
+    let workers =
+        Arc::new(Workers::new(exec, finished.clone()).with_release_memory(parts.release_memory));
 
     let modules: Api<Module> = Api::all(parts.client.clone());
     let nodes: Api<Node> = Api::all(parts.client.clone());

@@ -19,7 +19,7 @@ use kmm_agent::credentials::{AnyPullSecrets, ApiPullSecrets};
 use kmm_agent::image::{ImageCache, PullOptions};
 use kmm_agent::kernel::SimulatedKernel;
 use kmm_agent::metrics::Metrics;
-use kmm_agent::reconciler::{self, Parts, Settings};
+use kmm_agent::reconciler::{self, Parts, ReleaseMemory, Settings};
 use kmm_agent::server::{Liveness, Readiness};
 use kmm_agent::state::StateFile;
 
@@ -84,9 +84,36 @@ async fn agent(
         images,
         state_file: StateFile::in_dir(&dir),
         metrics: Metrics::new()?,
+        release_memory: shared_trim(),
     };
     let live = Liveness::with_max_age(settings.resync * 2 + Duration::from_secs(60));
     reconciler::run(settings, parts, ready, live).await
+}
+
+/// One process, one heap: a trim gives back what every agent freed, so the
+/// agents share one that runs at most once a second (1,000 agents each
+/// trimming the whole heap after every load would be the fleet's cost, not an
+/// agent's).
+fn shared_trim() -> ReleaseMemory {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    Arc::new(|| {
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1000;
+        let last = LAST.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || LAST
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        kmm_memtrim::release_free_memory()
+    })
 }
 
 fn write_ready(state_dir: &Path, count: usize) -> Result<()> {

@@ -293,7 +293,10 @@ async fn quiet(audit: &AuditLog, timeout: Duration) -> Result<()> {
     loop {
         let mark = audit.mark()?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if audit.since(mark, |r| client_of(r) == "kmm-agent")?.is_empty() {
+        if audit
+            .since(mark, |r| client_of(r) == "kmm-agent")?
+            .is_empty()
+        {
             return Ok(());
         }
         anyhow::ensure!(t.elapsed() < timeout, "agents still busy after {timeout:?}");
