@@ -17,15 +17,16 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kmm_tests::agent::{AgentOptions, AgentProcess, metric_value};
-use kmm_tests::audit::{AuditLog, Request, agent_request_for, is_write};
+use kmm_tests::audit::{AuditLog, Mark, Request, agent_request_for, is_write};
 use kmm_tests::cluster::{
     apply_yaml, crd_namespace, create_node, delete_module, delete_node_and_status, set_node_label,
     wait_for,
 };
+use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
 use kmm_tests::module::ModuleBuilder;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
 use serde_json::json;
 
 const KVER: &str = "6.1.0-91-sim-amd64";
@@ -33,6 +34,64 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn describe(requests: &[Request]) -> Vec<String> {
     requests.iter().map(Request::describe).collect()
+}
+
+/// A Node, its agent (simulated kernel) and a namespace, on the shared
+/// control plane with its audit log.
+struct Budget {
+    audit: AuditLog,
+    cp: &'static ControlPlane,
+    client: Client,
+    ns: TestNamespace,
+    node: String,
+    nodes: Api<Node>,
+    agent: AgentProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Budget {
+    async fn start(prefix: &str) -> Result<Self> {
+        let audit = AuditLog::open()?;
+        let (cp, client, ns) = crd_namespace(prefix).await?;
+        let node = format!("{}-node", ns.name());
+        create_node(&client, &node, &[("kmm-test/node", &node)], KVER).await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        heartbeat(&nodes, &node).await?;
+        let dir = tempfile::tempdir()?;
+        let agent = AgentProcess::start(&AgentOptions::new(
+            cp,
+            &node,
+            KVER,
+            dir.path().join("state"),
+        ))?;
+        Ok(Self {
+            audit,
+            cp,
+            client,
+            ns,
+            node,
+            nodes,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    /// The agent's writes about its Node, its NodeModulesConfig and events in the namespace since `mark`.
+    fn agent_writes(&self, mark: Mark) -> Result<Vec<Request>> {
+        let ns = self.ns.name();
+        self.audit.since(mark, |r| {
+            is_write(r) && agent_request_for(r, &self.node, ns)
+        })
+    }
+
+    /// Cleans up, and returns `result` with the agent's log when it failed.
+    async fn finish(self, result: Result<()>) -> Result<()> {
+        let log = self.agent.log();
+        drop(self.agent);
+        delete_node_and_status(&self.client, &self.node).await;
+        self.ns.cleanup().await?;
+        result.map_err(|e| e.context(format!("agent log:\n{log}")))
+    }
 }
 
 /// What a kubelet does every few seconds: a new heartbeat in the Ready condition.
@@ -51,28 +110,14 @@ async fn heartbeat(nodes: &Api<Node>, node: &str) -> Result<()> {
 
 #[tokio::test]
 async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing() -> Result<()> {
-    let audit = AuditLog::open()?;
-    let (cp, client, ns) = crd_namespace("budget").await?;
-    let node = format!("{}-node", ns.name());
-    create_node(&client, &node, &[("kmm-test/node", &node)], KVER).await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    heartbeat(&nodes, &node).await?;
-    let dir = tempfile::tempdir()?;
-    let agent = AgentProcess::start(&AgentOptions::new(
-        cp,
-        &node,
-        KVER,
-        dir.path().join("state"),
-    ))?;
-    let ns_name = ns.name().to_string();
+    let b = Budget::start("budget").await?;
+    let (cp, client, node, nodes, agent, audit) =
+        (b.cp, &b.client, &b.node, &b.nodes, &b.agent, &b.audit);
+    let ns_name = b.ns.name().to_string();
     let result = async {
         agent.wait_ready(WAIT).await?;
         agent.wait_passes(2, WAIT).await?;
-        let agent_writes = |mark| {
-            audit.since(mark, |r| {
-                is_write(r) && agent_request_for(r, &node, &ns_name)
-            })
-        };
+        let agent_writes = |mark| b.agent_writes(mark);
         let ready = kmm_common::ready_label(&ns_name, "bud");
         let has_label = |want: bool| {
             let (nodes, node, ready) = (&nodes, &node, &ready);
@@ -86,7 +131,7 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
         push_fake_kmod(&image, KVER, &[("bud", &[])], &[]).await?;
         let mark = audit.mark()?;
         let module = ModuleBuilder::new("bud")
-            .own_node(&node)
+            .own_node(node)
             .insecure_mapping("^.+-sim-amd64$", &image);
         apply_yaml(cp, &ns_name, &module.manifest())?;
         wait_for(WAIT, || has_label(true)).await?;
@@ -120,7 +165,7 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
         // nothing to write.
         let mark = audit.mark()?;
         for _ in 0..4 {
-            heartbeat(&nodes, &node).await?;
+            heartbeat(nodes, node).await?;
             agent.wait_passes(1, WAIT).await?;
         }
         let idle = agent_writes(mark)?;
@@ -143,7 +188,7 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
                 .await?;
             agent.wait_passes(1, WAIT).await?;
         }
-        let status_only = audit.since(mark, |r| agent_request_for(r, &node, &ns_name))?;
+        let status_only = audit.since(mark, |r| agent_request_for(r, node, &ns_name))?;
         anyhow::ensure!(
             status_only.is_empty(),
             "Module status writes made the agent call: {:#?}",
@@ -151,7 +196,7 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
         );
 
         let mark = audit.mark()?;
-        delete_module(&client, &ns_name, "bud").await?;
+        delete_module(client, &ns_name, "bud").await?;
         wait_for(WAIT, || has_label(false)).await?;
         agent.wait_passes(3, WAIT).await?;
         let unload = agent_writes(mark)?;
@@ -165,35 +210,18 @@ async fn a_load_and_an_unload_cost_three_writes_and_status_updates_cost_nothing(
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    let log = agent.log();
-    drop(agent);
-    delete_node_and_status(&client, &node).await;
-    ns.cleanup().await?;
-    result.map_err(|e| e.context(format!("agent log:\n{log}")))
+    b.finish(result).await
 }
 
 #[tokio::test]
 async fn an_ordered_upgrade_costs_nothing_until_the_label_moves_then_five_writes() -> Result<()> {
-    let audit = AuditLog::open()?;
-    let (cp, client, ns) = crd_namespace("budget-upg").await?;
-    let node = format!("{}-node", ns.name());
-    create_node(&client, &node, &[("kmm-test/node", &node)], KVER).await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let dir = tempfile::tempdir()?;
-    let agent = AgentProcess::start(&AgentOptions::new(
-        cp,
-        &node,
-        KVER,
-        dir.path().join("state"),
-    ))?;
-    let ns_name = ns.name().to_string();
+    let b = Budget::start("budget-upg").await?;
+    let (cp, client, node, nodes, agent, audit) =
+        (b.cp, &b.client, &b.node, &b.nodes, &b.agent, &b.audit);
+    let ns_name = b.ns.name().to_string();
     let result = async {
         agent.wait_ready(WAIT).await?;
-        let agent_writes = |mark| {
-            audit.since(mark, |r| {
-                is_write(r) && agent_request_for(r, &node, &ns_name)
-            })
-        };
+        let agent_writes = |mark| b.agent_writes(mark);
         let version_ready = kmm_common::version_ready_label(&ns_name, "upg");
         let version_is = |want: Option<&'static str>| {
             let (nodes, node, label) = (&nodes, &node, &version_ready);
@@ -208,13 +236,13 @@ async fn an_ordered_upgrade_costs_nothing_until_the_label_moves_then_five_writes
         push_fake_kmod(&image("v2"), KVER, &[("upg", &[]), ("upgdep", &[])], &[]).await?;
         let module = |v: &str| {
             ModuleBuilder::new("upg")
-                .own_node(&node)
+                .own_node(node)
                 .insecure_mapping("^.+-sim-amd64$", &image(v))
                 .version(v)
                 .manifest()
         };
         let version_label = kmm_common::version_module_label(&ns_name, "upg");
-        set_node_label(&client, &node, &version_label, Some("v1")).await?;
+        set_node_label(client, node, &version_label, Some("v1")).await?;
         apply_yaml(cp, &ns_name, &module("v1"))?;
         wait_for(WAIT, || version_is(Some("v1"))).await?;
         agent.wait_passes(3, WAIT).await?;
@@ -229,7 +257,7 @@ async fn an_ordered_upgrade_costs_nothing_until_the_label_moves_then_five_writes
 
         // The admin moves the node to v2: v1 is replaced by v2.
         let mark = audit.mark()?;
-        set_node_label(&client, &node, &version_label, Some("v2")).await?;
+        set_node_label(client, node, &version_label, Some("v2")).await?;
         wait_for(WAIT, || version_is(Some("v2"))).await?;
         agent.wait_passes(3, WAIT).await?;
         let replace = agent_writes(mark)?;
@@ -242,14 +270,10 @@ async fn an_ordered_upgrade_costs_nothing_until_the_label_moves_then_five_writes
             describe(&kept),
             describe(&replace)
         );
-        delete_module(&client, &ns_name, "upg").await?;
+        delete_module(client, &ns_name, "upg").await?;
         wait_for(WAIT, || version_is(None)).await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    let log = agent.log();
-    drop(agent);
-    delete_node_and_status(&client, &node).await;
-    ns.cleanup().await?;
-    result.map_err(|e| e.context(format!("agent log:\n{log}")))
+    b.finish(result).await
 }
