@@ -184,12 +184,20 @@ impl BrdE2e {
                 .as_deref(),
             Some(rd_nr)
         );
+        // The label can be written in a pass that already sees the load
+        // recorded but still the wait it ended (the worker clears it when it
+        // finishes, after its ModuleLoaded event): the next pass writes the
+        // status without it.
+        wait_for(WAIT, || async {
+            Ok(self.status().await?.is_some_and(|s| s.last_error.is_none()))
+        })
+        .await
+        .or_else(|e| self.node.fail(format!("brd's status keeps an error: {e}")))?;
         let st = self.status().await?.context("no status for brd")?;
         assert_eq!(
             (st.image.as_str(), st.digest.as_str(), st.kernel.as_str()),
             (image, digest, self.kver.as_str())
         );
-        assert!(st.last_error.is_none(), "{:?}", st.last_error);
         Ok(())
     }
 
