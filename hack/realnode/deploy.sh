@@ -67,8 +67,13 @@ wait_until "NodeModulesConfig kmm-guest" 120 k get nmc kmm-guest
 
 # examples/brd.yaml, with the kmod image in this registry (the agent pulls it
 # itself, from the guest: 10.0.2.2 is this namespace's loopback).
+# The first apply can meet the webhook before its Service routes to it (the
+# endpoints reach kube-proxy in the guest a moment after the Pods are Ready;
+# CI saw "context deadline exceeded" once): retried until the webhook
+# answers, and the last attempt's error is shown.
+apply_brd() { sed "s#10.0.2.2:5000/#10.0.2.2:$KMM_REGISTRY_PORT/#" "$repo/examples/brd.yaml" | k apply -f -; }
 t_mod=$(now)
-sed "s#10.0.2.2:5000/#10.0.2.2:$KMM_REGISTRY_PORT/#" "$repo/examples/brd.yaml" | k apply -f - >&2
+wait_until "brd Module applied (the webhook answers)" 120 apply_brd || { apply_brd >&2; die "brd Module not applied"; }
 # The label's value is empty: test for presence.
 label() { k get nodes -l kmm.node.kubernetes.io/default.brd.ready -o name | grep -q node/kmm-guest; }
 wait_until "brd ready label" 300 label
