@@ -68,7 +68,7 @@ pub use labels::{
 };
 pub use reason::Reason;
 pub use targeting::{
-    Ineligible, ResolvedMapping, Target, Vars, node_eligibility, node_kernel_version,
-    resolve_mapping, selector_matches, substitute, target_node,
+    Ineligible, ResolvedMapping, Target, Vars, check_taints, node_eligibility, node_kernel_version,
+    node_taints, resolve_mapping, selector_matches, substitute, target_node, untolerated_taint,
 };
 pub use validation::{ValidationError, validate_module, validate_module_update};

@@ -783,7 +783,8 @@ async fn a_registry_that_trickles_blocks_neither_other_loads_nor_unloads() -> Re
 /// Upstream #1328 (and #1271): cordoning and draining a node (the
 /// `unschedulable` taint, NoExecute taints of a node going away) never unloads
 /// a loaded module: the driver under a device plugin or a filesystem stays until
-/// the Module stops applying.
+/// the Module stops applying. New loads keep upstream's rule: only Modules that
+/// tolerate the taints load onto the node.
 #[tokio::test]
 async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Result<()> {
     let f = Fixture::new("agent-cordon", &[]).await?;
@@ -819,8 +820,43 @@ async fn upstream_1328_cordon_and_drain_taints_never_unload_the_module() -> Resu
         "{}",
         f.agent.log()
     );
-    f.delete_module("held").await?;
-    f.wait_label(&f.ready_label("held"), false).await?;
+
+    // Upstream's rule holds for new loads: a Module that does not tolerate
+    // the taints waits (the agent says which taint), one that does loads.
+    push_fake_kmod(&f.image("fresh"), KVER, &[("fresh", &[])], &[]).await?;
+    push_fake_kmod(&f.image("tolerant"), KVER, &[("tolerant", &[])], &[]).await?;
+    f.apply(&module(&f.node, "fresh", &f.image("fresh")).manifest())
+        .await?;
+    f.apply(
+        &module(&f.node, "tolerant", &f.image("tolerant"))
+            .tolerations(json!([{"operator": "Exists"}]))
+            .manifest(),
+    )
+    .await?;
+    f.wait_label(&f.ready_label("tolerant"), true).await?;
+    wait_for(WAIT, || async {
+        Ok(f.agent
+            .log()
+            .contains("node taint node.kubernetes.io/unschedulable:NoSchedule is not tolerated"))
+    })
+    .await?;
+    assert!(!f.labels().await?.contains_key(&f.ready_label("fresh")));
+    assert_eq!(f.status_of("fresh").await?, None, "nothing of it here");
+
+    // Uncordoned: the waiting Module loads.
+    let patch = serde_json::json!({"spec": {"unschedulable": null, "taints": null}});
+    nodes
+        .patch(
+            &f.node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    f.wait_label(&f.ready_label("fresh"), true).await?;
+    for name in ["held", "fresh", "tolerant"] {
+        f.delete_module(name).await?;
+        f.wait_label(&f.ready_label(name), false).await?;
+    }
     f.finish().await
 }
 

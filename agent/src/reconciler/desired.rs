@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
-use kmm_common::{Ineligible, Module, ResolvedMapping, target_node};
+use kmm_common::{Ineligible, Module, ResolvedMapping, check_taints, node_taints, target_node};
 
 use crate::plan::{Desired, DesiredLoad, RegistryAccess};
 use crate::state::ModuleKey;
@@ -46,6 +46,11 @@ pub fn desired_for_node(modules: &[Arc<Module>], node: &Node, kernel: &str) -> D
             Desired::Absent("Module is being deleted".to_string())
         } else {
             match target_node(m, labels, kernel) {
+                // A taint keeps new loads off the node but never unloads:
+                // a cordon or a not-ready taint must not take a driver away.
+                Ok(_) if let Err(why) = check_taints(m, node_taints(node)) => {
+                    Desired::Keep(why.to_string())
+                }
                 Ok(target) => Desired::Load(Box::new(to_load(m, &target))),
                 // Upstream's ordered upgrade: a version label naming another
                 // version than the Module's keeps what runs (step 2 of its
@@ -220,6 +225,48 @@ spec:
         ));
         // The selector still comes first.
         assert!(matches!(get(&[(label, "1")]), Some(Desired::Absent(_))));
+    }
+
+    #[test]
+    fn a_taint_blocks_new_loads_and_never_unloads() {
+        use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+        let cordoned = |labels: &[(&str, &str)]| {
+            let mut n = node(labels);
+            n.spec = Some(NodeSpec {
+                unschedulable: Some(true),
+                taints: Some(vec![Taint {
+                    key: "node.kubernetes.io/unschedulable".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            n
+        };
+        let get = |yaml: &str, n: &Node| {
+            desired_for_node(&[module(yaml)], n, "6.1.0-56-amd64")
+                .map
+                .remove(&ModuleKey::new("ns", "brd"))
+        };
+        // Keep, not Absent: a cordon leaves a loaded driver where it is.
+        let kept = get(BRD, &cordoned(&[("role", "storage")]));
+        assert!(
+            matches!(&kept, Some(Desired::Keep(r)) if r.contains("node.kubernetes.io/unschedulable:NoSchedule")),
+            "{kept:?}"
+        );
+        // Tolerated: loads as usual.
+        let tolerant = format!(
+            "{BRD}  tolerations: [{{key: node.kubernetes.io/unschedulable, operator: Exists}}]\n"
+        );
+        assert!(matches!(
+            get(&tolerant, &cordoned(&[("role", "storage")])),
+            Some(Desired::Load(_))
+        ));
+        // The selector no longer matching still unloads, taint or not.
+        assert!(matches!(
+            get(BRD, &cordoned(&[("role", "db")])),
+            Some(Desired::Absent(_))
+        ));
     }
 
     #[test]

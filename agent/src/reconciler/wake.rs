@@ -39,11 +39,13 @@ impl ModuleSeen {
 }
 
 /// What of its Node a pass depends on: the labels (selector, version label,
-/// the agent's own labels) and the kernel the kubelet reports.
+/// the agent's own labels), the taints (a load waits for one to go) and the
+/// kernel the kubelet reports.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct NodeSeen {
     uid: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    taints: Vec<(String, Option<String>, String)>,
     kernel: Option<String>,
 }
 
@@ -52,6 +54,11 @@ impl NodeSeen {
         Self {
             uid: n.metadata.uid.clone(),
             labels: n.metadata.labels.clone(),
+            // Without timeAdded, which the node lifecycle controller rewrites.
+            taints: kmm_common::node_taints(n)
+                .iter()
+                .map(|t| (t.key.clone(), t.value.clone(), t.effect.clone()))
+                .collect(),
             kernel: n
                 .status
                 .as_ref()
@@ -225,7 +232,18 @@ mod tests {
             serde_json::json!({}),
             "6.1.0-58-amd64",
         );
-        assert!(w.wakes(&Event::Apply(rebooted)), "kernel");
+        assert!(w.wakes(&Event::Apply(rebooted.clone())), "kernel");
+        let mut cordoned = rebooted;
+        cordoned.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: Some(vec![k8s_openapi::api::core::v1::Taint {
+                key: "node.kubernetes.io/unschedulable".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(w.wakes(&Event::Apply(cordoned.clone())), "a taint");
+        assert!(!w.wakes(&Event::Apply(cordoned)), "the same taint again");
     }
 
     #[test]

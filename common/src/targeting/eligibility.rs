@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::Ineligible;
 use super::mapping::{ResolvedMapping, resolve_mapping};
+use super::taints::{check_taints, node_taints};
 use crate::Module;
 use crate::labels::version_module_label;
 
@@ -73,18 +74,21 @@ pub fn target_node(
     Ok(resolved)
 }
 
-/// [`target_node`] for a `Node` object (labels from metadata, kernel from status).
+/// [`target_node`] for a `Node` object (labels from metadata, kernel from status), then its
+/// taints ([`check_taints`]): whether a load would happen there now.
 ///
 /// # Errors
 /// An [`Ineligible`] reason; never panics.
 pub fn node_eligibility(module: &Module, node: &Node) -> Result<ResolvedMapping, Ineligible> {
     let empty = BTreeMap::new();
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    target_node(
+    let target = target_node(
         module,
         labels,
         node_kernel_version(node).unwrap_or_default(),
-    )
+    )?;
+    check_taints(module, node_taints(node))?;
+    Ok(target)
 }
 
 #[cfg(test)]

@@ -174,3 +174,48 @@ moduleLoader:
         "{err}"
     );
 }
+
+#[test]
+fn node_eligibility_refuses_an_untolerated_taint_and_names_it() {
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    let tolerating = format!("{SPEC}tolerations: [{{key: gpu, operator: Exists}}]\n");
+    let plain = module("ns", "n", SPEC);
+    let tolerant = module("ns", "n", &tolerating);
+    let mut node = Node::default();
+    node.metadata.labels = Some(labels(&[("role", "worker")]));
+    node.status = Some(NodeStatus {
+        node_info: Some(NodeSystemInfo {
+            kernel_version: "6.1.0-56-amd64".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let taint = |key: &str| Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    node.spec = Some(NodeSpec {
+        taints: Some(vec![taint("gpu")]),
+        ..Default::default()
+    });
+    let err = node_eligibility(&plain, &node).expect_err("gpu taint not tolerated");
+    assert_eq!(
+        err,
+        Ineligible::UntoleratedTaint {
+            taint: "gpu:NoSchedule".into()
+        }
+    );
+    assert!(
+        err.to_string()
+            .starts_with("node taint gpu:NoSchedule is not tolerated"),
+        "{err}"
+    );
+    assert!(node_eligibility(&tolerant, &node).is_ok());
+    // The selector is checked first: a node the Module does not select is not "blocked".
+    node.metadata.labels = Some(labels(&[("role", "db")]));
+    assert!(matches!(
+        node_eligibility(&plain, &node),
+        Err(Ineligible::SelectorMismatch { .. })
+    ));
+}

@@ -3,7 +3,8 @@
 //! - [`mod@substitute`]: `${KERNEL_FULL_VERSION}`, `${MOD_NAME}`, `${MOD_NAMESPACE}` expansion;
 //! - [`mod@mapping`]: the first kernel mapping that matches a kernel, merged with the container
 //!   defaults into a [`ResolvedMapping`];
-//! - [`eligibility`]: selector, kernel and ordered-upgrade version checks for one node.
+//! - [`eligibility`]: selector, kernel and ordered-upgrade version checks for one node;
+//! - [`taints`]: which taint keeps a new load off a node (never unloads).
 //!
 //! Nothing here panics on user input; failures are [`Ineligible`] values whose `Display` is a
 //! sentence a user can act on.
@@ -11,10 +12,12 @@
 pub mod eligibility;
 pub mod mapping;
 pub mod substitute;
+pub mod taints;
 
 pub use eligibility::{node_eligibility, node_kernel_version, selector_matches, target_node};
 pub use mapping::{ResolvedMapping, Target, kernel_matches, resolve_mapping};
 pub use substitute::{Vars, substitute};
+pub use taints::{check_taints, node_taints, untolerated_taint};
 
 /// Why a Module does not apply to a node (or cannot be resolved for its kernel).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +73,15 @@ pub enum Ineligible {
         wanted: String,
         /// Value on the node, if the label exists.
         actual: Option<String>,
+    },
+    /// A `NoSchedule`/`NoExecute` taint of the node is not in `spec.tolerations`: nothing new
+    /// is loaded there, but a module already loaded stays (a cordon never unloads a driver).
+    #[error(
+        "node taint {taint} is not tolerated by spec.tolerations: nothing is loaded here while it stays, a module already loaded is kept"
+    )]
+    UntoleratedTaint {
+        /// `key=value:Effect`.
+        taint: String,
     },
 }
 

@@ -28,6 +28,9 @@ pub const REASON_UNLOADING: &str = "Unloading";
 /// Reason code: an ordered upgrade moved the Module to another version; the
 /// node's version label still names the one it runs, which stays loaded.
 pub const REASON_KEPT: &str = "KeptUntilVersionLabelMoves";
+/// Reason code: a taint the Module does not tolerate keeps new loads off the
+/// node; what is loaded stays (a cordon never unloads a driver).
+pub const REASON_KEPT_TAINTED: &str = "KeptWhileTainted";
 
 /// Stable code for an [`Ineligible`] reason (the `reason` of a not-targeted node).
 pub fn ineligible_code(reason: &Ineligible) -> &'static str {
@@ -39,7 +42,15 @@ pub fn ineligible_code(reason: &Ineligible) -> &'static str {
         Ineligible::InvalidRegexp { .. } => "InvalidRegexp",
         Ineligible::MissingImage { .. } => "MissingImage",
         Ineligible::VersionMismatch { .. } => "VersionMismatch",
+        Ineligible::UntoleratedTaint { .. } => "UntoleratedTaint",
     }
+}
+
+/// Why what is loaded stays although the Module does not apply now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    UntilVersionLabelMoves,
+    WhileTainted,
 }
 
 /// Explains `module` on `node`, given the node's `NodeModulesConfig` (`None` when it has
@@ -81,14 +92,15 @@ pub fn explain_node(
         version: labels.get(&version_ready_label(namespace, name)).cloned(),
     };
 
-    // As upstream (and the agent): a version label naming another version keeps what runs.
-    let kept = matches!(
-        eligibility,
+    // As the agent: a version label naming another version (upstream's ordered upgrade) or
+    // an untolerated taint keeps what runs.
+    let kept = match eligibility {
         Err(Ineligible::VersionMismatch {
-            actual: Some(_),
-            ..
-        })
-    );
+            actual: Some(_), ..
+        }) => Some(Kept::UntilVersionLabelMoves),
+        Err(Ineligible::UntoleratedTaint { .. }) => Some(Kept::WhileTainted),
+        _ => None,
+    };
     let (state, reason, message) = decide(
         target.as_ref(),
         not_targeted.as_ref(),
@@ -158,7 +170,7 @@ fn decide(
     loaded: Option<&Loaded>,
     last_error: Option<&ErrorInfo>,
     has_nmc: bool,
-    kept: bool,
+    kept: Option<Kept>,
 ) -> (NodeState, String, String) {
     if let Some(err) = last_error {
         // The controller is building or signing the image: progress, not failure.
@@ -199,15 +211,24 @@ fn decide(
                 t.image
             ),
         ),
-        (None, why, Some(l)) if kept => (
-            NodeState::Loaded,
-            REASON_KEPT.into(),
-            format!(
-                "{} stays loaded until the version label moves ({})",
-                l.image,
-                why.map(|w| w.message.as_str()).unwrap_or_default()
-            ),
-        ),
+        (None, why, Some(l)) if kept.is_some() => {
+            let why = why.map(|w| w.message.as_str()).unwrap_or_default();
+            match kept {
+                Some(Kept::WhileTainted) => (
+                    NodeState::Loaded,
+                    REASON_KEPT_TAINTED.into(),
+                    format!("{} stays loaded ({why})", l.image),
+                ),
+                _ => (
+                    NodeState::Loaded,
+                    REASON_KEPT.into(),
+                    format!(
+                        "{} stays loaded until the version label moves ({why})",
+                        l.image
+                    ),
+                ),
+            }
+        }
         (None, why, Some(l)) => (
             NodeState::Pending,
             REASON_UNLOADING.into(),

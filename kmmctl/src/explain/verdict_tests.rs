@@ -306,6 +306,37 @@ fn the_version_a_node_is_labelled_for_stays_loaded_after_the_module_moves_on() {
 }
 
 #[test]
+fn a_taint_blocks_a_load_by_name_and_keeps_what_is_loaded() {
+    let mut n = node(json!({}), KVER);
+    n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        taints: Some(vec![k8s_openapi::api::core::v1::Taint {
+            key: "dedicated".into(),
+            value: Some("db".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let e = explain_node(&plain_module(), &n, Some(&nmc(json!([]))));
+    assert_eq!(e.state, NodeState::NotTargeted);
+    assert_eq!(e.reason, "UntoleratedTaint");
+    assert!(
+        e.message.contains("dedicated=db:NoSchedule"),
+        "{}",
+        e.message
+    );
+    let status = nmc(json!([loaded_entry(IMAGE, KVER)]));
+    let e = explain_node(&plain_module(), &n, Some(&status));
+    assert_eq!(e.state, NodeState::Loaded);
+    assert_eq!(e.reason, "KeptWhileTainted");
+    assert!(
+        e.message.contains("dedicated=db:NoSchedule"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn ready_label_without_status_gets_a_note() {
     let e = explain_node(&plain_module(), &node(ready(), KVER), Some(&nmc(json!([]))));
     assert_eq!(e.state, NodeState::Pending);

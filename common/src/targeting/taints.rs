@@ -1,0 +1,146 @@
+//! Taints and tolerations, upstream's rule for new loads only.
+//!
+//! Upstream KMM targets a node only when the Module tolerates each of its
+//! `NoSchedule` and `NoExecute` taints, so a cordon (or a not-ready taint)
+//! unloads the driver on a node that still runs workloads (upstream #1271,
+//! #1333). kmm-rs keeps the rule for loading, so dedicated nodes stay
+//! untouched, but the agent never unloads because of a taint: a taint
+//! blocks a load, never keeps a loaded module from staying.
+
+use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+
+use super::Ineligible;
+use crate::Module;
+
+/// Effects that keep a load off a node (`PreferNoSchedule` does not, as upstream).
+const BLOCKING_EFFECTS: [&str; 2] = ["NoSchedule", "NoExecute"];
+
+/// Kubernetes' `Toleration.ToleratesTaint`: effect (empty tolerates every effect), key
+/// (empty with `Exists` tolerates every key), then `Equal` (the default) compares values.
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    if !effect.is_empty() && effect != taint.effect {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or_default();
+    if !key.is_empty() && key != taint.key {
+        return false;
+    }
+    match toleration.operator.as_deref().unwrap_or_default() {
+        "" | "Equal" => {
+            toleration.value.as_deref().unwrap_or_default()
+                == taint.value.as_deref().unwrap_or_default()
+        }
+        "Exists" => true,
+        _ => false,
+    }
+}
+
+/// The first `NoSchedule`/`NoExecute` taint in `taints` that no toleration tolerates.
+pub fn untolerated_taint<'a>(tolerations: &[Toleration], taints: &'a [Taint]) -> Option<&'a Taint> {
+    taints
+        .iter()
+        .filter(|t| BLOCKING_EFFECTS.contains(&t.effect.as_str()))
+        .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// The node's taints (`spec.taints`; none when absent).
+pub fn node_taints(node: &Node) -> &[Taint] {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+/// Whether `module` may load onto a node with `taints`.
+///
+/// # Errors
+/// [`Ineligible::UntoleratedTaint`] naming the first taint that blocks the load.
+pub fn check_taints(module: &Module, taints: &[Taint]) -> Result<(), Ineligible> {
+    match untolerated_taint(&module.spec.tolerations, taints) {
+        None => Ok(()),
+        Some(t) => Err(Ineligible::UntoleratedTaint { taint: describe(t) }),
+    }
+}
+
+/// `key=value:Effect`, as `kubectl taint` writes it (`key:Effect` without a value).
+pub fn describe(t: &Taint) -> String {
+    match t.value.as_deref().filter(|v| !v.is_empty()) {
+        Some(v) => format!("{}={v}:{}", t.key, t.effect),
+        None => format!("{}:{}", t.key, t.effect),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            time_added: None,
+        }
+    }
+
+    fn tol(
+        key: Option<&str>,
+        op: Option<&str>,
+        value: Option<&str>,
+        effect: Option<&str>,
+    ) -> Toleration {
+        Toleration {
+            key: key.map(Into::into),
+            operator: op.map(Into::into),
+            value: value.map(Into::into),
+            effect: effect.map(Into::into),
+            toleration_seconds: None,
+        }
+    }
+
+    #[test]
+    fn toleration_matching_follows_kubernetes() {
+        let t = taint("gpu", Some("a100"), "NoSchedule");
+        let cases = [
+            (tol(Some("gpu"), None, Some("a100"), None), true),
+            (
+                tol(Some("gpu"), Some("Equal"), Some("a100"), Some("NoSchedule")),
+                true,
+            ),
+            (tol(Some("gpu"), Some("Equal"), Some("h100"), None), false),
+            (tol(Some("gpu"), Some("Exists"), None, None), true),
+            (
+                tol(Some("gpu"), Some("Exists"), None, Some("NoExecute")),
+                false,
+            ),
+            (tol(None, Some("Exists"), None, None), true),
+            (tol(Some("other"), Some("Exists"), None, None), false),
+            (tol(Some("gpu"), Some("Bogus"), Some("a100"), None), false),
+        ];
+        for (i, (toleration, want)) in cases.iter().enumerate() {
+            assert_eq!(tolerates(toleration, &t), *want, "case {i}: {toleration:?}");
+        }
+    }
+
+    #[test]
+    fn only_no_schedule_and_no_execute_block() {
+        let taints = [
+            taint("soft", None, "PreferNoSchedule"),
+            taint("node.kubernetes.io/unschedulable", None, "NoSchedule"),
+        ];
+        let blocking = untolerated_taint(&[], &taints).map(describe);
+        assert_eq!(
+            blocking.as_deref(),
+            Some("node.kubernetes.io/unschedulable:NoSchedule")
+        );
+        assert_eq!(untolerated_taint(&[], &taints[..1]), None);
+        let exec = [taint("dedicated", Some("db"), "NoExecute")];
+        assert_eq!(
+            untolerated_taint(&[], &exec).map(describe).as_deref(),
+            Some("dedicated=db:NoExecute")
+        );
+        let all = [tol(None, Some("Exists"), None, None)];
+        assert_eq!(untolerated_taint(&all, &exec), None);
+    }
+}
