@@ -19,6 +19,12 @@
 #   KMM_KCM_PORT          kube-controller-manager secure port (default: 10257)
 #   KMM_SCHEDULER_PORT    kube-scheduler secure port (default: 10259)
 #   START_CONTROLLERS=1   also start kube-controller-manager and kube-scheduler
+#   KMM_NODE_MONITOR_GRACE  how long a Node may go without a heartbeat (or, new,
+#                         without a first one) before it is marked unreachable
+#                         and tainted (default 8760h: the
+#                         tests' and demo's simulated Nodes have no kubelet, and
+#                         an untolerated taint keeps new loads off a node; a real
+#                         kubelet's Ready=False still taints it at once)
 #   KMM_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, split on spaces (e.g. the
 #                         kubelet client certificate for a real node: hack/realnode)
 #   KMM_CP_TIMEOUT        seconds to wait for each component (default: 120)
@@ -320,6 +326,8 @@ start_controller_manager() {
         --cluster-signing-cert-file="$pki/ca.crt" \
         --cluster-signing-key-file="$pki/ca.key" \
         --service-cluster-ip-range=10.0.0.0/24 \
+        --node-monitor-grace-period="${KMM_NODE_MONITOR_GRACE:-8760h}" \
+        --node-startup-grace-period="${KMM_NODE_MONITOR_GRACE:-8760h}" \
         --v=1
     wait_for kube-controller-manager secure_healthz "$kcm_port"
 }

@@ -201,6 +201,37 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
         .collect();
     assert!(reasons.iter().any(|r| r == "ModuleLoaded"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "ModuleUnloaded"), "{reasons:?}");
+    // And upstream's on the Node (namespace default, as for any Node event),
+    // with upstream's text.
+    let node_events: Api<Event> = Api::namespaced(f.client.clone(), "default");
+    let on_node: Vec<(String, String)> = node_events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("Node") && r.name.as_deref() == Some(f.node.as_str())
+            })
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect();
+    let module = format!("{}/simmod", f.ns());
+    for (reason, text) in [
+        (
+            "ModuleLoaded",
+            format!("Module {module} loaded into the kernel"),
+        ),
+        (
+            "ModuleUnloaded",
+            format!("Module {module} unloaded from the kernel"),
+        ),
+    ] {
+        assert!(
+            on_node.iter().any(|(r, n)| r == reason && *n == text),
+            "{reason} on the Node: {on_node:?}"
+        );
+    }
     f.finish().await
 }
 

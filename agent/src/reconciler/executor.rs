@@ -517,6 +517,8 @@ impl Executor {
             note,
         )
         .await;
+        self.node_event(key, "ModuleLoaded", "Load", "loaded into")
+            .await;
         let main = normalize(&want.module_name);
         let shared = !record.inserted.iter().any(|m| normalize(m) == main);
         if let Some(other) = shared
@@ -561,6 +563,22 @@ impl Executor {
             note,
         )
         .await;
+        self.node_event(key, "ModuleUnloaded", "Unload", "unloaded from")
+            .await;
+    }
+
+    /// Upstream's event on the Node (its only one: `kubectl describe node`
+    /// shows which drivers came and went), with upstream's reason and text.
+    async fn node_event(&self, key: &ModuleKey, reason: &str, action: &str, what: &str) {
+        let node = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(self.settings.node_name.clone()),
+            ..ObjectReference::default()
+        };
+        let note = format!("Module {}/{} {what} the kernel", key.namespace, key.name);
+        self.event(node, EventType::Normal, reason, action, note)
+            .await;
     }
 
     /// Publishes an event through the reporter.

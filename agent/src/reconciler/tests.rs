@@ -415,7 +415,17 @@ async fn a_module_loads_reports_and_unloads_in_process() {
     assert!(h.ready("ns", "brd"));
     let status = h.reporter.last_status().unwrap();
     assert_eq!(status.modules[0].digest, "sha256:1");
-    assert_eq!(h.reporter.events_with("ModuleLoaded").len(), 1);
+    // On the Module (ours) and on the Node (upstream's, its text).
+    let loaded = h.reporter.events_with("ModuleLoaded");
+    assert_eq!(loaded.len(), 2, "{loaded:?}");
+    assert_eq!(loaded[0].0, "brd");
+    assert_eq!(
+        loaded[1],
+        (
+            "n1".to_string(),
+            "Module ns/brd loaded into the kernel".to_string()
+        )
+    );
     assert_eq!(h.state().boot_id, None, "set by recovery, not by loads");
 
     h.delete("brd");
@@ -423,7 +433,15 @@ async fn a_module_loads_reports_and_unloads_in_process() {
     assert!(!h.loaded("brd"));
     assert!(!h.ready("ns", "brd"));
     assert!(h.state().modules.is_empty());
-    assert_eq!(h.reporter.events_with("ModuleUnloaded").len(), 1);
+    let unloaded = h.reporter.events_with("ModuleUnloaded");
+    assert_eq!(unloaded.len(), 2, "{unloaded:?}");
+    assert_eq!(
+        unloaded[1],
+        (
+            "n1".to_string(),
+            "Module ns/brd unloaded from the kernel".to_string()
+        )
+    );
 }
 
 #[tokio::test]

@@ -101,6 +101,18 @@ impl Fleet {
         }
     }
 
+    /// The last `lines` lines of the agents' logs (all processes' together).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let all = match self {
+            Self::InProcess { dir, .. } => {
+                std::fs::read_to_string(dir.join("fleet.log")).unwrap_or_default()
+            }
+            Self::Processes(agents) => agents.iter().map(AgentProcess::log).collect(),
+        };
+        let v: Vec<&str> = all.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Waits until every agent has synced its watches.
     ///
     /// # Errors

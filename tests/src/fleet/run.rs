@@ -210,7 +210,13 @@ impl Bench<'_> {
                     .progress
                     .wait_for(self.nodes, w, op.at, self.timeout)
                     .await
-                    .with_context(|| format!("{}: not every node got there", op.name))?;
+                    .with_context(|| {
+                        format!(
+                            "{}: not every node got there; agents' log ends:\n{}",
+                            op.name,
+                            self.fleet.log_tail(40)
+                        )
+                    })?;
                 (Some(op.at.elapsed().as_secs_f64()), timeline)
             }
             None => (None, Vec::new()),
