@@ -18,12 +18,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 
-use super::handlers::{MODULE_PATH, NAMESPACE_PATH};
+use super::handlers::{MODULE_PATH, NAMESPACE_PATH, PREFLIGHT_PATH};
 
 /// Name of the Namespace webhook inside the configuration.
 pub const NAMESPACE_WEBHOOK: &str = "namespace-deletion.kmm.sigs.x-k8s.io";
 /// Name of the Module webhook inside the configuration.
 pub const MODULE_WEBHOOK: &str = "vmodule.kmm.sigs.x-k8s.io";
+/// Name of the PreflightValidation webhook inside the configuration.
+pub const PREFLIGHT_WEBHOOK: &str = "vpreflightvalidation.kmm.sigs.x-k8s.io";
 /// How many CAs a service-mode bundle keeps (one per live replica, plus restarts).
 const MAX_BUNDLE_CAS: usize = 5;
 const FIELD_MANAGER: &str = "kmm-controller-webhook";
@@ -128,6 +130,21 @@ pub fn url_configuration(reg: &Registration, base: &str) -> ValidatingWebhookCon
                     operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
                     resources: Some(vec!["modules".into()]),
                     scope: Some("Namespaced".into()),
+                },
+            ),
+            // Cluster-scoped: the namespaceSelector does not restrict it.
+            webhook(
+                PREFLIGHT_WEBHOOK,
+                PREFLIGHT_PATH,
+                RuleWithOperations {
+                    api_groups: Some(vec![
+                        <kmm_common::PreflightValidation as kube::Resource>::group(&()).to_string(),
+                    ]),
+                    // The default matchPolicy (Equivalent) sends v1beta1 requests too.
+                    api_versions: Some(vec!["v1beta2".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["preflightvalidations".into()]),
+                    scope: Some("Cluster".into()),
                 },
             ),
         ]),
@@ -266,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn url_configuration_scopes_both_webhooks() {
+    fn url_configuration_scopes_every_webhook() {
         let reg = Registration {
             config_name: "t".into(),
             target: Target::Url("https://127.0.0.1:1/".into()),
@@ -275,7 +292,7 @@ mod tests {
         };
         let cfg = url_configuration(&reg, "https://127.0.0.1:1/");
         let whs = cfg.webhooks.unwrap();
-        assert_eq!(whs.len(), 2);
+        assert_eq!(whs.len(), 3);
         for wh in &whs {
             assert!(
                 wh.client_config
