@@ -103,7 +103,8 @@ struct WebhookArgs {
     webhook_url: Option<String>,
 
     /// Only namespaces with these labels (key=value, comma-separated) are
-    /// subject to the webhooks (URL mode).
+    /// subject to the webhooks, and only PreflightValidations (cluster-scoped)
+    /// with them (URL mode).
     #[arg(long, env = "KMM_WEBHOOK_NAMESPACE_SELECTOR", value_parser = parse_labels, default_value = "")]
     webhook_namespace_selector: BTreeMap<String, String>,
 

@@ -51,7 +51,8 @@ pub struct Registration {
     pub config_name: String,
     /// How the API server reaches us.
     pub target: Target,
-    /// `namespaceSelector.matchLabels` of both webhooks (URL mode; empty = all).
+    /// `namespaceSelector.matchLabels` of the namespaced webhooks, `objectSelector` of the
+    /// PreflightValidation one (URL mode; empty = all).
     pub namespace_selector: BTreeMap<String, String>,
     /// The CA (PEM) that signed the serving certificate.
     pub ca_pem: String,
@@ -132,21 +133,27 @@ pub fn url_configuration(reg: &Registration, base: &str) -> ValidatingWebhookCon
                     scope: Some("Namespaced".into()),
                 },
             ),
-            // Cluster-scoped: the namespaceSelector does not restrict it.
-            webhook(
-                PREFLIGHT_WEBHOOK,
-                PREFLIGHT_PATH,
-                RuleWithOperations {
-                    api_groups: Some(vec![
-                        <kmm_common::PreflightValidation as kube::Resource>::group(&()).to_string(),
-                    ]),
-                    // The default matchPolicy (Equivalent) sends v1beta1 requests too.
-                    api_versions: Some(vec!["v1beta2".into()]),
-                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                    resources: Some(vec!["preflightvalidations".into()]),
-                    scope: Some("Cluster".into()),
-                },
-            ),
+            // Cluster-scoped, so a namespaceSelector cannot restrict it: the same labels
+            // select the objects themselves (a test's configuration sees its own only).
+            ValidatingWebhook {
+                namespace_selector: None,
+                object_selector: selector.clone(),
+                ..webhook(
+                    PREFLIGHT_WEBHOOK,
+                    PREFLIGHT_PATH,
+                    RuleWithOperations {
+                        api_groups: Some(vec![
+                            <kmm_common::PreflightValidation as kube::Resource>::group(&())
+                                .to_string(),
+                        ]),
+                        // The default matchPolicy (Equivalent) sends v1beta1 requests too.
+                        api_versions: Some(vec!["v1beta2".into()]),
+                        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                        resources: Some(vec!["preflightvalidations".into()]),
+                        scope: Some("Cluster".into()),
+                    },
+                )
+            },
         ]),
     }
 }
@@ -301,7 +308,12 @@ mod tests {
                     .unwrap()
                     .starts_with("https://127.0.0.1:1/validate-")
             );
-            let sel = wh.namespace_selector.as_ref().unwrap();
+            let sel = if wh.name == PREFLIGHT_WEBHOOK {
+                assert!(wh.namespace_selector.is_none());
+                wh.object_selector.as_ref().unwrap()
+            } else {
+                wh.namespace_selector.as_ref().unwrap()
+            };
             assert_eq!(sel.match_labels.as_ref().unwrap()["k"], "v");
             assert_eq!(wh.side_effects, "None");
             assert_eq!(wh.timeout_seconds, Some(5));
