@@ -258,6 +258,7 @@ async fn the_webhooks_fail_closed_like_upstream() -> Result<()> {
         [
             ("namespace-deletion.kmm.sigs.x-k8s.io", "Fail"),
             ("vmodule.kmm.sigs.x-k8s.io", "Fail"),
+            ("vpreflightvalidation.kmm.sigs.x-k8s.io", "Fail"),
         ]
     );
     Ok(())
