@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::{Module, NodeModulesConfig};
+use crate::{Module, NodeModulesConfig, PreflightValidation};
 
 /// Errors while rendering CRDs.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub enum CrdError {
 pub const MODULE_CRD_FILE: &str = "kmm.sigs.x-k8s.io_modules.yaml";
 /// File name of the NodeModulesConfig CRD under `deploy/crds/`.
 pub const NMC_CRD_FILE: &str = "kmm.sigs.x-k8s.io_nodemodulesconfigs.yaml";
+/// File name of the PreflightValidation CRD under `deploy/crds/`.
+pub const PREFLIGHT_CRD_FILE: &str = "kmm.sigs.x-k8s.io_preflightvalidations.yaml";
 /// File name of the kustomization listing the CRDs.
 pub const KUSTOMIZATION_FILE: &str = "kustomization.yaml";
 
@@ -56,12 +58,14 @@ const HEADER: &str =
 pub fn render_crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
     let module = render(&module_crd()?)?;
     let nmc = render(&nmc_crd()?)?;
+    let preflight = render(&preflight_crd()?)?;
     let kustomization = format!(
-        "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {MODULE_CRD_FILE}\n- {NMC_CRD_FILE}\n"
+        "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {MODULE_CRD_FILE}\n- {NMC_CRD_FILE}\n- {PREFLIGHT_CRD_FILE}\n"
     );
     Ok(vec![
         (MODULE_CRD_FILE, module),
         (NMC_CRD_FILE, nmc),
+        (PREFLIGHT_CRD_FILE, preflight),
         (KUSTOMIZATION_FILE, kustomization),
     ])
 }
@@ -191,6 +195,30 @@ pub fn nmc_crd() -> Result<CustomResourceDefinition, CrdError> {
     upstream_compatible(NodeModulesConfig::crd())
 }
 
+/// The PreflightValidation CRD as committed in `deploy/crds/`: `v1beta2` stored, and `v1beta1`
+/// served, deprecated, as upstream KMM serves both.
+///
+/// Upstream's two versions differ in `status` only (`v1beta1` has a `crStatuses` map keyed by
+/// `<namespace>/<name>`, `v1beta2` the `modules` list) and it converts between them with a
+/// webhook. kmm-rs serves `v1beta1` with `v1beta2`'s schema and `conversion: None`: the spec is
+/// the same, so a `v1beta1` manifest applies unchanged, and no read or write of either version
+/// depends on a webhook being up; a `v1beta1` reader sees the status as `modules`.
+///
+/// # Errors
+/// [`CrdError::Convert`] (not expected for derived types).
+pub fn preflight_crd() -> Result<CustomResourceDefinition, CrdError> {
+    let mut crd = upstream_compatible(PreflightValidation::crd())?;
+    if let Some(v1beta2) = crd.spec.versions.first() {
+        let mut v1beta1 = v1beta2.clone();
+        v1beta1.name = "v1beta1".into();
+        v1beta1.storage = false;
+        v1beta1.deprecated = Some(true);
+        // Upstream's order: the old version first.
+        crd.spec.versions.insert(0, v1beta1);
+    }
+    Ok(crd)
+}
+
 /// Adjusts a derived CRD so it accepts and stores exactly what upstream KMM's
 /// controller-gen CRD does:
 /// - no `nullable: true` (schemars marks every `Option`): like upstream, an explicit `null`
@@ -309,6 +337,76 @@ mod tests {
     }
 
     #[test]
+    fn preflight_crd_serves_both_versions_like_upstream() {
+        let crd = preflight_crd().expect("crd");
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.plural, "preflightvalidations");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["pfv".to_string()]));
+        assert!(crd.spec.conversion.is_none(), "conversion: None");
+        let versions: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served, v.storage, v.deprecated))
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                ("v1beta1", true, false, Some(true)),
+                ("v1beta2", true, true, None)
+            ]
+        );
+        let [old, new] = &crd.spec.versions[..] else {
+            panic!("two versions")
+        };
+        assert_eq!(old.schema, new.schema, "conversion None needs one schema");
+        assert!(
+            old.subresources
+                .as_ref()
+                .is_some_and(|s| s.status.is_some())
+        );
+
+        let crd = serde_json::to_value(&crd).expect("json");
+        let root = &crd["spec"]["versions"][1]["schema"]["openAPIV3Schema"];
+        assert_eq!(root["required"], json!(["spec"]));
+        let spec = &root["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["kernelVersion"]));
+        assert_eq!(
+            spec["properties"]["pushBuiltImage"]["type"],
+            json!("boolean")
+        );
+        let modules = &root["properties"]["status"]["properties"]["modules"];
+        assert_eq!(modules["x-kubernetes-list-type"], json!("map"));
+        assert_eq!(
+            modules["x-kubernetes-list-map-keys"],
+            json!(["namespace", "name"])
+        );
+        let item = &modules["items"];
+        assert_eq!(
+            item["required"],
+            json!([
+                "lastTransitionTime",
+                "name",
+                "namespace",
+                "verificationStage",
+                "verificationStatus"
+            ])
+        );
+        assert_eq!(
+            item["properties"]["verificationStatus"]["enum"],
+            json!(["Success", "Failure", "InProgress"])
+        );
+        assert_eq!(
+            item["properties"]["verificationStage"]["enum"],
+            json!(["Image", "Done"])
+        );
+        assert_eq!(
+            item["properties"]["lastTransitionTime"]["format"],
+            json!("date-time")
+        );
+    }
+
+    #[test]
     fn schema_matches_upstream_optionality() {
         let crd = serde_json::to_value(module_crd().expect("crd")).expect("json");
         let text = crd.to_string();
@@ -369,7 +467,11 @@ mod tests {
             }
         }
         let skip = core_type_paths();
-        for crd in [module_crd().expect("crd"), nmc_crd().expect("crd")] {
+        for crd in [
+            module_crd().expect("crd"),
+            nmc_crd().expect("crd"),
+            preflight_crd().expect("crd"),
+        ] {
             let crd = serde_json::to_value(crd).expect("json");
             let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             let mut missing = Vec::new();

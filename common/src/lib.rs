@@ -7,7 +7,8 @@
 //!   committed in `deploy/crds/` (regenerate with `cargo run -p kmm-common --bin crdgen --
 //!   deploy/crds`; a unit test fails when they drift).
 //! - [`validate_module`] / [`validate_module_update`]: the admission rules (the CRD's CEL rules
-//!   are the schema-checkable subset of the same rules).
+//!   are the schema-checkable subset of the same rules); [`validate_preflight`] for
+//!   [`PreflightValidation`] (`kmm.sigs.x-k8s.io/v1beta2`, [`crd::preflight_crd`]).
 //! - [`target_node`] / [`node_eligibility`]: whether a node gets a Module and what to load
 //!   there ([`ResolvedMapping`]), or an [`Ineligible`] reason a user can read.
 //! - [`labels`]: node label keys, the finalizer and the namespace label.
@@ -61,6 +62,10 @@ pub use api::nmc::{
     ModuleConfig, ModuleError, ModuleItem, NodeModuleSpec, NodeModuleStatus, NodeModulesConfig,
     NodeModulesConfigSpec, NodeModulesConfigStatus, REASON_WAITING_FOR_IMAGE,
 };
+pub use api::preflight::{
+    PreflightValidation, PreflightValidationModuleStatus, PreflightValidationSpec,
+    PreflightValidationStatus,
+};
 pub use labels::{
     MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,
     device_plugin_ready_label, dra_ready_label, is_agent_label, ready_label, version_module_label,
@@ -71,4 +76,6 @@ pub use targeting::{
     Ineligible, ResolvedMapping, Target, Vars, check_taints, node_eligibility, node_kernel_version,
     node_taints, resolve_mapping, selector_matches, substitute, target_node, untolerated_taint,
 };
-pub use validation::{ValidationError, validate_module, validate_module_update};
+pub use validation::{
+    ValidationError, validate_module, validate_module_update, validate_preflight,
+};

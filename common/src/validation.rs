@@ -11,11 +11,13 @@ use crate::image::has_tag_or_digest;
 use crate::{ModprobeSpec, Module, ModuleLoaderContainerSpec, Sign};
 
 mod label_keys;
+mod preflight;
 mod values;
 
 pub use label_keys::{
     LABEL_NAME_PATTERN, MAX_LABEL_NAME_LENGTH, check_label_key, check_label_value, node_label_keys,
 };
+pub use preflight::validate_preflight;
 pub use values::{
     DIGEST_PATTERN, MAX_KERNEL_MODULE_NAME_BYTES, PULL_POLICIES, check_image_digest,
     check_kernel_module_name, check_loader_values, check_module_parameter, check_path_stays_inside,

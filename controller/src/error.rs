@@ -1,4 +1,4 @@
-//! Errors of the Module reconciler.
+//! Errors of the Module and PreflightValidation reconcilers.
 
 use kube::runtime::finalizer;
 
@@ -24,6 +24,9 @@ pub enum Error {
     /// The Module cannot be turned into objects (e.g. no namespace).
     #[error("invalid Module: {0}")]
     InvalidModule(String),
+    /// A PreflightValidation the reconciler cannot act on (e.g. no uid yet).
+    #[error("invalid PreflightValidation: {0}")]
+    InvalidPreflight(String),
     /// Adding or removing the finalizer failed (or a wrapped apply/cleanup error).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
@@ -55,6 +58,7 @@ impl Error {
             Self::Kube { .. } => "kube_api",
             Self::StillUnloading { .. } => "still_unloading",
             Self::InvalidModule(_) => "invalid_module",
+            Self::InvalidPreflight(_) => "invalid_preflight",
             Self::Finalizer(_) => "finalizer",
         }
     }

@@ -7,6 +7,8 @@
 //! - [`labels`]: labels on the objects the controller creates;
 //! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`build`]: in-cluster build and sign Jobs for missing kernel images;
+//! - [`preflight`]: the PreflightValidation controller (leader only), every Module checked
+//!   against a coming kernel, built and signed with [`build`]'s Jobs;
 //! - [`webhook`]: admission webhooks (every replica), HTTPS;
 //! - [`agent_credentials`]: pull secrets for agents, on the webhook server.
 #![warn(missing_docs)]
@@ -18,6 +20,7 @@ pub mod error;
 pub mod labels;
 pub mod lease;
 pub mod metrics;
+pub mod preflight;
 pub mod reconcile;
 pub mod server;
 pub mod status;

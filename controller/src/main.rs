@@ -1,5 +1,6 @@
 //! `kmm-controller`: one leader per cluster (standbys wait on a Lease) runs the
-//! Module controller: finalizers, status, device-plugin DaemonSets.
+//! Module controller (finalizers, status, device-plugin DaemonSets, builds) and
+//! the PreflightValidation controller.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use kmm_controller::lease::{LeaderElector, LeaseConfig, default_identity};
 use kmm_controller::metrics::Metrics;
+use kmm_controller::preflight;
 use kmm_controller::reconcile::{self, Settings};
 use kmm_controller::server::{self, Readiness};
 use kmm_controller::webhook::WebhookSettings;
@@ -101,7 +103,8 @@ struct WebhookArgs {
     webhook_url: Option<String>,
 
     /// Only namespaces with these labels (key=value, comma-separated) are
-    /// subject to the webhooks (URL mode).
+    /// subject to the webhooks, and only PreflightValidations (cluster-scoped)
+    /// with them (URL mode).
     #[arg(long, env = "KMM_WEBHOOK_NAMESPACE_SELECTOR", value_parser = parse_labels, default_value = "")]
     webhook_namespace_selector: BTreeMap<String, String>,
 
@@ -232,8 +235,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             tokio::select! {
-                () = reconcile::run(client.clone(), metrics.clone(), settings) => {
+                () = reconcile::run(client.clone(), metrics.clone(), settings.clone()) => {
                     anyhow::bail!("controller stopped")
+                }
+                () = preflight::run(client.clone(), metrics.clone(), settings) => {
+                    anyhow::bail!("preflight controller stopped")
                 }
                 lost = lost => {
                     metrics.is_leader.set(0);

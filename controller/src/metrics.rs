@@ -43,6 +43,7 @@ struct UpstreamGauges {
     in_cluster_build: IntGauge,
     in_cluster_sign: IntGauge,
     device_plugin: IntGauge,
+    preflights: IntGauge,
     modprobe_args: IntGaugeVec,
     modprobe_raw_args: IntGaugeVec,
 }
@@ -63,6 +64,7 @@ impl UpstreamGauges {
                 "kmm_device_plugin_num",
                 "Number of existing KMMO Modules with DevicePlugin defined",
             )?,
+            preflights: IntGauge::new("kmm_preflight_num", "Number of existing KMMO Preflights")?,
             modprobe_args: IntGaugeVec::new(
                 Opts::new(
                     "kmm_modprobe_args",
@@ -85,6 +87,7 @@ impl UpstreamGauges {
         registry.register(Box::new(self.in_cluster_build.clone()))?;
         registry.register(Box::new(self.in_cluster_sign.clone()))?;
         registry.register(Box::new(self.device_plugin.clone()))?;
+        registry.register(Box::new(self.preflights.clone()))?;
         registry.register(Box::new(self.modprobe_args.clone()))?;
         registry.register(Box::new(self.modprobe_raw_args.clone()))
     }
@@ -176,6 +179,14 @@ impl Metrics {
         g.in_cluster_build.set(build);
         g.in_cluster_sign.set(sign);
         g.device_plugin.set(device_plugin);
+    }
+
+    /// Sets upstream KMM's `kmm_preflight_num` to the number of PreflightValidations (upstream
+    /// sets 1 once it reconciled any; the count says the same and more).
+    pub fn count_preflights(&self, n: usize) {
+        self.upstream
+            .preflights
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts a reconcile and times it until the guard drops.
@@ -272,6 +283,19 @@ mod tests {
         let text = m.render();
         assert!(text.contains("kmm_module_num 1"), "{text}");
         assert!(!text.contains("name=\"gpu\""), "{text}");
+    }
+
+    #[test]
+    fn preflight_gauge_has_upstreams_name_and_help() {
+        let m = Metrics::new().unwrap();
+        let text = m.render();
+        assert!(
+            text.contains("# HELP kmm_preflight_num Number of existing KMMO Preflights\n"),
+            "{text}"
+        );
+        assert!(text.contains("kmm_preflight_num 0\n"), "{text}");
+        m.count_preflights(2);
+        assert!(m.render().contains("kmm_preflight_num 2\n"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
@@ -52,6 +53,7 @@ pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
         for name in [
             "modules.kmm.sigs.x-k8s.io",
             "nodemodulesconfigs.kmm.sigs.x-k8s.io",
+            "preflightvalidations.kmm.sigs.x-k8s.io",
         ] {
             wait_for(Duration::from_secs(60), || async {
                 let crd = crds.get(name).await?;
@@ -258,4 +260,40 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Plays the end of a builder: the Job controller's own terminal status,
+/// failed (gave up) or succeeded.
+///
+/// # Errors
+/// API errors.
+pub async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) -> Result<()> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let cond = |t: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": t, "status": "True", "reason": reason, "message": message,
+            "lastProbeTime": now, "lastTransitionTime": now})
+    };
+    let patch = if succeeded {
+        let (reason, message) = (
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+        );
+        serde_json::json!({"status": {
+            "active": 0, "ready": 0, "terminating": 0, "succeeded": 1,
+            "completionTime": now,
+            "conditions": [cond("SuccessCriteriaMet", reason, message), cond("Complete", reason, message)],
+        }})
+    } else {
+        let (reason, message) = (
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        );
+        serde_json::json!({"status": {
+            "active": 0, "ready": 0, "terminating": 0, "failed": 3,
+            "conditions": [cond("FailureTarget", reason, message), cond("Failed", reason, message)],
+        }})
+    };
+    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }

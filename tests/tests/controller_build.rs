@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kmm_common::Module;
 use kmm_controller::build::job::{KERNEL_ANNOTATION, TARGET_IMAGE_ANNOTATION};
-use kmm_tests::cluster::{crd_namespace, create_node, delete_node_and_status, wait_for};
+use kmm_tests::cluster::{
+    crd_namespace, create_node, delete_node_and_status, finish_job, wait_for,
+};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::images::{push_fake_kmod, registry_addr};
@@ -231,39 +233,6 @@ fn observe_and_build(client: Client, ns: &str) -> Arc<Mutex<BTreeMap<String, Str
         }
     });
     out
-}
-
-/// Plays the end of a builder: the Job controller's own terminal status,
-/// failed (gave up) or succeeded.
-async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) -> Result<()> {
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let cond = |t: &str, reason: &str, message: &str| {
-        serde_json::json!({"type": t, "status": "True", "reason": reason, "message": message,
-            "lastProbeTime": now, "lastTransitionTime": now})
-    };
-    let patch = if succeeded {
-        let (reason, message) = (
-            "CompletionsReached",
-            "Reached expected number of succeeded pods",
-        );
-        serde_json::json!({"status": {
-            "active": 0, "ready": 0, "terminating": 0, "succeeded": 1,
-            "completionTime": now,
-            "conditions": [cond("SuccessCriteriaMet", reason, message), cond("Complete", reason, message)],
-        }})
-    } else {
-        let (reason, message) = (
-            "BackoffLimitExceeded",
-            "Job has reached the specified backoff limit",
-        );
-        serde_json::json!({"status": {
-            "active": 0, "ready": 0, "terminating": 0, "failed": 3,
-            "conditions": [cond("FailureTarget", reason, message), cond("Failed", reason, message)],
-        }})
-    };
-    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> Result<Vec<Event>> {

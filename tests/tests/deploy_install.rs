@@ -258,6 +258,7 @@ async fn the_webhooks_fail_closed_like_upstream() -> Result<()> {
         [
             ("namespace-deletion.kmm.sigs.x-k8s.io", "Fail"),
             ("vmodule.kmm.sigs.x-k8s.io", "Fail"),
+            ("vpreflightvalidation.kmm.sigs.x-k8s.io", "Fail"),
         ]
     );
     Ok(())
@@ -449,6 +450,18 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
                 "--subresource=finalizers",
             ],
             &["watch", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            // PreflightValidations: watched, status written, Jobs owned.
+            &["watch", "preflightvalidations.kmm.sigs.x-k8s.io"],
+            &[
+                "patch",
+                "preflightvalidations.kmm.sigs.x-k8s.io",
+                "--subresource=status",
+            ],
+            &[
+                "update",
+                "preflightvalidations.kmm.sigs.x-k8s.io",
+                "--subresource=finalizers",
+            ],
             &["patch", "nodes"],
             &["patch", "namespaces"],
             &["watch", "pods", "-A"],
@@ -487,6 +500,9 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["create", "pods", "-n", "ns1"],
             &["delete", "pods", "-n", "ns1"],
             &["delete", "modules.kmm.sigs.x-k8s.io", "-n", "ns1"],
+            &["create", "preflightvalidations.kmm.sigs.x-k8s.io"],
+            &["patch", "preflightvalidations.kmm.sigs.x-k8s.io"],
+            &["delete", "preflightvalidations.kmm.sigs.x-k8s.io"],
             &["create", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
             &[
                 "patch",

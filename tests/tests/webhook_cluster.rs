@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
-use kmm_common::Module;
+use kmm_common::{Module, PreflightValidation};
 use kmm_tests::cluster::{WebhookConfigGuard, crd_namespace, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
@@ -231,6 +231,67 @@ async fn invalid_regexp_is_refused_and_valid_module_admitted() -> Result<()> {
         "configuration left after SIGTERM; log:\n{}",
         f.controller.log()
     );
+    f.finish().await
+}
+
+/// A PreflightValidation labelled for this test's configuration (PreflightValidations are
+/// cluster-scoped: URL mode selects them by their own labels).
+fn preflight(f: &Fixture, name: &str, kernel: &str) -> PreflightValidation {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta2", "kind": "PreflightValidation",
+        "metadata": {"name": name, "labels": {SELECTOR_KEY: &f.ns_name}},
+        "spec": {"kernelVersion": kernel},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preflight_whose_kernel_version_is_not_one_is_refused_like_upstream() -> Result<()> {
+    let f = Fixture::new("webhook-pfv").await?;
+    f.wait_webhook_active().await?;
+    let api: Api<PreflightValidation> = Api::all(f.client.clone());
+    let bad = format!("{}-bad", f.ns_name);
+    let err = api
+        .create(&PostParams::default(), &preflight(&f, &bad, "6.1"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    assert_eq!(status.code, 403, "{status:?}");
+    assert!(
+        status
+            .message
+            .contains("vpreflightvalidation.kmm.sigs.x-k8s.io")
+            && status.message.contains("invalid kernelVersion 6.1"),
+        "{status:?}"
+    );
+    assert!(api.get_opt(&bad).await?.is_none());
+
+    let good = format!("{}-good", f.ns_name);
+    api.create(
+        &PostParams::default(),
+        &preflight(&f, &good, "6.1.0-31-amd64"),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "valid PreflightValidation refused; log:\n{}",
+            f.controller.log()
+        )
+    })?;
+    // UPDATE is checked alike.
+    let patch = serde_json::json!({"spec": {"kernelVersion": ""}});
+    let err = api
+        .patch(&good, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.kernelVersion: cannot be empty"),
+        "{err}"
+    );
+    api.delete(&good, &DeleteParams::default()).await?;
     f.finish().await
 }
 

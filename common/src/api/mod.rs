@@ -1,5 +1,7 @@
-//! API types: `Module` and `NodeModulesConfig` (`kmm.sigs.x-k8s.io/v1beta1`).
+//! API types: `Module` and `NodeModulesConfig` (`kmm.sigs.x-k8s.io/v1beta1`), and
+//! `PreflightValidation` (`v1beta2`).
 
 pub mod cel;
 pub mod module;
 pub mod nmc;
+pub mod preflight;

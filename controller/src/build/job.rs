@@ -30,6 +30,11 @@ pub const KERNEL_ANNOTATION: &str = "kmm.node.kubernetes.io/kernel-version";
 /// Annotation set on a Job once its `BuildSucceeded`/`SignSucceeded` event
 /// went out, so a restart or a new leader never reports it twice.
 pub const SUCCEEDED_REPORTED_ANNOTATION: &str = "kmm.node.kubernetes.io/succeeded-event-sent";
+/// Label naming the PreflightValidation a preflight Job verifies for (instead of
+/// [`MODULE_NAME_LABEL`], so the Module's own build step never collects it).
+pub const PREFLIGHT_LABEL: &str = "kmm.node.kubernetes.io/preflight.name";
+/// Label naming the Module a preflight Job builds or signs for.
+pub const PREFLIGHT_MODULE_LABEL: &str = "kmm.node.kubernetes.io/preflight.module";
 /// Annotation with the image a Job pushes.
 pub const TARGET_IMAGE_ANNOTATION: &str = "kmm.node.kubernetes.io/target-image";
 /// The ConfigMap key holding the Dockerfile (upstream KMM's).
@@ -98,6 +103,22 @@ pub struct Step {
     pub tolerations: Vec<Toleration>,
     /// The image running the signer (`kmmctl`); part of the hash.
     pub signer_image: String,
+    /// Run for a PreflightValidation rather than for the Module's nodes. Left out of the hash
+    /// when `None`, so the Module's own Jobs keep their names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<Preflight>,
+}
+
+/// A step run for a PreflightValidation: its own Job (own hash and name, owned by the
+/// PreflightValidation), and a build that pushes only with `pushBuiltImage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preflight {
+    /// The PreflightValidation's name.
+    pub name: String,
+    /// `spec.pushBuiltImage`: without it a build only proves the image builds (kaniko
+    /// `--no-push`, as upstream).
+    pub push: bool,
 }
 
 impl Step {
@@ -111,8 +132,10 @@ impl Step {
     /// `<module>-<build|sign>-<hash>`, the module part shortened so the name
     /// stays a valid label value (≤ 63), which the Job controller needs for
     /// its `job-name` pod label.
+    /// Preflight Jobs are `<module>-pfv-<build|sign>-<hash>`.
     pub fn job_name(&self) -> String {
-        let suffix = format!("-{}-{}", self.kind.as_str(), self.hash());
+        let pfv = if self.preflight.is_some() { "-pfv" } else { "" };
+        let suffix = format!("{pfv}-{}-{}", self.kind.as_str(), self.hash());
         let room = 63 - suffix.len();
         let module: String = self.module.chars().take(room).collect();
         format!("{}{suffix}", module.trim_end_matches(['-', '.']))
@@ -125,8 +148,14 @@ pub fn job(step: &Step, owner: OwnerReference) -> Job {
         StepKind::Build => build_pod(step),
         StepKind::Sign => sign_pod(step),
     };
+    let owner_labels = match &step.preflight {
+        None => vec![(MODULE_NAME_LABEL.to_string(), step.module.clone())],
+        Some(p) => vec![
+            (PREFLIGHT_LABEL.to_string(), label_value(&p.name)),
+            (PREFLIGHT_MODULE_LABEL.to_string(), step.module.clone()),
+        ],
+    };
     let mut labels = BTreeMap::from([
-        (MODULE_NAME_LABEL.to_string(), step.module.clone()),
         (HASH_LABEL.to_string(), step.hash()),
         (JOB_TYPE_LABEL.to_string(), step.kind.as_str().to_string()),
         (
@@ -134,6 +163,7 @@ pub fn job(step: &Step, owner: OwnerReference) -> Job {
             MANAGED_BY.to_string(),
         ),
     ]);
+    labels.extend(owner_labels);
     let annotations = BTreeMap::from([
         (KERNEL_ANNOTATION.to_string(), step.kernel.clone()),
         (
@@ -178,6 +208,13 @@ pub fn job(step: &Step, owner: OwnerReference) -> Job {
     }
 }
 
+/// `name` as a label value: object names may be longer than the 63 characters a label value
+/// may have (the label only informs; Jobs are matched to their owner by owner reference).
+fn label_value(name: &str) -> String {
+    let short: String = name.chars().take(63).collect();
+    short.trim_end_matches(['-', '.']).to_string()
+}
+
 /// The build args of a build step: the user's, then the four upstream adds
 /// unless the user set the same name. `KERNEL_VERSION` equals
 /// `KERNEL_FULL_VERSION`, as upstream KMM passes it.
@@ -203,20 +240,25 @@ pub fn build_args(step: &Step) -> Vec<(String, String)> {
 
 fn build_pod(step: &Step) -> (Container, Vec<Volume>, BTreeMap<String, String>) {
     let build = step.build.clone().unwrap_or_default();
+    let push = step.preflight.as_ref().is_none_or(|p| p.push);
     let mut args = vec![
         "--dockerfile=/workspace/Dockerfile".to_string(),
         "--context=dir:///workspace".to_string(),
-        format!("--destination={}", step.target_image),
+        if push {
+            format!("--destination={}", step.target_image)
+        } else {
+            "--no-push".to_string()
+        },
     ];
     args.extend(
         build_args(step)
             .into_iter()
             .map(|(n, v)| format!("--build-arg={n}={v}")),
     );
-    if step.target_tls.insecure {
+    if push && step.target_tls.insecure {
         args.push("--insecure".into());
     }
-    if step.target_tls.insecure_skip_tls_verify {
+    if push && step.target_tls.insecure_skip_tls_verify {
         args.push("--skip-tls-verify".into());
     }
     let base_tls = build.base_image_registry_tls.clone().unwrap_or_default();

@@ -238,6 +238,26 @@ pub struct ChainInput {
     pub signer_image: String,
 }
 
+impl ChainInput {
+    /// The inputs of `module` (in namespace `ns`), sign Jobs running `signer_image`.
+    pub fn of(module: &kmm_common::Module, ns: &str, signer_image: &str) -> Self {
+        use kube::ResourceExt as _;
+        Self {
+            namespace: ns.to_owned(),
+            module: module.name_any(),
+            image_repo_secret: module
+                .spec
+                .image_repo_secret
+                .as_ref()
+                .map(|s| s.name.clone())
+                .filter(|s| !s.is_empty()),
+            trigger_generation: module.spec.image_rebuild_trigger_generation,
+            tolerations: module.spec.tolerations.clone(),
+            signer_image: signer_image.to_owned(),
+        }
+    }
+}
+
 /// The steps `target` needs, in order (empty without build and sign).
 /// `dockerfile` is the content of the build's ConfigMap.
 pub fn chain(
@@ -261,6 +281,7 @@ pub fn chain(
         trigger_generation: input.trigger_generation,
         tolerations: input.tolerations.clone(),
         signer_image: String::new(),
+        preflight: None,
     };
     let build = target.build.as_ref().map(|b| Step {
         build: Some(b.clone()),

@@ -95,19 +95,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<B
                 .as_ref()
                 .and_then(|s| s.image_rebuild_trigger_generation);
     let targets = kernels_to_build(module, ctx);
-    let input = ChainInput {
-        namespace: ns.to_owned(),
-        module: name.clone(),
-        image_repo_secret: module
-            .spec
-            .image_repo_secret
-            .as_ref()
-            .map(|s| s.name.clone())
-            .filter(|s| !s.is_empty()),
-        trigger_generation: module.spec.image_rebuild_trigger_generation,
-        tolerations: module.spec.tolerations.clone(),
-        signer_image: ctx.signer_image.to_owned(),
-    };
+    let input = ChainInput::of(module, ns, ctx.signer_image);
     let jobs: Vec<JobView> = ctx
         .jobs
         .state()
@@ -127,7 +115,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<B
         delete_jobs(ns, names, ctx).await?;
         return Ok(BuildReport::default());
     }
-    let auth = match registry_auth(module, ns, ctx).await {
+    let auth = match registry_auth(ctx.client, module, ns).await {
         Ok(auth) => auth,
         Err(message) => {
             tracing::warn!(reason = "ImageRepoSecretInvalid", "{message}");
@@ -138,7 +126,7 @@ pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<B
     let mut problems: Vec<(String, String)> = Vec::new();
     for target in targets.values() {
         let dockerfile = match &target.build {
-            Some(b) => match dockerfile(ns, &b.dockerfile_config_map.name, ctx).await {
+            Some(b) => match dockerfile(ctx.client, ns, &b.dockerfile_config_map.name).await {
                 Ok(d) => Some(d),
                 Err(message) => {
                     problems.push(("DockerfileUnavailable".into(), message));
@@ -148,7 +136,11 @@ pub async fn sync(module: &Module, ns: &str, ctx: &BuildContext<'_>) -> Result<B
             None => None,
         };
         let chain = plan::chain(&input, target, dockerfile.as_deref());
-        let facts = match facts(&chain, target, auth.as_ref(), ctx).await {
+        let registry = Registry {
+            lookups: ctx.image_lookups,
+            auth: auth.as_ref(),
+        };
+        let facts = match registry.facts(&chain, target).await {
             Ok(f) => f,
             Err(problem) => {
                 problems.push(problem);
@@ -223,10 +215,12 @@ fn kernels_to_build(module: &Module, ctx: &BuildContext<'_>) -> BTreeMap<String,
     out
 }
 
-async fn registry_auth(
+/// The Module's `imageRepoSecret` as registry credentials (`None` without one); an error is a
+/// message for the status.
+pub(crate) async fn registry_auth(
+    client: &Client,
     module: &Module,
     ns: &str,
-    ctx: &BuildContext<'_>,
 ) -> std::result::Result<Option<DockerConfig>, String> {
     let Some(secret) = module
         .spec
@@ -236,7 +230,7 @@ async fn registry_auth(
     else {
         return Ok(None);
     };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = api
         .get(&secret.name)
         .await
@@ -252,12 +246,13 @@ async fn registry_auth(
         .map_err(|e| format!("imageRepoSecret {ns}/{}: {e}", secret.name))
 }
 
-async fn dockerfile(
+/// The Dockerfile of a build (`dockerfileConfigMap`); an error is a message for the status.
+pub(crate) async fn dockerfile(
+    client: &Client,
     ns: &str,
     name: &str,
-    ctx: &BuildContext<'_>,
 ) -> std::result::Result<String, String> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let cm = api
         .get(name)
         .await
@@ -267,34 +262,55 @@ async fn dockerfile(
         .ok_or_else(|| format!("dockerfileConfigMap {ns}/{name} has no '{DOCKERFILE_KEY}' key"))
 }
 
-/// Asks the registry about the final image and, for build+sign, the
-/// intermediate one. Errors are a reason and a message for the status.
-async fn facts(
-    chain: &[job::Step],
-    target: &ResolvedMapping,
-    auth: Option<&DockerConfig>,
-    ctx: &BuildContext<'_>,
-) -> std::result::Result<Facts, (String, String)> {
-    let image_exists = exists(&target.container_image, &target.registry_tls, auth, ctx).await?;
-    let unsigned_exists = match chain {
-        [build, _sign] if !image_exists => {
-            exists(&build.target_image, &build.target_tls, auth, ctx).await?
-        }
-        _ => false,
-    };
-    Ok(Facts {
-        image_exists,
-        unsigned_exists,
-    })
+/// How to ask registries whether images exist.
+#[derive(Clone, Copy)]
+pub(crate) struct Registry<'a> {
+    /// Recent positive answers.
+    pub lookups: &'a ImageLookups,
+    /// The Module's registry credentials.
+    pub auth: Option<&'a DockerConfig>,
+}
+
+impl Registry<'_> {
+    /// Asks the registry about the final image and, for build+sign, the
+    /// intermediate one. Errors are a reason and a message for the status.
+    pub(crate) async fn facts(
+        &self,
+        chain: &[job::Step],
+        target: &ResolvedMapping,
+    ) -> std::result::Result<Facts, (String, String)> {
+        let image_exists = self
+            .exists(&target.container_image, &target.registry_tls)
+            .await?;
+        let unsigned_exists = match chain {
+            [build, _sign] if !image_exists => {
+                self.exists(&build.target_image, &build.target_tls).await?
+            }
+            _ => false,
+        };
+        Ok(Facts {
+            image_exists,
+            unsigned_exists,
+        })
+    }
+
+    /// Whether `image` is in its registry.
+    pub(crate) async fn exists(
+        &self,
+        image: &str,
+        tls: &TlsOptions,
+    ) -> std::result::Result<bool, (String, String)> {
+        exists(image, tls, self.auth, self.lookups).await
+    }
 }
 
 async fn exists(
     image: &str,
     tls: &TlsOptions,
     auth: Option<&DockerConfig>,
-    ctx: &BuildContext<'_>,
+    lookups: &ImageLookups,
 ) -> std::result::Result<bool, (String, String)> {
-    if ctx.image_lookups.fresh(image) {
+    if lookups.fresh(image) {
         return Ok(true);
     }
     // E.g. upstream's intermediate tag of a long namespace and name exceeds
@@ -318,7 +334,7 @@ async fn exists(
         .map_err(|e| ("RegistryUnavailable".to_string(), e.to_string()))?
         .is_some();
     if found {
-        ctx.image_lookups.remember(image);
+        lookups.remember(image);
     }
     Ok(found)
 }

@@ -108,7 +108,8 @@ impl Context {
     }
 }
 
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+/// `Api::namespaced` for `Some(ns)`, `Api::all` otherwise.
+pub(crate) fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {

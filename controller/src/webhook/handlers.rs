@@ -1,6 +1,7 @@
 //! The admission endpoints: `/validate-namespace` (refuse deleting a namespace
-//! that still holds Modules) and `/validate-module` (upstream's Module
-//! checks, and a warning when another Module loads the same kernel module).
+//! that still holds Modules), `/validate-module` (upstream's Module
+//! checks, and a warning when another Module loads the same kernel module) and
+//! `/validate-preflightvalidation` (upstream's PreflightValidation checks).
 //! The decisions are pure functions; the handlers only decode, look up and
 //! encode.
 
@@ -11,7 +12,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Namespace;
-use kmm_common::{Module, validate_module, validate_module_update};
+use kmm_common::{
+    Module, PreflightValidation, validate_module, validate_module_update, validate_preflight,
+};
 use kube::api::{Api, ListParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::{Client, ResourceExt};
@@ -21,6 +24,8 @@ use serde::de::DeserializeOwned;
 pub const NAMESPACE_PATH: &str = "/validate-namespace";
 /// Path of the Module webhook.
 pub const MODULE_PATH: &str = "/validate-module";
+/// Path of the PreflightValidation webhook.
+pub const PREFLIGHT_PATH: &str = "/validate-preflightvalidation";
 
 /// The denial for deleting namespace `ns` that holds `modules`, or `None` when it holds none.
 pub fn namespace_denial(ns: &str, modules: &[String]) -> Option<String> {
@@ -48,6 +53,17 @@ pub fn module_denial(op: &Operation, old: Option<&Module>, new: Option<&Module>)
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+/// The denial for a PreflightValidation create/update, or `None` to admit (upstream checks the
+/// new object alike on both).
+pub fn preflight_denial(op: &Operation, new: Option<&PreflightValidation>) -> Option<String> {
+    match (op, new) {
+        (Operation::Create | Operation::Update, Some(new)) => {
+            validate_preflight(&new.spec).err().map(|e| e.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// The kernel module a Module loads (`modprobe.moduleName`), as the kernel names it
@@ -97,6 +113,7 @@ pub fn router(client: Client) -> Router {
     Router::new()
         .route(NAMESPACE_PATH, post(validate_namespace))
         .route(MODULE_PATH, post(validate_module_handler))
+        .route(PREFLIGHT_PATH, post(validate_preflight_handler))
         .with_state(client)
 }
 
@@ -189,6 +206,21 @@ async fn validate_module_handler(State(client): State<Client>, body: Bytes) -> R
     reply(resp)
 }
 
+async fn validate_preflight_handler(body: Bytes) -> Response {
+    let req = match decode::<PreflightValidation>(&body) {
+        Ok(req) => req,
+        Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+    };
+    let resp = AdmissionResponse::from(&req);
+    match preflight_denial(&req.operation, req.object.as_ref()) {
+        Some(msg) => {
+            tracing::info!(preflight = %req.name, %msg, "refusing PreflightValidation");
+            reply(forbid(resp, msg))
+        }
+        None => reply(resp),
+    }
+}
+
 /// [`shared_kernel_module_warnings`] against every Module in the cluster. A warning is advice:
 /// when the list fails the Module is admitted without it.
 async fn sharing_warnings(client: &Client, module: &Module) -> Vec<String> {
@@ -266,6 +298,29 @@ mod tests {
         let mut raw = named("ns", "raw", "");
         raw.spec.module_loader = None;
         assert!(shared_kernel_module_warnings(&raw, &others).is_empty());
+    }
+
+    #[test]
+    fn preflight_denial_checks_the_kernel_version_on_create_and_update() {
+        let pfv = |kernel: &str| -> PreflightValidation {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "kmm.sigs.x-k8s.io/v1beta2", "kind": "PreflightValidation",
+                "metadata": {"name": "p"},
+                "spec": {"kernelVersion": kernel}
+            }))
+            .unwrap()
+        };
+        let (good, short, empty) = (pfv("6.1.0-31-amd64"), pfv("6.1"), pfv(""));
+        for op in [Operation::Create, Operation::Update] {
+            assert_eq!(preflight_denial(&op, Some(&good)), None);
+            let msg = preflight_denial(&op, Some(&short)).unwrap();
+            assert!(msg.contains("invalid kernelVersion 6.1"), "{msg}");
+            assert_eq!(
+                preflight_denial(&op, Some(&empty)).unwrap(),
+                "spec.kernelVersion: cannot be empty"
+            );
+        }
+        assert_eq!(preflight_denial(&Operation::Delete, None), None);
     }
 
     #[test]

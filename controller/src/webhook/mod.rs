@@ -1,6 +1,7 @@
 //! Admission webhooks served by every controller replica over HTTPS:
 //!
-//! - [`handlers`]: `/validate-namespace` and `/validate-module`;
+//! - [`handlers`]: `/validate-namespace`, `/validate-module` and
+//!   `/validate-preflightvalidation`;
 //! - [`certs`]: serving certificates, self-managed (rcgen) or from a directory;
 //! - [`tls`]: the TLS listener for axum;
 //! - [`register`]: the ValidatingWebhookConfiguration (full in URL mode, the
@@ -37,7 +38,8 @@ pub struct WebhookSettings {
     pub service_namespace: String,
     /// Base URL the API server calls instead of the Service (URL mode).
     pub url: Option<String>,
-    /// namespaceSelector.matchLabels of both webhooks (URL mode).
+    /// namespaceSelector.matchLabels of the namespaced webhooks, objectSelector of the
+    /// PreflightValidation one (URL mode).
     pub namespace_selector: BTreeMap<String, String>,
 }
 

@@ -18,12 +18,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 
-use super::handlers::{MODULE_PATH, NAMESPACE_PATH};
+use super::handlers::{MODULE_PATH, NAMESPACE_PATH, PREFLIGHT_PATH};
 
 /// Name of the Namespace webhook inside the configuration.
 pub const NAMESPACE_WEBHOOK: &str = "namespace-deletion.kmm.sigs.x-k8s.io";
 /// Name of the Module webhook inside the configuration.
 pub const MODULE_WEBHOOK: &str = "vmodule.kmm.sigs.x-k8s.io";
+/// Name of the PreflightValidation webhook inside the configuration.
+pub const PREFLIGHT_WEBHOOK: &str = "vpreflightvalidation.kmm.sigs.x-k8s.io";
 /// How many CAs a service-mode bundle keeps (one per live replica, plus restarts).
 const MAX_BUNDLE_CAS: usize = 5;
 const FIELD_MANAGER: &str = "kmm-controller-webhook";
@@ -49,7 +51,8 @@ pub struct Registration {
     pub config_name: String,
     /// How the API server reaches us.
     pub target: Target,
-    /// `namespaceSelector.matchLabels` of both webhooks (URL mode; empty = all).
+    /// `namespaceSelector.matchLabels` of the namespaced webhooks, `objectSelector` of the
+    /// PreflightValidation one (URL mode; empty = all).
     pub namespace_selector: BTreeMap<String, String>,
     /// The CA (PEM) that signed the serving certificate.
     pub ca_pem: String,
@@ -130,6 +133,27 @@ pub fn url_configuration(reg: &Registration, base: &str) -> ValidatingWebhookCon
                     scope: Some("Namespaced".into()),
                 },
             ),
+            // Cluster-scoped, so a namespaceSelector cannot restrict it: the same labels
+            // select the objects themselves (a test's configuration sees its own only).
+            ValidatingWebhook {
+                namespace_selector: None,
+                object_selector: selector.clone(),
+                ..webhook(
+                    PREFLIGHT_WEBHOOK,
+                    PREFLIGHT_PATH,
+                    RuleWithOperations {
+                        api_groups: Some(vec![
+                            <kmm_common::PreflightValidation as kube::Resource>::group(&())
+                                .to_string(),
+                        ]),
+                        // The default matchPolicy (Equivalent) sends v1beta1 requests too.
+                        api_versions: Some(vec!["v1beta2".into()]),
+                        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                        resources: Some(vec!["preflightvalidations".into()]),
+                        scope: Some("Cluster".into()),
+                    },
+                )
+            },
         ]),
     }
 }
@@ -266,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn url_configuration_scopes_both_webhooks() {
+    fn url_configuration_scopes_every_webhook() {
         let reg = Registration {
             config_name: "t".into(),
             target: Target::Url("https://127.0.0.1:1/".into()),
@@ -275,7 +299,7 @@ mod tests {
         };
         let cfg = url_configuration(&reg, "https://127.0.0.1:1/");
         let whs = cfg.webhooks.unwrap();
-        assert_eq!(whs.len(), 2);
+        assert_eq!(whs.len(), 3);
         for wh in &whs {
             assert!(
                 wh.client_config
@@ -284,7 +308,12 @@ mod tests {
                     .unwrap()
                     .starts_with("https://127.0.0.1:1/validate-")
             );
-            let sel = wh.namespace_selector.as_ref().unwrap();
+            let sel = if wh.name == PREFLIGHT_WEBHOOK {
+                assert!(wh.namespace_selector.is_none());
+                wh.object_selector.as_ref().unwrap()
+            } else {
+                wh.namespace_selector.as_ref().unwrap()
+            };
             assert_eq!(sel.match_labels.as_ref().unwrap()["k"], "v");
             assert_eq!(wh.side_effects, "None");
             assert_eq!(wh.timeout_seconds, Some(5));
