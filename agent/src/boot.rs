@@ -147,6 +147,7 @@ fn load_record(
 ) -> Result<LoadOutcome, RecordError> {
     let req = LoadRequest::new(&rec.module_dir, &rec.module_name)
         .with_parameters(rec.parameters.iter().cloned())
+        .first_time(rec.first_time.load)
         .with_loading_order(&rec.modules_loading_order)?;
     let steps = LoadSteps {
         request: &req,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::state::{LoadedModule, ModuleKey, NodeState};
+use crate::state::{FirstTime, LoadedModule, ModuleKey, NodeState};
 
 /// Registry access options for one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,16 +28,19 @@ pub struct DesiredLoad {
     pub registry: RegistryAccess,
     /// `imageRepoSecret` name, in the Module's namespace.
     pub pull_secret: Option<String>,
-    /// `modprobe.moduleName`.
+    /// `modprobe.moduleName`, or the last module `rawArgs.load` names.
     pub module_name: String,
-    /// `modprobe.dirName`.
+    /// `modprobe.dirName`, or the `-d` of `args.load` / `rawArgs.load`.
     pub dir_name: String,
-    /// `modprobe.parameters`.
+    /// `modprobe.parameters`, or those of `rawArgs.load`.
     pub parameters: Vec<String>,
     /// `modprobe.firmwarePath`, empty when unset.
     pub firmware_path: String,
-    /// `modulesLoadingOrder` as the Module gives it (`[moduleName, dep_a, …]`), empty if unset.
+    /// `modulesLoadingOrder` as the Module gives it (`[moduleName, dep_a, …]`), or the
+    /// modules of `rawArgs.load -a` in that form (last loaded first); empty for one module.
     pub modules_loading_order: Vec<String>,
+    /// `--first-time` of the load and unload command lines.
+    pub first_time: FirstTime,
     /// In-tree modules to remove before loading.
     pub in_tree_to_remove: Vec<String>,
     /// `version`, for ordered upgrade.
@@ -45,14 +48,15 @@ pub struct DesiredLoad {
     /// The mapping has `build` or `sign`: the controller produces the image,
     /// so while the registry does not have it the node waits, not fails.
     pub built_in_cluster: bool,
-    /// Why this cannot be loaded as asked (e.g. `modprobe.args`, which has no
-    /// libkmod equivalent); reported as an error instead of loading.
+    /// Why this cannot be loaded as asked (e.g. a `modprobe.rawArgs` flag the agent
+    /// refuses); reported as an error instead of loading.
     pub rejected: Option<String>,
 }
 
 impl DesiredLoad {
     /// Whether what is loaded already fulfils this, without looking at the registry:
-    /// same kernel, image reference, modules, parameters and version.
+    /// same kernel, image reference, modules, parameters, version and `--first-time` flags
+    /// (a changed command line is a changed spec: replaced like changed parameters).
     pub fn satisfied_by(&self, loaded: &LoadedModule) -> bool {
         loaded.kernel == self.kernel
             && loaded.image == self.image
@@ -60,6 +64,7 @@ impl DesiredLoad {
             && loaded.modules_loading_order == self.modules_loading_order
             && loaded.parameters == self.parameters
             && loaded.version == self.version
+            && loaded.first_time == self.first_time
     }
 }
 
@@ -209,6 +214,7 @@ mod tests {
             parameters: vec!["rd_nr=3".into()],
             firmware_path: String::new(),
             modules_loading_order: vec![],
+            first_time: FirstTime::default(),
             in_tree_to_remove: vec![],
             version: version.map(str::to_string),
             rejected: None,
@@ -233,6 +239,7 @@ mod tests {
             loaded_at: String::new(),
             module_uid: None,
             srcversions: Default::default(),
+            first_time: w.first_time,
         }
     }
 

@@ -132,6 +132,28 @@ pub struct LoadedModule {
     /// name is ours only if its srcversion matches.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub srcversions: BTreeMap<String, String>,
+    /// `--first-time` of the Module's load and unload command lines, so the unload (after
+    /// the Module is gone) and the boot path honour it as the load did.
+    #[serde(default, skip_serializing_if = "FirstTime::is_unset")]
+    pub first_time: FirstTime,
+}
+
+/// `--first-time` (modprobe's "fail if already inserted or removed") of a Module's load and
+/// unload command lines (`modprobe.args` or `rawArgs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstTime {
+    /// The load fails if one of its modules is already in the kernel.
+    #[serde(default)]
+    pub load: bool,
+    /// The unload fails if one of the modules it removes is not in the kernel.
+    #[serde(default)]
+    pub unload: bool,
+}
+
+impl FirstTime {
+    fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl LoadedModule {
@@ -399,6 +421,7 @@ mod tests {
             loaded_at: "2026-11-25T00:00:00Z".into(),
             module_uid: None,
             srcversions: BTreeMap::new(),
+            first_time: FirstTime::default(),
         }
     }
 

@@ -135,6 +135,7 @@ fn dependencies_loaded_before_us_survive_when_asked() {
     let none = UnloadRequest {
         modules: vec!["mid".into()],
         deps: DepPolicy::None,
+        ..UnloadRequest::default()
     };
     assert_eq!(k.unload(&none).unwrap().removed, ["mid"]);
     assert!(k.is_loaded("core").unwrap());

@@ -13,6 +13,8 @@
 //!   there ([`ResolvedMapping`]), or an [`Ineligible`] reason a user can read.
 //! - [`labels`]: node label keys, the finalizer and the namespace label.
 //! - [`nmc`]: how a `NodeModulesConfig` status is read (which entry, loaded or not).
+//! - [`modprobe_args`]: `modprobe.args` / `rawArgs` read as modprobe command lines, mapped
+//!   onto what the agent loads and unloads (refused flags named, for the webhook and agent).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -45,6 +47,7 @@ pub mod api;
 pub mod crd;
 pub mod image;
 pub mod labels;
+pub mod modprobe_args;
 pub mod nmc;
 pub mod reason;
 pub mod targeting;

@@ -109,7 +109,40 @@ const CASES: &[Case] = &[
     case(
         "rawArgs without moduleName is fine",
         "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
-        "rawArgs: {load: [a], unload: [b]}\n",
+        "rawArgs: {load: [-v, a, p=1], unload: [-rv, a]}\n",
+        None,
+    ),
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "rawArgs flag the agent refuses",
+            "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+            "rawArgs: {load: [-v, --force, a], unload: [-r, a]}\n",
+            Some("spec.moduleLoader.container.modprobe.rawArgs.load[1]"),
+        )
+    },
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "rawArgs unload that does not remove",
+            "moduleName: mod_a\n      modulesLoadingOrder: [mod_a, mod_b]\n",
+            "rawArgs: {load: [a], unload: [a]}\n",
+            Some("spec.moduleLoader.container.modprobe.rawArgs.unload"),
+        )
+    },
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "args flag the agent refuses",
+            "moduleName: mod_a\n",
+            "moduleName: mod_a\n      args: {load: [-v], unload: [--wait, \"5\"]}\n",
+            Some("spec.moduleLoader.container.modprobe.args.unload[0]"),
+        )
+    },
+    case(
+        "args with flags the agent maps",
+        "moduleName: mod_a\n",
+        "moduleName: mod_a\n      args: {load: [-v, --first-time, -d, /tmp/opt], unload: [--first-time]}\n",
         None,
     ),
     case(

@@ -379,12 +379,13 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
         .unwrap_or_default();
     assert!(left.is_empty(), "partial unpack left behind: {left:?}");
 
-    // modprobe.args has no libkmod equivalent: refused with a reason, not ignored.
+    // A modprobe flag the agent refuses (admission would refuse it too; no webhook here):
+    // refused with a reason naming the argument, not ignored.
     push_fake_kmod(&f.image("withargs"), KVER, &[("withargs", &[])], &[]).await?;
     let yaml = module(&f.node, "withargs", &f.image("withargs"))
         .merge(json!({"spec": {"moduleLoader": {"container": {"modprobe": {
             "parameters": null,
-            "args": {"load": ["-v"]},
+            "args": {"load": ["-v", "--force"]},
         }}}}}))
         .manifest();
     f.apply(&yaml).await?;
@@ -401,7 +402,12 @@ async fn corrupt_or_missing_image_reports_an_error_and_loads_nothing() -> Result
         .and_then(|s| s.last_error)
         .unwrap();
     assert_eq!(err.reason, "InvalidModuleSpec", "{err:?}");
-    assert!(err.message.contains("modprobe.args"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("modprobe.args.load[1]: --force is not supported"),
+        "{}",
+        err.message
+    );
     f.finish().await
 }
 

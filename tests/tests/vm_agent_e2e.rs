@@ -234,6 +234,84 @@ async fn loading_order_and_in_tree_removal_on_a_real_kernel() -> Result<()> {
     e.finish().await
 }
 
+/// A Module of `modprobe.rawArgs` only (no moduleName), as upstream's worker runs them.
+fn raw_args_module(node: &str, name: &str, image: &str, load: &[&str], unload: &[&str]) -> String {
+    ModuleBuilder::new(name)
+        .own_node(node)
+        .insecure_mapping("^.+-amd64$", image)
+        .merge(json!({"spec": {"moduleLoader": {"container": {"modprobe": {
+            "moduleName": null,
+            "rawArgs": {"load": load, "unload": unload},
+        }}}}}))
+        .manifest()
+}
+
+/// `rawArgs` on a real kernel: `brd` with parameters; with `-a` (and `-d` in the form
+/// upstream's worker uses, `/tmp/opt` for the image's `/opt`) two modules, one with a
+/// dependency; deleting the Modules unloads everything their loads inserted.
+#[tokio::test]
+async fn raw_args_load_with_parameters_and_several_modules_then_unload_on_a_real_kernel()
+-> Result<()> {
+    let e = E2e::new("e2e-raw", &[]).await?;
+    let kver = e.node.kernel.release.clone();
+    let repo = format!("{}/raw", e.ns());
+    push_kernel_modules(
+        &e.node.kernel,
+        &repo,
+        &kver,
+        &["brd", "null_blk", "dummy"],
+        &[],
+    )
+    .await?;
+    let image = format!("{}/{repo}:{kver}", guest_registry());
+    e.apply(&raw_args_module(
+        &e.node.node,
+        "raw",
+        &image,
+        &["-v", "brd", "rd_nr=2", "rd_size=4096"],
+        &["-rv", "brd"],
+    ))
+    .await?;
+    e.apply(&raw_args_module(
+        &e.node.node,
+        "raw-all",
+        &image,
+        &[
+            "-va",
+            "--first-time",
+            "--dirname=/tmp/opt",
+            "null_blk",
+            "dummy",
+        ],
+        &["-r", "null_blk", "dummy"],
+    ))
+    .await?;
+    e.wait_ready("raw", true).await?;
+    e.wait_ready("raw-all", true).await?;
+    for (param, value) in [("rd_nr", "2"), ("rd_size", "4096")] {
+        assert_eq!(
+            e.node
+                .read(&format!("/sys/module/brd/parameters/{param}"))
+                .await?
+                .as_deref(),
+            Some(value),
+            "{param}"
+        );
+    }
+    for m in ["brd", "null_blk", "configfs", "dummy"] {
+        assert!(e.node.module_loaded(m).await?, "{m} loaded");
+    }
+
+    e.delete_module("raw").await?;
+    e.delete_module("raw-all").await?;
+    e.wait_ready("raw", false).await?;
+    e.wait_ready("raw-all", false).await?;
+    for m in ["brd", "null_blk", "configfs", "dummy"] {
+        assert!(!e.node.module_loaded(m).await?, "{m} unloaded");
+    }
+    e.finish().await
+}
+
 #[tokio::test]
 async fn ordered_upgrade_selector_change_and_missing_image_on_a_real_kernel() -> Result<()> {
     let e = E2e::new("e2e-upgrade", &[("kmm-test/e2e", "yes")]).await?;

@@ -358,6 +358,62 @@ async fn upstream_708_namespace_holding_modules_cannot_be_deleted_until_they_are
     f.finish().await
 }
 
+/// A Module whose `modprobe.rawArgs` hold `load` and `unload`.
+fn raw_args_module(name: &str, load: &[&str], unload: &[&str]) -> Module {
+    ModuleBuilder::new(name)
+        .selector("kmm-test/webhook-none", "yes")
+        .mapping("^.+$", "registry.example/kmm/x:1")
+        .merge(
+            serde_json::json!({"spec": {"moduleLoader": {"container": {"modprobe": {
+                "moduleName": null,
+                "rawArgs": {"load": load, "unload": unload},
+            }}}}}),
+        )
+        .module()
+        .unwrap()
+}
+
+/// CEL cannot read a modprobe command line: the webhook refuses a flag the agent would
+/// refuse, naming the argument, and admits the flags the agent maps.
+#[tokio::test(flavor = "multi_thread")]
+async fn modprobe_flags_the_agent_refuses_are_refused_naming_the_argument() -> Result<()> {
+    let f = Fixture::new("webhook-args").await?;
+    f.wait_webhook_active().await?;
+    let forced = raw_args_module("forced", &["-v", "--force", "brd"], &["-r", "brd"]);
+    let err = f
+        .modules()
+        .create(&PostParams::default(), &forced)
+        .await
+        .expect_err("--force must be refused");
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    assert_eq!(status.code, 403, "{status:?}");
+    assert!(
+        status.message.contains(
+            "spec.moduleLoader.container.modprobe.rawArgs.load[1]: --force is not supported"
+        ),
+        "{}",
+        status.message
+    );
+    let mapped = raw_args_module(
+        "mapped",
+        &[
+            "-va",
+            "--first-time",
+            "--dirname=/tmp/opt",
+            "brd",
+            "null_blk",
+        ],
+        &["-rv", "brd", "null_blk"],
+    );
+    f.modules()
+        .create(&PostParams::default(), &mapped)
+        .await
+        .with_context(|| format!("mapped flags refused; log:\n{}", f.controller.log()))?;
+    f.finish().await
+}
+
 /// A Module `name` loading kernel module `module_name`, as YAML for kubectl.
 fn module_yaml(name: &str, module_name: &str) -> String {
     ModuleBuilder::new(name)

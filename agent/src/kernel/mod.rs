@@ -121,6 +121,19 @@ pub enum Error {
         /// Its reference count.
         refcount: i64,
     },
+    /// `--first-time`: a module to load is already in the kernel (modprobe's
+    /// `KMOD_PROBE_FAIL_ON_LOADED`).
+    #[error("could not insert {module}: Module already in kernel (--first-time)")]
+    AlreadyLoaded {
+        /// The module.
+        module: String,
+    },
+    /// `--first-time`: a module to remove is not in the kernel.
+    #[error("could not remove {module}: Module is not in kernel (--first-time)")]
+    NotLoaded {
+        /// The module.
+        module: String,
+    },
     /// Removal of a module that is built into the kernel (e.g. in `inTreeModulesToRemove`).
     #[error("could not remove {module}: it is built into the kernel")]
     Builtin {
@@ -196,6 +209,8 @@ impl Error {
             }
             Error::InUse { .. } => "in_use",
             Error::Builtin { .. } => "builtin",
+            Error::AlreadyLoaded { .. } => "already_loaded",
+            Error::NotLoaded { .. } => "not_loaded",
             Error::Insert { .. } => "insert",
             Error::Remove { .. } => "remove",
             Error::NoModuleSupport { .. } => "no_module_support",
@@ -235,6 +250,8 @@ pub struct LoadRequest {
     /// Every inserted file must resolve inside this directory: the image root
     /// if set ([`Self::within_image`]), else `module_dir`.
     pub image_root: Option<PathBuf>,
+    /// `--first-time`: fail, before any insert, if a module of the load order is in the kernel.
+    pub fail_if_loaded: bool,
 }
 
 impl LoadRequest {
@@ -246,7 +263,14 @@ impl LoadRequest {
             parameters: Vec::new(),
             load_first: Vec::new(),
             image_root: None,
+            fail_if_loaded: false,
         }
+    }
+
+    /// `--first-time` when `on`: see [`Self::fail_if_loaded`].
+    pub fn first_time(mut self, on: bool) -> Self {
+        self.fail_if_loaded = on;
+        self
     }
 
     /// Allows module files anywhere inside `image_root` (e.g. a `modules.dep`
@@ -335,6 +359,8 @@ pub struct UnloadRequest {
     pub modules: Vec<String>,
     /// Dependencies to remove once unused.
     pub deps: DepPolicy,
+    /// `--first-time`: fail, before any removal, if one of `modules` is not in the kernel.
+    pub fail_if_not_loaded: bool,
 }
 
 impl UnloadRequest {
@@ -342,7 +368,7 @@ impl UnloadRequest {
     pub fn module(name: impl Into<String>) -> Self {
         Self {
             modules: vec![name.into()],
-            deps: DepPolicy::Unused,
+            ..Self::default()
         }
     }
 
@@ -353,7 +379,7 @@ impl UnloadRequest {
         modules.reverse();
         Self {
             modules,
-            deps: DepPolicy::Unused,
+            ..Self::default()
         }
     }
 
@@ -403,12 +429,13 @@ pub trait Kernel: Send + Sync {
     /// dependencies `modules.dep` lists for it.
     ///
     /// # Guarantees
-    /// Idempotent: modules already loaded are skipped (`File exists` is success).
+    /// Idempotent: modules already loaded are skipped (`File exists` is success),
+    /// unless [`LoadRequest::fail_if_loaded`].
     /// If a module fails, the modules this call inserted are removed again.
     ///
     /// # Errors
-    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::PathEscape`] (checked
-    /// for every module before the first insert), [`Error::KeyRejected`],
+    /// [`Error::NoModulesDep`], [`Error::NotFound`], [`Error::PathEscape`] and
+    /// [`Error::AlreadyLoaded`] (checked for every module before the first insert), [`Error::KeyRejected`],
     /// [`Error::InvalidParameters`], [`Error::UnknownSymbolOrParameter`], [`Error::Insert`].
     fn load(&self, req: &LoadRequest) -> Result<LoadOutcome>;
 
@@ -416,12 +443,13 @@ pub trait Kernel: Send + Sync {
     /// (only those whose refcount dropped to 0).
     ///
     /// # Guarantees
-    /// Idempotent: modules not loaded are skipped. Failing to remove a dependency
+    /// Idempotent: modules not loaded are skipped, unless
+    /// [`UnloadRequest::fail_if_not_loaded`]. Failing to remove a dependency
     /// is not an error (as with `modprobe -r`).
     ///
     /// # Errors
-    /// [`Error::InUse`] (nothing more is removed after it), [`Error::Builtin`],
-    /// [`Error::Remove`].
+    /// [`Error::NotLoaded`] (before any removal), [`Error::InUse`] (nothing more is
+    /// removed after it), [`Error::Builtin`], [`Error::Remove`].
     fn unload(&self, req: &UnloadRequest) -> Result<UnloadOutcome>;
 
     /// `inTreeModulesToRemove`: removes `name` if loaded (`modprobe -r name`).

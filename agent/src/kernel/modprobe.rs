@@ -40,6 +40,14 @@ impl<K: KernelOps> Kernel for K {
         for name in &req.modules {
             validate_name(name)?;
         }
+        if req.fail_if_not_loaded {
+            for name in &req.modules {
+                let name = normalize(name);
+                if self.state(&name)? == ModuleState::NotLoaded {
+                    return Err(Error::NotLoaded { module: name });
+                }
+            }
+        }
         let mut removed = Vec::new();
         for name in &req.modules {
             remove_tree(self, &normalize(name), &req.deps, true, &mut removed)?;
@@ -75,6 +83,13 @@ fn load<K: KernelOps>(ops: &K, req: &LoadRequest) -> Result<LoadOutcome> {
     let root = canonical_root(req.confinement_root())?;
     let main = normalize(&req.name);
     let already_loaded = ops.state(&main)? != ModuleState::NotLoaded;
+    if req.fail_if_loaded {
+        for name in req.load_order().map(normalize) {
+            if ops.state(&name)? != ModuleState::NotLoaded {
+                return Err(Error::AlreadyLoaded { module: name });
+            }
+        }
+    }
 
     // Everything is resolved and checked before the first insert.
     let mut plan = Plan::default();
@@ -348,6 +363,59 @@ mod tests {
             .unwrap();
         assert_eq!(out.removed, ["a", "b"]);
         assert!(k.is_loaded("c").unwrap());
+    }
+
+    #[test]
+    fn first_time_fails_on_a_module_already_in_or_already_out_before_touching_the_kernel() {
+        let dir = tree();
+        let k = SimulatedKernel::new();
+        k.preload("solo", &[]);
+        let order = ["a".to_owned(), "solo".to_owned()];
+        let req = LoadRequest::new(dir.path(), "a")
+            .with_loading_order(&order)
+            .unwrap()
+            .first_time(true);
+        let err = k.load(&req).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not insert solo: Module already in kernel (--first-time)"
+        );
+        assert_eq!(err.metric_label(), "already_loaded");
+        assert_eq!(k.insert_count(), 0, "nothing inserted, a included");
+        // Without the flag, the loaded module is used as it is.
+        assert_eq!(
+            k.load(&req.clone().first_time(false)).unwrap().inserted,
+            ["c", "b", "a"]
+        );
+        // A dependency already in the kernel is no failure: only named modules count.
+        k.unload(&UnloadRequest::module("a")).unwrap();
+        k.preload("c", &[]);
+        let out = k
+            .load(&LoadRequest::new(dir.path(), "a").first_time(true))
+            .unwrap();
+        assert_eq!(out.inserted, ["b", "a"]);
+
+        let strict = UnloadRequest {
+            fail_if_not_loaded: true,
+            ..UnloadRequest {
+                modules: vec!["a".into(), "solo".into(), "gone".into()],
+                ..UnloadRequest::default()
+            }
+        };
+        let err = k.unload(&strict).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not remove gone: Module is not in kernel (--first-time)"
+        );
+        assert!(
+            k.is_loaded("a").unwrap(),
+            "nothing removed before the check"
+        );
+        let lenient = UnloadRequest {
+            fail_if_not_loaded: false,
+            ..strict
+        };
+        assert_eq!(k.unload(&lenient).unwrap().removed, ["a", "b", "c", "solo"]);
     }
 
     #[test]

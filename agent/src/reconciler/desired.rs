@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use kmm_common::{Ineligible, Module, ResolvedMapping, check_taints, node_taints, target_node};
 
 use crate::plan::{Desired, DesiredLoad, RegistryAccess};
-use crate::state::ModuleKey;
+use crate::state::{FirstTime, ModuleKey};
 
 /// The desired state of every Module the agent knows of.
 #[derive(Debug, Default)]
@@ -69,6 +69,10 @@ pub fn desired_for_node(modules: &[Arc<Module>], node: &Node, kernel: &str) -> D
 }
 
 fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
+    // `args`/`rawArgs` as modprobe command lines; what cannot be honoured is in `rejected`
+    // (through `refused_values`, which runs the same parser), so the load is never tried.
+    let commands = kmm_common::modprobe_args::resolve(&t.modprobe).unwrap_or_default();
+    let load = commands.load;
     DesiredLoad {
         kernel: t.kernel_version.clone(),
         image: t.container_image.clone(),
@@ -83,14 +87,18 @@ fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
             .as_ref()
             .map(|s| s.name.clone())
             .filter(|n| !n.is_empty()),
-        module_name: t.modprobe.module_name.clone(),
-        dir_name: t.modprobe.dir_name.clone(),
-        parameters: t.modprobe.parameters.clone(),
+        module_name: load.module_name,
+        dir_name: load.dir_name,
+        parameters: load.parameters,
         firmware_path: t.modprobe.firmware_path.clone(),
-        modules_loading_order: t.modprobe.modules_loading_order.clone().unwrap_or_default(),
+        modules_loading_order: load.modules_loading_order,
+        first_time: FirstTime {
+            load: load.first_time,
+            unload: commands.unload.first_time,
+        },
         in_tree_to_remove: t.in_tree_modules_to_remove.clone(),
         version: t.version.clone(),
-        rejected: unsupported_modprobe(&t.modprobe).or_else(|| refused_values(module)),
+        rejected: refused_values(module),
         built_in_cluster: t.build.is_some() || t.sign.is_some(),
     }
 }
@@ -108,23 +116,6 @@ fn refused_values(module: &Module) -> Option<String> {
             .collect::<Vec<_>>()
             .join("; ")
     })
-}
-
-/// `modprobe.args` and `rawArgs` are command lines for upstream's modprobe
-/// worker; the agent loads through libkmod, so it refuses them instead of
-/// silently loading something else.
-fn unsupported_modprobe(m: &kmm_common::ModprobeSpec) -> Option<String> {
-    let describe = |field: &str, a: &kmm_common::ModprobeArgs| {
-        format!(
-            "modprobe.{field} (load: {:?}, unload: {:?}) is not supported: kmm-agent loads through libkmod, not a modprobe command line; use moduleName, parameters and modulesLoadingOrder",
-            a.load, a.unload
-        )
-    };
-    match (&m.args, &m.raw_args) {
-        (Some(a), _) => Some(describe("args", a)),
-        (None, Some(a)) => Some(describe("rawArgs", a)),
-        (None, None) => None,
-    }
 }
 
 #[cfg(test)]
@@ -269,22 +260,72 @@ spec:
         ));
     }
 
-    #[test]
-    fn modprobe_args_are_rejected_with_a_reason() {
-        let yaml = BRD.replace("modulesLoadingOrder: [brd, dep]", "args: {load: [-v]}");
+    fn load_of(yaml: &str) -> DesiredLoad {
         let set = desired_for_node(
-            &[module(&yaml)],
+            &[module(yaml)],
             &node(&[("role", "storage")]),
             "6.1.0-56-amd64",
         );
-        let Some(Desired::Load(l)) = set.map.get(&ModuleKey::new("ns", "brd")) else {
-            panic!("expected a load, got {set:?}");
-        };
-        assert!(
-            l.rejected
-                .as_deref()
-                .is_some_and(|r| r.contains("modprobe.args"))
+        match set.map.get(&ModuleKey::new("ns", "brd")) {
+            Some(Desired::Load(l)) => (**l).clone(),
+            other => panic!("expected a load, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn raw_args_become_the_modules_parameters_directory_and_flags() {
+        let raw = BRD.replace(
+            "moduleName: brd\n        parameters: [rd_nr=3]\n        modulesLoadingOrder: [brd, dep]",
+            "rawArgs:\n          load: [-v, --first-time, -d, /tmp/drivers, brd, rd_nr=2]\n          unload: [-rv, brd]",
         );
+        assert_ne!(raw, BRD);
+        let l = load_of(&raw);
+        assert_eq!(l.rejected, None);
+        assert_eq!(
+            (
+                l.module_name.as_str(),
+                l.parameters.as_slice(),
+                l.dir_name.as_str()
+            ),
+            ("brd", &["rd_nr=2".to_string()][..], "/drivers")
+        );
+        assert!(l.modules_loading_order.is_empty());
+        assert_eq!(
+            l.first_time,
+            FirstTime {
+                load: true,
+                unload: false
+            }
+        );
+        // -a: several modules, loaded in the order written.
+        let all = raw.replace("-d, /tmp/drivers, brd, rd_nr=2", "-a, dep, brd");
+        let l = load_of(&all);
+        assert_eq!(
+            (l.module_name.as_str(), l.dir_name.as_str()),
+            ("brd", "/opt")
+        );
+        assert_eq!(l.modules_loading_order, ["brd", "dep"]);
+        assert!(l.parameters.is_empty());
+    }
+
+    #[test]
+    fn a_refused_modprobe_flag_is_rejected_naming_the_argument() {
+        let yaml = BRD.replace("modulesLoadingOrder: [brd, dep]", "args: {load: [-v, -f]}");
+        let l = load_of(&yaml);
+        let why = l.rejected.unwrap_or_default();
+        assert!(
+            why.contains("modprobe.args.load[1]: -f (--force) is not supported"),
+            "{why}"
+        );
+        // Flags the agent maps are no rejection.
+        let yaml = BRD.replace(
+            "modulesLoadingOrder: [brd, dep]",
+            "args: {load: [-v], unload: [--first-time]}",
+        );
+        let l = load_of(&yaml);
+        assert_eq!(l.rejected, None);
+        assert!(l.first_time.unload && !l.first_time.load);
+        assert_eq!(l.parameters, ["rd_nr=3"]);
     }
 
     /// Each value the agent always refuses, on a Module admission let through: a rejection

@@ -327,6 +327,7 @@ impl Executor {
             firmware_source: prepared.firmware_source.clone(),
             loaded_at: report::now_rfc3339(),
             module_uid,
+            first_time: want.first_time,
         };
         self.journal
             .update(|s| s.commit_load(key, record.clone()))?;
@@ -385,7 +386,11 @@ impl Executor {
         let intent = unload_intent(&state, key, &record);
         self.journal
             .update(|s| s.begin_unload(key, intent.clone()))?;
-        let outcome = match self.kernel.unload(&intent.request()) {
+        let request = UnloadRequest {
+            fail_if_not_loaded: record.first_time.unload,
+            ..intent.request()
+        };
+        let outcome = match self.kernel.unload(&request) {
             Ok(o) => o,
             Err(e) => {
                 self.journal.update(|s| s.abort_unload(key))?;
@@ -400,6 +405,7 @@ impl Executor {
     fn restore(&self, key: &ModuleKey, old: &LoadedModule) {
         let result = LoadRequest::new(&old.module_dir, &old.module_name)
             .with_parameters(old.parameters.iter().cloned())
+            .first_time(old.first_time.load)
             .with_loading_order(&old.modules_loading_order)
             .map_err(load_sequence::StepError::from)
             .and_then(|req| {
@@ -636,11 +642,13 @@ pub(super) fn unload_intent(
 }
 
 impl Unloading {
-    /// The kernel request this intent stands for.
+    /// The kernel request this intent stands for (without `--first-time`: finishing an
+    /// interrupted unload must not fail on what it removed before the crash).
     pub fn request(&self) -> UnloadRequest {
         UnloadRequest {
             modules: self.modules.clone(),
             deps: DepPolicy::OnlyThese(self.deps.iter().cloned().collect()),
+            fail_if_not_loaded: false,
         }
     }
 }
@@ -684,6 +692,7 @@ fn prepare(want: &DesiredLoad, pulled: &PulledImage) -> Result<Prepared> {
     let module_dir = kernel::module_dir(&pulled.root, &want.dir_name, &want.kernel)?;
     let request = LoadRequest::new(&module_dir, &want.module_name)
         .with_parameters(want.parameters.iter().cloned())
+        .first_time(want.first_time.load)
         .with_loading_order(&want.modules_loading_order)?;
     if !module_dir.join("modules.dep").is_file() {
         return Err(kernel::Error::NoModulesDep(module_dir).into());

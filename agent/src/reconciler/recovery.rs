@@ -148,6 +148,7 @@ fn finish_intent(kernel: &dyn Kernel, intent: &Unloading) -> Result<Vec<String>,
             let single = UnloadRequest {
                 modules: vec![dep.clone()],
                 deps: DepPolicy::None,
+                ..UnloadRequest::default()
             };
             match kernel.unload(&single) {
                 Ok(o) => removed.extend(o.removed),
@@ -192,6 +193,7 @@ pub fn roll_back_interrupted(
         let req = UnloadRequest {
             modules: ours,
             deps: DepPolicy::None,
+            ..UnloadRequest::default()
         };
         match kernel.unload(&req) {
             Ok(out) => removed.extend(out.removed),

@@ -362,6 +362,7 @@ mod tests {
             loaded_at: "2026-11-25T00:00:00Z".into(),
             module_uid: None,
             srcversions: BTreeMap::new(),
+            first_time: Default::default(),
         }
     }
 

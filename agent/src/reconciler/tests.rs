@@ -925,3 +925,6 @@ fn the_watch_caches_drop_what_the_agent_never_reads() {
     assert!(m.metadata.annotations.unwrap_or_default().is_empty());
     assert_eq!(serde_json::to_value(&m.spec).unwrap(), spec);
 }
+
+#[path = "tests_modprobe_args.rs"]
+mod modprobe_args;

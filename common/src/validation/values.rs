@@ -207,6 +207,9 @@ fn check_modprobe_values(modprobe: &ModprobeSpec, errors: &mut Vec<ValidationErr
         format!("{field}.firmwarePath"),
         check_path_stays_inside(&modprobe.firmware_path),
     );
+    if let Err(refused) = crate::modprobe_args::resolve(modprobe) {
+        errors.extend(refused);
+    }
 }
 
 /// `imagePullPolicy` of the device plugin and DRA containers (the kubelet refuses other values
