@@ -1,5 +1,6 @@
 //! API types: `Module` and `NodeModulesConfig` (`kmm.sigs.x-k8s.io/v1beta1`).
 
 pub mod cel;
+pub mod dra;
 pub mod module;
 pub mod nmc;
