@@ -2,6 +2,7 @@
 //!
 //! - [`handlers`]: `/validate-namespace` and `/validate-module`;
 //! - [`certs`]: serving certificates, self-managed (rcgen) or from a directory;
+//! - [`server_version`]: the API server's version, cached (the `spec.dra` gate);
 //! - [`tls`]: the TLS listener for axum;
 //! - [`register`]: the ValidatingWebhookConfiguration (full in URL mode, the
 //!   `caBundle` only in Service mode).
@@ -9,6 +10,7 @@
 pub mod certs;
 pub mod handlers;
 pub mod register;
+pub mod server_version;
 pub mod tls;
 
 use std::collections::BTreeMap;
