@@ -431,6 +431,55 @@ mod tests {
         assert_eq!(build["required"], json!(["dockerfileConfigMap"]));
     }
 
+    /// `spec.dra` as upstream's controller-gen CRD has it (compared by hand against
+    /// `config/crd/bases/kmm.sigs.x-k8s.io_modules.yaml`; kmm-rs adds only `maxLength` and a
+    /// DNS-subdomain rule to `driverName`).
+    #[test]
+    fn dra_schema_is_upstreams() {
+        let crd = serde_json::to_value(module_crd().expect("crd")).expect("json");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            spec["x-kubernetes-validations"],
+            json!([{"rule": "!(has(self.dra) && has(self.devicePlugin))",
+                    "message": "spec.dra and spec.devicePlugin are mutually exclusive"}])
+        );
+        let dra = &spec["properties"]["dra"];
+        assert_eq!(dra["required"], json!(["container", "driverName"]));
+        let class = &dra["properties"]["deviceClasses"]["items"];
+        assert_eq!(class["required"], json!(["name"]));
+        assert_eq!(
+            class["properties"]["name"]["pattern"],
+            json!(crate::api::dra::DNS_SUBDOMAIN_PATTERN)
+        );
+        let selectors = &class["properties"]["selectors"];
+        assert_eq!(selectors["maxItems"], json!(32));
+        assert_eq!(
+            selectors["items"]["properties"]["cel"]["required"],
+            json!(["expression"])
+        );
+        let config = &class["properties"]["config"];
+        assert_eq!(config["maxItems"], json!(32));
+        let opaque = &config["items"]["properties"]["opaque"];
+        assert_eq!(opaque["required"], json!(["driver", "parameters"]));
+        assert_eq!(
+            opaque["properties"]["parameters"],
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                   "description": opaque["properties"]["parameters"]["description"]})
+        );
+        let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["dra"]["properties"];
+        assert_eq!(
+            status
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![
+                "availableNumber".to_string(),
+                "desiredNumber".into(),
+                "nodesMatchingSelectorNumber".into()
+            ])
+        );
+    }
+
     /// Dotted paths (as `walk` below spells them) of the fields whose type is a core type.
     fn core_type_paths() -> Vec<String> {
         CORE_TYPE_FIELDS

@@ -56,10 +56,11 @@ mod test_support;
 pub mod validation;
 
 pub use api::cel::MAX_COMBINED_NAME_LENGTH;
+pub use api::dra::{DeviceClassSpec, MAX_DNS_SUBDOMAIN_LENGTH};
 pub use api::module::{
-    Build, BuildArg, DaemonSetStatus, DevicePluginContainerSpec, DevicePluginSpec, DraSpec,
-    KanikoParams, KernelMapping, ModprobeArgs, ModprobeSpec, Module, ModuleLoaderContainerSpec,
-    ModuleLoaderSpec, ModuleSpec, ModuleStatus, Sign, TlsOptions,
+    Build, BuildArg, CommonContainerSpec, DaemonSetStatus, DevicePluginContainerSpec,
+    DevicePluginSpec, DraSpec, KanikoParams, KernelMapping, ModprobeArgs, ModprobeSpec, Module,
+    ModuleLoaderContainerSpec, ModuleLoaderSpec, ModuleSpec, ModuleStatus, Sign, TlsOptions,
 };
 pub use api::nmc::{
     ModuleConfig, ModuleError, ModuleItem, NodeModuleSpec, NodeModuleStatus, NodeModulesConfig,

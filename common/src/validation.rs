@@ -10,9 +10,14 @@ use crate::api::cel::MAX_COMBINED_NAME_LENGTH;
 use crate::image::has_tag_or_digest;
 use crate::{ModprobeSpec, Module, ModuleLoaderContainerSpec, Sign};
 
+mod dra;
 mod label_keys;
 mod preflight;
 mod values;
+
+pub use dra::{
+    ALLOWED_HOST_PATH_PREFIXES, MIN_DRA_KUBERNETES, check_dns_subdomain, check_dra_server_version,
+};
 
 pub use label_keys::{
     LABEL_NAME_PATTERN, MAX_LABEL_NAME_LENGTH, check_label_key, check_label_value, node_label_keys,
@@ -62,6 +67,7 @@ pub fn validate_module(module: &Module) -> Result<(), Vec<ValidationError>> {
     }
     label_keys::check_node_labels(module, &mut errors);
     errors.extend(values::check_pod_pull_policies(&module.spec));
+    dra::check(&module.spec, &mut errors);
     if errors.is_empty() {
         Ok(())
     } else {

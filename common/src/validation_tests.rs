@@ -428,6 +428,51 @@ const CASES: &[Case] = &[
             Some("metadata.name"),
         )
     },
+    case(
+        "DRA with device classes and a hostPath under /var",
+        "selector: {}\n",
+        "selector: {}\ndra: {driverName: gpu.example.com, container: {image: \"reg/dra:1\"}, deviceClasses: [{name: gpu.example.com}, {name: gpu-small.example.com}], volumes: [{name: l, hostPath: {path: /var/lib/x}}]}\n",
+        None,
+    ),
+    case(
+        "DRA and device plugin together",
+        "selector: {}\n",
+        "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}}\ndra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}}\n",
+        Some("spec"),
+    ),
+    case(
+        "DRA driver name not a DNS subdomain",
+        "selector: {}\n",
+        "selector: {}\ndra: {driverName: GPU_driver, container: {image: \"reg/dra:1\"}}\n",
+        Some("spec.dra.driverName"),
+    ),
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "DRA device class listed twice",
+            "selector: {}\n",
+            "selector: {}\ndra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}, deviceClasses: [{name: a.example.com}, {name: a.example.com}]}\n",
+            Some("spec.dra.deviceClasses[1].name"),
+        )
+    },
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "DRA hostPath outside /dev, /sys, /var, /opt and /run",
+            "selector: {}\n",
+            "selector: {}\ndra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}, volumes: [{name: e, hostPath: {path: /var/../etc}}]}\n",
+            Some("spec.dra.volumes[0]"),
+        )
+    },
+    Case {
+        cel_checks_it: false,
+        ..case(
+            "device plugin hostPath outside the allowed prefixes",
+            "selector: {}\n",
+            "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}, volumes: [{name: r, hostPath: {path: /}}]}\n",
+            Some("spec.devicePlugin.volumes[0]"),
+        )
+    },
 ];
 
 fn build(case: &Case) -> Module {
@@ -698,27 +743,30 @@ fn label_key_errors_name_the_fields() {
 /// the label-key rule never refuses a Module upstream admits.
 #[test]
 fn every_name_upstream_accepts_has_label_keys_that_exist() {
-    let dp = VALID.replacen(
-        "selector: {}\n",
-        "selector: {}\ndevicePlugin: {container: {image: \"reg/dp:1\"}}\ndra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}}\n",
-        1,
-    );
-    let spec = dp.replacen(
-        "containerImage: \"reg",
-        "version: v1\n    containerImage: \"reg",
-        1,
-    );
-    for ns_len in 1..40 {
-        let ns = "n".repeat(ns_len);
-        let name = "m".repeat(40 - ns_len);
-        let m = module(&ns, &name, &spec);
-        for (key, _) in node_label_keys(&m) {
-            assert_eq!(check_label_key(&key), Ok(()), "{key}");
-        }
-        assert!(
-            validate_module(&m).is_ok(),
-            "{ns}/{name}: {:?}",
-            validate_module(&m)
+    // A Module has a device plugin or a DRA driver, never both: check each.
+    for plugin in [
+        "devicePlugin: {container: {image: \"reg/dp:1\"}}",
+        "dra: {driverName: d.example.com, container: {image: \"reg/dra:1\"}}",
+    ] {
+        let with_plugin =
+            VALID.replacen("selector: {}\n", &format!("selector: {{}}\n{plugin}\n"), 1);
+        let spec = with_plugin.replacen(
+            "containerImage: \"reg",
+            "version: v1\n    containerImage: \"reg",
+            1,
         );
+        for ns_len in 1..40 {
+            let ns = "n".repeat(ns_len);
+            let name = "m".repeat(40 - ns_len);
+            let m = module(&ns, &name, &spec);
+            for (key, _) in node_label_keys(&m) {
+                assert_eq!(check_label_key(&key), Ok(()), "{key}");
+            }
+            assert!(
+                validate_module(&m).is_ok(),
+                "{ns}/{name}: {:?}",
+                validate_module(&m)
+            );
+        }
     }
 }

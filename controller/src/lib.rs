@@ -2,8 +2,8 @@
 //!
 //! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease;
 //! - [`reconcile`]: the Module controller (finalizer, status, device plugin,
-//!   namespace label), run by the leader only;
-//! - [`status`] / [`device_plugin`]: the pure decisions it applies;
+//!   DRA driver and DeviceClasses, namespace label), run by the leader only;
+//! - [`status`] / [`plugin`]: the pure decisions it applies;
 //! - [`labels`]: labels on the objects the controller creates;
 //! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`build`]: in-cluster build and sign Jobs for missing kernel images;
@@ -15,11 +15,11 @@
 
 pub mod agent_credentials;
 pub mod build;
-pub mod device_plugin;
 pub mod error;
 pub mod labels;
 pub mod lease;
 pub mod metrics;
+pub mod plugin;
 pub mod preflight;
 pub mod reconcile;
 pub mod server;

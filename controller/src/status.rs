@@ -12,6 +12,8 @@ use kmm_common::{
 };
 use kube::ResourceExt;
 
+use crate::plugin::Kind;
+
 /// Condition types the controller writes.
 pub const AVAILABLE: &str = "Available";
 /// See [`AVAILABLE`].
@@ -91,18 +93,21 @@ pub fn loader_counts(module: &Module, fleet: Fleet<'_>) -> DaemonSetStatus {
     }
 }
 
-/// `status.devicePlugin`: nodes matching the selector; of those, the ones with
-/// the `.ready` label (where the DaemonSet wants a pod); the DaemonSet's
-/// `numberAvailable`. Zero without `spec.devicePlugin`.
-pub fn device_plugin_counts(
+/// `status.devicePlugin` / `status.dra`: nodes matching the selector; of those,
+/// the ones where the DaemonSet wants a pod (with the `.ready` label, or all
+/// without a module loader); the DaemonSet's `numberAvailable`. Zero when the
+/// Module does not ask for `kind`.
+pub fn plugin_counts(
     module: &Module,
+    kind: Kind,
     fleet: Fleet<'_>,
     ds: Option<&DaemonSet>,
 ) -> DaemonSetStatus {
-    if module.spec.device_plugin.is_none() {
+    if !kind.wanted(module) {
         return DaemonSetStatus::default();
     }
     let label = ready_label(&module.namespace().unwrap_or_default(), &module.name_any());
+    let needs_ready = module.spec.module_loader.is_some();
     let matching: Vec<BTreeMap<String, String>> = fleet
         .nodes
         .iter()
@@ -111,7 +116,12 @@ pub fn device_plugin_counts(
         .collect();
     DaemonSetStatus {
         nodes_matching_selector_number: count(matching.len()),
-        desired_number: count(matching.iter().filter(|l| l.contains_key(&label)).count()),
+        desired_number: count(
+            matching
+                .iter()
+                .filter(|l| !needs_ready || l.contains_key(&label))
+                .count(),
+        ),
         available_number: ds
             .and_then(|d| d.status.as_ref())
             .and_then(|s| s.number_available)
@@ -253,7 +263,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
 /// aggregated errors.
 pub fn conditions(
     loader: &DaemonSetStatus,
-    device_plugin: Option<&DaemonSetStatus>,
+    plugin: Option<(Kind, &DaemonSetStatus)>,
     waiting: &Waiting,
     degraded: Option<(String, String)>,
 ) -> Vec<Condition> {
@@ -264,14 +274,16 @@ pub fn conditions(
         loader.desired_number,
         waiting.describe()
     );
-    let dp_msg = device_plugin.map(|d| {
+    let plugin_msg = plugin.map(|(kind, d)| {
         format!(
-            "; device plugin available on {}/{} nodes",
-            d.available_number, d.desired_number
+            "; {} available on {}/{} nodes",
+            kind.noun(),
+            d.available_number,
+            d.desired_number
         )
     });
-    let msg = format!("{loader_msg}{}", dp_msg.unwrap_or_default());
-    let progressing = behind(loader) || device_plugin.is_some_and(behind);
+    let msg = format!("{loader_msg}{}", plugin_msg.unwrap_or_default());
+    let progressing = behind(loader) || plugin.is_some_and(|(_, d)| behind(d));
     let available = if progressing {
         condition(AVAILABLE, false, "NodesPending", msg.clone())
     } else if loader.desired_number == 0 {

@@ -126,7 +126,7 @@ fn ordered_upgrade_version_label_limits_desired() {
 }
 
 #[test]
-fn device_plugin_desired_is_ready_labelled_nodes_available_from_daemonset() {
+fn plugin_desired_is_ready_labelled_nodes_available_from_daemonset() {
     let m = module("  devicePlugin:\n    container: {image: r/dp:1}\n");
     let ready = ready_label("ns1", "brd");
     let nodes = [
@@ -143,7 +143,7 @@ fn device_plugin_desired_is_ready_labelled_nodes_available_from_daemonset() {
         nodes: &nodes,
         nmcs: &[],
     };
-    let s = device_plugin_counts(&m, fleet, Some(&ds));
+    let s = plugin_counts(&m, Kind::DevicePlugin, fleet, Some(&ds));
     assert_eq!(
         (
             s.nodes_matching_selector_number,
@@ -153,8 +153,29 @@ fn device_plugin_desired_is_ready_labelled_nodes_available_from_daemonset() {
         (2, 1, 1)
     );
     assert_eq!(
-        device_plugin_counts(&module(""), fleet, Some(&ds)),
+        plugin_counts(&module(""), Kind::DevicePlugin, fleet, Some(&ds)),
         DaemonSetStatus::default()
+    );
+    // The DRA driver is counted alike, under its own kind only.
+    let dra = module("  dra:\n    driverName: gpu.example.com\n    container: {image: r/dra:1}\n");
+    assert_eq!(
+        plugin_counts(&dra, Kind::Dra, fleet, Some(&ds)),
+        DaemonSetStatus {
+            nodes_matching_selector_number: 2,
+            desired_number: 1,
+            available_number: 1
+        }
+    );
+    assert_eq!(
+        plugin_counts(&dra, Kind::DevicePlugin, fleet, Some(&ds)),
+        DaemonSetStatus::default()
+    );
+    // Without a module loader nothing sets `.ready`: every selected node is desired.
+    let mut bare = dra.clone();
+    bare.spec.module_loader = None;
+    assert_eq!(
+        plugin_counts(&bare, Kind::Dra, fleet, None).desired_number,
+        2
     );
 }
 
@@ -234,11 +255,16 @@ fn conditions_follow_counts() {
 
     let c = conditions(
         &counts(2, 2),
-        Some(&counts(2, 1)),
+        Some((Kind::Dra, &counts(2, 1))),
         &Waiting::default(),
         None,
     );
     assert_eq!(status_of(&c, PROGRESSING), ("True", "Loading"));
+    assert!(
+        c.iter()
+            .any(|c| c.message.contains("DRA driver available on 1/2 nodes")),
+        "{c:?}"
+    );
 
     let c = conditions(
         &counts(2, 1),

@@ -21,7 +21,10 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use kmm_common::{MODULE_FINALIZER, Module, device_plugin_ready_label, ready_label};
+use k8s_openapi::api::resource::v1::DeviceClass;
+use kmm_common::{
+    MODULE_FINALIZER, Module, device_plugin_ready_label, dra_ready_label, ready_label,
+};
 use kmm_tests::agent::{AgentOptions, AgentProcess};
 use kmm_tests::cluster::{
     crd_namespace, delete_node_and_status, node_module_status, wait_for, wait_module,
@@ -569,6 +572,132 @@ spec:
     })
     .await?;
     assert!(f.has_label(&a, &ready_label(f.ns(), "gc")).await?);
+    f.finish().await
+}
+
+/// `spec.dra` (issue 15): the DRA kubelet plugin runs where the module is
+/// loaded and its Pod is Ready there (`.dra-ready`), the listed DeviceClasses
+/// exist with the Module's labels, one dropped from the list is collected, and
+/// the Module's deletion takes the DaemonSet and every DeviceClass with it.
+#[tokio::test]
+async fn dra_driver_and_device_classes_follow_the_module() -> Result<()> {
+    let mut f = Fixture::new("kw-dra").await?;
+    let a = f.node("a", KVER, true).await?;
+    let unmapped = f.node("unmapped", UNMAPPED_KVER, true).await?;
+    for n in [&a, &unmapped] {
+        f.start_agent(n).await?;
+    }
+    f.push_image("drv").await?;
+    // Cluster-scoped names: unique to this test's namespace.
+    let gpu = format!("gpu.{}.example.com", f.ns());
+    let small = format!("small.{}.example.com", f.ns());
+    let module = |classes: Vec<serde_json::Value>| {
+        ModuleBuilder::new("drv")
+            .selector(SELECTOR_KEY, f.ns())
+            .tolerations(json!([kmm_tests::kwok::toleration()]))
+            .insecure_mapping(
+                "^.+-sim-amd64$",
+                &format!(
+                    "{}/${{MOD_NAMESPACE}}/${{MOD_NAME}}:${{KERNEL_FULL_VERSION}}",
+                    registry_addr()
+                ),
+            )
+            .merge(json!({"spec": {"dra": {
+                "driverName": "gpu.example.com",
+                "container": {"image": "registry.example/kmm/dra:1"},
+                "deviceClasses": classes,
+            }}}))
+            .manifest()
+    };
+    let gpu_class = json!({
+        "name": gpu,
+        "selectors": [{"cel": {"expression": "device.driver == 'gpu.example.com'"}}],
+        "config": [{"opaque": {"driver": "gpu.example.com",
+                               "parameters": {"kind": "GpuConfig", "sharing": {"strategy": "TimeSlicing"}}}}],
+    });
+    f.apply(&module(vec![gpu_class.clone(), json!({"name": small})]))
+        .await?;
+
+    let dra_ready = dra_ready_label(f.ns(), "drv");
+    f.wait_dp_pods_on("drv", &[&a]).await?;
+    f.wait(&format!("{a} has {dra_ready}"), || async {
+        f.has_label(&a, &dra_ready).await
+    })
+    .await?;
+    assert!(!f.has_label(&unmapped, &dra_ready).await?);
+    let dss: Api<DaemonSet> = Api::namespaced(f.client.clone(), f.ns());
+    let ds = dss.get("drv-dra").await?;
+    let pod = ds.spec.template.spec.context("pod spec")?;
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let pods = f.dp_pods("drv").await?;
+    assert_eq!(pods[0].owner_references()[0].name, "drv-dra");
+    f.wait_module(
+        "drv",
+        "status.dra 2 matching, 1 desired, 1 available",
+        |m| {
+            m.and_then(|m| m.status.as_ref()?.dra.clone())
+                .is_some_and(|d| {
+                    (
+                        d.nodes_matching_selector_number,
+                        d.desired_number,
+                        d.available_number,
+                    ) == (2, 1, 1)
+                })
+        },
+    )
+    .await?;
+
+    let classes: Api<DeviceClass> = Api::all(f.client.clone());
+    let stored = classes.get(&gpu).await?;
+    let labels = stored.labels();
+    assert_eq!(
+        labels.get(MODULE_NAME_LABEL).map(String::as_str),
+        Some("drv")
+    );
+    assert_eq!(
+        labels
+            .get("kmm.node.kubernetes.io/module.namespace")
+            .map(String::as_str),
+        Some(f.ns())
+    );
+    let spec = serde_json::to_value(stored.spec)?;
+    assert_eq!(
+        spec["config"][0]["opaque"]["parameters"]["sharing"]["strategy"],
+        "TimeSlicing"
+    );
+    assert_eq!(
+        spec["selectors"][0]["cel"]["expression"],
+        "device.driver == 'gpu.example.com'"
+    );
+    assert!(classes.get_opt(&small).await?.is_some());
+
+    // `small` dropped from the list: collected; `gpu` stays.
+    f.apply(&module(vec![gpu_class])).await?;
+    f.wait(&format!("DeviceClass {small} collected"), || async {
+        Ok(classes.get_opt(&small).await?.is_none())
+    })
+    .await?;
+    assert!(classes.get_opt(&gpu).await?.is_some());
+
+    // The Module deleted: the DaemonSet, its Pods, the label and every class go.
+    let api: Api<Module> = Api::namespaced(f.client.clone(), f.ns());
+    api.delete("drv", &DeleteParams::default()).await?;
+    f.wait("DRA DaemonSet, Pods and DeviceClasses gone", || async {
+        Ok(dss.get_opt("drv-dra").await?.is_none()
+            && f.dp_pods("drv").await?.is_empty()
+            && classes.get_opt(&gpu).await?.is_none())
+    })
+    .await?;
+    f.wait(&format!("{dra_ready} removed from {a}"), || async {
+        Ok(!f.has_label(&a, &dra_ready).await?)
+    })
+    .await?;
+    f.wait_module("drv", "Module released once unloaded", |m| m.is_none())
+        .await?;
     f.finish().await
 }
 

@@ -87,6 +87,13 @@ async fn brd_example_applies_and_reads_back() -> Result<()> {
     example_round_trips("brd.yaml").await
 }
 
+/// Upstream's DRA Module shape (`ci/module-kmm-ci-dra.yaml`): it used to be refused with
+/// `unknown field "spec.dra.deviceClasses[0].name"`.
+#[tokio::test]
+async fn dra_example_applies_and_reads_back() -> Result<()> {
+    example_round_trips("dra.yaml").await
+}
+
 #[tokio::test]
 async fn dir_name_defaults_to_opt() -> Result<()> {
     let cp = ControlPlane::shared().await?;

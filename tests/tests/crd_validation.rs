@@ -152,6 +152,30 @@ const INVALID: &[(&str, &str, &str, &[&str])] = &[
         "  selector: {}\n  devicePlugin: {container: {image: \"reg/dp:1\"}}",
         &["metadata.name", "device-plugin-ready"],
     ),
+    (
+        "dra-and-device-plugin",
+        "  selector: {}",
+        "  selector: {}\n  devicePlugin: {container: {image: \"reg/dp:1\"}}\n  dra: {driverName: gpu.example.com, container: {image: \"reg/dra:1\"}}",
+        &["spec.dra and spec.devicePlugin are mutually exclusive"],
+    ),
+    (
+        "dra-driver-name-not-a-dns-subdomain",
+        "  selector: {}",
+        "  selector: {}\n  dra: {driverName: GPU_driver, container: {image: \"reg/dra:1\"}}",
+        &["spec.dra.driverName", "DNS subdomain"],
+    ),
+    (
+        "dra-without-driver-name",
+        "  selector: {}",
+        "  selector: {}\n  dra: {container: {image: \"reg/dra:1\"}}",
+        &["driverName", "Required"],
+    ),
+    (
+        "dra-device-class-name-not-a-dns-subdomain",
+        "  selector: {}",
+        "  selector: {}\n  dra: {driverName: gpu.example.com, container: {image: \"reg/dra:1\"}, deviceClasses: [{name: Bad_Name}]}",
+        &["deviceClasses[0].name", "should match"],
+    ),
 ];
 
 #[tokio::test]

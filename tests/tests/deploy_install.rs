@@ -470,6 +470,10 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["delete", "daemonsets.apps", "-n", "ns1"],
             &["create", "serviceaccounts", "-n", "ns1"],
             &["delete", "serviceaccounts", "-n", "ns1"],
+            // spec.dra.deviceClasses (cluster-scoped).
+            &["watch", "deviceclasses.resource.k8s.io"],
+            &["patch", "deviceclasses.resource.k8s.io"],
+            &["delete", "deviceclasses.resource.k8s.io"],
             &["create", "events.events.k8s.io", "-n", "ns1"],
             // In-cluster builds: Jobs, their Dockerfile, the pull secret for
             // the registry check; NMCs of deleted Nodes.

@@ -334,7 +334,7 @@ async fn run(
     .await
     .with_context(logs)?;
     // The controller's own selector for its device-plugin objects.
-    let selector = kmm_controller::device_plugin::label_selector("idmod");
+    let selector = kmm_controller::plugin::Kind::DevicePlugin.label_selector("idmod");
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns.name());
     let dp_sas = sas
         .list(&kube::api::ListParams::default().labels(&selector))

@@ -509,3 +509,48 @@ async fn module_sharing_a_kernel_module_is_admitted_with_a_warning() -> Result<(
     );
     f.finish().await
 }
+
+/// `spec.dra` through the webhook (upstream's `validateDRA`): a duplicate DeviceClass is
+/// refused naming it; a valid DRA Module is admitted, which needs the API server's
+/// `/version` (v1.35 here, at least the 1.34 DRA needs).
+#[tokio::test(flavor = "multi_thread")]
+async fn dra_module_is_validated_and_admitted_on_a_dra_capable_server() -> Result<()> {
+    let f = Fixture::new("webhook-dra").await?;
+    f.wait_webhook_active().await?;
+    let dra = |name: &str, classes: serde_json::Value| -> Result<Module> {
+        let m = ModuleBuilder::new(name)
+            .selector("kmm-test/webhook-none", "yes")
+            .mapping("^.+$", "registry.example/kmm/dra:1")
+            .merge(serde_json::json!({"spec": {"dra": {
+                "driverName": "gpu.example.com",
+                "container": {"image": "registry.example/kmm/dra-driver:1"},
+                "deviceClasses": classes,
+            }}}));
+        m.module()
+    };
+    let twice = dra(
+        "twice",
+        serde_json::json!([{"name": "a.example.com"}, {"name": "a.example.com"}]),
+    )?;
+    let err = f
+        .modules()
+        .create(&PostParams::default(), &twice)
+        .await
+        .expect_err("a DeviceClass listed twice must be refused");
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    assert_eq!(status.code, 403, "{status:?}");
+    assert!(
+        status.message.contains("spec.dra.deviceClasses[1].name")
+            && status.message.contains("is a duplicate"),
+        "{}",
+        status.message
+    );
+    let good = dra("good", serde_json::json!([{"name": "a.example.com"}]))?;
+    f.modules()
+        .create(&PostParams::default(), &good)
+        .await
+        .with_context(|| format!("valid DRA Module refused; log:\n{}", f.controller.log()))?;
+    f.finish().await
+}

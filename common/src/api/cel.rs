@@ -248,3 +248,22 @@ pub fn device_plugin_label_fits() -> Rule {
 pub fn dra_label_fits() -> Rule {
     label_key_fits("has(self.spec.dra)", ".dra-ready", " when spec.dra is set")
 }
+
+/// Rule on `spec`, upstream's `XValidation` word for word: a Module runs a device plugin or a
+/// DRA driver, not both.
+pub fn dra_xor_device_plugin() -> Rule {
+    Rule::new("!(has(self.dra) && has(self.devicePlugin))")
+        .message("spec.dra and spec.devicePlugin are mutually exclusive")
+}
+
+/// A DNS subdomain (RFC 1123; the length is bounded by the field's `maxLength`).
+pub fn dns_subdomain(field: &str) -> Rule {
+    Rule::new(format!(
+        "self.matches({})",
+        cel_regex(super::dra::DNS_SUBDOMAIN_PATTERN)
+    ))
+    .message(Message::Message(format!(
+        "{field}: must be a DNS subdomain: lowercase alphanumerics, '-' and '.', starting and ending with an alphanumeric, at most {} characters",
+        super::dra::MAX_DNS_SUBDOMAIN_LENGTH
+    )))
+}

@@ -2,6 +2,7 @@
 //! `PreflightValidation` (`v1beta2`).
 
 pub mod cel;
+pub mod dra;
 pub mod module;
 pub mod nmc;
 pub mod preflight;

@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::cel;
+pub use super::dra::DraSpec;
 
 /// `ModuleSpec` describes how the KMM operator should deploy a Module on those nodes that need it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -41,14 +42,15 @@ use super::cel;
     validation = cel::dra_label_fits(),
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = cel::dra_xor_device_plugin())]
 pub struct ModuleSpec {
     /// DevicePlugin allows overriding some properties of the container that deploys the device
     /// plugin on the node. Name is ignored and is set automatically by the KMM Operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_plugin: Option<DevicePluginSpec>,
 
-    /// DRA configures a Dynamic Resource Allocation driver for the devices the module exposes
-    /// (kmm-rs extension; accepted and kept, the shape mirrors devicePlugin).
+    /// DRA configures a DRA driver DaemonSet and optional DeviceClasses. Mutually exclusive
+    /// with DevicePlugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dra: Option<DraSpec>,
 
@@ -431,10 +433,10 @@ pub struct ModuleLoaderSpec {
     pub service_account_name: String,
 }
 
-/// The device plugin (or DRA driver) container.
+/// A device plugin or DRA driver container (upstream's `CommonContainerSpec`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct DevicePluginContainerSpec {
+pub struct CommonContainerSpec {
     /// Entrypoint array. Not executed within a shell. The container image's ENTRYPOINT is used
     /// if this is not provided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -465,6 +467,10 @@ pub struct DevicePluginContainerSpec {
     pub volume_mounts: Vec<VolumeMount>,
 }
 
+/// The device plugin container: upstream keeps this name as an alias of
+/// [`CommonContainerSpec`].
+pub type DevicePluginContainerSpec = CommonContainerSpec;
+
 /// Device plugin DaemonSet settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -488,33 +494,6 @@ pub struct DevicePluginSpec {
     /// automatically mounted in the device plugin pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automount_service_account_token: Option<bool>,
-}
-
-/// Dynamic Resource Allocation driver settings (kmm-rs extension).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DraSpec {
-    /// DriverName is the DRA driver name, as used in DeviceClasses and ResourceSlices.
-    pub driver_name: String,
-
-    /// DeviceClasses lists the names of the DeviceClasses served by this driver.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub device_classes: Vec<String>,
-
-    /// The DRA kubelet plugin container.
-    pub container: DevicePluginContainerSpec,
-
-    /// An optional init container for the DRA driver pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_container: Option<DevicePluginContainerSpec>,
-
-    /// Volumes available to the DRA driver pods.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<Volume>,
-
-    /// ServiceAccountName is the name of the ServiceAccount to use to run the DRA driver pods.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub service_account_name: String,
 }
 
 /// DaemonSetStatus contains the status of a set of pods deployed for the Module.
@@ -542,7 +521,7 @@ pub struct ModuleStatus {
     /// ModuleLoader contains the status of the module loader (nodes with the module loaded).
     #[serde(default)]
     pub module_loader: DaemonSetStatus,
-    /// DRA contains the status of the DRA driver pods, if deployed.
+    /// DRA contains the status of the DRA driver DaemonSet, if deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dra: Option<DaemonSetStatus>,
     /// ImageRebuildTriggerGeneration contains the last value of

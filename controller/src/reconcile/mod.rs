@@ -1,8 +1,10 @@
-//! The Module reconciler: finalizer, namespace label, device plugin, status.
+//! The Module reconciler: finalizer, namespace label, node plugins (device
+//! plugin, DRA kubelet plugin and its DeviceClasses), status.
 //!
-//! Runs only on the leader. Nodes, NodeModulesConfigs and device-plugin pods
-//! are read from reflector caches, and their watch streams also wake the
-//! Modules concerned, so status follows the fleet without a list per reconcile.
+//! Runs only on the leader. Nodes, NodeModulesConfigs, node-plugin pods and
+//! managed DeviceClasses are read from reflector caches, and their watch
+//! streams also wake the Modules concerned, so status follows the fleet
+//! without a list per reconcile.
 
 mod namespace;
 pub mod nmc_gc;
@@ -16,6 +18,7 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::DeviceClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kmm_common::{DaemonSetStatus, MODULE_FINALIZER, Module, NodeModulesConfig};
 use kube::api::{Api, Patch, PatchParams};
@@ -29,15 +32,16 @@ use tracing::instrument;
 
 use crate::build::{self, BuildContext, ImageLookups};
 use crate::error::{Error, Result};
-use crate::labels::{MANAGED_BY, ROLE_DEVICE_PLUGIN, ROLE_LABEL};
+use crate::labels::MANAGED_BY;
 use crate::metrics::Metrics;
+use crate::plugin::{Kind, all_plugins_selector, device_class};
 use crate::status::{self, Fleet};
 use triggers::NodeFingerprints;
 
 /// Settings of the reconciler.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Only Modules (and device-plugin pods) of this namespace; all when `None`.
+    /// Only Modules (and node-plugin pods) of this namespace; all when `None`.
     pub namespace: Option<String>,
     /// Full reconcile of every Module at least this often.
     pub resync: Duration,
@@ -85,8 +89,11 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// All NodeModulesConfigs.
     pub nmcs: Store<NodeModulesConfig>,
-    /// Device-plugin pods (ours, by label).
+    /// Node-plugin pods (ours, by label).
     pub pods: Store<Pod>,
+    /// DeviceClasses we manage (by label); `None` when the API server serves
+    /// no `resource.k8s.io/v1` (before Kubernetes 1.34).
+    pub device_classes: Option<Store<DeviceClass>>,
     /// Build and sign Jobs (ours, by label).
     pub jobs: Store<Job>,
     /// Recent "image exists" answers of registries.
@@ -119,15 +126,51 @@ where
     }
 }
 
-fn device_plugin_selector() -> String {
-    format!("{ROLE_LABEL}={ROLE_DEVICE_PLUGIN},app.kubernetes.io/managed-by={MANAGED_BY}")
-}
-
 fn build_job_selector() -> String {
     format!(
         "{},app.kubernetes.io/managed-by={MANAGED_BY}",
         build::job::JOB_TYPE_LABEL
     )
+}
+
+/// Whether the API server serves DRA (`resource.k8s.io/v1`, Kubernetes >= 1.34;
+/// upstream skips its DRA controller otherwise). An unreadable version counts
+/// as served: the DeviceClass watch then reports what is wrong.
+async fn dra_served(client: &Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            match kmm_common::validation::check_dra_server_version(&info.major, &info.minor) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::info!(%why, "not managing DeviceClasses");
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the API server version");
+            true
+        }
+    }
+}
+
+/// Managed DeviceClasses, reflected into the store whose writer is `writer`;
+/// an empty stream without one.
+fn device_class_trigger(
+    client: &Client,
+    writer: Option<reflector::store::Writer<DeviceClass>>,
+) -> futures::stream::BoxStream<'static, Result<DeviceClass, watcher::Error>> {
+    match writer {
+        Some(writer) => watcher(
+            Api::<DeviceClass>::all(client.clone()),
+            watcher::Config::default().labels(&device_class::managed_selector()),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .boxed(),
+        None => futures::stream::empty().boxed(),
+    }
 }
 
 /// Runs the Module controller until the process stops.
@@ -137,6 +180,9 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
     let (pods, pods_w) = reflector::store::<Pod>();
     let (jobs, jobs_w) = reflector::store::<Job>();
+    let device_classes = dra_served(&client)
+        .await
+        .then(reflector::store::<DeviceClass>);
 
     // Nodes: a change of labels or kernel, or a Node coming or going, can
     // change every Module's counts.
@@ -162,7 +208,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     .touched_objects();
     let pod_trigger = watcher(
         scoped::<Pod>(&client, ns.as_deref()),
-        watcher::Config::default().labels(&device_plugin_selector()),
+        watcher::Config::default().labels(&all_plugins_selector()),
     )
     .default_backoff()
     .reflect(pods_w)
@@ -198,6 +244,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
         nodes,
         nmcs,
         pods,
+        device_classes: device_classes.as_ref().map(|(store, _)| store.clone()),
         jobs,
         image_lookups: ImageLookups::default(),
     });
@@ -207,11 +254,15 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     )
     .owns(
         scoped::<DaemonSet>(&client, ns.as_deref()),
-        watcher::Config::default().labels(&device_plugin_selector()),
+        watcher::Config::default().labels(&all_plugins_selector()),
     )
     .watches_stream(nmc_trigger, triggers::modules_of_nmc)
     .watches_stream(pod_trigger, triggers::module_of_pod)
     .watches_stream(job_trigger, triggers::module_of_job)
+    .watches_stream(
+        device_class_trigger(&client, device_classes.map(|(_, w)| w)),
+        |class: DeviceClass| device_class::module_of(&class),
+    )
     .reconcile_all_on(node_trigger)
     // Bursts of NMC/Node events (a rollout) collapse into one reconcile per Module.
     .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
@@ -256,6 +307,9 @@ pub async fn reconcile(module: Arc<Module>, ctx: Arc<Context>) -> Result<Action>
     let _ = ctx.nmcs.wait_until_ready().await;
     let _ = ctx.pods.wait_until_ready().await;
     let _ = ctx.jobs.wait_until_ready().await;
+    if let Some(classes) = &ctx.device_classes {
+        let _ = classes.wait_until_ready().await;
+    }
     let ns = module
         .namespace()
         .ok_or_else(|| Error::InvalidModule("Module has no namespace".into()))?;
@@ -286,14 +340,18 @@ pub fn error_policy(module: Arc<Module>, error: &Error, ctx: Arc<Context>) -> Ac
     }
 }
 
-/// A live Module: namespace label, device plugin, node labels, status.
+/// A live Module: namespace label, node plugins and their node labels,
+/// DeviceClasses, builds, status.
 async fn apply(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
     namespace::ensure_label(&ctx.client, ns).await?;
-    let ds = objects::sync_device_plugin(module, ns, ctx).await?;
-    let ready = objects::device_plugin_ready_nodes(module, ns, ctx);
-    objects::sync_device_plugin_labels(module, ns, &ready, ctx).await?;
+    let plugins = objects::sync_plugins(module, ns, ctx).await?;
+    for kind in Kind::ALL {
+        let ready = objects::plugin_ready_nodes(module, ns, kind, ctx);
+        objects::sync_plugin_labels(module, ns, kind, &ready, ctx).await?;
+    }
+    objects::sync_device_classes(module, ns, false, ctx).await?;
     let images = build::sync(module, ns, &ctx.build_context()).await?;
-    write_status(module, ns, ctx, ds.as_ref(), None, &images).await?;
+    write_status(module, ns, ctx, &plugins, None, &images).await?;
     // Builds wake us through their Jobs; a registry that was unreachable or an
     // image a Job should have pushed is asked again sooner than the resync.
     if images.degraded.is_some() {
@@ -304,14 +362,15 @@ async fn apply(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(ctx.settings.resync))
 }
 
-/// A deleted Module: stop the device plugin, then hold the finalizer until no
-/// node reports the Module loaded (the agents need the Terminating Module to
-/// know what to unload).
+/// A deleted Module: stop the node plugins and delete its DeviceClasses, then
+/// hold the finalizer until no node reports the Module loaded (the agents need
+/// the Terminating Module to know what to unload).
 async fn cleanup(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
-    let name = module.name_any();
-    let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
-    objects::gc(&dss, &name, None).await?;
-    objects::sync_device_plugin_labels(module, ns, &Default::default(), ctx).await?;
+    objects::gc_plugins(&module.name_any(), ns, ctx).await?;
+    for kind in Kind::ALL {
+        objects::sync_plugin_labels(module, ns, kind, &Default::default(), ctx).await?;
+    }
+    objects::sync_device_classes(module, ns, true, ctx).await?;
 
     let nodes = ctx.nodes.state();
     let nmcs = ctx.nmcs.state();
@@ -323,7 +382,15 @@ async fn cleanup(module: &Module, ns: &str, ctx: &Context) -> Result<Action> {
         },
     );
     if !waiting.is_empty() {
-        write_status(module, ns, ctx, None, Some(&waiting), &Default::default()).await?;
+        write_status(
+            module,
+            ns,
+            ctx,
+            &objects::Plugins::default(),
+            Some(&waiting),
+            &Default::default(),
+        )
+        .await?;
         let event = KubeEvent {
             type_: EventType::Normal,
             reason: "Unloading".into(),
@@ -356,7 +423,7 @@ async fn write_status(
     module: &Module,
     ns: &str,
     ctx: &Context,
-    ds: Option<&DaemonSet>,
+    plugins: &objects::Plugins,
     unloading: Option<&[String]>,
     images: &build::BuildReport,
 ) -> Result<()> {
@@ -367,10 +434,29 @@ async fn write_status(
         nmcs: &nmcs,
     };
     let loader = status::loader_counts(module, fleet);
-    let dp = status::device_plugin_counts(module, fleet, ds);
+    let dp = status::plugin_counts(
+        module,
+        Kind::DevicePlugin,
+        fleet,
+        plugins.device_plugin.as_ref(),
+    );
+    let dra = module
+        .spec
+        .dra
+        .as_ref()
+        .map(|_| status::plugin_counts(module, Kind::Dra, fleet, plugins.dra.as_ref()));
+    // spec.dra and spec.devicePlugin exclude each other: one plugin at most.
+    let plugin = match &dra {
+        Some(d) => Some((Kind::Dra, d)),
+        None => module
+            .spec
+            .device_plugin
+            .as_ref()
+            .map(|_| (Kind::DevicePlugin, &dp)),
+    };
     let mut conds = status::conditions(
         &loader,
-        module.spec.device_plugin.as_ref().map(|_| &dp),
+        plugin,
         &status::waiting_for(module, fleet),
         status::degraded(module, fleet).or_else(|| images.degraded.clone()),
     );
@@ -387,12 +473,18 @@ async fn write_status(
     let old = module.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conds = status::stamp(conds, &old.conditions, module.metadata.generation, &now);
-    if old.module_loader == loader && old.device_plugin == dp && old.conditions == conds {
+    if old.module_loader == loader
+        && old.device_plugin == dp
+        && old.dra == dra
+        && old.conditions == conds
+    {
         return Ok(());
     }
+    // `dra: null` removes it from a Module that dropped spec.dra.
     let patch = serde_json::json!({ "status": {
         "moduleLoader": counts_json(&loader),
         "devicePlugin": counts_json(&dp),
+        "dra": dra.as_ref().map(counts_json),
         "conditions": conds,
     }});
     let api: Api<Module> = Api::namespaced(ctx.client.clone(), ns);

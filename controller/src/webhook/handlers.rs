@@ -1,7 +1,8 @@
 //! The admission endpoints: `/validate-namespace` (refuse deleting a namespace
 //! that still holds Modules), `/validate-module` (upstream's Module
-//! checks, and a warning when another Module loads the same kernel module) and
-//! `/validate-preflightvalidation` (upstream's PreflightValidation checks).
+//! checks, `spec.dra` only on Kubernetes >= 1.34, and a warning when another
+//! Module loads the same kernel module) and `/validate-preflightvalidation`
+//! (upstream's PreflightValidation checks).
 //! The decisions are pure functions; the handlers only decode, look up and
 //! encode.
 
@@ -12,6 +13,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::version::Info;
+use kmm_common::validation::check_dra_server_version;
 use kmm_common::{
     Module, PreflightValidation, validate_module, validate_module_update, validate_preflight,
 };
@@ -19,6 +22,8 @@ use kube::api::{Api, ListParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
+
+use super::server_version::{self, ServerVersion};
 
 /// Path of the Namespace webhook.
 pub const NAMESPACE_PATH: &str = "/validate-namespace";
@@ -66,6 +71,13 @@ pub fn preflight_denial(op: &Operation, new: Option<&PreflightValidation>) -> Op
     }
 }
 
+/// The denial of a Module with `spec.dra` on an API server older than Kubernetes 1.34
+/// (upstream's `validateDRA` version gate), or `None`.
+pub fn dra_version_denial(module: &Module, server: &Info) -> Option<String> {
+    module.spec.dra.as_ref()?;
+    check_dra_server_version(&server.major, &server.minor).err()
+}
+
 /// The kernel module a Module loads (`modprobe.moduleName`), as the kernel names it
 /// (`-` and `_` are the same module).
 fn kernel_module(module: &Module) -> Option<String> {
@@ -108,13 +120,21 @@ pub fn shared_kernel_module_warnings(module: &Module, others: &[Module]) -> Vec<
         .collect()
 }
 
+/// What the handlers share.
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    version: ServerVersion,
+}
+
 /// The router of both endpoints, separate from binding so tests can drive it.
 pub fn router(client: Client) -> Router {
+    let version = ServerVersion::new(client.clone(), server_version::DEFAULT_TTL);
     Router::new()
         .route(NAMESPACE_PATH, post(validate_namespace))
         .route(MODULE_PATH, post(validate_module_handler))
         .route(PREFLIGHT_PATH, post(validate_preflight_handler))
-        .with_state(client)
+        .with_state(Shared { client, version })
 }
 
 /// The request of an AdmissionReview body, or why it is not one (answered with 400).
@@ -143,7 +163,7 @@ fn reply(resp: AdmissionResponse) -> Response {
     }
 }
 
-async fn validate_namespace(State(client): State<Client>, body: Bytes) -> Response {
+async fn validate_namespace(State(Shared { client, .. }): State<Shared>, body: Bytes) -> Response {
     let req = match decode::<Namespace>(&body) {
         Ok(req) => req,
         Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
@@ -182,7 +202,10 @@ async fn validate_namespace(State(client): State<Client>, body: Bytes) -> Respon
     reply(resp)
 }
 
-async fn validate_module_handler(State(client): State<Client>, body: Bytes) -> Response {
+async fn validate_module_handler(
+    State(Shared { client, version }): State<Shared>,
+    body: Bytes,
+) -> Response {
     let req = match decode::<Module>(&body) {
         Ok(req) => req,
         Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
@@ -191,6 +214,30 @@ async fn validate_module_handler(State(client): State<Client>, body: Bytes) -> R
     if let Some(msg) = module_denial(&req.operation, req.old_object.as_ref(), req.object.as_ref()) {
         tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
         return reply(forbid(resp, msg));
+    }
+    let dra = req
+        .object
+        .as_ref()
+        .filter(|m| m.spec.dra.is_some() && req.operation != Operation::Delete);
+    if let Some(module) = dra {
+        match version.get().await {
+            Ok(info) => {
+                if let Some(msg) = dra_version_denial(module, &info) {
+                    tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
+                    return reply(forbid(resp, msg));
+                }
+            }
+            Err(e) => {
+                // Fail closed, as for namespace deletion: an answer we could not check is no.
+                tracing::warn!(error = %e, "reading the API server version for spec.dra");
+                let mut denied = resp.deny(format!(
+                    "spec.dra: cannot read the cluster's Kubernetes version: {e}"
+                ));
+                denied.result.code = 500;
+                denied.result.reason = "InternalError".to_string();
+                return reply(denied);
+            }
+        }
     }
     if let Some(module) = req
         .object
@@ -298,6 +345,33 @@ mod tests {
         let mut raw = named("ns", "raw", "");
         raw.spec.module_loader = None;
         assert!(shared_kernel_module_warnings(&raw, &others).is_empty());
+    }
+
+    fn info(major: &str, minor: &str) -> Info {
+        Info {
+            major: major.into(),
+            minor: minor.into(),
+            ..Info::default()
+        }
+    }
+
+    #[test]
+    fn dra_is_refused_before_kubernetes_1_34_with_upstreams_message() {
+        let mut dra: Module = module("^.+$");
+        dra.spec.dra = Some(
+            serde_json::from_value(serde_json::json!({
+                "driverName": "gpu.example.com", "container": {"image": "r/dra:1"}
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            dra_version_denial(&dra, &info("1", "33")).as_deref(),
+            Some("spec.dra requires Kubernetes 1.34 or later; current cluster version is 1.33")
+        );
+        assert_eq!(dra_version_denial(&dra, &info("1", "35")), None);
+        assert_eq!(dra_version_denial(&dra, &info("1", "34+")), None);
+        // Without spec.dra the version does not matter.
+        assert_eq!(dra_version_denial(&module("^.+$"), &info("1", "20")), None);
     }
 
     #[test]

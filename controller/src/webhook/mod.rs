@@ -3,6 +3,7 @@
 //! - [`handlers`]: `/validate-namespace`, `/validate-module` and
 //!   `/validate-preflightvalidation`;
 //! - [`certs`]: serving certificates, self-managed (rcgen) or from a directory;
+//! - [`server_version`]: the API server's version, cached (the `spec.dra` gate);
 //! - [`tls`]: the TLS listener for axum;
 //! - [`register`]: the ValidatingWebhookConfiguration (full in URL mode, the
 //!   `caBundle` only in Service mode).
@@ -10,6 +11,7 @@
 pub mod certs;
 pub mod handlers;
 pub mod register;
+pub mod server_version;
 pub mod tls;
 
 use std::collections::BTreeMap;
