@@ -15,4 +15,4 @@ pub mod sync;
 pub use sync::{BuildContext, BuildReport, ImageLookups, sync};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -60,7 +60,8 @@ fn owner() -> OwnerReference {
     }
 }
 
-fn args(job: &k8s_openapi::api::batch::v1::Job) -> Vec<String> {
+/// The first container's args (shared with the preflight tests).
+pub(crate) fn args(job: &k8s_openapi::api::batch::v1::Job) -> Vec<String> {
     job.spec
         .as_ref()
         .unwrap()

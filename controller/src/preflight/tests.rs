@@ -201,20 +201,6 @@ fn owner() -> OwnerReference {
     }
 }
 
-fn container_args(job: &k8s_openapi::api::batch::v1::Job) -> Vec<String> {
-    job.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap()
-}
-
 #[test]
 fn preflight_jobs_are_apart_from_the_modules_own() {
     let pushed = chain(BUILD, true).remove(0);
@@ -238,14 +224,14 @@ fn preflight_jobs_are_apart_from_the_modules_own() {
         preflight_of_job(job.clone()).map(|r| r.name),
         Some("p".to_string())
     );
-    let args = container_args(&job);
+    let args = crate::build::tests::args(&job);
     assert!(args.contains(&format!("--destination={IMAGE}")), "{args:?}");
     assert!(args.contains(&"--insecure".to_string()), "{args:?}");
 
     // Without pushBuiltImage: kaniko builds only.
     let unpushed = chain(BUILD, false).remove(0);
     assert_ne!(unpushed.hash(), pushed.hash());
-    let args = container_args(&job::job(&unpushed, owner()));
+    let args = crate::build::tests::args(&job::job(&unpushed, owner()));
     assert!(args.contains(&"--no-push".to_string()), "{args:?}");
     assert!(
         !args.iter().any(|a| a.starts_with("--destination")),
