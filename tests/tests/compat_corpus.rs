@@ -189,14 +189,9 @@ impl Fixture {
             "--ignore-not-found",
         ])?;
         // Modules go with the namespace: strip finalizers so nothing waits for an agent.
-        let modules = self.cp.kubectl_ok([
-            "get",
-            "modules",
-            "-n",
-            self.ns(),
-            "-o",
-            "name",
-        ])?;
+        let modules = self
+            .cp
+            .kubectl_ok(["get", "modules", "-n", self.ns(), "-o", "name"])?;
         for m in modules.lines() {
             let _ = self.cp.kubectl([
                 "patch",
@@ -310,7 +305,9 @@ async fn every_invalid_upstream_example_is_refused_naming_the_field() -> Result<
         if ok {
             failures.push(format!("{file}: admitted: {output}"));
         } else if let Some(missing) = expect.iter().find(|e| !output.contains(e.as_str())) {
-            failures.push(format!("{file}: refusal does not name {missing:?}: {output}"));
+            failures.push(format!(
+                "{file}: refusal does not name {missing:?}: {output}"
+            ));
         } else if f.get(&doc)?.is_some() {
             failures.push(format!("{file}: refused but stored"));
         } else {
