@@ -44,6 +44,8 @@
 #![warn(missing_docs)]
 
 pub mod api;
+#[cfg(test)]
+mod corpus_tests;
 pub mod crd;
 pub mod image;
 pub mod labels;

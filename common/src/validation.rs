@@ -13,6 +13,7 @@ use crate::{ModprobeSpec, Module, ModuleLoaderContainerSpec, Sign};
 mod dra;
 mod label_keys;
 mod preflight;
+mod tolerations;
 mod values;
 
 pub use dra::{
@@ -63,8 +64,10 @@ pub fn validate_module(module: &Module) -> Result<(), Vec<ValidationError>> {
         check_kernel_mappings(container, &mut errors);
         check_modprobe(&container.modprobe, &mut errors);
         check_signing(container, &mut errors);
+        check_in_tree_fields(container, &mut errors);
         errors.extend(check_loader_values(container));
     }
+    tolerations::check(&module.spec.tolerations, &mut errors);
     label_keys::check_node_labels(module, &mut errors);
     errors.extend(values::check_pod_pull_policies(&module.spec));
     dra::check(&module.spec, &mut errors);
@@ -219,6 +222,38 @@ fn check_modprobe(modprobe: &ModprobeSpec, errors: &mut Vec<ValidationError>) {
             errors.push(ValidationError::new(
                 &order_field,
                 format!("{name:?}: duplicate value in the loading order list"),
+            ));
+        }
+    }
+}
+
+/// Upstream's webhook refuses the deprecated `inTreeModuleToRemove` next to its replacement
+/// `inTreeModulesToRemove`, on the container, on a mapping, or one on each (which one would
+/// win is undefined).
+fn check_in_tree_fields(container: &ModuleLoaderContainerSpec, errors: &mut Vec<ValidationError>) {
+    const BOTH: &str =
+        "only one of inTreeModuleToRemove (deprecated) and inTreeModulesToRemove can be defined";
+    let single = |s: &String| !s.is_empty();
+    if single(&container.in_tree_module_to_remove)
+        && !container.in_tree_modules_to_remove.is_empty()
+    {
+        errors.push(ValidationError::new(
+            format!("{CONTAINER}.inTreeModuleToRemove"),
+            BOTH,
+        ));
+    }
+    for (i, m) in container.kernel_mappings.iter().enumerate() {
+        let field = format!("{CONTAINER}.kernelMappings[{i}].inTreeModuleToRemove");
+        if single(&m.in_tree_module_to_remove) && !m.in_tree_modules_to_remove.is_empty() {
+            errors.push(ValidationError::new(field, BOTH));
+        } else if (!m.in_tree_modules_to_remove.is_empty()
+            && single(&container.in_tree_module_to_remove))
+            || (single(&m.in_tree_module_to_remove)
+                && !container.in_tree_modules_to_remove.is_empty())
+        {
+            errors.push(ValidationError::new(
+                field,
+                "inTreeModuleToRemove (deprecated) and inTreeModulesToRemove cannot be mixed between the container and a kernel mapping",
             ));
         }
     }
