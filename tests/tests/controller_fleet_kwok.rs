@@ -562,7 +562,11 @@ async fn an_ordered_upgrade_stops_the_device_plugin_before_the_unload_and_restar
     let nodes: Api<Node> = Api::all(f.client.clone());
     let label_version = |v: &str| json!({"metadata": {"labels": {version_label.clone(): v}}});
     nodes
-        .patch(&a, &PatchParams::default(), &Patch::Merge(label_version("1")))
+        .patch(
+            &a,
+            &PatchParams::default(),
+            &Patch::Merge(label_version("1")),
+        )
         .await?;
     f.start_agent(&a).await?;
     f.push_image("gpu").await?;
@@ -592,7 +596,11 @@ async fn an_ordered_upgrade_stops_the_device_plugin_before_the_unload_and_restar
     .await?;
 
     nodes
-        .patch(&a, &PatchParams::default(), &Patch::Merge(label_version("2")))
+        .patch(
+            &a,
+            &PatchParams::default(),
+            &Patch::Merge(label_version("2")),
+        )
         .await?;
     f.wait("version 2 loaded and the device plugin back", || async {
         Ok(seen.lock().unwrap().last() == Some(&state(true, Some("2"), true)))

@@ -64,7 +64,9 @@ pub enum ActionError {
     },
     /// The Module's ready labels could not be taken off the Node to stop its
     /// device plugin before the unload: the loaded version stays.
-    #[error("unloading: could not remove the node's ready labels to stop the device plugin first: {0}")]
+    #[error(
+        "unloading: could not remove the node's ready labels to stop the device plugin first: {0}"
+    )]
     PluginLabels(#[source] crate::node_labels::LabelError),
     /// The pull was cancelled because the Module is no longer wanted here.
     #[error("cancelled: the Module changed or is no longer wanted on this node")]

@@ -97,7 +97,11 @@ impl PluginStop {
 
     /// Waits until neither plugin label of `key` is on the Node, the timeout
     /// passes, or `cancel` is set.
-    async fn wait_gone(&self, key: &ModuleKey, cancel: &mut Cancel) -> Result<Stopped, ActionError> {
+    async fn wait_gone(
+        &self,
+        key: &ModuleKey,
+        cancel: &mut Cancel,
+    ) -> Result<Stopped, ActionError> {
         let labels = [
             kmm_common::device_plugin_ready_label(&key.namespace, &key.name),
             kmm_common::dra_ready_label(&key.namespace, &key.name),

@@ -182,9 +182,10 @@ impl Workers {
         for (key, r) in lock(&self.running).iter() {
             // A wait for a device plugin to stop may be long: a change of the
             // Module (or of its version label) ends it, and is planned anew.
-            let changed = r.stops_plugin.as_ref().is_some_and(
-                |w| !matches!(desired.map.get(key), Some(Desired::Load(d)) if d == w),
-            );
+            let changed = r
+                .stops_plugin
+                .as_ref()
+                .is_some_and(|w| !matches!(desired.map.get(key), Some(Desired::Load(d)) if d == w));
             if (!r.unload && !desired.lets_run(key)) || changed {
                 // Not wanted any more: stop its pull (a kernel step in progress
                 // finishes, and the next pass unloads what it loaded).
@@ -216,7 +217,9 @@ impl Workers {
         let key = action.key().clone();
         let unload = matches!(action, Action::Unload { .. });
         let stops_plugin = match &action {
-            Action::Load { want, .. } | Action::Replace { want, .. } | Action::Verify { want, .. }
+            Action::Load { want, .. }
+            | Action::Replace { want, .. }
+            | Action::Verify { want, .. }
                 if want.stops_plugin =>
             {
                 Some(want.clone())
