@@ -134,14 +134,17 @@ impl Executor {
         cancel: &mut Cancel,
     ) -> Result<Withheld<'_>, ActionError> {
         let withheld = self.plugin_stop.withhold(key);
-        let current = self.plugin_stop.node_labels.borrow().clone();
-        let changes = LabelChanges::from([
-            (kmm_common::ready_label(&key.namespace, &key.name), None),
-            (
-                kmm_common::version_ready_label(&key.namespace, &key.name),
-                None,
-            ),
-        ]);
+        let ours = [
+            kmm_common::ready_label(&key.namespace, &key.name),
+            kmm_common::version_ready_label(&key.namespace, &key.name),
+        ];
+        // Sent even if the last view lacks them: a stale view must not leave
+        // the plugin running on the module being swapped.
+        let mut current = self.plugin_stop.node_labels.borrow().clone();
+        for k in &ours {
+            current.entry(k.clone()).or_default();
+        }
+        let changes: LabelChanges = ours.into_iter().map(|k| (k, None)).collect();
         self.reporter
             .labels(current, changes)
             .instrument(tracing::debug_span!("label"))

@@ -53,8 +53,8 @@ pub struct Failure {
 
 struct Running {
     unload: bool,
-    /// What a load of a Module with a device plugin loads: its worker may wait
-    /// for the plugin to stop, and is cancelled when the Module changes meanwhile.
+    /// What a replace of a Module with a device plugin loads: its worker may
+    /// wait for the plugin to stop, and is cancelled when the Module changes meanwhile.
     stops_plugin: Option<Box<DesiredLoad>>,
     cancel: watch::Sender<bool>,
 }
@@ -217,11 +217,8 @@ impl Workers {
         let key = action.key().clone();
         let unload = matches!(action, Action::Unload { .. });
         let stops_plugin = match &action {
-            Action::Load { want, .. }
-            | Action::Replace { want, .. }
-            | Action::Verify { want, .. }
-                if want.stops_plugin =>
-            {
+            // Only a swap of a loaded version waits (a first load has no plugin running).
+            Action::Replace { want, .. } | Action::Verify { want, .. } if want.stops_plugin => {
                 Some(want.clone())
             }
             _ => None,
