@@ -81,6 +81,12 @@ struct Args {
     #[arg(long, env = "KMM_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
 
+    /// Seconds a replace of a Module with a device plugin or DRA driver waits
+    /// for the plugin Pod to leave the node (its `.device-plugin-ready` /
+    /// `.dra-ready` label gone) before unloading anyway.
+    #[arg(long, env = "KMM_PLUGIN_STOP_TIMEOUT_SECONDS", default_value_t = 300)]
+    plugin_stop_timeout_seconds: u64,
+
     /// Seconds between digest checks of images with `imagePullPolicy: Always`.
     #[arg(long, env = "KMM_VERIFY_SECONDS", default_value_t = 300)]
     verify_seconds: u64,
@@ -257,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
         sim_unload_delay_ms,
         metrics_addr,
         resync_seconds,
+        plugin_stop_timeout_seconds,
         verify_seconds,
         pull_deadline_seconds,
         manifest_deadline_seconds,
@@ -311,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         set_firmware_class_path,
         resync: Duration::from_secs(resync_seconds.max(1)),
         verify_interval: Duration::from_secs(verify_seconds),
+        plugin_stop_timeout: Duration::from_secs(plugin_stop_timeout_seconds),
         pull: pull_options(
             pull_deadline_seconds,
             manifest_deadline_seconds,

@@ -51,6 +51,10 @@ pub struct DesiredLoad {
     /// Why this cannot be loaded as asked (e.g. a `modprobe.rawArgs` flag the agent
     /// refuses); reported as an error instead of loading.
     pub rejected: Option<String>,
+    /// The Module runs a device plugin or DRA driver on nodes with its `.ready`
+    /// label: replacing what is loaded stops it first (upstream's ordered upgrade).
+    /// Not part of [`DesiredLoad::satisfied_by`]: adding a plugin reloads nothing.
+    pub stops_plugin: bool,
 }
 
 impl DesiredLoad {
@@ -219,6 +223,7 @@ mod tests {
             version: version.map(str::to_string),
             rejected: None,
             built_in_cluster: false,
+            stops_plugin: false,
         })
     }
 

@@ -500,6 +500,132 @@ async fn device_plugin_lands_only_on_ready_nodes_and_its_label_follows_pod_readi
     f.finish().await
 }
 
+/// What of a Node's labels an ordered upgrade of Module `gpu` moves.
+#[derive(Debug, Clone, PartialEq)]
+struct UpgradeLabels {
+    ready: bool,
+    version_ready: Option<String>,
+    dp_ready: bool,
+}
+
+/// Records every distinct [`UpgradeLabels`] state of `node`, from a watch
+/// (each Node update is one event: no state is missed, unlike polling).
+fn record_upgrade_labels(
+    client: &Client,
+    node: &str,
+    ns: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<UpgradeLabels>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<UpgradeLabels>::new()));
+    let nodes: Api<Node> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let (ready, version_ready, dp_ready) = (
+        ready_label(ns, "gpu"),
+        kmm_common::version_ready_label(ns, "gpu"),
+        device_plugin_ready_label(ns, "gpu"),
+    );
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(nodes, config).applied_objects());
+        while let Some(event) = stream.next().await {
+            let Ok(n) = event else { continue };
+            let labels = n.labels();
+            let state = UpgradeLabels {
+                ready: labels.contains_key(&ready),
+                version_ready: labels.get(&version_ready).cloned(),
+                dp_ready: labels.contains_key(&dp_ready),
+            };
+            let mut seen = out.lock().unwrap();
+            if seen.last() != Some(&state) {
+                seen.push(state);
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Issue 15: moving a node's version label stops the device plugin before the
+/// unload (upstream's ordered upgrade): the agent takes `.ready` and
+/// `.version.ready` off, the DaemonSet removes the Pod, the controller removes
+/// `.device-plugin-ready`; only then is the new version loaded and labelled,
+/// and the DaemonSet brings the Pod back.
+#[tokio::test]
+async fn an_ordered_upgrade_stops_the_device_plugin_before_the_unload_and_restarts_it_after()
+-> Result<()> {
+    let mut f = Fixture::new("kw-up").await?;
+    let a = f.node("a", KVER, true).await?;
+    let version_label = kmm_common::version_module_label(f.ns(), "gpu");
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    let label_version = |v: &str| json!({"metadata": {"labels": {version_label.clone(): v}}});
+    nodes
+        .patch(
+            &a,
+            &PatchParams::default(),
+            &Patch::Merge(label_version("1")),
+        )
+        .await?;
+    f.start_agent(&a).await?;
+    f.push_image("gpu").await?;
+    let versioned = |v: &str| {
+        let yaml = f.module_yaml("gpu", "registry.example/kmm/dp:1");
+        let mut m: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        m["spec"]["moduleLoader"]["container"]["version"] = json!(v);
+        serde_json::to_string(&m).unwrap()
+    };
+    f.apply(&versioned("1")).await?;
+    let dp_ready = device_plugin_ready_label(f.ns(), "gpu");
+    f.wait(&format!("{a} has {dp_ready}"), || async {
+        f.has_label(&a, &dp_ready).await
+    })
+    .await?;
+    // The Module moves first; the node keeps version 1 until its label moves.
+    f.apply(&versioned("2")).await?;
+    let (seen, watch) = record_upgrade_labels(&f.client, &a, f.ns());
+    let state = |ready, v: Option<&str>, dp| UpgradeLabels {
+        ready,
+        version_ready: v.map(str::to_string),
+        dp_ready: dp,
+    };
+    f.wait("the watch saw the starting point", || async {
+        Ok(seen.lock().unwrap().last() == Some(&state(true, Some("1"), true)))
+    })
+    .await?;
+
+    nodes
+        .patch(
+            &a,
+            &PatchParams::default(),
+            &Patch::Merge(label_version("2")),
+        )
+        .await?;
+    f.wait("version 2 loaded and the device plugin back", || async {
+        Ok(seen.lock().unwrap().last() == Some(&state(true, Some("2"), true)))
+    })
+    .await?;
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    // Exactly this order (each step one write of its own).
+    assert_eq!(
+        seen,
+        [
+            state(true, Some("1"), true),
+            state(false, None, true),
+            state(false, None, false),
+            state(true, Some("2"), false),
+            state(true, Some("2"), true),
+        ],
+        "{}",
+        f.logs()
+    );
+    let status = node_module_status(&f.client, &a, f.ns(), "gpu").await?;
+    assert!(status.is_some_and(|s| s.last_error.is_none()));
+    f.finish().await
+}
+
 #[tokio::test]
 async fn obsolete_device_plugin_daemonsets_are_collected() -> Result<()> {
     let mut f = Fixture::new("kw-gc").await?;

@@ -100,6 +100,7 @@ fn to_load(module: &Module, t: &ResolvedMapping) -> DesiredLoad {
         version: t.version.clone(),
         rejected: refused_values(module),
         built_in_cluster: t.build.is_some() || t.sign.is_some(),
+        stops_plugin: module.spec.device_plugin.is_some() || module.spec.dra.is_some(),
     }
 }
 

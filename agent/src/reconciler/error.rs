@@ -62,8 +62,14 @@ pub enum ActionError {
         /// The other Module that loaded it, if it was one of ours.
         owner: Option<String>,
     },
+    /// The Module's ready labels could not be taken off the Node to stop its
+    /// device plugin before the unload: the loaded version stays.
+    #[error(
+        "unloading: could not remove the node's ready labels to stop the device plugin first: {0}"
+    )]
+    PluginLabels(#[source] crate::node_labels::LabelError),
     /// The pull was cancelled because the Module is no longer wanted here.
-    #[error("cancelled: the Module is no longer wanted on this node")]
+    #[error("cancelled: the Module changed or is no longer wanted on this node")]
     Cancelled,
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
@@ -78,7 +84,7 @@ impl ActionError {
             ActionError::Pull { .. } => Reason::ImagePullFailed,
             ActionError::WaitingForImage { .. } => Reason::WaitingForImage,
             ActionError::Kernel(e) | ActionError::Step(StepError::Kernel(e)) => kernel_reason(e),
-            ActionError::Unload(_) => Reason::UnloadFailed,
+            ActionError::Unload(_) | ActionError::PluginLabels(_) => Reason::UnloadFailed,
             ActionError::Step(StepError::InTree { .. }) => Reason::InTreeRemovalFailed,
             ActionError::Step(StepError::Firmware(_)) => Reason::FirmwareFailed,
             ActionError::State(_) => Reason::StateWriteFailed,

@@ -19,6 +19,7 @@ use tracing::{Instrument, instrument};
 use super::error::ActionError;
 use super::journal::Journal;
 use super::phases::{LoadPhases, Phase};
+use super::plugin_stop::PluginStop;
 use super::report::{self, Report};
 use super::sources::{Images, PullSecrets};
 use super::{Settings, lock};
@@ -34,7 +35,8 @@ use crate::state::{LoadedModule, Loading, ModuleKey, NodeState, Unloading};
 
 type Result<T, E = ActionError> = std::result::Result<T, E>;
 
-/// Set to `true` when the action's pull should stop (the Module is no longer wanted).
+/// Set to `true` when the action's pull, or its wait for a device plugin to
+/// stop, should end (the Module is no longer wanted, or changed while waiting).
 pub type Cancel = watch::Receiver<bool>;
 
 /// Everything one node's actions need.
@@ -50,6 +52,8 @@ pub struct Executor {
     pub(super) journal: Journal,
     pub(super) metrics: Metrics,
     verified_at: std::sync::Mutex<HashMap<ModuleKey, Instant>>,
+    /// Device plugins stopped before a swap.
+    pub(super) plugin_stop: PluginStop,
 }
 
 /// An image pulled and checked, ready for the kernel steps.
@@ -73,6 +77,7 @@ impl Executor {
         metrics: Metrics,
     ) -> Self {
         Self {
+            plugin_stop: PluginStop::new(settings.plugin_stop_timeout),
             settings,
             kernel,
             kernel_lock: tokio::sync::Mutex::new(()),
@@ -104,14 +109,14 @@ impl Executor {
                     .await
             }
             Action::Replace { key, want } => {
-                let pulled = self.pull(key, want, cancel, phases).await?;
+                let pulled = self.pull(key, want, cancel.clone(), phases).await?;
                 self.swap(
                     key,
                     want,
                     &pulled,
                     module.as_deref(),
                     "the Module's spec, version or the node's kernel changed",
-                    phases,
+                    (cancel, phases),
                 )
                 .await
             }
@@ -142,7 +147,7 @@ impl Executor {
         if let Some(why) = &want.rejected {
             return Err(ActionError::InvalidSpec(why.clone()));
         }
-        let pulled = self.pull(key, want, cancel, phases).await?;
+        let pulled = self.pull(key, want, cancel.clone(), phases).await?;
         // With nothing recorded, the swap's unload is a no-op: one kernel path.
         self.swap(
             key,
@@ -150,7 +155,7 @@ impl Executor {
             &pulled,
             module,
             "a previous load was recorded",
-            phases,
+            (cancel, phases),
         )
         .await
     }
@@ -166,7 +171,7 @@ impl Executor {
         if !self.verify_due(key, want) {
             return Ok(());
         }
-        let pulled = self.pull(key, want, cancel, phases).await?;
+        let pulled = self.pull(key, want, cancel.clone(), phases).await?;
         lock(&self.verified_at).insert(key.clone(), Instant::now());
         let current = self
             .journal
@@ -184,14 +189,15 @@ impl Executor {
             &pulled,
             module,
             "the image digest changed (imagePullPolicy: Always)",
-            phases,
+            (cancel, phases),
         )
         .await
     }
 
     /// Make-before-break: `pulled` is checked first; only then is the loaded
     /// version unloaded and the new one loaded. If the new one fails to load, the
-    /// old record is loaded back from the cache.
+    /// old record is loaded back from the cache. A Module with a device plugin
+    /// has it stopped before the unload ([`Executor::stop_plugin`]).
     async fn swap(
         self: &Arc<Self>,
         key: &ModuleKey,
@@ -199,12 +205,18 @@ impl Executor {
         pulled: &PulledImage,
         module: Option<&Module>,
         why: &str,
-        phases: &mut LoadPhases,
+        (mut cancel, phases): (Cancel, &mut LoadPhases),
     ) -> Result<()> {
         if let Some(reason) = &want.rejected {
             return Err(ActionError::InvalidSpec(reason.clone()));
         }
         let prepared = prepare(want, pulled)?;
+        // Labels stay off until the worker ends; the next publish puts them back.
+        let _withheld = if want.stops_plugin && self.journal.snapshot().modules.contains_key(key) {
+            Some(self.stop_plugin(key, module, &mut cancel).await?)
+        } else {
+            None
+        };
         let started = Instant::now();
         let uid = module.and_then(|m| m.metadata.uid.clone());
         let (k, w, p) = (key.clone(), want.clone(), prepared);

@@ -7,6 +7,7 @@ mod error;
 mod executor;
 mod journal;
 pub mod phases;
+mod plugin_stop;
 mod recovery;
 mod report;
 mod sources;
@@ -70,6 +71,9 @@ pub struct Settings {
     pub verify_interval: Duration,
     /// Deadlines and caps of every pull (policy, credentials and TLS are set per Module).
     pub pull: crate::image::PullOptions,
+    /// How long a replace of a Module with a device plugin or DRA driver waits
+    /// for the plugin to leave the node before unloading anyway.
+    pub plugin_stop_timeout: Duration,
 }
 
 /// Locks a std mutex, ignoring poisoning: a panicked worker must not take the

@@ -1,7 +1,7 @@
 //! What the agent tells the cluster: its own Node's labels, the per-node
 //! `NodeModulesConfig` status, and events on Modules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
@@ -40,11 +40,16 @@ pub fn module_ref(key: &ModuleKey, uid: Option<&str>) -> ObjectReference {
 }
 
 /// Labels this agent wants on its Node for `state`, including removals of
-/// `.ready`/`.version.ready` labels of Modules no longer loaded. The admin's
-/// `version-module.` labels and the controller's `.device-plugin-ready` are not ours.
-pub fn wanted_labels(current: &BTreeMap<String, String>, state: &NodeState) -> LabelChanges {
+/// `.ready`/`.version.ready` labels of Modules no longer loaded, or `withheld`
+/// while their device plugin stops. The admin's `version-module.` labels and the
+/// controller's `.device-plugin-ready` are not ours.
+pub fn wanted_labels(
+    current: &BTreeMap<String, String>,
+    state: &NodeState,
+    withheld: &BTreeSet<ModuleKey>,
+) -> LabelChanges {
     let mut wanted = LabelChanges::new();
-    for (key, rec) in &state.modules {
+    for (key, rec) in state.modules.iter().filter(|(k, _)| !withheld.contains(*k)) {
         wanted.insert(
             kmm_common::ready_label(&key.namespace, &key.name),
             Some(String::new()),
@@ -283,6 +288,8 @@ pub struct RecordingReporter {
     pub statuses: std::sync::Mutex<Vec<NodeModulesConfigStatus>>,
     /// The node's labels as the recorded changes left them.
     pub node_labels: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Every label write that changed something, in order.
+    pub label_writes: std::sync::Mutex<Vec<LabelChanges>>,
 }
 
 #[cfg(test)]
@@ -328,6 +335,10 @@ impl Report for RecordingReporter {
         wanted: LabelChanges,
     ) -> BoxFuture<'_, Result<(), LabelError>> {
         let mut labels = crate::reconciler::lock(&self.node_labels);
+        let changes = node_labels::effective_changes(&labels, &wanted);
+        if !changes.is_empty() {
+            crate::reconciler::lock(&self.label_writes).push(changes);
+        }
         for (k, v) in wanted {
             match v {
                 Some(v) => labels.insert(k, v),
@@ -411,7 +422,7 @@ mod tests {
             ),
             ("other".to_string(), "x".to_string()),
         ]);
-        let w = wanted_labels(&current, &st);
+        let w = wanted_labels(&current, &st, &BTreeSet::new());
         assert_eq!(
             w.get("kmm.node.kubernetes.io/ns.a.ready"),
             Some(&Some(String::new()))

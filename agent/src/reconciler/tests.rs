@@ -186,6 +186,7 @@ fn settings() -> Settings {
         resync: Duration::from_secs(300),
         verify_interval: Duration::from_secs(300),
         pull: PullOptions::default(),
+        plugin_stop_timeout: Duration::from_secs(300),
     }
 }
 
@@ -196,6 +197,15 @@ impl Harness {
     }
 
     fn with_kernel(sim: SimulatedKernel, kernel: Arc<dyn k::Kernel>, state: NodeState) -> Self {
+        Self::with_settings(sim, kernel, state, settings())
+    }
+
+    fn with_settings(
+        sim: SimulatedKernel,
+        kernel: Arc<dyn k::Kernel>,
+        state: NodeState,
+        settings: Settings,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let file = crate::state::StateFile::in_dir(&dir.join("state"));
@@ -203,7 +213,7 @@ impl Harness {
         let images = Arc::new(FakeImages::default());
         let reporter = Arc::new(RecordingReporter::default());
         let exec = Arc::new(Executor::new(
-            settings(),
+            settings,
             kernel.clone(),
             images.clone(),
             Arc::new(NoSecrets),
@@ -928,3 +938,5 @@ fn the_watch_caches_drop_what_the_agent_never_reads() {
 
 #[path = "tests_modprobe_args.rs"]
 mod modprobe_args;
+#[path = "tests_plugin_stop.rs"]
+mod plugin_stop_tests;

@@ -23,7 +23,7 @@ use super::executor::Executor;
 use super::phases::{LoadPhases, Phase};
 use super::recovery::{Presence, presence};
 use super::{lock, report};
-use crate::plan::{self, Action, Desired};
+use crate::plan::{self, Action, Desired, DesiredLoad};
 use crate::state::ModuleKey;
 
 /// How often a node waiting for an in-cluster build asks the registry again.
@@ -53,6 +53,9 @@ pub struct Failure {
 
 struct Running {
     unload: bool,
+    /// What a replace of a Module with a device plugin loads: its worker may
+    /// wait for the plugin to stop, and is cancelled when the Module changes meanwhile.
+    stops_plugin: Option<Box<DesiredLoad>>,
     cancel: watch::Sender<bool>,
 }
 
@@ -130,6 +133,7 @@ impl Workers {
     ) -> Option<Duration> {
         let phases = LoadPhases::new(event_at, Instant::now());
         self.exec.metrics.reconciles.inc();
+        self.exec.plugin_stop.observe(node.labels());
         let desired = self
             .decide(all, by_key, node, kernel, phases)
             .instrument(tracing::debug_span!("decide"))
@@ -176,7 +180,13 @@ impl Workers {
             });
         }
         for (key, r) in lock(&self.running).iter() {
-            if !r.unload && !desired.lets_run(key) {
+            // A wait for a device plugin to stop may be long: a change of the
+            // Module (or of its version label) ends it, and is planned anew.
+            let changed = r
+                .stops_plugin
+                .as_ref()
+                .is_some_and(|w| !matches!(desired.map.get(key), Some(Desired::Load(d)) if d == w));
+            if (!r.unload && !desired.lets_run(key)) || changed {
                 // Not wanted any more: stop its pull (a kernel step in progress
                 // finishes, and the next pass unloads what it loaded).
                 let _ = r.cancel.send(true);
@@ -206,6 +216,13 @@ impl Workers {
     ) {
         let key = action.key().clone();
         let unload = matches!(action, Action::Unload { .. });
+        let stops_plugin = match &action {
+            // Only a swap of a loaded version waits (a first load has no plugin running).
+            Action::Replace { want, .. } | Action::Verify { want, .. } if want.stops_plugin => {
+                Some(want.clone())
+            }
+            _ => None,
+        };
         let mut running = lock(&self.running);
         if running.contains_key(&key) {
             return;
@@ -217,7 +234,14 @@ impl Workers {
             return;
         }
         let (cancel, cancelled) = watch::channel(false);
-        running.insert(key.clone(), Running { unload, cancel });
+        running.insert(
+            key.clone(),
+            Running {
+                unload,
+                stops_plugin,
+                cancel,
+            },
+        );
         drop(running);
         let this = self.clone();
         let span = tracing::info_span!("worker", module = %key, action = action.kind());
@@ -440,7 +464,8 @@ impl Workers {
             }
         }
         let current = node.labels().clone();
-        let wanted = report::wanted_labels(&current, &state);
+        let withheld = self.exec.plugin_stop.withheld();
+        let wanted = report::wanted_labels(&current, &state, &withheld);
         let written = self
             .exec
             .reporter

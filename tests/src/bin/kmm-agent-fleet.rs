@@ -75,6 +75,7 @@ async fn agent(
         set_firmware_class_path: false,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         verify_interval: Duration::from_secs(args.resync_seconds),
+        plugin_stop_timeout: Duration::from_secs(300),
         pull: PullOptions::default(),
     };
     let parts = Parts {
