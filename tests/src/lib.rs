@@ -21,3 +21,4 @@ pub mod realnode;
 pub mod signjob;
 pub mod vm;
 pub mod vm_agent;
+pub mod webhook;

@@ -10,69 +10,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Namespace;
-use kmm_tests::cluster::{WebhookConfigGuard, crd_namespace, wait_for};
-use kmm_tests::controller::{ControllerOptions, ControllerProcess};
+use kmm_tests::cluster::{crd_namespace, wait_for};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace, repo_root};
-use kube::api::{Api, Patch, PatchParams};
+use kmm_tests::webhook::{NamespaceWebhook, SELECTOR_KEY};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-const SELECTOR_KEY: &str = "kmm-test/webhook";
 
 /// A test namespace subject to a webhook configuration of its own, served by a controller.
 struct Fixture {
     cp: &'static ControlPlane,
     ns: TestNamespace,
-    // Dropped in declaration order: the configuration goes before the webhook server.
-    _guard: WebhookConfigGuard,
-    controller: ControllerProcess,
-    _dir: tempfile::TempDir,
+    webhook: NamespaceWebhook,
 }
 
 impl Fixture {
     async fn new() -> Result<Self> {
         let (cp, client, ns) = crd_namespace("corpus").await?;
-        let ns_name = ns.name().to_string();
-        let patch = json!({ "metadata": { "labels": { SELECTOR_KEY: &ns_name } } });
-        Api::<Namespace>::all(client)
-            .patch(&ns_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = format!("kmm-webhook-{ns_name}");
-        let guard = WebhookConfigGuard {
-            cp,
-            name: config.clone(),
-        };
-        let dir = tempfile::tempdir()?;
-        let args = [
-            "--webhook",
-            "true",
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-url",
-            &format!("https://127.0.0.1:{port}"),
-            "--webhook-config",
-            &config,
-            "--webhook-namespace-selector",
-            &format!("{SELECTOR_KEY}={ns_name}"),
-        ];
-        let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
-            cp,
-            &ns_name,
-            dir.path(),
-            args.map(String::from).to_vec(),
-        ))?;
-        controller.wait_leader(WAIT).await?;
-        let f = Self {
-            cp,
-            ns,
-            _guard: guard,
-            controller,
-            _dir: dir,
-        };
+        let webhook = NamespaceWebhook::start(cp, &client, ns.name(), WAIT).await?;
+        let f = Self { cp, ns, webhook };
         f.wait_webhook_active().await?;
         Ok(f)
     }
@@ -98,7 +54,12 @@ impl Fixture {
             Ok(!out.0 && out.1.contains("vmodule.kmm.sigs.x-k8s.io"))
         })
         .await
-        .with_context(|| format!("webhook never called; log:\n{}", self.controller.log()))
+        .with_context(|| {
+            format!(
+                "webhook never called; log:\n{}",
+                self.webhook.controller.log()
+            )
+        })
     }
 
     /// `kubectl apply --server-side` of `doc` (field validation Strict: an unknown field is an
@@ -287,7 +248,7 @@ async fn every_valid_upstream_example_applies_and_reads_back_with_nothing_lost()
         failures.is_empty(),
         "{}\ncontroller log:\n{}",
         failures.join("\n"),
-        f.controller.log()
+        f.webhook.controller.log()
     );
     f.finish().await
 }
@@ -318,7 +279,7 @@ async fn every_invalid_upstream_example_is_refused_naming_the_field() -> Result<
         failures.is_empty(),
         "{}\ncontroller log:\n{}",
         failures.join("\n"),
-        f.controller.log()
+        f.webhook.controller.log()
     );
     f.finish().await
 }

@@ -12,15 +12,14 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kmm_common::{Module, PreflightValidation};
-use kmm_tests::cluster::{WebhookConfigGuard, crd_namespace, wait_for};
-use kmm_tests::controller::{ControllerOptions, ControllerProcess};
+use kmm_tests::cluster::{crd_namespace, wait_for};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::module::ModuleBuilder;
+use kmm_tests::webhook::{NamespaceWebhook, SELECTOR_KEY};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(60);
-const SELECTOR_KEY: &str = "kmm-test/webhook";
 
 struct Fixture {
     cp: &'static ControlPlane,
@@ -28,64 +27,28 @@ struct Fixture {
     ns: Option<TestNamespace>,
     ns_name: String,
     config: ValidatingWebhookConfiguration,
-    // Dropped in declaration order: the configuration goes before the webhook server.
-    _guard: WebhookConfigGuard,
-    controller: ControllerProcess,
-    _dir: tempfile::TempDir,
+    webhook: NamespaceWebhook,
 }
 
 impl Fixture {
     async fn new(prefix: &str) -> Result<Self> {
         let (cp, client, ns) = crd_namespace(prefix).await?;
         let ns_name = ns.name().to_string();
-        let patch = serde_json::json!({ "metadata": { "labels": { SELECTOR_KEY: &ns_name } } });
-        Api::<Namespace>::all(client.clone())
-            .patch(&ns_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config_name = format!("kmm-webhook-{ns_name}");
-        let guard = WebhookConfigGuard {
-            cp,
-            name: config_name.clone(),
-        };
-        let dir = tempfile::tempdir()?;
-        let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
-            cp,
-            &ns_name,
-            dir.path(),
-            [
-                "--webhook",
-                "true",
-                "--webhook-addr",
-                &format!("127.0.0.1:{port}"),
-                "--webhook-url",
-                &format!("https://127.0.0.1:{port}"),
-                "--webhook-config",
-                &config_name,
-                "--webhook-namespace-selector",
-                &format!("{SELECTOR_KEY}={ns_name}"),
-            ]
-            .map(String::from)
-            .to_vec(),
-        ))?;
-        controller.wait_leader(WAIT).await?;
+        let webhook = NamespaceWebhook::start(cp, &client, &ns_name, WAIT).await?;
         let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        let config = configs
-            .get(&config_name)
-            .await
-            .with_context(|| format!("no webhook configuration; log:\n{}", controller.log()))?;
+        let config = configs.get(&webhook.config_name).await.with_context(|| {
+            format!(
+                "no webhook configuration; log:\n{}",
+                webhook.controller.log()
+            )
+        })?;
         Ok(Self {
             cp,
             client,
             ns: Some(ns),
             ns_name,
             config,
-            _guard: guard,
-            controller,
-            _dir: dir,
+            webhook,
         })
     }
 
@@ -113,7 +76,12 @@ impl Fixture {
             }
         })
         .await
-        .with_context(|| format!("webhook never called; log:\n{}", self.controller.log()))?;
+        .with_context(|| {
+            format!(
+                "webhook never called; log:\n{}",
+                self.webhook.controller.log()
+            )
+        })?;
         Ok(refusal.into_inner().unwrap())
     }
 
@@ -200,7 +168,7 @@ async fn invalid_regexp_is_refused_and_valid_module_admitted() -> Result<()> {
     f.modules()
         .create(&PostParams::default(), &module("good", "^.+-amd64$"))
         .await
-        .with_context(|| format!("valid Module refused; log:\n{}", f.controller.log()))?;
+        .with_context(|| format!("valid Module refused; log:\n{}", f.webhook.controller.log()))?;
 
     // UPDATE goes through validate_module_update: breaking the regexp is refused.
     let patch = serde_json::json!({ "spec": { "moduleLoader": { "container": {
@@ -224,12 +192,12 @@ async fn invalid_regexp_is_refused_and_valid_module_admitted() -> Result<()> {
 
     // A clean shutdown removes the configuration it registered (no dead webhook left behind).
     let mut f = f;
-    f.controller.terminate()?;
+    f.webhook.controller.terminate()?;
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(f.client.clone());
     assert!(
         configs.get_opt(&f.config.name_any()).await?.is_none(),
         "configuration left after SIGTERM; log:\n{}",
-        f.controller.log()
+        f.webhook.controller.log()
     );
     f.finish().await
 }
@@ -277,7 +245,7 @@ async fn a_preflight_whose_kernel_version_is_not_one_is_refused_like_upstream() 
     .with_context(|| {
         format!(
             "valid PreflightValidation refused; log:\n{}",
-            f.controller.log()
+            f.webhook.controller.log()
         )
     })?;
     // UPDATE is checked alike.
@@ -340,15 +308,23 @@ async fn upstream_708_namespace_holding_modules_cannot_be_deleted_until_they_are
             .is_empty())
     })
     .await
-    .with_context(|| format!("Modules not released; log:\n{}", f.controller.log()))?;
+    .with_context(|| format!("Modules not released; log:\n{}", f.webhook.controller.log()))?;
 
     // Now the same webhook admits the deletion.
     namespaces
         .delete(&ns, &DeleteParams::default())
         .await
-        .with_context(|| format!("namespace deletion refused; log:\n{}", f.controller.log()))?;
+        .with_context(|| {
+            format!(
+                "namespace deletion refused; log:\n{}",
+                f.webhook.controller.log()
+            )
+        })?;
     assert!(
-        f.controller.log().contains("refusing namespace deletion"),
+        f.webhook
+            .controller
+            .log()
+            .contains("refusing namespace deletion"),
         "the refusal came from this webhook"
     );
     let live = namespaces.get_opt(&ns).await?;
@@ -410,7 +386,7 @@ async fn modprobe_flags_the_agent_refuses_are_refused_naming_the_argument() -> R
     f.modules()
         .create(&PostParams::default(), &mapped)
         .await
-        .with_context(|| format!("mapped flags refused; log:\n{}", f.controller.log()))?;
+        .with_context(|| format!("mapped flags refused; log:\n{}", f.webhook.controller.log()))?;
     f.finish().await
 }
 
@@ -462,7 +438,7 @@ async fn module_whose_ready_label_cannot_exist_is_refused_naming_the_fields() ->
         .with_context(|| {
             format!(
                 "63-character label key refused; log:\n{}",
-                f.controller.log()
+                f.webhook.controller.log()
             )
         })?;
     f.finish().await
@@ -497,7 +473,7 @@ async fn module_sharing_a_kernel_module_is_admitted_with_a_warning() -> Result<(
     assert!(
         stderr.contains("Warning") && stderr.contains(&want),
         "want {want:?} in: {stderr}\nlog:\n{}",
-        f.controller.log()
+        f.webhook.controller.log()
     );
     assert!(f.modules().get_opt("second").await?.is_some());
 
@@ -551,6 +527,11 @@ async fn dra_module_is_validated_and_admitted_on_a_dra_capable_server() -> Resul
     f.modules()
         .create(&PostParams::default(), &good)
         .await
-        .with_context(|| format!("valid DRA Module refused; log:\n{}", f.controller.log()))?;
+        .with_context(|| {
+            format!(
+                "valid DRA Module refused; log:\n{}",
+                f.webhook.controller.log()
+            )
+        })?;
     f.finish().await
 }
