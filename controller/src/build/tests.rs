@@ -8,7 +8,9 @@ use kmm_common::{Build, BuildArg, Module, ResolvedMapping};
 use super::job::{self, Step, StepKind, unsigned_image};
 use super::plan::{self, ChainInput, Facts, JobState, JobView, Outcome};
 
-fn module_yaml(mapping: &str) -> Module {
+/// A Module `drivers/kmod` with the one kernel mapping `mapping` (shared with the preflight
+/// tests).
+pub(crate) fn module_yaml(mapping: &str) -> Module {
     serde_yaml::from_str(&format!(
         r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1

@@ -17,21 +17,9 @@ const KERNEL: &str = "6.2.0-1-amd64";
 const IMAGE: &str = "reg:5000/kmod:6.2.0-1-amd64";
 
 fn module(mapping: &str) -> Module {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: kmod, namespace: drivers, uid: u-1, generation: 1}}
-spec:
-  selector: {{}}
-  moduleLoader:
-    container:
-      modprobe: {{moduleName: kmod}}
-      kernelMappings:
-        - {mapping}
-"#
-    ))
-    .unwrap()
+    let mut m = crate::build::tests::module_yaml(mapping);
+    m.metadata.generation = Some(1);
+    m
 }
 
 const PLAIN: &str =
