@@ -269,6 +269,15 @@ where
 /// API errors.
 pub async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) -> Result<()> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    // A finished Job must carry `startTime` (validated since 1.32). The Job
+    // controller sets it once it sees the Job; a test that finishes the Job
+    // before that happens sets it itself, as the controller would have.
+    let started = jobs
+        .get_status(name)
+        .await?
+        .status
+        .and_then(|s| s.start_time)
+        .map_or_else(|| now.clone(), |t| t.0.to_string());
     let cond = |t: &str, reason: &str, message: &str| {
         serde_json::json!({"type": t, "status": "True", "reason": reason, "message": message,
             "lastProbeTime": now, "lastTransitionTime": now})
@@ -280,7 +289,7 @@ pub async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) -> Result<
         );
         serde_json::json!({"status": {
             "active": 0, "ready": 0, "terminating": 0, "succeeded": 1,
-            "completionTime": now,
+            "startTime": started, "completionTime": now,
             "conditions": [cond("SuccessCriteriaMet", reason, message), cond("Complete", reason, message)],
         }})
     } else {
@@ -289,7 +298,7 @@ pub async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) -> Result<
             "Job has reached the specified backoff limit",
         );
         serde_json::json!({"status": {
-            "active": 0, "ready": 0, "terminating": 0, "failed": 3,
+            "active": 0, "ready": 0, "terminating": 0, "failed": 3, "startTime": started,
             "conditions": [cond("FailureTarget", reason, message), cond("Failed", reason, message)],
         }})
     };

@@ -440,3 +440,25 @@ async fn image_rebuild_trigger_generation_rebuilds_an_existing_image_once() -> R
     assert_eq!(seen.lock().unwrap().len(), 1);
     f.finish().await
 }
+
+/// `finish_job` plays the Job controller's terminal status even before the
+/// Job controller has seen the Job (CI hit that race: a finished Job without
+/// `startTime` is refused). A suspended Job never gets `startTime` from the
+/// Job controller, which pins the race open.
+#[tokio::test]
+async fn finishing_a_job_the_job_controller_has_not_started_is_accepted() -> Result<()> {
+    let f = Fixture::new("ctl-build-fin").await?;
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "never-started"},
+        "spec": {"suspend": true, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "registry.invalid/none"}],
+        }}},
+    }))?;
+    let jobs = f.jobs();
+    jobs.create(&Default::default(), &job).await?;
+    finish_job(&jobs, "never-started", true).await?;
+    let status = jobs.get_status("never-started").await?.status.unwrap();
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    f.finish().await
+}
