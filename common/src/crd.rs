@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::{Module, NodeModulesConfig, PreflightValidation};
+use crate::{Module, ModuleRollout, NodeModulesConfig, PreflightValidation};
 
 /// Errors while rendering CRDs.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,8 @@ pub const MODULE_CRD_FILE: &str = "kmm.sigs.x-k8s.io_modules.yaml";
 pub const NMC_CRD_FILE: &str = "kmm.sigs.x-k8s.io_nodemodulesconfigs.yaml";
 /// File name of the PreflightValidation CRD under `deploy/crds/`.
 pub const PREFLIGHT_CRD_FILE: &str = "kmm.sigs.x-k8s.io_preflightvalidations.yaml";
+/// File name of the ModuleRollout CRD (kmm-rs's own group) under `deploy/crds/`.
+pub const ROLLOUT_CRD_FILE: &str = "rollout.kmm-rs.io_modulerollouts.yaml";
 /// File name of the kustomization listing the CRDs.
 pub const KUSTOMIZATION_FILE: &str = "kustomization.yaml";
 
@@ -59,13 +61,15 @@ pub fn render_crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
     let module = render(&module_crd()?)?;
     let nmc = render(&nmc_crd()?)?;
     let preflight = render(&preflight_crd()?)?;
+    let rollout = render(&rollout_crd()?)?;
     let kustomization = format!(
-        "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {MODULE_CRD_FILE}\n- {NMC_CRD_FILE}\n- {PREFLIGHT_CRD_FILE}\n"
+        "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {MODULE_CRD_FILE}\n- {NMC_CRD_FILE}\n- {PREFLIGHT_CRD_FILE}\n- {ROLLOUT_CRD_FILE}\n"
     );
     Ok(vec![
         (MODULE_CRD_FILE, module),
         (NMC_CRD_FILE, nmc),
         (PREFLIGHT_CRD_FILE, preflight),
+        (ROLLOUT_CRD_FILE, rollout),
         (KUSTOMIZATION_FILE, kustomization),
     ])
 }
@@ -193,6 +197,15 @@ fn strip_schema_descriptions(schema: &mut Value) {
 /// [`CrdError::Convert`] (not expected for derived types).
 pub fn nmc_crd() -> Result<CustomResourceDefinition, CrdError> {
     upstream_compatible(NodeModulesConfig::crd())
+}
+
+/// The ModuleRollout CRD as committed in `deploy/crds/` (same schema conventions as the
+/// upstream CRDs: no `nullable`).
+///
+/// # Errors
+/// [`CrdError::Convert`] (not expected for derived types).
+pub fn rollout_crd() -> Result<CustomResourceDefinition, CrdError> {
+    upstream_compatible(ModuleRollout::crd())
 }
 
 /// The PreflightValidation CRD as committed in `deploy/crds/`: `v1beta2` stored, and `v1beta1`

@@ -38,6 +38,127 @@ pub fn version_module_label(namespace: &str, name: &str) -> String {
     format!("{NODE_LABEL_PREFIX}/version-module.{namespace}.{name}")
 }
 
+/// `kmm.node.kubernetes.io/<ns>.<name>.upgrade-state`: where a `ModuleRollout` has this node
+/// (one of [`UpgradeState`]), set by the controller's rollout; the admin may set `skip`.
+pub fn upgrade_state_label(namespace: &str, name: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.upgrade-state")
+}
+
+/// `kmm.node.kubernetes.io/<ns>.<name>.upgrade-cordoned`: annotation set when the rollout
+/// cordoned the node, so it uncordons only nodes it cordoned.
+pub fn upgrade_cordoned_annotation(namespace: &str, name: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.upgrade-cordoned")
+}
+
+/// `kmm.node.kubernetes.io/<ns>.<name>.upgrade-since`: annotation, RFC 3339 time the node
+/// entered its current `upgrade-state` (timeouts survive a leader change).
+pub fn upgrade_since_annotation(namespace: &str, name: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.upgrade-since")
+}
+
+/// `kmm.node.kubernetes.io/<ns>.<name>.upgrade-message`: annotation, what the node waits for
+/// or why it failed (shown by `kmmctl rollout status`).
+pub fn upgrade_message_annotation(namespace: &str, name: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.upgrade-message")
+}
+
+/// `kmm.node.kubernetes.io/<ns>.<name>.upgrade-boot-id`: annotation, the node's boot ID when a
+/// `Reboot` rollout marked it; the rollout continues once it has changed.
+pub fn upgrade_boot_id_annotation(namespace: &str, name: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}/{namespace}.{name}.upgrade-boot-id")
+}
+
+/// `kmm.node.kubernetes.io/reboot-required`: label on a node a `Reboot` rollout wants
+/// rebooted (value: the Modules, `<ns>.<name>`), for a reboot operator such as kured
+/// (`--blocking-pod-selector`/`--reboot-sentinel-command` can test it).
+pub const REBOOT_REQUIRED_LABEL: &str = "kmm.node.kubernetes.io/reboot-required";
+
+/// A node's place in a `ModuleRollout`, the value of [`upgrade_state_label`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UpgradeState {
+    /// On another version, waiting for its turn.
+    Required,
+    /// Cordoned by the rollout.
+    Cordoned,
+    /// Waiting for the `waitForPods` Pods to finish.
+    WaitingForPods,
+    /// Evicting the `eviction` Pods (a PodDisruptionBudget may hold it here).
+    Evicting,
+    /// The version label moved; waiting for the agent to report the new version.
+    Upgrading,
+    /// `Reboot` strategy: waiting for the node to boot again with the new version.
+    Rebooting,
+    /// Running the validation (plugin Ready, validation Job).
+    Validating,
+    /// Uncordoning (only if the rollout cordoned it).
+    Uncordoning,
+    /// On the target version.
+    Done,
+    /// The upgrade failed on this node (see the message annotation); `kmmctl rollout retry`.
+    Failed,
+    /// Set by the admin: the rollout leaves this node alone.
+    Skip,
+}
+
+impl UpgradeState {
+    /// Every state, in the order a node goes through them.
+    pub const ALL: [Self; 11] = [
+        Self::Required,
+        Self::Cordoned,
+        Self::WaitingForPods,
+        Self::Evicting,
+        Self::Upgrading,
+        Self::Rebooting,
+        Self::Validating,
+        Self::Uncordoning,
+        Self::Done,
+        Self::Failed,
+        Self::Skip,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Cordoned => "cordoned",
+            Self::WaitingForPods => "waiting-for-pods",
+            Self::Evicting => "evicting",
+            Self::Upgrading => "upgrading",
+            Self::Rebooting => "rebooting",
+            Self::Validating => "validating",
+            Self::Uncordoning => "uncordoning",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Skip => "skip",
+        }
+    }
+
+    /// Parses a label value.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+
+    /// Between cordon and uncordon (counts against `maxParallel`).
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            Self::Cordoned
+                | Self::WaitingForPods
+                | Self::Evicting
+                | Self::Upgrading
+                | Self::Rebooting
+                | Self::Validating
+                | Self::Uncordoning
+        )
+    }
+}
+
+impl std::fmt::Display for UpgradeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether the node agent owns `key`: the `.ready` and `.version.ready` labels of
 /// Modules. The admin's `version-module.` labels and the controller's
 /// `.device-plugin-ready` (and `.dra-ready`) are not the agent's to change.
@@ -57,6 +178,25 @@ pub fn is_agent_label(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_states_round_trip_and_only_the_middle_ones_are_in_progress() {
+        for s in UpgradeState::ALL {
+            assert_eq!(UpgradeState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(UpgradeState::parse("Done"), None);
+        let in_progress: Vec<_> = UpgradeState::ALL
+            .into_iter()
+            .filter(|s| s.in_progress())
+            .collect();
+        assert_eq!(in_progress.len(), 7);
+        assert!(!UpgradeState::Required.in_progress() && !UpgradeState::Failed.in_progress());
+        assert_eq!(
+            upgrade_state_label("ns", "m"),
+            "kmm.node.kubernetes.io/ns.m.upgrade-state"
+        );
+        assert!(!is_agent_label(&upgrade_state_label("ns", "m")));
+    }
 
     #[test]
     fn label_keys_match_upstream() {

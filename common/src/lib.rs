@@ -72,10 +72,15 @@ pub use api::preflight::{
     PreflightValidation, PreflightValidationModuleStatus, PreflightValidationSpec,
     PreflightValidationStatus,
 };
+pub use api::rollout::{
+    Eviction, ModuleRollout, ModuleRolloutSpec, ModuleRolloutStatus, NodeBlocker, NodeCounts,
+    RolloutStrategy, Validation, ValidationJob, WaitForPods,
+};
 pub use labels::{
-    MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX,
-    device_plugin_ready_label, dra_ready_label, is_agent_label, ready_label, version_module_label,
-    version_ready_label,
+    MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX, REBOOT_REQUIRED_LABEL,
+    UpgradeState, device_plugin_ready_label, dra_ready_label, is_agent_label, ready_label,
+    upgrade_boot_id_annotation, upgrade_cordoned_annotation, upgrade_message_annotation,
+    upgrade_since_annotation, upgrade_state_label, version_module_label, version_ready_label,
 };
 pub use reason::Reason;
 pub use targeting::{

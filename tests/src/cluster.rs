@@ -54,6 +54,7 @@ pub async fn ensure_crds(cp: &ControlPlane) -> Result<()> {
             "modules.kmm.sigs.x-k8s.io",
             "nodemodulesconfigs.kmm.sigs.x-k8s.io",
             "preflightvalidations.kmm.sigs.x-k8s.io",
+            "modulerollouts.rollout.kmm-rs.io",
         ] {
             wait_for(Duration::from_secs(60), || async {
                 let crd = crds.get(name).await?;
