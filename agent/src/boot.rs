@@ -62,10 +62,17 @@ pub struct BootPlan {
 /// Decides which records to load: those for `running` whose cached module
 /// directory (and firmware directory, if any) `exists`. They load in the order they
 /// were first loaded (`loadedAt`, then key), so a Module relying on another that was
-/// loaded before it still finds it.
+/// loaded before it still finds it. A version staged for this boot (`strategy:
+/// Reboot`) for the running kernel is loaded instead of the record of the last boot.
 pub fn plan(state: &NodeState, running: &str, exists: impl Fn(&Path) -> bool) -> BootPlan {
     let mut out = BootPlan::default();
-    for (key, rec) in &state.modules {
+    let mut records = state.modules.clone();
+    for (key, staged) in &state.staged {
+        if staged.kernel == running {
+            records.insert(key.clone(), staged.clone());
+        }
+    }
+    for (key, rec) in &records {
         let skip = if rec.kernel != running {
             Some(SkipReason::OtherKernel {
                 recorded: rec.kernel.clone(),
@@ -212,14 +219,18 @@ pub fn run(
         return Ok(report);
     }
     for (key, outcome) in &report.loaded {
-        if let Some(rec) = state.modules.get_mut(key) {
+        // The record loaded (a staged one replaces the last boot's).
+        if let Some((_, rec)) = plan.load.iter().find(|(k, _)| k == key) {
+            let mut rec = rec.clone();
             rec.inserted = outcome.inserted.clone();
             rec.srcversions = outcome.srcversions.clone();
+            state.modules.insert(key.clone(), rec);
         }
     }
     // Records not loaded now are not in the kernel of this boot.
     let loaded: Vec<ModuleKey> = report.loaded.iter().map(|(k, _)| k.clone()).collect();
     state.modules.retain(|k, _| loaded.contains(k));
+    state.staged.retain(|k, _| !loaded.contains(k));
     state.loading.clear();
     state.unloading.clear();
     state.boot_id = Some(boot_id.to_string());

@@ -87,6 +87,12 @@ struct Args {
     #[arg(long, env = "KMM_PLUGIN_STOP_TIMEOUT_SECONDS", default_value_t = 300)]
     plugin_stop_timeout_seconds: u64,
 
+    /// File to create when a version is staged for the next boot (a
+    /// ModuleRollout with `strategy: Reboot`): a reboot operator's sentinel,
+    /// e.g. kured's `/var/run/reboot-required` through a hostPath mount.
+    #[arg(long, env = "KMM_REBOOT_SENTINEL")]
+    reboot_sentinel: Option<PathBuf>,
+
     /// Seconds between digest checks of images with `imagePullPolicy: Always`.
     #[arg(long, env = "KMM_VERIFY_SECONDS", default_value_t = 300)]
     verify_seconds: u64,
@@ -264,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr,
         resync_seconds,
         plugin_stop_timeout_seconds,
+        reboot_sentinel,
         verify_seconds,
         pull_deadline_seconds,
         manifest_deadline_seconds,
@@ -319,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(resync_seconds.max(1)),
         verify_interval: Duration::from_secs(verify_seconds),
         plugin_stop_timeout: Duration::from_secs(plugin_stop_timeout_seconds),
+        reboot_sentinel,
         pull: pull_options(
             pull_deadline_seconds,
             manifest_deadline_seconds,

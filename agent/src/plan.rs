@@ -84,6 +84,10 @@ pub enum Desired {
     /// upgrade, where a node whose version label names another version than
     /// the Module's keeps the version it runs until the admin moves the label.
     Keep(String),
+    /// Load this at the next boot instead of unloading what runs (a `ModuleRollout` with
+    /// `strategy: Reboot` has the node in `rebooting`: the module may be in use). With
+    /// nothing loaded, a plain load.
+    Stage(Box<DesiredLoad>),
 }
 
 /// One step for the executor.
@@ -111,6 +115,13 @@ pub enum Action {
         /// What is wanted (equal to what is loaded, digest aside).
         want: Box<DesiredLoad>,
     },
+    /// Pull and record `want` for the next boot; what is loaded stays.
+    Stage {
+        /// The Module.
+        key: ModuleKey,
+        /// What the next boot loads.
+        want: Box<DesiredLoad>,
+    },
     /// Unload what this agent loaded.
     Unload {
         /// The Module.
@@ -127,6 +138,7 @@ impl Action {
             Action::Load { .. } => "load",
             Action::Replace { .. } => "replace",
             Action::Verify { .. } => "verify",
+            Action::Stage { .. } => "stage",
             Action::Unload { .. } => "unload",
         }
     }
@@ -137,6 +149,7 @@ impl Action {
             Action::Load { key, .. }
             | Action::Replace { key, .. }
             | Action::Verify { key, .. }
+            | Action::Stage { key, .. }
             | Action::Unload { key, .. } => key,
         }
     }
@@ -151,13 +164,15 @@ impl Action {
 ///   The caller must only call this with a synced view of the API server: a watch
 ///   error never empties the view, so it never leads to an unload.
 /// - `Keep` neither loads nor unloads.
-/// - Unloads come first (they free in-tree slots and memory), then replaces, loads, verifies,
+/// - `Stage` never unloads: it records what the next boot loads.
+/// - Unloads come first (they free in-tree slots and memory), then replaces, loads, stages, verifies,
 ///   each group ordered by Module key so runs are reproducible.
 pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Action> {
     let mut unloads = Vec::new();
     let mut replaces = Vec::new();
     let mut loads = Vec::new();
     let mut verifies = Vec::new();
+    let mut stages = Vec::new();
 
     for (key, loaded) in &state.modules {
         match desired.get(key) {
@@ -170,12 +185,19 @@ pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Ac
                 reason: reason.clone(),
             }),
             Some(Desired::Keep(_)) => {}
-            Some(Desired::Load(want)) if want.satisfied_by(loaded) => {
+            Some(Desired::Load(want) | Desired::Stage(want)) if want.satisfied_by(loaded) => {
                 verifies.push(Action::Verify {
                     key: key.clone(),
                     want: want.clone(),
                 })
             }
+            // Staged already (the same wanted state): nothing until the reboot.
+            Some(Desired::Stage(want))
+                if state.staged.get(key).is_some_and(|s| want.satisfied_by(s)) => {}
+            Some(Desired::Stage(want)) => stages.push(Action::Stage {
+                key: key.clone(),
+                want: want.clone(),
+            }),
             Some(Desired::Load(want)) => replaces.push(Action::Replace {
                 key: key.clone(),
                 want: want.clone(),
@@ -183,7 +205,7 @@ pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Ac
         }
     }
     for (key, d) in desired {
-        if let Desired::Load(want) = d
+        if let Desired::Load(want) | Desired::Stage(want) = d
             && !state.modules.contains_key(key)
         {
             loads.push(Action::Load {
@@ -196,6 +218,7 @@ pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Ac
         .into_iter()
         .chain(replaces)
         .chain(loads)
+        .chain(stages)
         .chain(verifies)
         .collect()
 }

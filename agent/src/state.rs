@@ -183,6 +183,10 @@ pub struct NodeState {
     /// mid-unload the agent finishes the removals (same boot only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unloading: BTreeMap<ModuleKey, Unloading>,
+    /// Versions staged for the next boot (a `ModuleRollout` with `strategy: Reboot`): pulled
+    /// and unpacked, not loaded; the boot path loads them instead of `modules`' record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub staged: BTreeMap<ModuleKey, LoadedModule>,
     /// `/proc/sys/kernel/random/boot_id` of the boot these records describe: after a
     /// reboot nothing is assumed loaded until checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,10 +216,17 @@ impl NodeState {
     /// Journal: the load of `key` finished; `record` replaces any previous one.
     pub fn commit_load(&mut self, key: &ModuleKey, record: LoadedModule) {
         self.loading.remove(key);
+        // What is loaded now supersedes a version staged for the next boot.
+        self.staged.remove(key);
         for m in &record.inserted {
             self.not_ours.remove(&normalize(m));
         }
         self.modules.insert(key.clone(), record);
+    }
+
+    /// `record` (pulled, not loaded) replaces `key`'s at the next boot.
+    pub fn stage(&mut self, key: &ModuleKey, record: LoadedModule) {
+        self.staged.insert(key.clone(), record);
     }
 
     /// Journal: the load of `key` failed and its inserts were rolled back.
@@ -231,6 +242,7 @@ impl NodeState {
     /// Journal: the unload of `key` finished; its record is gone.
     pub fn commit_unload(&mut self, key: &ModuleKey) -> Option<LoadedModule> {
         self.unloading.remove(key);
+        self.staged.remove(key);
         self.modules.remove(key)
     }
 

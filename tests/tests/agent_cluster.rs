@@ -189,20 +189,9 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
         Ok(std::fs::read_dir(&unpacked)?.next().is_none())
     })
     .await?;
-    // Events on the Module tell users what happened on which node.
-    let events: Api<Event> = Api::namespaced(f.client.clone(), f.ns());
-    let reasons: Vec<String> = events
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("simmod"))
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(reasons.iter().any(|r| r == "ModuleLoaded"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "ModuleUnloaded"), "{reasons:?}");
-    // And upstream's on the Node (namespace default, as for any Node event),
-    // with upstream's text.
+    // One event per load and unload, upstream's: on the Node (namespace
+    // default, as for any Node event), upstream's text, `related` naming the
+    // Module so its loads can be found from it.
     let node_events: Api<Event> = Api::namespaced(f.client.clone(), "default");
     let on_node: Vec<(String, String)> = node_events
         .list(&Default::default())
@@ -212,6 +201,10 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
         .filter(|e| {
             e.regarding.as_ref().is_some_and(|r| {
                 r.kind.as_deref() == Some("Node") && r.name.as_deref() == Some(f.node.as_str())
+            }) && e.related.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("Module")
+                    && r.name.as_deref() == Some("simmod")
+                    && r.namespace.as_deref() == Some(f.ns())
             })
         })
         .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))

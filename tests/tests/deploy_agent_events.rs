@@ -141,6 +141,15 @@ async fn checks(
     own.publish(&event("NodeThing"), &node_ref(a))
         .await
         .context("the agent could not report on its own Node")?;
+    // Upstream's ModuleLoaded: on its own Node (namespace default), with
+    // `related` naming the Module of another namespace.
+    let node_event = Event {
+        secondary: Some(module_ref(ns, "m")),
+        ..event("ModuleLoaded")
+    };
+    own.publish(&node_event, &node_ref(a))
+        .await
+        .context("the agent could not report on its own Node about a Module")?;
     let events: Api<K8sEvent> = Api::namespaced(admin.clone(), ns);
     let reported = events.list(&ListParams::default()).await?;
     let loaded = reported
@@ -192,6 +201,17 @@ async fn checks(
         Api::<K8sEvent>::namespaced(agent.clone(), ns)
             .create(&PostParams::default(), &foreign)
             .await,
+        POLICY,
+        about,
+    )?;
+
+    // A Module event whose `related` is a Module of another namespace.
+    let related_foreign = Event {
+        secondary: Some(module_ref("kube-system", "m")),
+        ..event("RelatedForeign")
+    };
+    expect_policy_denial(
+        own.publish(&related_foreign, &module_ref(ns, "m")).await,
         POLICY,
         about,
     )?;

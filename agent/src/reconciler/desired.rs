@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
-use kmm_common::{Ineligible, Module, ResolvedMapping, check_taints, node_taints, target_node};
+use kmm_common::{Ineligible, Module, ResolvedMapping, check_node_taints, target_node};
 
 use crate::plan::{Desired, DesiredLoad, RegistryAccess};
 use crate::state::{FirstTime, ModuleKey};
@@ -20,15 +20,30 @@ pub struct DesiredSet {
 impl DesiredSet {
     /// Whether the Module should be loaded here.
     pub fn wants(&self, key: &ModuleKey) -> bool {
-        matches!(self.map.get(key), Some(Desired::Load(_)))
+        matches!(
+            self.map.get(key),
+            Some(Desired::Load(_) | Desired::Stage(_))
+        )
     }
 
     /// Whether what runs for the Module here may go on: wanted, or kept as it is
     /// (an ordered upgrade waiting for its label). A load under way for a kept
     /// Module finishes, as upstream's worker does with an unchanged NMC.
     pub fn lets_run(&self, key: &ModuleKey) -> bool {
-        matches!(self.map.get(key), Some(Desired::Load(_) | Desired::Keep(_)))
+        matches!(
+            self.map.get(key),
+            Some(Desired::Load(_) | Desired::Keep(_) | Desired::Stage(_))
+        )
     }
+}
+
+/// Whether a `ModuleRollout` with `strategy: Reboot` has this node in `rebooting` for the
+/// Module (the controller's `upgrade-state` label).
+fn rebooting(labels: &BTreeMap<String, String>, key: &ModuleKey) -> bool {
+    labels
+        .get(&kmm_common::upgrade_state_label(&key.namespace, &key.name))
+        .and_then(|v| kmm_common::UpgradeState::parse(v))
+        == Some(kmm_common::UpgradeState::Rebooting)
 }
 
 /// What each Module needs on `node`, whose running kernel is `kernel`
@@ -48,8 +63,12 @@ pub fn desired_for_node(modules: &[Arc<Module>], node: &Node, kernel: &str) -> D
             match target_node(m, labels, kernel) {
                 // A taint keeps new loads off the node but never unloads:
                 // a cordon or a not-ready taint must not take a driver away.
-                Ok(_) if let Err(why) = check_taints(m, node_taints(node)) => {
+                Ok(_) if let Err(why) = check_node_taints(m, node) => {
                     Desired::Keep(why.to_string())
+                }
+                // A Reboot rollout moved the label: the next boot loads it.
+                Ok(target) if rebooting(labels, &key) => {
+                    Desired::Stage(Box::new(to_load(m, &target)))
                 }
                 Ok(target) => Desired::Load(Box::new(to_load(m, &target))),
                 // Upstream's ordered upgrade: a version label naming another

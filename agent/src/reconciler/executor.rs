@@ -124,8 +124,58 @@ impl Executor {
                 self.verify(key, want, module.as_deref(), cancel, phases)
                     .await
             }
+            Action::Stage { key, want } => {
+                let pulled = self.pull(key, want, cancel, phases).await?;
+                self.stage(key, want, &pulled, module.as_deref())
+            }
             Action::Unload { key, reason } => self.unload(key, reason, module.as_deref()).await,
         }
+    }
+
+    /// Records `want`, pulled and checked like a load, for the next boot (the boot path loads
+    /// it instead of what runs now) and raises the reboot sentinel. What runs stays: a module
+    /// in use (a filesystem, a storage driver) cannot be unloaded; a reboot replaces it.
+    fn stage(
+        &self,
+        key: &ModuleKey,
+        want: &DesiredLoad,
+        pulled: &PulledImage,
+        module: Option<&Module>,
+    ) -> Result<()> {
+        if let Some(reason) = &want.rejected {
+            return Err(ActionError::InvalidSpec(reason.clone()));
+        }
+        let prepared = prepare(want, pulled)?;
+        let record = LoadedModule {
+            image: want.image.clone(),
+            digest: prepared.digest,
+            kernel: want.kernel.clone(),
+            module_name: want.module_name.clone(),
+            modules_loading_order: want.modules_loading_order.clone(),
+            srcversions: Default::default(),
+            inserted: Vec::new(),
+            parameters: want.parameters.clone(),
+            version: want.version.clone(),
+            in_tree_removed: want.in_tree_to_remove.clone(),
+            module_dir: prepared.module_dir,
+            firmware_files: Vec::new(),
+            firmware_source: prepared.firmware_source,
+            loaded_at: report::now_rfc3339(),
+            module_uid: module.and_then(|m| m.metadata.uid.clone()),
+            first_time: want.first_time,
+        };
+        self.journal.update(|s| s.stage(key, record))?;
+        if let Some(sentinel) = &self.settings.reboot_sentinel {
+            std::fs::write(sentinel, format!("kmm-agent: {key}\n")).map_err(|source| {
+                kernel::Error::Io {
+                    path: sentinel.clone(),
+                    source,
+                }
+            })?;
+        }
+        tracing::info!(module = %key, image = %want.image, version = ?want.version,
+            "staged for the next boot: the running version stays until the node reboots");
+        Ok(())
     }
 
     /// Whether a `Verify` has anything to do now (digest check of an `Always` image due).
@@ -523,20 +573,14 @@ impl Executor {
         tracing::info!(module = %key, image = %want.image, digest = %record.digest,
             inserted = ?record.inserted, "module loaded");
         let Some(m) = module else { return };
-        let note = format!(
-            "Loaded {} from {}@{} on node {}",
-            want.module_name, want.image, record.digest, self.settings.node_name
-        );
-        self.event(
+        self.node_event(
             m.object_ref(&()),
-            EventType::Normal,
+            key,
             "ModuleLoaded",
             "Load",
-            note,
+            "loaded into",
         )
         .await;
-        self.node_event(key, "ModuleLoaded", "Load", "loaded into")
-            .await;
         let main = normalize(&want.module_name);
         let shared = !record.inserted.iter().any(|m| normalize(m) == main);
         if let Some(other) = shared
@@ -569,34 +613,40 @@ impl Executor {
             Some(m) => m.object_ref(&()),
             None => report::module_ref(key, record.module_uid.as_deref()),
         };
-        let note = format!(
-            "Unloaded {} on node {}: {why}",
-            record.module_name, self.settings.node_name
-        );
-        self.event(
-            reference,
-            EventType::Normal,
-            "ModuleUnloaded",
-            "Unload",
-            note,
-        )
-        .await;
-        self.node_event(key, "ModuleUnloaded", "Unload", "unloaded from")
+        tracing::debug!(module = %key, kernel_module = %record.module_name, why, "unload reported");
+        self.node_event(reference, key, "ModuleUnloaded", "Unload", "unloaded from")
             .await;
     }
 
-    /// Upstream's event on the Node (its only one: `kubectl describe node`
-    /// shows which drivers came and went), with upstream's reason and text.
-    async fn node_event(&self, key: &ModuleKey, reason: &str, action: &str, what: &str) {
+    /// One event per load or unload (the per-node write budget holds one):
+    /// upstream's, on the Node (`kubectl describe node` shows which drivers
+    /// came and went) with upstream's reason and text, and `related` naming
+    /// the Module, so a tool can find a Module's loads without a second event.
+    async fn node_event(
+        &self,
+        module: ObjectReference,
+        key: &ModuleKey,
+        reason: &str,
+        action: &str,
+        what: &str,
+    ) {
         let node = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Node".into()),
             name: Some(self.settings.node_name.clone()),
             ..ObjectReference::default()
         };
-        let note = format!("Module {}/{} {what} the kernel", key.namespace, key.name);
-        self.event(node, EventType::Normal, reason, action, note)
-            .await;
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.to_string(),
+            note: Some(format!(
+                "Module {}/{} {what} the kernel",
+                key.namespace, key.name
+            )),
+            action: action.to_string(),
+            secondary: Some(module),
+        };
+        self.reporter.event(node, event).await;
     }
 
     /// Publishes an event through the reporter.

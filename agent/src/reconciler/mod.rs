@@ -74,6 +74,9 @@ pub struct Settings {
     /// How long a replace of a Module with a device plugin or DRA driver waits
     /// for the plugin to leave the node before unloading anyway.
     pub plugin_stop_timeout: Duration,
+    /// File raised when a version is staged for the next boot (`strategy: Reboot`), for a
+    /// reboot operator such as kured (its default sentinel is `/var/run/reboot-required`).
+    pub reboot_sentinel: Option<PathBuf>,
 }
 
 /// Locks a std mutex, ignoring poisoning: a panicked worker must not take the

@@ -282,8 +282,20 @@ async fn create_empty(api: &Api<NodeModulesConfig>, name: &str) -> Result<(), ku
 #[cfg(test)]
 #[derive(Default)]
 pub struct RecordingReporter {
-    /// `(Module name, type, reason, note)` of each event.
-    pub events: std::sync::Mutex<Vec<(String, kube::runtime::events::EventType, String, String)>>,
+    /// `(regarding's name, type, reason, note, related's name)` of each event.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a test record, read through events_with"
+    )]
+    pub events: std::sync::Mutex<
+        Vec<(
+            String,
+            kube::runtime::events::EventType,
+            String,
+            String,
+            Option<String>,
+        )>,
+    >,
     /// Every status written.
     pub statuses: std::sync::Mutex<Vec<NodeModulesConfigStatus>>,
     /// The node's labels as the recorded changes left them.
@@ -294,12 +306,21 @@ pub struct RecordingReporter {
 
 #[cfg(test)]
 impl RecordingReporter {
-    /// Events with `reason`, as `(Module name, note)`.
+    /// Events with `reason`, as `(regarding's name, note)`.
     pub fn events_with(&self, reason: &str) -> Vec<(String, String)> {
         crate::reconciler::lock(&self.events)
             .iter()
             .filter(|e| e.2 == reason)
             .map(|e| (e.0.clone(), e.3.clone()))
+            .collect()
+    }
+
+    /// Events with `reason`, as `(regarding's name, related's name)`.
+    pub fn events_related(&self, reason: &str) -> Vec<(String, Option<String>)> {
+        crate::reconciler::lock(&self.events)
+            .iter()
+            .filter(|e| e.2 == reason)
+            .map(|e| (e.0.clone(), e.4.clone()))
             .collect()
     }
 
@@ -317,6 +338,7 @@ impl Report for RecordingReporter {
             event.type_,
             event.reason,
             event.note.unwrap_or_default(),
+            event.secondary.and_then(|r| r.name),
         ));
         Box::pin(async {})
     }

@@ -11,6 +11,7 @@ fn with_timeout(timeout: Duration) -> Harness {
     let sim = SimulatedKernel::new();
     let settings = Settings {
         plugin_stop_timeout: timeout,
+        reboot_sentinel: None,
         ..settings()
     };
     Harness::with_settings(sim.clone(), Arc::new(sim), NodeState::default(), settings)
@@ -163,7 +164,7 @@ async fn an_ordered_upgrade_takes_the_labels_off_and_unloads_only_once_the_plugi
             .map(String::as_str),
         Some("2")
     );
-    assert_eq!(h.reporter.events_with("ModuleUnloaded").len(), 2);
+    assert_eq!(h.reporter.events_with("ModuleUnloaded").len(), 1);
     assert!(h.reporter.events_with("PluginStopTimedOut").is_empty());
     assert!(h.workers.failures().is_empty());
 }
@@ -247,6 +248,7 @@ async fn an_agent_restarted_mid_wait_keeps_the_old_version_and_finishes_the_repl
         state,
         Settings {
             plugin_stop_timeout: Duration::from_secs(300),
+            reboot_sentinel: None,
             ..settings()
         },
     );

@@ -502,12 +502,12 @@ impl Workers {
         if self.busy() > 0 {
             return;
         }
-        let keep: Vec<String> = self
-            .exec
-            .journal
-            .snapshot()
+        let state = self.exec.journal.snapshot();
+        // Staged images too: the next boot loads them from the cache.
+        let keep: Vec<String> = state
             .modules
             .values()
+            .chain(state.staged.values())
             .map(|r| r.digest.clone())
             .collect();
         let freed = self.images_freed.swap(false, Ordering::SeqCst);

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::Ineligible;
 use super::mapping::{ResolvedMapping, resolve_mapping};
-use super::taints::{check_taints, node_taints};
+use super::taints::check_node_taints;
 use crate::Module;
 use crate::labels::version_module_label;
 
@@ -75,7 +75,7 @@ pub fn target_node(
 }
 
 /// [`target_node`] for a `Node` object (labels from metadata, kernel from status), then its
-/// taints ([`check_taints`]): whether a load would happen there now.
+/// taints ([`check_node_taints`]): whether a load would happen there now.
 ///
 /// # Errors
 /// An [`Ineligible`] reason; never panics.
@@ -87,7 +87,7 @@ pub fn node_eligibility(module: &Module, node: &Node) -> Result<ResolvedMapping,
         labels,
         node_kernel_version(node).unwrap_or_default(),
     )?;
-    check_taints(module, node_taints(node))?;
+    check_node_taints(module, node)?;
     Ok(target)
 }
 

@@ -17,7 +17,9 @@ pub mod taints;
 pub use eligibility::{node_eligibility, node_kernel_version, selector_matches, target_node};
 pub use mapping::{ResolvedMapping, Target, kernel_matches, resolve_mapping};
 pub use substitute::{Vars, substitute};
-pub use taints::{check_taints, node_taints, untolerated_taint};
+pub use taints::{
+    UNSCHEDULABLE_TAINT, check_node_taints, check_taints, node_taints, untolerated_taint,
+};
 
 /// Why a Module does not apply to a node (or cannot be resolved for its kernel).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

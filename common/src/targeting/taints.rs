@@ -44,6 +44,41 @@ pub fn untolerated_taint<'a>(tolerations: &[Toleration], taints: &'a [Taint]) ->
         .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
+/// The taint the node lifecycle controller puts on a cordoned (unschedulable) node.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// [`check_taints`] for `module` on `node`, with one exception: while a `ModuleRollout` has
+/// the node in progress for this Module (its `upgrade-state` label), the cordon's own taint
+/// does not block the load: the rollout cordoned the node to swap this driver, and the new
+/// version must load there before it uncordons.
+///
+/// # Errors
+/// [`Ineligible::UntoleratedTaint`] naming the first taint that blocks the load.
+pub fn check_node_taints(module: &Module, node: &Node) -> Result<(), Ineligible> {
+    let taints = node_taints(node);
+    if !rollout_in_progress(module, node) {
+        return check_taints(module, taints);
+    }
+    let others: Vec<Taint> = taints
+        .iter()
+        .filter(|t| t.key != UNSCHEDULABLE_TAINT)
+        .cloned()
+        .collect();
+    check_taints(module, &others)
+}
+
+fn rollout_in_progress(module: &Module, node: &Node) -> bool {
+    let (Some(ns), Some(name)) = (&module.metadata.namespace, &module.metadata.name) else {
+        return false;
+    };
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(&crate::labels::upgrade_state_label(ns, name)))
+        .and_then(|v| crate::labels::UpgradeState::parse(v))
+        .is_some_and(crate::labels::UpgradeState::in_progress)
+}
+
 /// The node's taints (`spec.taints`; none when absent).
 pub fn node_taints(node: &Node) -> &[Taint] {
     node.spec
@@ -142,5 +177,42 @@ mod tests {
         );
         let all = [tol(None, Some("Exists"), None, None)];
         assert_eq!(untolerated_taint(&all, &exec), None);
+    }
+
+    #[test]
+    fn a_rollout_in_progress_lets_its_module_load_through_its_own_cordon_only() {
+        let module: Module = serde_yaml::from_str(
+            "apiVersion: kmm.sigs.x-k8s.io/v1beta1\nkind: Module\nmetadata: {name: m, namespace: ns}\nspec: {selector: {}, moduleLoader: {container: {modprobe: {moduleName: m}, kernelMappings: [{literal: k, containerImage: i}]}}}\n",
+        )
+        .unwrap();
+        let node = |state: Option<&str>, taints: Vec<Taint>| {
+            let mut n = Node::default();
+            n.metadata.labels = state
+                .map(|s| [(crate::labels::upgrade_state_label("ns", "m"), s.to_string())].into());
+            n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+                taints: Some(taints),
+                ..Default::default()
+            });
+            n
+        };
+        let cordon = || vec![taint(UNSCHEDULABLE_TAINT, None, "NoSchedule")];
+        // A plain cordon keeps new loads off, as upstream.
+        assert!(check_node_taints(&module, &node(None, cordon())).is_err());
+        assert!(check_node_taints(&module, &node(Some("done"), cordon())).is_err());
+        // In progress: the cordon's taint does not block, any other still does.
+        assert!(check_node_taints(&module, &node(Some("upgrading"), cordon())).is_ok());
+        let mut both = cordon();
+        both.push(taint("dedicated", Some("db"), "NoSchedule"));
+        assert!(check_node_taints(&module, &node(Some("validating"), both)).is_err());
+        // Another Module's rollout does not count.
+        let mut other = node(None, cordon());
+        other.metadata.labels = Some(
+            [(
+                crate::labels::upgrade_state_label("ns", "other"),
+                "upgrading".to_string(),
+            )]
+            .into(),
+        );
+        assert!(check_node_taints(&module, &other).is_err());
     }
 }

@@ -76,6 +76,7 @@ async fn agent(
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         verify_interval: Duration::from_secs(args.resync_seconds),
         plugin_stop_timeout: Duration::from_secs(300),
+        reboot_sentinel: None,
         pull: PullOptions::default(),
     };
     let parts = Parts {
