@@ -15,7 +15,7 @@ use kmm_common::{
     upgrade_since_annotation, upgrade_state_label, version_ready_label,
 };
 use kmm_tests::cluster::{apply_yaml, crd_namespace, create_node, delete_node};
-use kmm_tests::controlplane::ControlPlane;
+use kmm_tests::controlplane::{ControlPlane, repo_root};
 use kmm_tests::module::ModuleBuilder;
 use kmm_tests::vm::artifacts::cargo_artifact;
 use kmmctl::rollout::report::RolloutReport;
@@ -531,4 +531,42 @@ async fn steer_scenario(f: &mut Fixture) -> Result<()> {
     );
     assert_eq!(f.state_of(&done).await?.0.as_deref(), Some("done"));
     Ok(())
+}
+
+/// The `ModuleRollout` example of docs/upgrade.md, in namespace `ns`.
+fn documented_example(ns: &str) -> Result<String> {
+    let doc = std::fs::read_to_string(repo_root().join("docs/upgrade.md"))?;
+    let block = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("kind: ModuleRollout"))
+        .context("no ModuleRollout example in docs/upgrade.md")?;
+    Ok(block.replace("namespace: ns1", &format!("namespace: {ns}")))
+}
+
+#[tokio::test]
+async fn the_module_rollout_example_in_the_upgrade_doc_is_accepted_by_the_crd() -> Result<()> {
+    let (cp, _client, ns) = crd_namespace("mro-doc").await?;
+    let yaml = documented_example(ns.name())?;
+    let out = cp.kubectl_with_stdin(
+        ["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        &yaml,
+    )?;
+    let result = (|| {
+        ensure!(out.status.success(), "{}", stderr(&out));
+        let created: ModuleRollout = serde_json::from_slice(&out.stdout)?;
+        let spec = &created.spec;
+        assert_eq!(spec.module_name, "mydrv");
+        assert_eq!((spec.max_parallel, spec.max_failed), (Some(2), Some(2)));
+        assert!(spec.eviction.as_ref().is_some_and(|e| !e.force));
+        assert!(
+            spec.validation
+                .as_ref()
+                .is_some_and(|v| v.wait_for_plugin_ready && v.job.is_some())
+        );
+        Ok(())
+    })();
+    ns.cleanup().await?;
+    result
 }
