@@ -37,7 +37,7 @@ const CONFLICT_RETRIES: usize = 5;
 const EXIT_CODES: &str = "Exit codes:
   0  done (status: no node failed and the rollout is not Stopped)
   1  error: rollout, Module or node not found, API server unreachable or refusing,
-     or a change refused (nothing is changed then; the message says why)
+     or a change refused (the message says why, and what if anything was changed)
   2  usage error
   3  status only: a node is failed or the rollout is Stopped (the table says why)";
 
