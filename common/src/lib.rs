@@ -85,8 +85,8 @@ pub use labels::{
 pub use reason::Reason;
 pub use targeting::{
     Ineligible, ResolvedMapping, Target, UNSCHEDULABLE_TAINT, Vars, check_node_taints,
-    check_taints, node_eligibility, node_kernel_version, node_taints, resolve_mapping,
-    selector_matches, substitute, target_node, untolerated_taint,
+    check_taints, in_rollout_scope, node_eligibility, node_kernel_version, node_taints,
+    resolve_mapping, selector_matches, substitute, target_node, untolerated_taint,
 };
 pub use validation::{
     ValidationError, validate_module, validate_module_update, validate_preflight,

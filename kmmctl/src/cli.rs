@@ -38,6 +38,9 @@ pub enum Command {
     /// Sign a kernel module file like the kernel's scripts/sign-file (replacing
     /// any signature it has). Prints the path written.
     SignFile(SignFileArgs),
+    /// See and steer a ModuleRollout (rollout.kmm-rs.io): status, pause, resume, skip,
+    /// unskip, retry.
+    Rollout(crate::rollout::RolloutArgs),
     /// Sign the kernel modules inside an image: pull --from, sign the --file
     /// matches, push --to with one layer of signed files appended. Prints the
     /// pushed manifest digest as the last line on stdout.
@@ -218,13 +221,29 @@ impl PackageArgs {
     }
 }
 
-/// Runs a parsed command line; returns the line to print on stdout.
-pub async fn run(cli: Cli) -> Result<String, Error> {
+/// What a command prints on stdout and the process's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Printed on stdout (a newline is added).
+    pub stdout: String,
+    /// The exit code (0 unless the command documents another).
+    pub code: u8,
+}
+
+impl From<String> for Output {
+    fn from(stdout: String) -> Self {
+        Self { stdout, code: 0 }
+    }
+}
+
+/// Runs a parsed command line; returns what to print on stdout and the exit code.
+pub async fn run(cli: Cli) -> Result<Output, Error> {
     match cli.command {
-        Command::Package(args) => run_package(&args).await,
-        Command::Explain(args) => Ok(crate::explain::run(&args).await?),
-        Command::SignFile(args) => run_sign_file(&args),
-        Command::Sign(args) => run_sign(&args).await,
+        Command::Package(args) => run_package(&args).await.map(Output::from),
+        Command::Explain(args) => Ok(crate::explain::run(&args).await?.into()),
+        Command::Rollout(args) => Ok(crate::rollout::run(&args).await?),
+        Command::SignFile(args) => run_sign_file(&args).map(Output::from),
+        Command::Sign(args) => run_sign(&args).await.map(Output::from),
     }
 }
 

@@ -23,6 +23,7 @@
 )]
 
 pub mod cli;
+pub mod cluster;
 pub mod decompress;
 pub mod depmod;
 pub mod digest;
@@ -33,8 +34,10 @@ pub mod layout;
 pub mod modtree;
 pub mod package;
 pub mod registry;
+pub mod rollout;
 pub mod sign;
 pub mod stage;
+pub mod table;
 
 /// Any kmmctl failure, by step.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub enum Error {
     /// Explaining a Module (`kmmctl explain`).
     #[error(transparent)]
     Explain(#[from] explain::Error),
+    /// Steering a ModuleRollout (`kmmctl rollout`).
+    #[error(transparent)]
+    Rollout(#[from] rollout::Error),
     /// Signing a module file (`kmmctl sign-file`).
     #[error(transparent)]
     Sign(#[from] sign::Error),
@@ -67,6 +73,7 @@ impl Error {
             Error::Layout(_) => "layout",
             Error::Registry(_) => "registry",
             Error::Explain(_) => "explain",
+            Error::Rollout(_) => "rollout",
             Error::Sign(_) => "sign",
             Error::SignImage(_) => "sign_image",
         }

@@ -6,7 +6,7 @@ use kmmctl::cli::{Cli, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Progress goes to stderr; stdout carries only the result (a digest).
+    // Progress goes to stderr; stdout carries only the result (a digest, a report).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -19,8 +19,8 @@ async fn main() -> ExitCode {
         .init();
     match run(Cli::parse()).await {
         Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
+            println!("{}", out.stdout);
+            ExitCode::from(out.code)
         }
         Err(err) => {
             // "{:#}" prints the whole cause chain on one line.

@@ -220,5 +220,145 @@ fn deploy_on_a_real_kubelet_loads_brd_from_the_agent_pod() -> Result<()> {
     wait("the ready label removed", Duration::from_secs(60), || {
         Ok((!labelled(&node)?).then_some(()))
     })?;
+
+    rollout_v1_to_v2(&node)
+}
+
+const VERSION_LABEL: &str = "kmm.node.kubernetes.io/version-module.default.brd";
+const VERSION_READY: &str = "kmm.node.kubernetes.io/default.brd.version.ready";
+const STATE_LABEL: &str = "kmm.node.kubernetes.io/default.brd.upgrade-state";
+
+/// examples/brd.yaml with `version` and brd's `rd_nr` (so the swap shows in the guest).
+fn versioned_brd(version: &str, rd_nr: u32) -> Result<String> {
+    let yaml = std::fs::read_to_string(repo_root().join("examples/brd.yaml"))?
+        .replace("10.0.2.2:5000/", "10.0.2.2:25000/")
+        .replace("          - rd_nr=3", &format!("          - rd_nr={rd_nr}"))
+        .replace(
+            "    container:\n",
+            &format!("    container:\n      version: {version}\n"),
+        );
+    ensure!(yaml.contains("version: ") && yaml.contains(&format!("rd_nr={rd_nr}")));
+    Ok(yaml)
+}
+
+/// The automatic ordered upgrade (kmm-rs's `ModuleRollout`, docs/upgrade.md) on
+/// the real node: brd `v1` -> `v2` with a workload Pod on the node evicted
+/// through the Eviction API first; the node ends uncordoned on `v2`.
+fn rollout_v1_to_v2(node: &RealNode) -> Result<()> {
+    node.kubectl(&[
+        "label",
+        "node",
+        RealNode::NAME,
+        &format!("{VERSION_LABEL}=v1"),
+        "--overwrite",
+    ])?;
+    node.kubectl_stdin(&["apply", "-f", "-"], &versioned_brd("v1", 3)?)?;
+    let version_ready = |node: &RealNode| -> Result<Option<String>> {
+        let n = json(node, &["get", "node", RealNode::NAME])?;
+        Ok(n["metadata"]["labels"][VERSION_READY]
+            .as_str()
+            .map(str::to_string))
+    };
+    wait("brd v1 loaded", Duration::from_secs(300), || {
+        Ok((version_ready(node)?.as_deref() == Some("v1")).then_some(()))
+    })?;
+    // A workload using the device: a Pod bound to the node.
+    node.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: brd-user, namespace: default, labels: {app: brd-user}}
+spec:
+  nodeName: kmm-guest
+  terminationGracePeriodSeconds: 1
+  containers: [{name: pause, image: "127.0.0.1:25000/pause:3.10"}]
+"#,
+    )?;
+    wait("the workload Pod Running", Duration::from_secs(120), || {
+        let p = json(node, &["get", "pod", "brd-user"])?;
+        Ok((p["status"]["phase"] == "Running").then_some(()))
+    })?;
+
+    // v2 and its rollout, in one apply, as a user would.
+    let rollout = r#"
+apiVersion: rollout.kmm-rs.io/v1alpha1
+kind: ModuleRollout
+metadata: {name: brd, namespace: default}
+spec:
+  moduleName: brd
+  maxUnavailable: 1
+  eviction:
+    podSelector: {matchLabels: {app: brd-user}}
+    timeoutSeconds: 120
+"#;
+    node.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}\n---{rollout}", versioned_brd("v2", 2)?),
+    )?;
+    let started = Instant::now();
+    let mut states: Vec<String> = Vec::new();
+    let (mut cordoned, mut pod_gone_at, mut v2_at) = (false, None, None);
+    while started.elapsed() < Duration::from_secs(300) {
+        let n = json(node, &["get", "node", RealNode::NAME])?;
+        let state = n["metadata"]["labels"][STATE_LABEL]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if states.last() != Some(&state) {
+            say!(
+                "vm_kubelet: rollout: node {} upgrade-state {state:?} at {:.1} s",
+                RealNode::NAME,
+                started.elapsed().as_secs_f64()
+            );
+            states.push(state.clone());
+        }
+        cordoned |= n["spec"]["unschedulable"] == true;
+        let pod_gone = node
+            .kubectl(&["get", "pod", "brd-user", "--ignore-not-found", "-o", "name"])?
+            .trim()
+            .is_empty();
+        if pod_gone && pod_gone_at.is_none() {
+            pod_gone_at = Some(started.elapsed());
+        }
+        if n["metadata"]["labels"][VERSION_READY] == "v2" && v2_at.is_none() {
+            v2_at = Some(started.elapsed());
+        }
+        if state == "done" && v2_at.is_some() && n["spec"]["unschedulable"] != true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let status = node.kubectl(&["get", "modulerollout", "brd", "-o", "yaml"])?;
+    ensure!(
+        states.last().map(String::as_str) == Some("done"),
+        "the rollout did not finish: states {states:?}\n{status}"
+    );
+    ensure!(cordoned, "the node was never cordoned: {states:?}");
+    let (Some(gone), Some(v2)) = (pod_gone_at, v2_at) else {
+        bail!("workload Pod gone at {pod_gone_at:?}, v2 at {v2_at:?}: {states:?}");
+    };
+    ensure!(
+        gone <= v2,
+        "the workload was still there when v2 loaded ({gone:?} > {v2:?})"
+    );
+    for s in ["cordoned", "evicting", "upgrading", "done"] {
+        ensure!(states.iter().any(|x| x == s), "no {s} in {states:?}");
+    }
+    let n = json(node, &["get", "node", RealNode::NAME])?;
+    ensure!(n["spec"]["unschedulable"] != true, "left cordoned");
+    let (_, rd_nr) = node.guest("cat /sys/module/brd/parameters/rd_nr")?;
+    ensure!(
+        rd_nr.trim() == "2",
+        "brd v2 (rd_nr=2) not loaded: {rd_nr:?}"
+    );
+    say!(
+        "vm_kubelet: rollout v1 -> v2: workload evicted at {:.1} s, v2 ready at {:.1} s, rd_nr={}, uncordoned; states {states:?}",
+        gone.as_secs_f64(),
+        v2.as_secs_f64(),
+        rd_nr.trim()
+    );
+    node.kubectl(&["delete", "modulerollout", "brd"])?;
+    node.kubectl(&["delete", "module", "brd", "--wait=true", "--timeout=120s"])?;
     Ok(())
 }

@@ -4,18 +4,21 @@
 //! - [`mod@mapping`]: the first kernel mapping that matches a kernel, merged with the container
 //!   defaults into a [`ResolvedMapping`];
 //! - [`eligibility`]: selector, kernel and ordered-upgrade version checks for one node;
-//! - [`taints`]: which taint keeps a new load off a node (never unloads).
+//! - [`taints`]: which taint keeps a new load off a node (never unloads);
+//! - [`rollout_scope`]: which nodes a `ModuleRollout` upgrades.
 //!
 //! Nothing here panics on user input; failures are [`Ineligible`] values whose `Display` is a
 //! sentence a user can act on.
 
 pub mod eligibility;
 pub mod mapping;
+pub mod rollout_scope;
 pub mod substitute;
 pub mod taints;
 
 pub use eligibility::{node_eligibility, node_kernel_version, selector_matches, target_node};
 pub use mapping::{ResolvedMapping, Target, kernel_matches, resolve_mapping};
+pub use rollout_scope::in_rollout_scope;
 pub use substitute::{Vars, substitute};
 pub use taints::{
     UNSCHEDULABLE_TAINT, check_node_taints, check_taints, node_taints, untolerated_taint,

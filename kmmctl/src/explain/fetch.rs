@@ -1,16 +1,12 @@
-//! The kube I/O of `kmmctl explain`: a client from the kubeconfig, then the Module, the
-//! Node(s) and their NodeModulesConfigs. Everything else is pure.
-
-use std::path::Path;
-use std::time::Duration;
+//! The kube I/O of `kmmctl explain`: the Module, the Node(s) and their NodeModulesConfigs.
+//! Everything else is pure.
 
 use k8s_openapi::api::core::v1::Node;
 use kmm_common::{Module, NodeModulesConfig};
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 
 use super::Error;
+use crate::cluster::Cluster;
 
 /// What the verdict needs from the cluster.
 #[derive(Debug)]
@@ -34,62 +30,11 @@ pub enum Nodes<'a> {
     Selected(&'a str),
 }
 
-/// A client and what the kubeconfig says about it.
-#[derive(Clone)]
-pub struct Cluster {
-    /// The client.
-    pub client: Client,
-    /// The context's default namespace (`default` when it sets none).
-    pub namespace: String,
-    /// The API server URL (for error messages).
-    pub url: String,
-}
-
-/// A client for `kubeconfig` (else `$KUBECONFIG`, `~/.kube/config`, in-cluster) and
-/// `context`.
-///
-/// # Errors
-/// [`Error::Kubeconfig`] when no usable configuration is found.
-pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Cluster, Error> {
-    let options = KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..KubeConfigOptions::default()
-    };
-    let mut config = match (kubeconfig, context) {
-        (Some(path), _) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(e.to_string()))?;
-            Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .map_err(|e| Error::Kubeconfig(e.to_string()))?
-        }
-        (None, Some(_)) => Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-        (None, None) => Config::infer()
-            .await
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-    };
-    // A dead API server should fail in seconds, not hang.
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(30));
-    let namespace = config.default_namespace.clone();
-    let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|source| Error::Unreachable {
-        url: url.clone(),
-        source,
-    })?;
-    Ok(Cluster {
-        client,
-        namespace,
-        url,
-    })
-}
-
 /// Reads the Module `namespace/name`, the Nodes asked for and their NodeModulesConfigs.
 ///
 /// # Errors
 /// [`Error::ModuleNotFound`], [`Error::NodeNotFound`], [`Error::NoNodes`],
-/// [`Error::Unreachable`] when the API server cannot be reached, [`Error::Api`] otherwise.
+/// [`Error::Cluster`] when the API server cannot be reached or answers with an error.
 pub async fn snapshot(
     cluster: &Cluster,
     namespace: &str,
@@ -97,7 +42,7 @@ pub async fn snapshot(
     nodes: Nodes<'_>,
 ) -> Result<Snapshot, Error> {
     let client = &cluster.client;
-    let to_error = |e| classify(&cluster.url, e);
+    let to_error = |e| Error::from(cluster.classify(e));
     let modules: Api<Module> = Api::namespaced(client.clone(), namespace);
     let module = modules
         .get_opt(name)
@@ -147,18 +92,4 @@ pub async fn snapshot(
         nodes: found,
         nmcs,
     })
-}
-
-/// API answers (a `Status`) stay [`Error::Api`]; anything else means we never got an answer.
-fn classify(url: &str, err: kube::Error) -> Error {
-    match err {
-        kube::Error::Api(status) => Error::Api(format!(
-            "{} ({} {})",
-            status.message, status.code, status.reason
-        )),
-        other => Error::Unreachable {
-            url: url.to_string(),
-            source: other,
-        },
-    }
 }

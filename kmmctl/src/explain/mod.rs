@@ -70,18 +70,9 @@ pub enum OutputFormat {
 /// Why `kmmctl explain` could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No usable kubeconfig.
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
-    /// No answer from the API server (connection refused, timeout, TLS, ...).
-    #[error("cannot reach the API server at {url}")]
-    Unreachable {
-        /// API server URL from the kubeconfig.
-        url: String,
-        /// What went wrong.
-        #[source]
-        source: kube::Error,
-    },
+    /// No answer from the cluster, or an error answer.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::Error),
     /// The Module does not exist.
     #[error("module {namespace}/{name} not found")]
     ModuleNotFound {
@@ -96,9 +87,6 @@ pub enum Error {
     /// The cluster has no Node objects (matching the selector, when one is given).
     #[error("no nodes in the cluster{}", .0.as_ref().map(|s| format!(" match {s}")).unwrap_or_default())]
     NoNodes(Option<String>),
-    /// The API server answered with an error (forbidden, ...): its code and message.
-    #[error("API request failed: {0}")]
-    Api(String),
     /// Serializing the JSON output.
     #[error("encoding JSON output")]
     Json(#[from] serde_json::Error),
@@ -155,7 +143,8 @@ pub fn render(e: &Explanation, format: OutputFormat, now: Timestamp) -> Result<S
 /// # Errors
 /// See [`Error`].
 pub async fn run(args: &ExplainArgs) -> Result<String, Error> {
-    let cluster = fetch::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let cluster =
+        crate::cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let namespace = args.namespace.as_deref().unwrap_or(&cluster.namespace);
     let nodes = match (&args.node, &args.node_selector) {
         (Some(name), _) => fetch::Nodes::Named(name),
