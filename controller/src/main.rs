@@ -1,6 +1,6 @@
 //! `kmm-controller`: one leader per cluster (standbys wait on a Lease) runs the
-//! Module controller (finalizers, status, device-plugin DaemonSets, builds) and
-//! the PreflightValidation controller.
+//! Module controller (finalizers, status, device-plugin DaemonSets, builds), the
+//! PreflightValidation controller and the ModuleRollout controller.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use kmm_controller::lease::{LeaderElector, LeaseConfig, default_identity};
 use kmm_controller::metrics::Metrics;
-use kmm_controller::preflight;
+use kmm_controller::{preflight, rollout};
 use kmm_controller::reconcile::{self, Settings};
 use kmm_controller::server::{self, Readiness};
 use kmm_controller::webhook::WebhookSettings;
@@ -238,8 +238,11 @@ async fn main() -> anyhow::Result<()> {
                 () = reconcile::run(client.clone(), metrics.clone(), settings.clone()) => {
                     anyhow::bail!("controller stopped")
                 }
-                () = preflight::run(client.clone(), metrics.clone(), settings) => {
+                () = preflight::run(client.clone(), metrics.clone(), settings.clone()) => {
                     anyhow::bail!("preflight controller stopped")
+                }
+                () = rollout::run(client.clone(), metrics.clone(), settings) => {
+                    anyhow::bail!("rollout controller stopped")
                 }
                 lost = lost => {
                     metrics.is_leader.set(0);
