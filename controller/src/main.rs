@@ -11,11 +11,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use kmm_controller::lease::{LeaderElector, LeaseConfig, default_identity};
 use kmm_controller::metrics::Metrics;
-use kmm_controller::{preflight, rollout};
 use kmm_controller::reconcile::{self, Settings};
 use kmm_controller::server::{self, Readiness};
 use kmm_controller::webhook::WebhookSettings;
 use kmm_controller::webhook::register::unregister;
+use kmm_controller::{preflight, rollout};
 
 #[derive(Debug, Parser)]
 #[command(name = "kmm-controller", version, about = "kmm-rs controller")]

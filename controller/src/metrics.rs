@@ -231,9 +231,7 @@ impl Metrics {
             "unavailable",
         ];
         for state in states {
-            let _ = self
-                .rollout_nodes
-                .remove_label_values(&[ns, name, state]);
+            let _ = self.rollout_nodes.remove_label_values(&[ns, name, state]);
         }
         let Some(c) = counts else { return };
         let values = [

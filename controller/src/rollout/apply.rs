@@ -169,8 +169,7 @@ impl Executor<'_> {
     /// refusal stands even if they cannot be listed).
     async fn budgets_of(&self, pod: &PodRef) -> Vec<String> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let pdbs: Api<PodDisruptionBudget> =
-            Api::namespaced(self.client.clone(), &pod.namespace);
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), &pod.namespace);
         let (Ok(Some(p)), Ok(list)) = (
             pods.get_opt(&pod.name).await,
             pdbs.list(&ListParams::default()).await,
@@ -187,7 +186,11 @@ impl Executor<'_> {
                     .is_some_and(|s| s.matches(p.labels()))
             })
             .map(|b| {
-                let allowed = b.status.as_ref().and_then(|s| s.disruptions_allowed).unwrap_or(0);
+                let allowed = b
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.disruptions_allowed)
+                    .unwrap_or(0);
                 format!(
                     "{}/{} (disruptionsAllowed {allowed})",
                     pod.namespace,

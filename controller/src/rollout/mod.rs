@@ -235,7 +235,13 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
             b.message.clone_from(why);
         }
     }
-    let new = status::of_plan(&plan, &policy, &old, rollout.metadata.generation, &Time(now));
+    let new = status::of_plan(
+        &plan,
+        &policy,
+        &old,
+        rollout.metadata.generation,
+        &Time(now),
+    );
     ctx.metrics
         .set_rollout_nodes(&ns, &rollout_name, Some(&new.nodes));
     finish(&rollout, &ns, &old, new, &ctx).await?;

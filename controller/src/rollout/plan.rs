@@ -128,7 +128,10 @@ impl NodePatch {
             annotations.insert(upgrade_since_annotation(ns, module), rfc3339(now).into());
         }
         if let Some(message) = &self.message {
-            annotations.insert(upgrade_message_annotation(ns, module), message.clone().into());
+            annotations.insert(
+                upgrade_message_annotation(ns, module),
+                message.clone().into(),
+            );
         }
         if let Some(set) = self.cordoned_annotation {
             annotations.insert(
@@ -526,7 +529,10 @@ fn advance(
     let (reason, note) = match to {
         S::WaitingForPods => (
             "NodeWaitingForPods",
-            format!("node {}: waiting for the selected Pods to finish", node.name),
+            format!(
+                "node {}: waiting for the selected Pods to finish",
+                node.name
+            ),
         ),
         S::Evicting => (
             "NodeEvicting",
@@ -596,7 +602,10 @@ fn advance(
     (action, to)
 }
 
-fn fail(read: &Read<'_>, why: String) -> (Option<NodeAction>, Option<UpgradeState>, Option<String>) {
+fn fail(
+    read: &Read<'_>,
+    why: String,
+) -> (Option<NodeAction>, Option<UpgradeState>, Option<String>) {
     let node = read.node;
     let action = NodeAction {
         node: node.name.clone(),
@@ -719,8 +728,7 @@ fn in_progress(
                 event: None,
                 starts: false,
             };
-            let why =
-                refused.unwrap_or_else(|| format!("evicting {}", names(&facts.evict_pods)));
+            let why = refused.unwrap_or_else(|| format!("evicting {}", names(&facts.evict_pods)));
             (Some(action), Some(state), Some(why))
         }
         S::Upgrading => {
@@ -805,7 +813,10 @@ fn validating(
     if timed_out {
         return fail(
             read,
-            format!("validation did not pass within {}s: {why}", policy.timeout_seconds),
+            format!(
+                "validation did not pass within {}s: {why}",
+                policy.timeout_seconds
+            ),
         );
     }
     wait(read, state, keys, why, effect)

@@ -157,8 +157,11 @@ pub fn resolve(spec: &ModuleRolloutSpec, module: Option<&Module>) -> Result<Poli
             effect: "NoSchedule".into(),
             ..Taint::default()
         };
-        if untolerated_taint(&module.spec.tolerations, std::slice::from_ref(&cordon_taint))
-            .is_some()
+        if untolerated_taint(
+            &module.spec.tolerations,
+            std::slice::from_ref(&cordon_taint),
+        )
+        .is_some()
         {
             return Err(format!(
                 "spec.cordon is true but Module {name} does not tolerate {}: the agent loads nothing new on a cordoned node; add the toleration to the Module or set cordon: false",
@@ -205,4 +208,139 @@ pub fn resolve(spec: &ModuleRolloutSpec, module: Option<&Module>) -> Result<Poli
             .unwrap_or(DEFAULT_TIMEOUT_SECONDS),
         strategy: spec.strategy,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn module(extra: serde_json::Value) -> Module {
+        let mut m = serde_json::json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "Module",
+            "metadata": {"name": "gpu", "namespace": "ns"},
+            "spec": {
+                "selector": {},
+                "tolerations": [{"key": UNSCHEDULABLE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+                "moduleLoader": {"container": {
+                    "version": "v2",
+                    "modprobe": {"moduleName": "gpu"},
+                    "kernelMappings": [{"regexp": ".", "containerImage": "r/gpu:1"}],
+                }},
+            },
+        });
+        if let serde_json::Value::Object(extra) = extra {
+            for (k, v) in extra {
+                m["spec"][k] = v;
+            }
+        }
+        serde_json::from_value(m).unwrap()
+    }
+
+    fn spec(v: serde_json::Value) -> ModuleRolloutSpec {
+        let mut s = serde_json::json!({"moduleName": "gpu"});
+        if let serde_json::Value::Object(extra) = v {
+            for (k, v) in extra {
+                s[k] = v;
+            }
+        }
+        serde_json::from_value(s).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_one_at_a_time_with_cordon() {
+        let p = resolve(
+            &spec(serde_json::json!({})),
+            Some(&module(serde_json::json!({}))),
+        )
+        .unwrap();
+        assert_eq!(p.target, "v2");
+        assert_eq!(p.max_unavailable, Budget::Count(1));
+        assert_eq!((p.max_parallel, p.max_failed), (1, 1));
+        assert!(p.cordon);
+        assert_eq!(p.timeout_seconds, DEFAULT_TIMEOUT_SECONDS);
+    }
+
+    #[test]
+    fn max_unavailable_reads_counts_and_percentages_and_names_bad_values() {
+        let s = |v: serde_json::Value| serde_json::from_value::<IntOrString>(v).unwrap();
+        assert_eq!(budget(Some(&s(serde_json::json!(5)))), Ok(Budget::Count(5)));
+        assert_eq!(
+            budget(Some(&s(serde_json::json!("20%")))),
+            Ok(Budget::Percent(20))
+        );
+        assert_eq!(
+            budget(Some(&s(serde_json::json!("3")))),
+            Ok(Budget::Count(3))
+        );
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!("x%"),
+            serde_json::json!("0%"),
+            serde_json::json!("150%"),
+        ] {
+            let err = budget(Some(&s(bad.clone()))).unwrap_err();
+            assert!(err.contains("spec.maxUnavailable"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn what_makes_a_rollout_impossible_is_said_exactly() {
+        let ok = module(serde_json::json!({}));
+        let err = |s: serde_json::Value, m: Option<&Module>| resolve(&spec(s), m).unwrap_err();
+        assert_eq!(
+            err(serde_json::json!({}), None),
+            "Module gpu does not exist"
+        );
+        let mut unversioned = ok.clone();
+        if let Some(l) = unversioned.spec.module_loader.as_mut() {
+            l.container.version = String::new();
+        }
+        assert!(err(serde_json::json!({}), Some(&unversioned)).contains("container.version"));
+        assert!(
+            err(serde_json::json!({"maxUnavailable": "lots"}), Some(&ok))
+                .contains("spec.maxUnavailable \"lots\"")
+        );
+        let intolerant = module(serde_json::json!({"tolerations": []}));
+        let why = err(serde_json::json!({}), Some(&intolerant));
+        assert!(
+            why.contains("node.kubernetes.io/unschedulable:NoSchedule"),
+            "{why}"
+        );
+        assert!(
+            resolve(
+                &spec(serde_json::json!({"cordon": false})),
+                Some(&intolerant)
+            )
+            .is_ok()
+        );
+        let why = err(
+            serde_json::json!({"validation": {"waitForPluginReady": true}}),
+            Some(&ok),
+        );
+        assert!(
+            why.contains("neither spec.devicePlugin nor spec.dra"),
+            "{why}"
+        );
+        let why = err(
+            serde_json::json!({"eviction": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}}),
+            Some(&ok),
+        );
+        assert!(why.contains("spec.eviction.podSelector"), "{why}");
+    }
+
+    #[test]
+    fn wait_for_plugin_ready_reads_the_plugins_node_label() {
+        let m = module(serde_json::json!({"devicePlugin": {"container": {"image": "r/dp:1"}}}));
+        let p = resolve(
+            &spec(serde_json::json!({"validation": {"waitForPluginReady": true}})),
+            Some(&m),
+        )
+        .unwrap();
+        assert_eq!(
+            p.plugin_ready_label.as_deref(),
+            Some("kmm.node.kubernetes.io/ns.gpu.device-plugin-ready")
+        );
+    }
 }
