@@ -159,6 +159,11 @@ async fn main() -> anyhow::Result<()> {
     let client = kmm_runtime::kube_client("kmm-controller", env!("CARGO_PKG_VERSION"))
         .await
         .context("connecting to the API server")?;
+    // Evictions: a PodDisruptionBudget's 429 is an answer, not a hiccup to retry.
+    let eviction_client =
+        kmm_runtime::kube_client_without_retry("kmm-controller", env!("CARGO_PKG_VERSION"))
+            .await
+            .context("connecting to the API server")?;
     let metrics = Metrics::new()?;
     let ready = Readiness::default();
     let server = tokio::spawn(server::serve(metrics_addr, metrics.clone(), ready.clone()));
@@ -241,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
                 () = preflight::run(client.clone(), metrics.clone(), settings.clone()) => {
                     anyhow::bail!("preflight controller stopped")
                 }
-                () = rollout::run(client.clone(), metrics.clone(), settings) => {
+                () = rollout::run(client.clone(), eviction_client.clone(), metrics.clone(), settings) => {
                     anyhow::bail!("rollout controller stopped")
                 }
                 lost = lost => {

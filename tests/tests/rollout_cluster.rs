@@ -26,7 +26,7 @@ use kmm_common::{
     ModuleRollout, UpgradeState, ready_label, upgrade_cordoned_annotation,
     upgrade_message_annotation, upgrade_state_label, version_module_label, version_ready_label,
 };
-use kmm_tests::cluster::{apply_yaml, create_node, crd_namespace, finish_job, wait_for};
+use kmm_tests::cluster::{apply_yaml, crd_namespace, create_node, finish_job, wait_for};
 use kmm_tests::controller::{ControllerOptions, ControllerProcess};
 use kmm_tests::controlplane::{ControlPlane, TestNamespace};
 use kmm_tests::fleet::{Fleet, FleetKind};
@@ -73,7 +73,10 @@ impl Fixture {
     }
 
     fn ns(&self) -> &str {
-        self.ns.as_ref().map(TestNamespace::name).unwrap_or_default()
+        self.ns
+            .as_ref()
+            .map(TestNamespace::name)
+            .unwrap_or_default()
     }
 
     fn node_name(&self, i: usize) -> String {
@@ -409,7 +412,10 @@ async fn fifty_nodes_upgrade_within_max_unavailable_through_a_leader_kill_and_an
             .await?
             .status
             .is_some_and(|s| s.nodes.done == N as i32 && s.nodes.total == N as i32);
-        Ok(done && f.condition("Complete").await?.is_some_and(|c| c.0 == "True"))
+        Ok(done
+            && f.condition("Complete")
+                .await?
+                .is_some_and(|c| c.0 == "True"))
     })
     .await
     .with_context(|| format!("killed leader's log:\n{killed_log}"))?;
@@ -450,12 +456,12 @@ async fn fifty_nodes_upgrade_within_max_unavailable_through_a_leader_kill_and_an
             "{name}"
         );
         assert!(labels.contains_key(&ready), "{name}");
-        assert_eq!(
-            f.state(&name).await?.as_deref(),
-            Some("done"),
-            "{name}"
-        );
-        let unschedulable = n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+        assert_eq!(f.state(&name).await?.as_deref(), Some("done"), "{name}");
+        let unschedulable = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
         assert_eq!(unschedulable, name == admins, "{name} cordon");
         assert!(!n.annotations().contains_key(&cordoned), "{name}");
     }
@@ -514,7 +520,8 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
         let budget = pdbs.get("keep-guarded").await?.status;
         Ok(all.len() == 3
             && all.iter().all(running)
-            && budget.is_some_and(|s| s.current_healthy == 1 && s.observed_generation.is_some()))
+            && budget
+                .is_some_and(|s| s.current_healthy == Some(1) && s.observed_generation.is_some()))
     })
     .await?;
 
@@ -523,7 +530,10 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
     let watch = {
         let marked = marked.clone();
         let cfg = watcher::Config::default().fields("metadata.name=work");
-        let mut events = watcher(pods.clone(), cfg).default_backoff().applied_objects().boxed();
+        let mut events = watcher(pods.clone(), cfg)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
         tokio::spawn(async move {
             while let Some(Ok(p)) = events.next().await {
                 let reason = p
@@ -561,9 +571,11 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
     f.wait(&format!("{n1} held in evicting by the budget"), || async {
         let blocked = f.rollout().await?.status.unwrap_or_default().blocked;
         Ok(f.state(&n1).await?.as_deref() == Some("evicting")
-            && blocked
-                .iter()
-                .any(|b| b.node == n1 && b.message.contains("PodDisruptionBudget") && b.message.contains("keep-guarded")))
+            && blocked.iter().any(|b| {
+                b.node == n1
+                    && b.message.contains("PodDisruptionBudget")
+                    && b.message.contains("keep-guarded")
+            }))
     })
     .await?;
     let message = f
@@ -585,21 +597,25 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
         "the label does not move before the Pods are gone"
     );
 
-    pdbs.delete("keep-guarded", &DeleteParams::default()).await?;
+    pdbs.delete("keep-guarded", &DeleteParams::default())
+        .await?;
     f.wait(&format!("{n1} done once the budget is gone"), || async {
         Ok(f.state(&n1).await?.as_deref() == Some("done")
             && pods.get_opt("guarded").await?.is_none())
     })
     .await?;
     f.wait("Complete", || async {
-        Ok(f.condition("Complete").await?.is_some_and(|c| c.0 == "True"))
+        Ok(f.condition("Complete")
+            .await?
+            .is_some_and(|c| c.0 == "True"))
     })
     .await?;
     f.finish().await
 }
 
 #[tokio::test]
-async fn a_failed_validation_job_fails_its_node_and_the_rollout_stops_at_max_failed() -> Result<()> {
+async fn a_failed_validation_job_fails_its_node_and_the_rollout_stops_at_max_failed() -> Result<()>
+{
     let mut f = Fixture::new("rol-valid").await?;
     // Node 1 is nobody's: its validation Pod stays Pending and the test fails its Job.
     f.nodes(3, &[1]).await?;
@@ -636,7 +652,8 @@ async fn a_failed_validation_job_fails_its_node_and_the_rollout_stops_at_max_fai
     };
     let mut job = None;
     f.wait(&format!("{n1} validating, its Job made"), || async {
-        Ok(f.state(&n1).await?.as_deref() == Some("validating") && job_of(n1.clone()).await?.is_some())
+        Ok(f.state(&n1).await?.as_deref() == Some("validating")
+            && job_of(n1.clone()).await?.is_some())
     })
     .await?;
     if let Some(j) = job_of(n1.clone()).await? {
@@ -660,7 +677,9 @@ async fn a_failed_validation_job_fails_its_node_and_the_rollout_stops_at_max_fai
     }
 
     f.wait("Stopped: the failure limit", || async {
-        Ok(f.condition("Stopped").await?.is_some_and(|c| c.0 == "True" && c.1 == "FailureLimit"))
+        Ok(f.condition("Stopped")
+            .await?
+            .is_some_and(|c| c.0 == "True" && c.1 == "FailureLimit"))
     })
     .await?;
     assert_eq!(f.state(&n1).await?.as_deref(), Some("failed"));
@@ -682,7 +701,11 @@ async fn a_failed_validation_job_fails_its_node_and_the_rollout_stops_at_max_fai
         )
         .await?;
     f.wait("the spec change observed", || async {
-        Ok(f.rollout().await?.status.and_then(|s| s.observed_generation) == Some(2))
+        Ok(f.rollout()
+            .await?
+            .status
+            .and_then(|s| s.observed_generation)
+            == Some(2))
     })
     .await?;
     assert_eq!(f.state(&n2).await?.as_deref(), Some("required"));

@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 pub struct Executor<'a> {
     /// API client.
     pub client: &'a Client,
+    /// The client evictions go through (no retry of 429: a refusal is reported at once).
+    pub eviction_client: &'a Client,
     /// Events.
     pub recorder: &'a Recorder,
     /// Transition counter.
@@ -129,7 +131,7 @@ impl Executor<'_> {
     ) -> Result<Option<String>> {
         let mut refusals = Vec::new();
         for p in pods {
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
+            let api: Api<Pod> = Api::namespaced(self.eviction_client.clone(), &p.namespace);
             match api.evict(&p.name, &EvictParams::default()).await {
                 Ok(_) => tracing::info!(pod = %p, "evicted"),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}

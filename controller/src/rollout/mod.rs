@@ -49,6 +49,9 @@ use plan::{Input, NodeEvent};
 pub struct Context {
     /// API client.
     pub client: Client,
+    /// The same API without kube's retry of 429: an eviction a PodDisruptionBudget refuses
+    /// answers 429, and the node must report that, not retry it for minutes.
+    pub eviction_client: Client,
     /// Metrics (`kmm_rollout_*`).
     pub metrics: Metrics,
     /// Namespace scope and timings.
@@ -60,7 +63,7 @@ pub struct Context {
 }
 
 /// Runs the ModuleRollout controller until the process stops.
-pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
+pub async fn run(client: Client, eviction_client: Client, metrics: Metrics, settings: Settings) {
     let ns = settings.namespace.clone();
     // Labels (state, version, ready) are what a rollout reads of its nodes.
     let mut fingerprints = NodeFingerprints::default();
@@ -102,6 +105,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
     );
     let ctx = Arc::new(Context {
         client,
+        eviction_client,
         metrics: metrics.clone(),
         settings,
         recorder,
@@ -221,6 +225,7 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
         .collect();
     let executor = apply::Executor {
         client: &ctx.client,
+        eviction_client: &ctx.eviction_client,
         recorder: &ctx.recorder,
         metrics: &ctx.metrics,
         rollout: &rollout,
