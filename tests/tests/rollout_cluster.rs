@@ -421,26 +421,27 @@ async fn fifty_nodes_upgrade_within_max_unavailable_through_a_leader_kill_and_an
     .with_context(|| format!("killed leader's log:\n{killed_log}"))?;
     watch.abort();
 
-    let o = seen.lock().unwrap();
-    println!(
-        "max unavailable {}, max in progress {}",
-        o.max_unavailable, o.max_in_progress
-    );
-    assert!(
-        o.max_unavailable <= 5,
-        "{} nodes were without the Module at once (maxUnavailable 5)\n{}",
-        o.max_unavailable,
-        f.logs()
-    );
-    // The budget was used, so it is what held the rollout back.
-    assert!(o.max_in_progress >= 2, "{o:?}");
-    let twice: Vec<_> = o.upgrading.iter().filter(|(_, c)| **c != 1).collect();
-    assert!(
-        twice.is_empty() && o.upgrading.len() == N,
-        "each node enters upgrading exactly once: {twice:?} ({} nodes seen)",
-        o.upgrading.len()
-    );
-    drop(o);
+    {
+        let o = seen.lock().unwrap();
+        println!(
+            "max unavailable {}, max in progress {}",
+            o.max_unavailable, o.max_in_progress
+        );
+        assert!(
+            o.max_unavailable <= 5,
+            "{} nodes were without the Module at once (maxUnavailable 5)\n{}",
+            o.max_unavailable,
+            f.logs()
+        );
+        // The budget was used, so it is what held the rollout back.
+        assert!(o.max_in_progress >= 2, "{o:?}");
+        let twice: Vec<_> = o.upgrading.iter().filter(|(_, c)| **c != 1).collect();
+        assert!(
+            twice.is_empty() && o.upgrading.len() == N,
+            "each node enters upgrading exactly once: {twice:?} ({} nodes seen)",
+            o.upgrading.len()
+        );
+    }
 
     let (ready, version_ready, cordoned) = (
         ready_label(f.ns(), MODULE),
