@@ -10,7 +10,8 @@
 //! - [`preflight`]: the PreflightValidation controller (leader only), every Module checked
 //!   against a coming kernel, built and signed with [`build`]'s Jobs;
 //! - [`webhook`]: admission webhooks (every replica), HTTPS;
-//! - [`agent_credentials`]: pull secrets for agents, on the webhook server.
+//! - [`agent_credentials`]: pull secrets for agents, on the webhook server;
+//! - [`rollout`]: the ModuleRollout controller (leader only), automatic ordered upgrades.
 #![warn(missing_docs)]
 
 pub mod agent_credentials;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod preflight;
 pub mod reconcile;
+pub mod rollout;
 pub mod server;
 pub mod status;
 pub mod webhook;

@@ -1,6 +1,6 @@
 //! `kmm-controller`: one leader per cluster (standbys wait on a Lease) runs the
-//! Module controller (finalizers, status, device-plugin DaemonSets, builds) and
-//! the PreflightValidation controller.
+//! Module controller (finalizers, status, device-plugin DaemonSets, builds), the
+//! PreflightValidation controller and the ModuleRollout controller.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,11 +11,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use kmm_controller::lease::{LeaderElector, LeaseConfig, default_identity};
 use kmm_controller::metrics::Metrics;
-use kmm_controller::preflight;
 use kmm_controller::reconcile::{self, Settings};
 use kmm_controller::server::{self, Readiness};
 use kmm_controller::webhook::WebhookSettings;
 use kmm_controller::webhook::register::unregister;
+use kmm_controller::{preflight, rollout};
 
 #[derive(Debug, Parser)]
 #[command(name = "kmm-controller", version, about = "kmm-rs controller")]
@@ -159,6 +159,11 @@ async fn main() -> anyhow::Result<()> {
     let client = kmm_runtime::kube_client("kmm-controller", env!("CARGO_PKG_VERSION"))
         .await
         .context("connecting to the API server")?;
+    // Evictions: a PodDisruptionBudget's 429 is an answer, not a hiccup to retry.
+    let eviction_client =
+        kmm_runtime::kube_client_without_retry("kmm-controller", env!("CARGO_PKG_VERSION"))
+            .await
+            .context("connecting to the API server")?;
     let metrics = Metrics::new()?;
     let ready = Readiness::default();
     let server = tokio::spawn(server::serve(metrics_addr, metrics.clone(), ready.clone()));
@@ -238,8 +243,11 @@ async fn main() -> anyhow::Result<()> {
                 () = reconcile::run(client.clone(), metrics.clone(), settings.clone()) => {
                     anyhow::bail!("controller stopped")
                 }
-                () = preflight::run(client.clone(), metrics.clone(), settings) => {
+                () = preflight::run(client.clone(), metrics.clone(), settings.clone()) => {
                     anyhow::bail!("preflight controller stopped")
+                }
+                () = rollout::run(client.clone(), eviction_client.clone(), metrics.clone(), settings) => {
+                    anyhow::bail!("rollout controller stopped")
                 }
                 lost = lost => {
                     metrics.is_leader.set(0);

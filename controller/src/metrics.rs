@@ -31,6 +31,13 @@ pub struct Metrics {
     /// Build and sign Jobs created, by kind (`build`, `sign`). Two replicas
     /// never both count one Job: a create that finds it existing is not counted.
     pub jobs_created: IntCounterVec,
+    /// ModuleRollout nodes per state (`total`, `required`, `in_progress`, `done`, `failed`,
+    /// `skipped`, `unavailable`), per rollout ([`Metrics::set_rollout_nodes`]).
+    pub rollout_nodes: IntGaugeVec,
+    /// Node transitions made by rollouts, by the state entered.
+    pub rollout_transitions: IntCounterVec,
+    /// Failed rollout passes by reason ([`crate::rollout::Error::metric_label`]).
+    pub rollout_errors: IntCounterVec,
     /// Upstream KMM's gauges over all Modules, same names and labels, so
     /// dashboards made for upstream keep working ([`Metrics::count_modules`]).
     upstream: UpstreamGauges,
@@ -131,6 +138,24 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            rollout_nodes: IntGaugeVec::new(
+                Opts::new("kmm_rollout_nodes", "ModuleRollout nodes per state"),
+                &["namespace", "name", "state"],
+            )?,
+            rollout_transitions: IntCounterVec::new(
+                Opts::new(
+                    "kmm_rollout_transitions_total",
+                    "Node upgrade-state transitions made by ModuleRollouts, by the state entered",
+                ),
+                &["state"],
+            )?,
+            rollout_errors: IntCounterVec::new(
+                Opts::new(
+                    "kmm_rollout_reconcile_errors_total",
+                    "Failed ModuleRollout passes by reason",
+                ),
+                &["reason"],
+            )?,
             upstream: UpstreamGauges::new()?,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
@@ -140,6 +165,10 @@ impl Metrics {
         m.registry.register(Box::new(m.is_leader.clone()))?;
         m.registry.register(Box::new(m.status_writes.clone()))?;
         m.registry.register(Box::new(m.jobs_created.clone()))?;
+        m.registry.register(Box::new(m.rollout_nodes.clone()))?;
+        m.registry
+            .register(Box::new(m.rollout_transitions.clone()))?;
+        m.registry.register(Box::new(m.rollout_errors.clone()))?;
         m.upstream.register(&m.registry)?;
         Ok(m)
     }
@@ -187,6 +216,38 @@ impl Metrics {
         self.upstream
             .preflights
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `kmm_rollout_nodes` of rollout `ns/name` (`None`: the rollout is gone, its
+    /// series go too).
+    pub fn set_rollout_nodes(&self, ns: &str, name: &str, counts: Option<&kmm_common::NodeCounts>) {
+        let states = [
+            "total",
+            "required",
+            "in_progress",
+            "done",
+            "failed",
+            "skipped",
+            "unavailable",
+        ];
+        for state in states {
+            let _ = self.rollout_nodes.remove_label_values(&[ns, name, state]);
+        }
+        let Some(c) = counts else { return };
+        let values = [
+            c.total,
+            c.required,
+            c.in_progress,
+            c.done,
+            c.failed,
+            c.skipped,
+            c.unavailable,
+        ];
+        for (state, v) in states.into_iter().zip(values) {
+            self.rollout_nodes
+                .with_label_values(&[ns, name, state])
+                .set(i64::from(v));
+        }
     }
 
     /// Counts a reconcile and times it until the guard drops.

@@ -248,7 +248,7 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
     Some((reason, message))
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+pub(crate) fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),

@@ -55,6 +55,22 @@ pub async fn kube_client(component: &str, version: &str) -> Result<kube::Client,
     Ok(kube::Client::try_from(config)?)
 }
 
+/// [`kube_client`] without kube's retry of 429/503/504 answers, for calls where such an
+/// answer is the verdict: an eviction a PodDisruptionBudget refuses answers 429, which the
+/// default retry would repeat for minutes instead of reporting.
+///
+/// # Errors
+/// As [`kube_client`].
+pub async fn kube_client_without_retry(
+    component: &str,
+    version: &str,
+) -> Result<kube::Client, ClientError> {
+    let mut config = kube::Config::infer().await?;
+    identify(&mut config, component, version);
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

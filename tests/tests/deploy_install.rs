@@ -486,6 +486,26 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["create", "tokenreviews.authentication.k8s.io"],
             &["create", "subjectaccessreviews.authorization.k8s.io"],
             &["delete", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
+            // ModuleRollouts: watched, status written, Jobs owned; Pods
+            // evicted (or deleted with eviction.force), the refusing budget named.
+            &["watch", "modulerollouts.rollout.kmm-rs.io", "-A"],
+            &[
+                "patch",
+                "modulerollouts.rollout.kmm-rs.io",
+                "-n",
+                "ns1",
+                "--subresource=status",
+            ],
+            &[
+                "update",
+                "modulerollouts.rollout.kmm-rs.io",
+                "-n",
+                "ns1",
+                "--subresource=finalizers",
+            ],
+            &["create", "pods", "-n", "ns1", "--subresource=eviction"],
+            &["delete", "pods", "-n", "ns1"],
+            &["list", "poddisruptionbudgets.policy", "-n", "ns1"],
             &["create", "leases.coordination.k8s.io", "-n", "kmm-system"],
             &[
                 "update",
@@ -502,8 +522,12 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["create", "pods", "-n", "ns1", "--subresource=exec"],
             &["get", "pods", "-n", "ns1", "--subresource=exec"],
             &["create", "pods", "-n", "ns1"],
-            &["delete", "pods", "-n", "ns1"],
             &["delete", "modules.kmm.sigs.x-k8s.io", "-n", "ns1"],
+            // A rollout is the user's to write; the controller only reads it.
+            &["create", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
+            &["patch", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
+            &["delete", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
+            &["create", "poddisruptionbudgets.policy", "-n", "ns1"],
             &["create", "preflightvalidations.kmm.sigs.x-k8s.io"],
             &["patch", "preflightvalidations.kmm.sigs.x-k8s.io"],
             &["delete", "preflightvalidations.kmm.sigs.x-k8s.io"],

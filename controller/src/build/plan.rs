@@ -44,14 +44,9 @@ pub struct JobView {
     pub succeeded_reported: bool,
 }
 
-/// Reads a Job of ours; `None` without the hash label.
-pub fn job_view(job: &Job) -> Option<JobView> {
-    let hash = job.labels().get(HASH_LABEL)?.clone();
-    let kind = match job.labels().get(JOB_TYPE_LABEL).map(String::as_str) {
-        Some("build") => Some(StepKind::Build),
-        Some("sign") => Some(StepKind::Sign),
-        _ => None,
-    };
+/// A Job's state from its conditions: `Complete` or `Failed` (with its reason and message)
+/// once the Job controller has given its verdict, `Active` before.
+pub fn job_state(job: &Job) -> JobState {
     let conditions = job
         .status
         .as_ref()
@@ -63,7 +58,7 @@ pub fn job_view(job: &Job) -> Option<JobView> {
             .iter()
             .find(|c| c.type_ == type_ && c.status == "True")
     };
-    let state = if is_true("Complete").is_some() {
+    if is_true("Complete").is_some() {
         JobState::Succeeded
     } else if let Some(c) = is_true("Failed") {
         let reason = c.reason.clone().unwrap_or_else(|| "Failed".into());
@@ -73,7 +68,18 @@ pub fn job_view(job: &Job) -> Option<JobView> {
         })
     } else {
         JobState::Active
+    }
+}
+
+/// Reads a Job of ours; `None` without the hash label.
+pub fn job_view(job: &Job) -> Option<JobView> {
+    let hash = job.labels().get(HASH_LABEL)?.clone();
+    let kind = match job.labels().get(JOB_TYPE_LABEL).map(String::as_str) {
+        Some("build") => Some(StepKind::Build),
+        Some("sign") => Some(StepKind::Sign),
+        _ => None,
     };
+    let state = job_state(job);
     Some(JobView {
         name: job.name_any(),
         hash,

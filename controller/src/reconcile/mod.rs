@@ -56,6 +56,9 @@ pub struct Settings {
     pub signer_image: String,
     /// How often NodeModulesConfigs of deleted Nodes are looked for.
     pub nmc_gc_interval: Duration,
+    /// How often a ModuleRollout with nodes in progress is looked at again (node and Job
+    /// changes wake it earlier; Pods finishing or going are seen on this tick).
+    pub rollout_poll: Duration,
 }
 
 impl Default for Settings {
@@ -68,6 +71,7 @@ impl Default for Settings {
             instance: "kmm-controller".into(),
             signer_image: DEFAULT_SIGNER_IMAGE.into(),
             nmc_gc_interval: Duration::from_secs(60),
+            rollout_poll: Duration::from_secs(3),
         }
     }
 }
