@@ -157,8 +157,8 @@ impl Fixture {
         )
     }
 
-    /// The Module at `version`, tolerating the fake nodes' taint, the cordon taint (the
-    /// rollout requires it) and an unmanaged node's not-ready taints.
+    /// The Module at `version`, tolerating the fake nodes' taint and an unmanaged node's
+    /// not-ready taints; not the cordon's: the rollout's own cordon lets its load through.
     fn set_module(&self, version: &str) -> Result<()> {
         let tolerate = |key: &str| json!({"key": key, "operator": "Exists"});
         let yaml = ModuleBuilder::new(MODULE)
@@ -166,7 +166,6 @@ impl Fixture {
             .version(version)
             .tolerations(json!([
                 kmm_tests::kwok::toleration(),
-                tolerate("node.kubernetes.io/unschedulable"),
                 tolerate("node.kubernetes.io/not-ready"),
                 tolerate("node.kubernetes.io/unreachable"),
             ]))

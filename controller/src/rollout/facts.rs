@@ -6,19 +6,18 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kmm_common::{
-    Module, UpgradeState, target_node, upgrade_since_annotation, upgrade_state_label,
-    version_module_label,
+    Module, UpgradeState, upgrade_since_annotation, upgrade_state_label, version_module_label,
 };
 use kube::api::{Api, ListParams};
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::{Client, ResourceExt};
 
 use super::error::{Error, Result};
 use super::job::job_name;
 use super::plan::{JobFact, NodeFacts, NodeView, PodRef};
-use super::policy::Policy;
 use crate::build::plan::{JobState, job_state};
 
 /// The nodes carrying the Module's `version-module` label (the others are the admin's),
@@ -30,8 +29,7 @@ use crate::build::plan::{JobState, job_state};
 pub async fn nodes(
     client: &Client,
     module: &Module,
-    policy: &Policy,
-    selector: Option<&Selector>,
+    node_selector: Option<&LabelSelector>,
 ) -> Result<Vec<NodeView>> {
     let ns = module.namespace().unwrap_or_default();
     let label = version_module_label(&ns, &module.name_any());
@@ -42,24 +40,14 @@ pub async fn nodes(
     Ok(list
         .items
         .iter()
-        .map(|n| view(n, module, &label, policy, selector))
+        .map(|n| view(n, module, node_selector))
         .collect())
 }
 
-fn view(
-    node: &Node,
-    module: &Module,
-    version_label: &str,
-    policy: &Policy,
-    selector: Option<&Selector>,
-) -> NodeView {
+fn view(node: &Node, module: &Module, node_selector: Option<&LabelSelector>) -> NodeView {
     let labels = node.labels().clone();
-    // Targeting as the agent decides it, as if the node already had the target version.
-    let mut as_target = labels.clone();
-    as_target.insert(version_label.to_string(), policy.target.clone());
-    let kernel = kmm_common::node_kernel_version(node).unwrap_or_default();
-    let in_scope = target_node(module, &as_target, kernel).is_ok()
-        && selector.is_none_or(|s| s.matches(&labels));
+    // The scope `kmmctl rollout status` shows too (the version label aside).
+    let in_scope = kmm_common::in_rollout_scope(module, node_selector, node);
     NodeView {
         name: node.name_any(),
         annotations: node.annotations().clone(),

@@ -198,7 +198,7 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
         (Ok(_), None) => return Ok(Action::requeue(ctx.settings.error_requeue)),
     };
     let selectors = Selectors::of(spec);
-    let nodes = facts::nodes(&ctx.client, &module, &policy, selectors.node.as_ref()).await?;
+    let nodes = facts::nodes(&ctx.client, &module, spec.node_selector.as_ref()).await?;
     let rollout_name = rollout.name_any();
     let scope = facts::Scope {
         client: &ctx.client,
@@ -259,7 +259,6 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
 
 /// The rollout's selectors, read (their errors were reported by [`policy::resolve`]).
 struct Selectors {
-    node: Option<kube::core::Selector>,
     wait: Option<kube::core::Selector>,
     evict: Option<kube::core::Selector>,
 }
@@ -267,7 +266,6 @@ struct Selectors {
 impl Selectors {
     fn of(spec: &kmm_common::ModuleRolloutSpec) -> Self {
         Self {
-            node: policy::node_selector(spec).ok().flatten(),
             wait: spec
                 .wait_for_pods
                 .as_ref()

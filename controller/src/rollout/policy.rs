@@ -1,10 +1,8 @@
 //! A ModuleRollout's spec read against its Module: the numbers and switches the planner
 //! applies, or the sentence saying why the rollout cannot run (no node is touched then).
 
-use k8s_openapi::api::core::v1::Taint;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kmm_common::targeting::taints::describe;
-use kmm_common::{Module, ModuleRolloutSpec, RolloutStrategy, untolerated_taint};
+use kmm_common::{Module, ModuleRolloutSpec, RolloutStrategy};
 use kube::core::Selector;
 
 use crate::plugin::Kind;
@@ -12,11 +10,6 @@ use crate::plugin::Kind;
 /// Upgrading and validating give up after this long unless `validation.timeoutSeconds` says
 /// otherwise.
 pub const DEFAULT_TIMEOUT_SECONDS: i64 = 600;
-
-/// The taint the node lifecycle controller puts on a cordoned node. The agent loads nothing
-/// new onto a node with a taint the Module does not tolerate, so a cordoning rollout needs
-/// the Module to tolerate it, or no cordoned node could ever load the new version.
-pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// What the planner applies, resolved once per pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,8 +116,9 @@ pub fn pod_selector(
 /// # Errors
 /// What makes the rollout impossible, as a sentence naming the field: Module missing or
 /// being deleted, no `container.version`, a bad `maxUnavailable`, selectors that cannot be
-/// read, `cordon` without a toleration of the cordon taint, `waitForPluginReady` without a
-/// plugin.
+/// read, `waitForPluginReady` without a plugin. (A cordon needs no toleration: the agent lets
+/// the load through the cordon's taint while the node's `upgrade-state` is in progress,
+/// `kmm_common::check_node_taints`.)
 pub fn resolve(spec: &ModuleRolloutSpec, module: Option<&Module>) -> Result<Policy, String> {
     let name = &spec.module_name;
     let module = module.ok_or_else(|| format!("Module {name} does not exist"))?;
@@ -151,24 +145,6 @@ pub fn resolve(spec: &ModuleRolloutSpec, module: Option<&Module>) -> Result<Poli
         pod_selector("spec.eviction.podSelector", &e.pod_selector)?;
     }
     let cordon = spec.cordon.unwrap_or(true);
-    if cordon {
-        let cordon_taint = Taint {
-            key: UNSCHEDULABLE_TAINT.into(),
-            effect: "NoSchedule".into(),
-            ..Taint::default()
-        };
-        if untolerated_taint(
-            &module.spec.tolerations,
-            std::slice::from_ref(&cordon_taint),
-        )
-        .is_some()
-        {
-            return Err(format!(
-                "spec.cordon is true but Module {name} does not tolerate {}: the agent loads nothing new on a cordoned node; add the toleration to the Module or set cordon: false",
-                describe(&cordon_taint)
-            ));
-        }
-    }
     let validation = spec.validation.clone().unwrap_or_default();
     let plugin_ready_label = if validation.wait_for_plugin_ready {
         let ns = module.metadata.namespace.as_deref().unwrap_or_default();
@@ -222,7 +198,6 @@ mod tests {
             "metadata": {"name": "gpu", "namespace": "ns"},
             "spec": {
                 "selector": {},
-                "tolerations": [{"key": UNSCHEDULABLE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
                 "moduleLoader": {"container": {
                     "version": "v2",
                     "modprobe": {"moduleName": "gpu"},
@@ -302,19 +277,9 @@ mod tests {
             err(serde_json::json!({"maxUnavailable": "lots"}), Some(&ok))
                 .contains("spec.maxUnavailable \"lots\"")
         );
+        // A Module without a toleration of the cordon's taint rolls out with cordon: true.
         let intolerant = module(serde_json::json!({"tolerations": []}));
-        let why = err(serde_json::json!({}), Some(&intolerant));
-        assert!(
-            why.contains("node.kubernetes.io/unschedulable:NoSchedule"),
-            "{why}"
-        );
-        assert!(
-            resolve(
-                &spec(serde_json::json!({"cordon": false})),
-                Some(&intolerant)
-            )
-            .is_ok()
-        );
+        assert!(resolve(&spec(serde_json::json!({})), Some(&intolerant)).is_ok());
         let why = err(
             serde_json::json!({"validation": {"waitForPluginReady": true}}),
             Some(&ok),
