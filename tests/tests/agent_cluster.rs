@@ -191,7 +191,13 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
     .await?;
     // One event per load and unload, upstream's: on the Node (namespace
     // default, as for any Node event), upstream's text, `related` naming the
-    // Module so its loads can be found from it.
+    // Module so its loads can be found from it, and the Node's uid (what
+    // `kubectl describe node` looks events up by).
+    let uid = Api::<Node>::all(f.client.clone())
+        .get(&f.node)
+        .await?
+        .metadata
+        .uid;
     let node_events: Api<Event> = Api::namespaced(f.client.clone(), "default");
     let on_node: Vec<(String, String)> = node_events
         .list(&Default::default())
@@ -200,7 +206,9 @@ async fn module_loads_labels_node_reports_status_then_unloads_on_delete() -> Res
         .into_iter()
         .filter(|e| {
             e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("Node") && r.name.as_deref() == Some(f.node.as_str())
+                r.kind.as_deref() == Some("Node")
+                    && r.name.as_deref() == Some(f.node.as_str())
+                    && r.uid == uid
             }) && e.related.as_ref().is_some_and(|r| {
                 r.kind.as_deref() == Some("Module")
                     && r.name.as_deref() == Some("simmod")

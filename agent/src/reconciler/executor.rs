@@ -54,6 +54,9 @@ pub struct Executor {
     verified_at: std::sync::Mutex<HashMap<ModuleKey, Instant>>,
     /// Device plugins stopped before a swap.
     pub(super) plugin_stop: PluginStop,
+    /// This Node's uid, as last seen: events on the Node name it, since
+    /// `kubectl describe node` finds a Node's events by uid.
+    pub(super) node_uid: std::sync::Mutex<Option<String>>,
 }
 
 /// An image pulled and checked, ready for the kernel steps.
@@ -87,6 +90,7 @@ impl Executor {
             journal,
             metrics,
             verified_at: std::sync::Mutex::new(HashMap::new()),
+            node_uid: std::sync::Mutex::new(None),
         }
     }
 
@@ -634,6 +638,7 @@ impl Executor {
             api_version: Some("v1".into()),
             kind: Some("Node".into()),
             name: Some(self.settings.node_name.clone()),
+            uid: lock(&self.node_uid).clone(),
             ..ObjectReference::default()
         };
         let event = Event {

@@ -134,6 +134,7 @@ impl Workers {
         let phases = LoadPhases::new(event_at, Instant::now());
         self.exec.metrics.reconciles.inc();
         self.exec.plugin_stop.observe(node.labels());
+        node.metadata.uid.clone_into(&mut lock(&self.exec.node_uid));
         let desired = self
             .decide(all, by_key, node, kernel, phases)
             .instrument(tracing::debug_span!("decide"))

@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 pub struct Executor<'a> {
     /// API client.
     pub client: &'a Client,
+    /// Node uids by name, for the events' references.
+    pub node_uids: &'a BTreeMap<String, String>,
     /// The client evictions go through (no retry of 429: a refusal is reported at once).
     pub eviction_client: &'a Client,
     /// Events.
@@ -268,7 +270,7 @@ impl Executor<'_> {
             api_version: Some("v1".into()),
             kind: Some("Node".into()),
             name: Some(node.into()),
-            uid: None,
+            uid: self.node_uids.get(node).cloned(),
             ..ObjectReference::default()
         };
         for reference in [node_ref, self.rollout.object_ref(&())] {

@@ -50,6 +50,7 @@ fn view(node: &Node, module: &Module, node_selector: Option<&LabelSelector>) -> 
     let in_scope = kmm_common::in_rollout_scope(module, node_selector, node);
     NodeView {
         name: node.name_any(),
+        uid: node.metadata.uid.clone(),
         annotations: node.annotations().clone(),
         unschedulable: node
             .spec

@@ -223,8 +223,13 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
         .iter()
         .map(|n| (n.name.clone(), n.annotations.get(&message_key).cloned()))
         .collect();
+    let uids: BTreeMap<String, String> = nodes
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), n.uid.clone()?)))
+        .collect();
     let executor = apply::Executor {
         client: &ctx.client,
+        node_uids: &uids,
         eviction_client: &ctx.eviction_client,
         recorder: &ctx.recorder,
         metrics: &ctx.metrics,

@@ -24,6 +24,8 @@ use super::policy::{Policy, max_unavailable};
 pub struct NodeView {
     /// Node name.
     pub name: String,
+    /// Node uid (events name it: `kubectl describe node` finds events by uid).
+    pub uid: Option<String>,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// Its annotations.

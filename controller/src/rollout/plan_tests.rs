@@ -51,6 +51,7 @@ fn node(name: &str, version: &str, state: Option<UpgradeState>, ago: i64) -> Nod
     }
     NodeView {
         name: name.into(),
+        uid: None,
         labels,
         annotations,
         unschedulable: false,
