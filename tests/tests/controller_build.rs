@@ -63,25 +63,15 @@ impl Fixture {
     }
 
     fn controller(&self, identity: &str) -> Result<ControllerProcess> {
-        ControllerProcess::start(&ControllerOptions {
-            // Several replicas of one namespace: one identity and log each.
-            identity: format!("{}-{identity}", self.ns()),
-            ..ControllerOptions::for_namespace(
-                self.cp,
-                self.ns(),
-                &self.dir.path().join(identity),
-                vec![
-                    "--lease-duration-seconds".into(),
-                    "6".into(),
-                    "--lease-renew-seconds".into(),
-                    "2".into(),
-                    // Resyncs every second: "nothing more happens" is then
-                    // checked over counted reconciles, not a sleep.
-                    "--resync-seconds".into(),
-                    "1".into(),
-                ],
-            )
-        })
+        ControllerProcess::start(&ControllerOptions::fast_lease_replica(
+            self.cp,
+            self.ns(),
+            self.dir.path(),
+            identity,
+            // Resyncs every second: "nothing more happens" is then checked
+            // over counted reconciles, not a sleep.
+            &["--resync-seconds", "1"],
+        ))
     }
 
     /// A fake Node run by kwok (Job pods scheduled there run and succeed).

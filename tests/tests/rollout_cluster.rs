@@ -176,20 +176,13 @@ impl Fixture {
 
     /// A controller replica (lease 6 s, renewed every 2 s).
     fn controller(&mut self, identity: &str) -> Result<()> {
-        let c = ControllerProcess::start(&ControllerOptions {
-            identity: format!("{}-{identity}", self.ns()),
-            ..ControllerOptions::for_namespace(
-                self.cp,
-                self.ns(),
-                &self.dir.path().join(identity),
-                vec![
-                    "--lease-duration-seconds".into(),
-                    "6".into(),
-                    "--lease-renew-seconds".into(),
-                    "2".into(),
-                ],
-            )
-        })?;
+        let c = ControllerProcess::start(&ControllerOptions::fast_lease_replica(
+            self.cp,
+            self.ns(),
+            self.dir.path(),
+            identity,
+            &[],
+        ))?;
         self.controllers.push(c);
         Ok(())
     }

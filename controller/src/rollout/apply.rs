@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kmm_common::{ModuleRollout, upgrade_message_annotation};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
 use tracing::instrument;
 
@@ -255,17 +255,7 @@ impl Executor<'_> {
     /// The event on the Node and on the ModuleRollout (failures only logged: an event is
     /// never worth a retry of the step).
     pub async fn publish(&self, node: &str, event: &NodeEvent) {
-        let ev = KubeEvent {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: event.reason.into(),
-            note: Some(event.note.clone()),
-            action: "Rollout".into(),
-            secondary: None,
-        };
+        let ev = event.to_kube();
         let node_ref = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Node".into()),

@@ -324,19 +324,11 @@ async fn finish(
 
 async fn publish_on_rollout(rollout: &ModuleRollout, event: &NodeEvent, ctx: &Context) {
     use kube::Resource;
-    use kube::runtime::events::{Event as KubeEvent, EventType};
-    let ev = KubeEvent {
-        type_: if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: event.reason.into(),
-        note: Some(event.note.clone()),
-        action: "Rollout".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &rollout.object_ref(&())).await {
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event.to_kube(), &rollout.object_ref(&()))
+        .await
+    {
         tracing::warn!(error = %e, reason = event.reason, "publishing event");
     }
 }

@@ -190,6 +190,24 @@ pub struct NodeEvent {
     pub warning: bool,
 }
 
+impl NodeEvent {
+    /// As a Kubernetes Event (action `Rollout`).
+    pub fn to_kube(&self) -> kube::runtime::events::Event {
+        use kube::runtime::events::{Event, EventType};
+        Event {
+            type_: if self.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: self.reason.into(),
+            note: Some(self.note.clone()),
+            action: "Rollout".into(),
+            secondary: None,
+        }
+    }
+}
+
 /// What to do for one node this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAction {
