@@ -248,7 +248,8 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
     Some((reason, message))
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+/// A condition with the given status, not yet stamped ([`stamp`]).
+pub(crate) fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),
