@@ -22,7 +22,7 @@ pub fn manifest_path() -> PathBuf {
 /// When the manifest is no PrometheusRule with `spec.groups`.
 pub fn rules_file(manifest: &str) -> Result<String> {
     let doc: Value = serde_yaml::from_str(manifest).context("parsing the PrometheusRule")?;
-    if doc["kind"] != Value::from("PrometheusRule") {
+    if doc["kind"].as_str() != Some("PrometheusRule") {
         bail!("not a PrometheusRule: kind {:?}", doc["kind"]);
     }
     let spec = doc.get("spec").context("PrometheusRule without spec")?;
