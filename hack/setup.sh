@@ -23,10 +23,11 @@ set -euo pipefail
 #  prometheus                             - scrapes the real node's Pods (hack/realnode/prometheus.sh)
 #  bc                                     - the real-node scripts' timelines
 #  fonts-dejavu-core                      - the text of the fleet benchmark's plot (benches/)
+#  lua5.4                                 - runs the Argo CD health check of docs/gitops.md in a test
 PKGS=(libkmod-dev libclang-dev pkg-config kmod docker-registry qemu-system-x86 busybox-static cpio
       openssl apache2-utils xz-utils zstd ca-certificates curl libssl-dev buildah
       mmdebstrap uidmap skopeo binutils containerd runc iptables containernetworking-plugins
-      gcc libc6-dev prometheus bc fonts-dejavu-core)
+      gcc libc6-dev prometheus bc fonts-dejavu-core lua5.4)
 
 missing=()
 for p in "${PKGS[@]}"; do

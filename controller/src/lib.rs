@@ -3,7 +3,8 @@
 //! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease;
 //! - [`reconcile`]: the Module controller (finalizer, status, device plugin,
 //!   DRA driver and DeviceClasses, namespace label), run by the leader only;
-//! - [`status`] / [`plugin`]: the pure decisions it applies;
+//! - [`status`] / [`plugin`]: the pure decisions it applies; [`kstatus`]: the
+//!   `Ready` / `Reconciling` / `Stalled` conditions generic tools read;
 //! - [`labels`]: labels on the objects the controller creates;
 //! - [`metrics`] / [`server`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`build`]: in-cluster build and sign Jobs for missing kernel images;
@@ -17,6 +18,7 @@
 pub mod agent_credentials;
 pub mod build;
 pub mod error;
+pub mod kstatus;
 pub mod labels;
 pub mod lease;
 pub mod metrics;

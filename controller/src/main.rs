@@ -191,9 +191,14 @@ async fn main() -> anyhow::Result<()> {
         // Modules that target their node.
         let pull_secrets =
             kmm_controller::agent_credentials::router(client.clone(), webhook.agent_token_audience);
-        let serve = kmm_controller::webhook::start(client.clone(), &settings, pull_secrets)
-            .await
-            .context("starting the admission webhooks")?;
+        let serve = kmm_controller::webhook::start(
+            client.clone(),
+            &settings,
+            metrics.clone(),
+            pull_secrets,
+        )
+        .await
+        .context("starting the admission webhooks")?;
         Some(tokio::spawn(serve))
     } else {
         tracing::info!("admission webhooks disabled");

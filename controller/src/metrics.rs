@@ -38,6 +38,12 @@ pub struct Metrics {
     pub rollout_transitions: IntCounterVec,
     /// Failed rollout passes by reason ([`crate::rollout::Error::metric_label`]).
     pub rollout_errors: IntCounterVec,
+    /// Admission requests answered, by `webhook` (the path without
+    /// `/validate-`) and `result` ([`WebhookResult`]).
+    pub webhook_requests: IntCounterVec,
+    /// Every Module's conditions (1 True, 0 False), recounted with the
+    /// upstream gauges: what alerts name a Module by.
+    module_conditions: IntGaugeVec,
     /// Upstream KMM's gauges over all Modules, same names and labels, so
     /// dashboards made for upstream keep working ([`Metrics::count_modules`]).
     upstream: UpstreamGauges,
@@ -156,6 +162,20 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            webhook_requests: IntCounterVec::new(
+                Opts::new(
+                    "kmm_controller_webhook_requests_total",
+                    "Admission requests answered, by webhook and result (allowed, denied, error)",
+                ),
+                &["webhook", "result"],
+            )?,
+            module_conditions: IntGaugeVec::new(
+                Opts::new(
+                    "kmm_controller_module_condition",
+                    "A Module's status condition: 1 when True, 0 when False, with its reason",
+                ),
+                &["namespace", "name", "type", "reason"],
+            )?,
             upstream: UpstreamGauges::new()?,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
@@ -169,20 +189,25 @@ impl Metrics {
         m.registry
             .register(Box::new(m.rollout_transitions.clone()))?;
         m.registry.register(Box::new(m.rollout_errors.clone()))?;
+        m.registry.register(Box::new(m.webhook_requests.clone()))?;
+        m.registry.register(Box::new(m.module_conditions.clone()))?;
         m.upstream.register(&m.registry)?;
         Ok(m)
     }
 
     /// Sets upstream KMM's gauges from every Module (upstream's rules: build
     /// or sign at the container level or in any kernel mapping; `modprobe`
-    /// load args joined with ","). Series of Modules gone or changed go too.
+    /// load args joined with ","), and `kmm_controller_module_condition` from
+    /// their status. Series of Modules gone or changed go too.
     pub fn count_modules<'a>(&self, modules: impl IntoIterator<Item = &'a Module>) {
         let g = &self.upstream;
         let (mut all, mut build, mut sign, mut device_plugin) = (0, 0, 0, 0);
         g.modprobe_args.reset();
         g.modprobe_raw_args.reset();
+        self.module_conditions.reset();
         for m in modules {
             all += 1;
+            self.set_conditions(m);
             device_plugin += i64::from(m.spec.device_plugin.is_some());
             let Some(loader) = &m.spec.module_loader else {
                 continue;
@@ -208,6 +233,22 @@ impl Metrics {
         g.in_cluster_build.set(build);
         g.in_cluster_sign.set(sign);
         g.device_plugin.set(device_plugin);
+    }
+
+    fn set_conditions(&self, m: &Module) {
+        let (name, ns) = (m.name_any(), m.namespace().unwrap_or_default());
+        for c in m.status.iter().flat_map(|s| &s.conditions) {
+            self.module_conditions
+                .with_label_values(&[&ns, &name, &c.type_, &c.reason])
+                .set(i64::from(c.status == "True"));
+        }
+    }
+
+    /// Counts one admission answer.
+    pub fn count_webhook(&self, webhook: &str, result: WebhookResult) {
+        self.webhook_requests
+            .with_label_values(&[webhook, result.as_str()])
+            .inc();
     }
 
     /// Sets upstream KMM's `kmm_preflight_num` to the number of PreflightValidations (upstream
@@ -265,6 +306,29 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// How an admission request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// Admitted (warnings included).
+    Allowed,
+    /// Refused on its merits (403).
+    Denied,
+    /// Not judged: an undecodable request, or a lookup the decision needed
+    /// failed (the webhook fails closed).
+    Error,
+}
+
+impl WebhookResult {
+    /// The `result` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Error => "error",
+        }
     }
 }
 
@@ -344,6 +408,59 @@ mod tests {
         let text = m.render();
         assert!(text.contains("kmm_module_num 1"), "{text}");
         assert!(!text.contains("name=\"gpu\""), "{text}");
+    }
+
+    #[test]
+    fn module_conditions_are_gauges_named_by_module_type_and_reason() {
+        let mut m = module(
+            "a",
+            "brd",
+            loader(serde_json::json!({
+                "modprobe": {"moduleName": "brd"},
+                "kernelMappings": [{"regexp": ".", "containerImage": "r/x:1"}],
+            })),
+        );
+        m.status = Some(
+            serde_json::from_value(serde_json::json!({"conditions": [
+                {"type": "Ready", "status": "False", "reason": "ImagePullFailed", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Stalled", "status": "True", "reason": "ImagePullFailed", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            ]}))
+            .unwrap(),
+        );
+        let metrics = Metrics::new().unwrap();
+        metrics.count_modules([&m]);
+        let text = metrics.render();
+        for line in [
+            r#"kmm_controller_module_condition{name="brd",namespace="a",reason="ImagePullFailed",type="Ready"} 0"#,
+            r#"kmm_controller_module_condition{name="brd",namespace="a",reason="ImagePullFailed",type="Stalled"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // A Module gone (or a reason changed) takes its series with it.
+        metrics.count_modules([]);
+        assert!(
+            !metrics
+                .render()
+                .contains("kmm_controller_module_condition{")
+        );
+    }
+
+    #[test]
+    fn webhook_answers_are_counted_by_webhook_and_result() {
+        let m = Metrics::new().unwrap();
+        m.count_webhook("module", WebhookResult::Denied);
+        m.count_webhook("module", WebhookResult::Error);
+        m.count_webhook("namespace", WebhookResult::Allowed);
+        let text = m.render();
+        for line in [
+            r#"kmm_controller_webhook_requests_total{result="denied",webhook="module"} 1"#,
+            r#"kmm_controller_webhook_requests_total{result="error",webhook="module"} 1"#,
+            r#"kmm_controller_webhook_requests_total{result="allowed",webhook="namespace"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 
     #[test]

@@ -248,6 +248,7 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
     Some((reason, message))
 }
 
+/// A condition with the given status, not yet stamped ([`stamp`]).
 pub(crate) fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.into(),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the Prometheus Operator CRDs that deploy/overlays/monitoring needs (today
-# only ServiceMonitor) from the prometheus-operator Go module, through the Go
+# Fetch the Prometheus Operator CRDs that deploy/overlays/monitoring needs
+# (ServiceMonitor, PrometheusRule) from the prometheus-operator Go module, through the Go
 # module proxy and nothing else, and cache them outside the tree.
 #
 # The module is pinned below by version and by its h1: hash (the go.sum form,
@@ -24,7 +24,7 @@ sum="h1:M5xLCLEoaW2IJfnuCwFzzpL+jSVQu3KGT84Pye+fW8s="
 # Where the generated CRDs live inside the module at this version.
 crd_subdir=example/prometheus-operator-crd
 # The kinds deploy/overlays/monitoring uses (`kubectl kustomize` shows them).
-crds=(monitoring.coreos.com_servicemonitors.yaml)
+crds=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
 
 log() { printf '[monitoring/fetch-crds %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 

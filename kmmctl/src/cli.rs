@@ -20,6 +20,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// kubectl's flags, for the commands that talk to a cluster.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 /// Subcommands.
@@ -41,10 +44,28 @@ pub enum Command {
     /// See and steer a ModuleRollout (rollout.kmm-rs.io): status, pause, resume, skip,
     /// unskip, retry.
     Rollout(crate::rollout::RolloutArgs),
+    /// A Module × node matrix: on each node, loaded (and its version), pending and why,
+    /// failing and why, or not targeted; then the failures with the agents' messages.
+    Status(crate::status::StatusArgs),
     /// Sign the kernel modules inside an image: pull --from, sign the --file
     /// matches, push --to with one layer of signed files appended. Prints the
     /// pushed manifest digest as the last line on stdout.
     Sign(SignArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
+}
+
+/// Arguments of `kmmctl completion`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  source <(kmmctl completion bash)
+  kmmctl completion zsh > \"${fpath[1]}/_kmmctl\"
+  kmmctl completion fish > ~/.config/fish/completions/kmmctl.fish
+  kubectl-kmm completion bash   # for the kubectl-kmm binary")]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Arguments of `kmmctl sign` (the interface the controller's sign Job uses).
@@ -238,13 +259,48 @@ impl From<String> for Output {
 
 /// Runs a parsed command line; returns what to print on stdout and the exit code.
 pub async fn run(cli: Cli) -> Result<Output, Error> {
+    let flags = &cli.cluster;
     match cli.command {
         Command::Package(args) => run_package(&args).await.map(Output::from),
-        Command::Explain(args) => Ok(crate::explain::run(&args).await?.into()),
-        Command::Rollout(args) => Ok(crate::rollout::run(&args).await?),
+        Command::Explain(args) => Ok(crate::explain::run(&args, flags).await?.into()),
+        Command::Rollout(args) => Ok(crate::rollout::run(&args, flags).await?),
+        Command::Status(args) => Ok(crate::status::run(&args, flags).await?.into()),
+        Command::Completion(args) => Ok(completion(args.shell, &program_name()).into()),
         Command::SignFile(args) => run_sign_file(&args).map(Output::from),
         Command::Sign(args) => run_sign(&args).await.map(Output::from),
     }
+}
+
+/// The executable name kubectl looks for on `PATH` for `kubectl kmm`.
+pub const PLUGIN_NAME: &str = "kubectl-kmm";
+
+/// The name kmmctl runs under: [`PLUGIN_NAME`] when installed as a kubectl plugin (a link or
+/// copy named so), else `kmmctl`.
+pub fn program_name() -> String {
+    let invoked = std::env::args_os().next().map(PathBuf::from);
+    match invoked.as_deref().and_then(std::path::Path::file_name) {
+        Some(name) if name == PLUGIN_NAME => PLUGIN_NAME.to_string(),
+        _ => "kmmctl".to_string(),
+    }
+}
+
+/// The clap command; as the plugin its usage lines and errors say `kubectl kmm`.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    if program_name() == PLUGIN_NAME {
+        cmd.bin_name("kubectl kmm")
+    } else {
+        cmd
+    }
+}
+
+/// The completion script of `shell` for the executable `bin`.
+pub fn completion(shell: clap_complete::Shell, bin: &str) -> String {
+    use clap::CommandFactory;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), bin, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// `kmmctl sign-file`: returns the path written.
@@ -346,4 +402,48 @@ pub async fn run_package(args: &PackageArgs) -> Result<String, Error> {
         return Ok(digest);
     }
     Ok(image.manifest_digest.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn kubectls_flags_are_accepted_anywhere_on_the_line() {
+        for args in [
+            &["status", "-n", "drivers", "--context", "prod", "gpu"][..],
+            &["--context", "prod", "-n", "drivers", "status", "gpu"][..],
+            &["status", "gpu", "--namespace=drivers", "--context=prod"][..],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once(&"kmmctl").chain(args)).unwrap();
+            assert_eq!(
+                cli.cluster.namespace.as_deref(),
+                Some("drivers"),
+                "{args:?}"
+            );
+            assert_eq!(cli.cluster.context.as_deref(), Some("prod"), "{args:?}");
+            assert!(
+                matches!(&cli.command, Command::Status(s) if s.module.as_deref() == Some("gpu"))
+            );
+        }
+        let cli =
+            Cli::try_parse_from(["kmmctl", "explain", "brd", "--kubeconfig", "/k", "-n", "x"])
+                .unwrap();
+        assert_eq!(cli.cluster.kubeconfig, Some(PathBuf::from("/k")));
+        // -A and a Module name exclude each other, as for kubectl get.
+        assert!(Cli::try_parse_from(["kmmctl", "status", "-A", "gpu"]).is_err());
+    }
+
+    #[test]
+    fn completion_scripts_complete_the_binary_they_are_made_for() {
+        let bash = completion(clap_complete::Shell::Bash, PLUGIN_NAME);
+        assert!(bash.contains("kubectl-kmm"), "{bash}");
+        assert!(bash.contains("status"), "{bash}");
+        let zsh = completion(clap_complete::Shell::Zsh, "kmmctl");
+        assert!(zsh.starts_with("#compdef kmmctl"), "{zsh}");
+        let fish = completion(clap_complete::Shell::Fish, "kmmctl");
+        assert!(fish.contains("explain"), "{fish}");
+    }
 }

@@ -1,9 +1,11 @@
-//! The API-server client shared by the cluster subcommands (`explain`, `rollout`): built from
-//! the kubeconfig with short timeouts, and kube errors sorted into "the API server answered
-//! no" versus "no answer at all".
+//! The API-server client shared by the cluster subcommands (`explain`, `rollout`, `status`):
+//! built from kubectl's flags ([`ClusterArgs`]) and the kubeconfig with short timeouts, and
+//! kube errors sorted into "the API server answered no" versus "no answer at all".
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use clap::Args;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -26,6 +28,37 @@ pub enum Error {
     /// The API server answered with an error (forbidden, ...): its code and message.
     #[error("API request failed: {0}")]
     Api(String),
+}
+
+/// kubectl's flags for reaching a cluster, accepted by every subcommand and anywhere on the
+/// command line, so `kubectl kmm status -n drivers --context prod` means what it does for
+/// kubectl. Commands that do not talk to a cluster ignore them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
+    /// Namespace (default: the kubeconfig context's namespace).
+    #[arg(long, short = 'n', value_name = "NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+}
+
+impl ClusterArgs {
+    /// Connects with these flags; the namespace is `-n`, else the context's.
+    ///
+    /// # Errors
+    /// See [`connect`].
+    pub async fn connect(&self) -> Result<(Cluster, String), Error> {
+        let cluster = connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| cluster.namespace.clone());
+        Ok((cluster, namespace))
+    }
 }
 
 /// A client and what the kubeconfig says about it.

@@ -37,6 +37,7 @@ pub mod registry;
 pub mod rollout;
 pub mod sign;
 pub mod stage;
+pub mod status;
 pub mod table;
 
 /// Any kmmctl failure, by step.
@@ -57,6 +58,9 @@ pub enum Error {
     /// Steering a ModuleRollout (`kmmctl rollout`).
     #[error(transparent)]
     Rollout(#[from] rollout::Error),
+    /// The Module × node matrix (`kmmctl status`).
+    #[error(transparent)]
+    Status(#[from] status::Error),
     /// Signing a module file (`kmmctl sign-file`).
     #[error(transparent)]
     Sign(#[from] sign::Error),
@@ -74,6 +78,7 @@ impl Error {
             Error::Registry(_) => "registry",
             Error::Explain(_) => "explain",
             Error::Rollout(_) => "rollout",
+            Error::Status(_) => "status",
             Error::Sign(_) => "sign",
             Error::SignImage(_) => "sign_image",
         }

@@ -1,8 +1,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-use kmmctl::cli::{Cli, run};
+use clap::FromArgMatches;
+use kmmctl::cli::{Cli, command, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,14 +17,20 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "kmmctl=info,warn,kube_client=off".into()),
         )
         .init();
-    match run(Cli::parse()).await {
+    // As `kubectl-kmm` (a kubectl plugin) usage and errors say `kubectl kmm`.
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    match run(cli).await {
         Ok(out) => {
             println!("{}", out.stdout);
             ExitCode::from(out.code)
         }
         Err(err) => {
             // "{:#}" prints the whole cause chain on one line.
-            eprintln!("kmmctl: error: {:#}", anyhow::Error::from(err));
+            eprintln!(
+                "{}: error: {:#}",
+                kmmctl::cli::program_name(),
+                anyhow::Error::from(err)
+            );
             ExitCode::FAILURE
         }
     }

@@ -17,6 +17,7 @@ mod jobexec;
 pub mod kwok;
 pub mod module;
 pub mod monitoring;
+pub mod prom_rules;
 pub mod realnode;
 pub mod signjob;
 pub mod vm;

@@ -22,13 +22,16 @@ pub const CRDS_ENV: &str = "KMM_MONITORING_CRDS";
 /// The ServiceMonitor CRD's file name in that directory.
 pub const SERVICEMONITOR_CRD: &str = "monitoring.coreos.com_servicemonitors.yaml";
 
+/// The PrometheusRule CRD's file name in that directory.
+pub const PROMETHEUSRULE_CRD: &str = "monitoring.coreos.com_prometheusrules.yaml";
+
 static INSTALLED: OnceCell<()> = OnceCell::const_new();
 
 /// The directory holding the CRD files: `$KMM_MONITORING_CRDS`, else the last
 /// line of `bash hack/monitoring/fetch-crds.sh`.
 ///
 /// # Errors
-/// When the script fails or the directory lacks the ServiceMonitor CRD.
+/// When the script fails or the directory lacks one of the CRDs.
 pub fn crds_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os(CRDS_ENV).filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
@@ -56,11 +59,13 @@ pub fn crds_dir() -> Result<PathBuf> {
             )
         }
     };
-    anyhow::ensure!(
-        dir.join(SERVICEMONITOR_CRD).is_file(),
-        "{} has no {SERVICEMONITOR_CRD} (from {CRDS_ENV} or hack/monitoring/fetch-crds.sh)",
-        dir.display()
-    );
+    for crd in [SERVICEMONITOR_CRD, PROMETHEUSRULE_CRD] {
+        anyhow::ensure!(
+            dir.join(crd).is_file(),
+            "{} has no {crd} (from {CRDS_ENV} or hack/monitoring/fetch-crds.sh)",
+            dir.display()
+        );
+    }
     Ok(dir)
 }
 

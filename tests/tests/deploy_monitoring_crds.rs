@@ -14,6 +14,10 @@
 //! field, a malformed interval, a wrong type, a missing required field) must
 //! be refused with the offending field named, and not stored.
 //!
+//! The PrometheusRule of the overlay (the alert rules) is applied the same
+//! way against the real PrometheusRule CRD and read back unchanged; its
+//! contents are tested with promtool in `alert_rules.rs`.
+//!
 //! Needs the binaries from `bash hack/controlplane/build.sh`.
 
 use anyhow::{Context, Result};
@@ -181,5 +185,46 @@ async fn monitoring_overlay_servicemonitors_pass_the_real_crd_and_broken_ones_do
         eprintln!("{broken_name}: refused: {}", stderr.trim());
     }
 
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn monitoring_overlay_prometheusrule_passes_the_real_crd() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    ensure_crds(cp).await?;
+    let ns = cp.temp_namespace("mon-rule").await?;
+    let name = ns.name().to_string();
+    let rules: Vec<Value> = render_deploy_dir_overlay(cp, "overlays/monitoring", &name, "")?
+        .into_iter()
+        .filter(|d| d["kind"] == "PrometheusRule")
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:#?}");
+    let rule = &rules[0];
+    assert_eq!(rule["metadata"]["namespace"], name.as_str());
+    let (ok, stdout, stderr) = apply_strict(cp, &name, &rules)?;
+    assert!(ok, "the overlay's PrometheusRule was refused:\n{stderr}");
+    assert_eq!(stderr.trim(), "", "warnings on stderr");
+    assert!(
+        stdout.contains("prometheusrule.monitoring.coreos.com/kmm-rs serverside-applied"),
+        "{stdout}"
+    );
+    let stored: Value = serde_json::from_str(&cp.kubectl_ok([
+        "get",
+        "prometheusrule",
+        "-n",
+        &name,
+        "kmm-rs",
+        "-o",
+        "json",
+    ])?)?;
+    assert_contains(&stored["spec"], &rule["spec"], "kmm-rs.spec");
+
+    // A misspelt rule field is refused, naming it.
+    let mut broken = rule.clone();
+    broken["metadata"]["name"] = json!("broken-rule");
+    broken["spec"]["groups"][0]["rules"][0]["fore"] = json!("10m");
+    let (ok, stdout, stderr) = apply_strict(cp, &name, &[broken])?;
+    assert!(!ok, "a rule with an unknown field was accepted:\n{stdout}");
+    assert!(stderr.contains("fore"), "{stderr}");
     ns.cleanup().await
 }

@@ -531,6 +531,10 @@ pub struct ModuleStatus {
     /// Conditions describe the latest observations of the Module's state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// ObservedGeneration is the metadata.generation the status was computed
+    /// from (kstatus, Flux and Argo CD compare it; not in upstream KMM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 // serde's skip_serializing_if takes a reference.

@@ -32,6 +32,7 @@ use tracing::instrument;
 
 use crate::build::{self, BuildContext, ImageLookups};
 use crate::error::{Error, Result};
+use crate::kstatus;
 use crate::labels::MANAGED_BY;
 use crate::metrics::Metrics;
 use crate::plugin::{Kind, all_plugins_selector, device_class};
@@ -474,13 +475,17 @@ async fn write_status(
     if let Some(waiting) = unloading {
         conds.push(status::unloading_condition(waiting));
     }
+    let generic = kstatus::conditions(&conds);
+    conds.extend(generic);
     let old = module.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let conds = status::stamp(conds, &old.conditions, module.metadata.generation, &now);
+    let generation = module.metadata.generation;
+    let conds = status::stamp(conds, &old.conditions, generation, &now);
     if old.module_loader == loader
         && old.device_plugin == dp
         && old.dra == dra
         && old.conditions == conds
+        && old.observed_generation == generation
     {
         return Ok(());
     }
@@ -490,6 +495,7 @@ async fn write_status(
         "devicePlugin": counts_json(&dp),
         "dra": dra.as_ref().map(counts_json),
         "conditions": conds,
+        "observedGeneration": generation,
     }});
     let api: Api<Module> = Api::namespaced(ctx.client.clone(), ns);
     api.patch_status(

@@ -24,6 +24,7 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::server_version::{self, ServerVersion};
+use crate::metrics::{Metrics, WebhookResult};
 
 /// Path of the Namespace webhook.
 pub const NAMESPACE_PATH: &str = "/validate-namespace";
@@ -125,16 +126,27 @@ pub fn shared_kernel_module_warnings(module: &Module, others: &[Module]) -> Vec<
 struct Shared {
     client: Client,
     version: ServerVersion,
+    metrics: Metrics,
 }
 
-/// The router of both endpoints, separate from binding so tests can drive it.
-pub fn router(client: Client) -> Router {
+/// The router of the endpoints, separate from binding so tests can drive it.
+/// Every answer is counted in `kmm_controller_webhook_requests_total`.
+pub fn router(client: Client, metrics: Metrics) -> Router {
     let version = ServerVersion::new(client.clone(), server_version::DEFAULT_TTL);
     Router::new()
         .route(NAMESPACE_PATH, post(validate_namespace))
         .route(MODULE_PATH, post(validate_module_handler))
         .route(PREFLIGHT_PATH, post(validate_preflight_handler))
-        .with_state(Shared { client, version })
+        .with_state(Shared {
+            client,
+            version,
+            metrics,
+        })
+}
+
+/// The `webhook` label of a path: `/validate-module` -> `module`.
+fn webhook_label(path: &str) -> &str {
+    path.strip_prefix("/validate-").unwrap_or(path)
 }
 
 /// The request of an AdmissionReview body, or why it is not one (answered with 400).
@@ -156,21 +168,52 @@ fn forbid(resp: AdmissionResponse, message: String) -> AdmissionResponse {
     resp
 }
 
-fn reply(resp: AdmissionResponse) -> Response {
-    match serde_json::to_vec(&resp.into_review()) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+/// How an answer counts: admitted, refused (403), or not judged (any other code).
+fn result_of(resp: &AdmissionResponse) -> WebhookResult {
+    if resp.allowed {
+        WebhookResult::Allowed
+    } else if resp.result.code == 403 {
+        WebhookResult::Denied
+    } else {
+        WebhookResult::Error
     }
 }
 
-async fn validate_namespace(State(Shared { client, .. }): State<Shared>, body: Bytes) -> Response {
+/// Encodes and counts an answer of the webhook at `path`.
+fn reply(metrics: &Metrics, path: &str, resp: AdmissionResponse) -> Response {
+    let result = result_of(&resp);
+    match serde_json::to_vec(&resp.into_review()) {
+        Ok(body) => {
+            metrics.count_webhook(webhook_label(path), result);
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => {
+            metrics.count_webhook(webhook_label(path), WebhookResult::Error);
+            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+    }
+}
+
+/// A body that is no AdmissionReview: 400, counted as an error.
+fn bad_request(metrics: &Metrics, path: &str, msg: String) -> Response {
+    metrics.count_webhook(webhook_label(path), WebhookResult::Error);
+    (StatusCode::BAD_REQUEST, msg).into_response()
+}
+
+async fn validate_namespace(
+    State(Shared {
+        client, metrics, ..
+    }): State<Shared>,
+    body: Bytes,
+) -> Response {
+    let path = NAMESPACE_PATH;
     let req = match decode::<Namespace>(&body) {
         Ok(req) => req,
-        Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+        Err(msg) => return bad_request(&metrics, path, msg),
     };
     let resp = AdmissionResponse::from(&req);
     if req.operation != Operation::Delete {
-        return reply(resp);
+        return reply(&metrics, path, resp);
     }
     // The label may lag (or be removed by hand): ask for the Modules themselves.
     let api: Api<Module> = Api::namespaced(client, &req.name);
@@ -199,21 +242,26 @@ async fn validate_namespace(State(Shared { client, .. }): State<Shared>, body: B
             resp
         }
     };
-    reply(resp)
+    reply(&metrics, path, resp)
 }
 
 async fn validate_module_handler(
-    State(Shared { client, version }): State<Shared>,
+    State(Shared {
+        client,
+        version,
+        metrics,
+    }): State<Shared>,
     body: Bytes,
 ) -> Response {
+    let path = MODULE_PATH;
     let req = match decode::<Module>(&body) {
         Ok(req) => req,
-        Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+        Err(msg) => return bad_request(&metrics, path, msg),
     };
     let mut resp = AdmissionResponse::from(&req);
     if let Some(msg) = module_denial(&req.operation, req.old_object.as_ref(), req.object.as_ref()) {
         tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
-        return reply(forbid(resp, msg));
+        return reply(&metrics, path, forbid(resp, msg));
     }
     let dra = req
         .object
@@ -224,7 +272,7 @@ async fn validate_module_handler(
             Ok(info) => {
                 if let Some(msg) = dra_version_denial(module, &info) {
                     tracing::info!(namespace = ?req.namespace, module = %req.name, %msg, "refusing Module");
-                    return reply(forbid(resp, msg));
+                    return reply(&metrics, path, forbid(resp, msg));
                 }
             }
             Err(e) => {
@@ -235,7 +283,7 @@ async fn validate_module_handler(
                 ));
                 denied.result.code = 500;
                 denied.result.reason = "InternalError".to_string();
-                return reply(denied);
+                return reply(&metrics, path, denied);
             }
         }
     }
@@ -250,21 +298,25 @@ async fn validate_module_handler(
             resp.warnings = Some(warnings);
         }
     }
-    reply(resp)
+    reply(&metrics, path, resp)
 }
 
-async fn validate_preflight_handler(body: Bytes) -> Response {
+async fn validate_preflight_handler(
+    State(Shared { metrics, .. }): State<Shared>,
+    body: Bytes,
+) -> Response {
+    let path = PREFLIGHT_PATH;
     let req = match decode::<PreflightValidation>(&body) {
         Ok(req) => req,
-        Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+        Err(msg) => return bad_request(&metrics, path, msg),
     };
     let resp = AdmissionResponse::from(&req);
     match preflight_denial(&req.operation, req.object.as_ref()) {
         Some(msg) => {
             tracing::info!(preflight = %req.name, %msg, "refusing PreflightValidation");
-            reply(forbid(resp, msg))
+            reply(&metrics, path, forbid(resp, msg))
         }
-        None => reply(resp),
+        None => reply(&metrics, path, resp),
     }
 }
 
@@ -302,6 +354,23 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn answers_count_as_allowed_denied_or_error() {
+        let resp = || AdmissionResponse::invalid("x");
+        let mut allowed = resp();
+        allowed.allowed = true;
+        assert_eq!(result_of(&allowed), WebhookResult::Allowed);
+        assert_eq!(
+            result_of(&forbid(resp(), "no".into())),
+            WebhookResult::Denied
+        );
+        let mut internal = resp().deny("cannot list");
+        internal.result.code = 500;
+        assert_eq!(result_of(&internal), WebhookResult::Error);
+        assert_eq!(webhook_label(MODULE_PATH), "module");
+        assert_eq!(webhook_label(PREFLIGHT_PATH), "preflightvalidation");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 
 use kube::Client;
 
+use crate::metrics::Metrics;
 use certs::{CertError, ServingCert};
 use register::{RegisterError, Registration, Target};
 use tls::{TlsError, TlsListener};
@@ -97,7 +98,7 @@ pub fn url_host(url: &str) -> Option<String> {
 }
 
 /// Loads or makes certificates, binds, registers (when self-managed) and
-/// returns the server future. Registration happens after binding, so the
+/// returns the server future (answers counted in `metrics`). Registration happens after binding, so the
 /// API server never calls an address nobody listens on. `extra` routes (e.g.
 /// [`crate::agent_credentials::router`]) are served beside the webhooks.
 ///
@@ -106,6 +107,7 @@ pub fn url_host(url: &str) -> Option<String> {
 pub async fn start(
     client: Client,
     settings: &WebhookSettings,
+    metrics: Metrics,
     extra: axum::Router,
 ) -> Result<impl Future<Output = std::io::Result<()>> + Send + 'static, WebhookError> {
     let cert = match &settings.cert_dir {
@@ -129,7 +131,7 @@ pub async fn start(
             res => res?,
         }
     }
-    let router = handlers::router(client).merge(extra);
+    let router = handlers::router(client, metrics).merge(extra);
     Ok(async move { axum::serve(listener, router).await })
 }
 

@@ -15,11 +15,13 @@ pub mod text;
 pub mod verdict;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kmm_common::NodeModulesConfig;
+use kmm_common::{Module, NodeModulesConfig};
+
+use crate::cluster::ClusterArgs;
 
 use report::{Explanation, ModuleRef, SCHEMA_VERSION};
 
@@ -30,12 +32,9 @@ use report::{Explanation, ModuleRef, SCHEMA_VERSION};
   kmmctl explain brd -n kmm-demo --node worker-1 -o json
   kmmctl explain brd -n kmm-demo -l node-role.kubernetes.io/worker=")]
 pub struct ExplainArgs {
-    /// Module name.
+    /// Module name (in `-n`, default: the kubeconfig context's namespace).
     #[arg(value_name = "MODULE")]
     pub module: String,
-    /// Namespace of the Module (default: the kubeconfig context's namespace).
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
     /// Explain this node only.
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
@@ -50,12 +49,6 @@ pub struct ExplainArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context (default: the current context).
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
 }
 
 /// `-o` values.
@@ -94,13 +87,17 @@ pub enum Error {
 
 /// Explains every node of `snapshot` (pure).
 pub fn explain(snapshot: &fetch::Snapshot) -> Explanation {
-    let nmcs: BTreeMap<&str, &NodeModulesConfig> = snapshot
-        .nmcs
+    explain_module(&snapshot.module, &snapshot.nodes, &snapshot.nmcs)
+}
+
+/// Explains `module` on each of `nodes`, given the NodeModulesConfigs (pure; `kmmctl status`
+/// calls it once per Module).
+pub fn explain_module(module: &Module, nodes: &[Node], nmcs: &[NodeModulesConfig]) -> Explanation {
+    let nmcs: BTreeMap<&str, &NodeModulesConfig> = nmcs
         .iter()
         .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
         .collect();
-    let nodes: Vec<_> = snapshot
-        .nodes
+    let nodes: Vec<_> = nodes
         .iter()
         .map(|node| {
             let nmc = node
@@ -108,19 +105,14 @@ pub fn explain(snapshot: &fetch::Snapshot) -> Explanation {
                 .name
                 .as_deref()
                 .and_then(|name| nmcs.get(name).copied());
-            verdict::explain_node(&snapshot.module, node, nmc)
+            verdict::explain_node(module, node, nmc)
         })
         .collect();
     Explanation {
         schema_version: SCHEMA_VERSION,
         module: ModuleRef {
-            namespace: snapshot
-                .module
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_default(),
-            name: snapshot.module.metadata.name.clone().unwrap_or_default(),
+            namespace: module.metadata.namespace.clone().unwrap_or_default(),
+            name: module.metadata.name.clone().unwrap_or_default(),
         },
         summary: verdict::summarize(&nodes),
         nodes,
@@ -142,10 +134,9 @@ pub fn render(e: &Explanation, format: OutputFormat, now: Timestamp) -> Result<S
 ///
 /// # Errors
 /// See [`Error`].
-pub async fn run(args: &ExplainArgs) -> Result<String, Error> {
-    let cluster =
-        crate::cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let namespace = args.namespace.as_deref().unwrap_or(&cluster.namespace);
+pub async fn run(args: &ExplainArgs, flags: &ClusterArgs) -> Result<String, Error> {
+    let (cluster, namespace) = flags.connect().await?;
+    let namespace = namespace.as_str();
     let nodes = match (&args.node, &args.node_selector) {
         (Some(name), _) => fetch::Nodes::Named(name),
         (None, Some(selector)) => fetch::Nodes::Selected(selector),

@@ -15,15 +15,13 @@ pub mod fetch;
 pub mod report;
 pub mod text;
 
-use std::path::PathBuf;
-
 use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kmm_common::{UpgradeState, upgrade_cordoned_annotation, upgrade_state_label};
 
 use crate::cli::Output;
-use crate::cluster::{self, Cluster};
+use crate::cluster::{self, Cluster, ClusterArgs};
 use crate::explain::OutputFormat;
 use change::{Change, Current, Decision};
 
@@ -51,18 +49,10 @@ const EXIT_CODES: &str = "Exit codes:
 
 {EXIT_CODES}"))]
 pub struct RolloutArgs {
-    /// What to do.
+    /// What to do (the ModuleRollout is looked up in `-n`, default: the kubeconfig
+    /// context's namespace).
     #[command(subcommand)]
     pub command: RolloutCommand,
-    /// Namespace of the ModuleRollout (default: the kubeconfig context's namespace).
-    #[arg(long, short = 'n', global = true)]
-    pub namespace: Option<String>,
-    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long, value_name = "FILE", global = true)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context (default: the current context).
-    #[arg(long, value_name = "NAME", global = true)]
-    pub context: Option<String>,
 }
 
 /// `kmmctl rollout` subcommands.
@@ -185,12 +175,8 @@ pub enum Error {
 ///
 /// # Errors
 /// See [`Error`].
-pub async fn run(args: &RolloutArgs) -> Result<Output, Error> {
-    let cluster = cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| cluster.namespace.clone());
+pub async fn run(args: &RolloutArgs, flags: &ClusterArgs) -> Result<Output, Error> {
+    let (cluster, namespace) = flags.connect().await?;
     match &args.command {
         RolloutCommand::Status { rollout, output } => {
             status(&cluster, &namespace, rollout, *output).await

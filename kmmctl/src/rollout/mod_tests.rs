@@ -3,12 +3,16 @@ use clap::Parser;
 use super::*;
 use crate::cli::{Cli, Command};
 
-fn parse(args: &[&str]) -> Result<RolloutArgs, clap::Error> {
+fn parse_with_flags(args: &[&str]) -> Result<(RolloutArgs, ClusterArgs), clap::Error> {
     let cli = Cli::try_parse_from(["kmmctl", "rollout"].iter().chain(args))?;
     match cli.command {
-        Command::Rollout(r) => Ok(r),
+        Command::Rollout(r) => Ok((r, cli.cluster)),
         other => panic!("parsed as {other:?}"),
     }
+}
+
+fn parse(args: &[&str]) -> Result<RolloutArgs, clap::Error> {
+    parse_with_flags(args).map(|(r, _)| r)
 }
 
 #[test]
@@ -18,8 +22,8 @@ fn the_namespace_may_come_before_or_after_the_subcommand() {
         &["status", "r", "-n", "drivers"][..],
         &["status", "-n", "drivers", "r", "-o", "json"][..],
     ] {
-        let r = parse(args).unwrap();
-        assert_eq!(r.namespace.as_deref(), Some("drivers"), "{args:?}");
+        let (r, flags) = parse_with_flags(args).unwrap();
+        assert_eq!(flags.namespace.as_deref(), Some("drivers"), "{args:?}");
         assert!(matches!(r.command, RolloutCommand::Status { ref rollout, .. } if rollout == "r"));
     }
 }
