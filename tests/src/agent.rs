@@ -207,9 +207,25 @@ impl Drop for AgentProcess {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (for a process to bind next).
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free TCP port on 127.0.0.1 (for a process to bind next), never one this
+/// process handed out before: the kernel may give a just-released port again,
+/// and two servers of one test were once told the same port (CI: a controller's
+/// webhook and its metrics server, "Address already in use").
+///
+/// # Errors
+/// If no port can be bound.
+pub fn free_port() -> Result<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// A minimal HTTP/1.0 GET against 127.0.0.1 (no client crate needed for two endpoints).
@@ -257,4 +273,14 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 /// Path helper for per-test state dirs.
 pub fn state_dir(base: &Path, node: &str) -> PathBuf {
     base.join(node)
+}
+
+#[cfg(test)]
+mod free_port_tests {
+    #[test]
+    fn free_port_never_hands_out_a_port_twice() {
+        let ports: Vec<u16> = (0..2000).map(|_| super::free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }

@@ -195,9 +195,7 @@ async fn checks(
     std::fs::create_dir_all(&cert_dir)?;
     std::fs::write(cert_dir.join("tls.crt"), &cert.cert_pem)?;
     std::fs::write(cert_dir.join("tls.key"), &cert.key_pem)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = kmm_tests::agent::free_port()?;
     let controller_token = sa_token(admin, SYSTEM_NS, "kmm-controller", None, &[]).await?;
     let mut opts = ControllerOptions::for_namespace(
         cp,

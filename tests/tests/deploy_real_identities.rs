@@ -226,9 +226,7 @@ async fn run(
     std::fs::write(cert_dir.join("tls.key"), &cert.key_pem)?;
     let ca_file = cert_dir.join("ca.crt");
     std::fs::write(&ca_file, cert.ca_pem.clone().unwrap_or_default())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = kmm_tests::agent::free_port()?;
     let controller_token = dir.path().join("controller-token");
     std::fs::write(
         &controller_token,

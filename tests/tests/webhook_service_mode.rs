@@ -144,9 +144,7 @@ async fn every_replica_adds_its_ca_and_serves() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut replicas = Vec::new();
     for i in 0..2 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = kmm_tests::agent::free_port()?;
         let controller = ControllerProcess::start(&ControllerOptions {
             kubeconfig: cp.kubeconfig_path().to_path_buf(),
             namespace: ns_name.clone(),
