@@ -235,6 +235,18 @@ impl Fixture {
         Ok(self.node(name).await?.labels().get(&key).cloned())
     }
 
+    /// The node's `upgrade-message` annotation (empty when absent).
+    async fn message(&self, name: &str) -> Result<String> {
+        let key = upgrade_message_annotation(self.ns(), MODULE);
+        Ok(self
+            .node(name)
+            .await?
+            .annotations()
+            .get(&key)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// Controllers', agents' and the rollout's state, for failure messages.
     fn logs(&self) -> String {
         let tail = |text: String, n: usize| {
@@ -571,13 +583,7 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
             }))
     })
     .await?;
-    let message = f
-        .node(&n1)
-        .await?
-        .annotations()
-        .get(&upgrade_message_annotation(f.ns(), MODULE))
-        .cloned()
-        .unwrap_or_default();
+    let message = f.message(&n1).await?;
     assert!(message.contains("keep-guarded"), "{message}");
     assert!(pods.get_opt("guarded").await?.is_some());
     assert_eq!(
@@ -676,13 +682,7 @@ async fn a_failed_validation_job_fails_its_node_and_the_rollout_stops_at_max_fai
     })
     .await?;
     assert_eq!(f.state(&n1).await?.as_deref(), Some("failed"));
-    let message = f
-        .node(&n1)
-        .await?
-        .annotations()
-        .get(&upgrade_message_annotation(f.ns(), MODULE))
-        .cloned()
-        .unwrap_or_default();
+    let message = f.message(&n1).await?;
     assert!(message.contains("validation Job failed"), "{message}");
     // Later passes start nothing: n2 keeps v1. A spec change forces a pass.
     let rollouts = f.rollouts();
