@@ -1,12 +1,17 @@
 //! Prometheus metrics of the agent, owned by its context (no globals), so tests
 //! can assert on a fresh registry.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::reconciler::module_state::ModuleSeries;
+use crate::state::ModuleKey;
 
 /// Buckets for kernel operations and pulls: module loads take ~10 ms on hardware,
 /// ~100 ms under emulation; pulls of large driver images take tens of seconds.
@@ -34,6 +39,14 @@ pub struct Metrics {
     pub reconciles: IntCounter,
     /// Phases of a load, watch event to `.ready` label (`reconciler::phases`).
     pub load_phase: HistogramVec,
+    /// Each Module's state here, with the kernel ([`Metrics::set_module_series`]).
+    module_state: IntGaugeVec,
+    /// The reason of each Module's last error here ([`Metrics::set_module_series`]).
+    module_last_error: IntGaugeVec,
+    /// What the two gauges above show now, so a change removes the old series.
+    module_series: Arc<Mutex<BTreeMap<ModuleKey, ModuleSeries>>>,
+    /// Bytes held by the image cache.
+    pub image_cache_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -86,6 +99,25 @@ impl Metrics {
                 .buckets(DURATION_BUCKETS.to_vec()),
                 &["phase"],
             )?,
+            module_state: IntGaugeVec::new(
+                Opts::new(
+                    "kmm_agent_module_state",
+                    "Each Module's state on this node (1), with the kernel it is loaded for",
+                ),
+                &["namespace", "name", "kernel", "state"],
+            )?,
+            module_last_error: IntGaugeVec::new(
+                Opts::new(
+                    "kmm_agent_module_last_error",
+                    "The reason of each Module's last error on this node (1) while it lasts",
+                ),
+                &["namespace", "name", "reason"],
+            )?,
+            module_series: Arc::default(),
+            image_cache_bytes: IntGauge::new(
+                "kmm_agent_image_cache_bytes",
+                "Bytes held by the agent's image cache (unpacked images and blobs)",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.modules_loaded.clone()))?;
@@ -96,7 +128,43 @@ impl Metrics {
         m.registry.register(Box::new(m.failures.clone()))?;
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.load_phase.clone()))?;
+        m.registry.register(Box::new(m.module_state.clone()))?;
+        m.registry.register(Box::new(m.module_last_error.clone()))?;
+        m.registry.register(Box::new(m.image_cache_bytes.clone()))?;
         Ok(m)
+    }
+
+    /// Makes `kmm_agent_module_state` and `kmm_agent_module_last_error` show
+    /// `series`: a Module's old series goes when its state, kernel or error
+    /// changes, and all of it when the Module is no longer here.
+    pub fn set_module_series(&self, series: BTreeMap<ModuleKey, ModuleSeries>) {
+        let mut shown = crate::reconciler::lock(&self.module_series);
+        for (key, old) in shown.iter() {
+            if series.get(key) == Some(old) {
+                continue;
+            }
+            let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+            let _ =
+                self.module_state
+                    .remove_label_values(&[ns, name, &old.kernel, old.state.as_str()]);
+            if let Some(reason) = &old.error {
+                let _ = self
+                    .module_last_error
+                    .remove_label_values(&[ns, name, reason]);
+            }
+        }
+        for (key, new) in &series {
+            let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+            self.module_state
+                .with_label_values(&[ns, name, &new.kernel, new.state.as_str()])
+                .set(1);
+            if let Some(reason) = &new.error {
+                self.module_last_error
+                    .with_label_values(&[ns, name, reason])
+                    .set(1);
+            }
+        }
+        *shown = series;
     }
 
     /// Observes `d` for load phase `phase`.
@@ -134,8 +202,59 @@ mod tests {
             "kmm_agent_pulled_bytes_total 0",
             "kmm_agent_reconciles_total 0",
             "kmm_agent_load_phase_seconds_count{phase=\"pull\"} 1",
+            "kmm_agent_image_cache_bytes 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn module_series_follow_the_module_and_go_with_it() {
+        use crate::reconciler::module_state::ModuleState;
+        let m = Metrics::new().unwrap();
+        let key = ModuleKey::new("ns", "brd");
+        let series = |state, error: Option<&str>| {
+            BTreeMap::from([(
+                key.clone(),
+                ModuleSeries {
+                    kernel: "6.1.0-57".into(),
+                    state,
+                    error: error.map(str::to_string),
+                },
+            )])
+        };
+        m.set_module_series(series(ModuleState::Loading, None));
+        m.set_module_series(series(ModuleState::Failed, Some("ImagePullFailed")));
+        let text = m.render();
+        let state = r#"kmm_agent_module_state{kernel="6.1.0-57",name="brd",namespace="ns","#;
+        assert!(
+            text.contains(&format!(r#"{state}state="failed"}} 1"#)),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"state="loading""#),
+            "old state kept:\n{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kmm_agent_module_last_error{name="brd",namespace="ns",reason="ImagePullFailed"} 1"#
+            ),
+            "{text}"
+        );
+        m.set_module_series(series(ModuleState::Loaded, None));
+        let text = m.render();
+        assert!(
+            text.contains(&format!(r#"{state}state="loaded"}} 1"#)),
+            "{text}"
+        );
+        assert!(
+            !text.contains("kmm_agent_module_last_error{"),
+            "error kept:\n{text}"
+        );
+        m.set_module_series(BTreeMap::new());
+        assert!(
+            !m.render().contains("kmm_agent_module_state{"),
+            "gone Module kept"
+        );
     }
 }

@@ -224,12 +224,13 @@ pub fn plan(desired: &BTreeMap<ModuleKey, Desired>, state: &NodeState) -> Vec<Ac
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use super::*;
 
-    fn want(image: &str, version: Option<&str>) -> Box<DesiredLoad> {
+    /// A load of `brd` from `image` (other tests' fixture too).
+    pub(crate) fn want(image: &str, version: Option<&str>) -> Box<DesiredLoad> {
         Box::new(DesiredLoad {
             kernel: "6.1.0-56-amd64".into(),
             image: image.into(),
@@ -250,7 +251,8 @@ mod tests {
         })
     }
 
-    fn loaded(w: &DesiredLoad) -> LoadedModule {
+    /// The record of `w` loaded (other tests' fixture too).
+    pub(crate) fn loaded(w: &DesiredLoad) -> LoadedModule {
         LoadedModule {
             image: w.image.clone(),
             digest: "sha256:1".into(),

@@ -1,5 +1,7 @@
 //! Prometheus metrics of the controller, owned by its context (no globals).
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use kmm_common::Module;
@@ -44,6 +46,10 @@ pub struct Metrics {
     /// Every Module's conditions (1 True, 0 False), recounted with the
     /// upstream gauges: what alerts name a Module by.
     module_conditions: IntGaugeVec,
+    /// Each Module's nodes per state ([`Metrics::set_module_nodes`]).
+    module_nodes: IntGaugeVec,
+    /// Modules with `module_nodes` series, so a Module gone loses them.
+    module_nodes_shown: Arc<Mutex<BTreeSet<(String, String)>>>,
     /// Upstream KMM's gauges over all Modules, same names and labels, so
     /// dashboards made for upstream keep working ([`Metrics::count_modules`]).
     upstream: UpstreamGauges,
@@ -176,6 +182,14 @@ impl Metrics {
                 ),
                 &["namespace", "name", "type", "reason"],
             )?,
+            module_nodes: IntGaugeVec::new(
+                Opts::new(
+                    "kmm_controller_module_nodes",
+                    "A Module's nodes per state: matching, desired, loaded, waiting, not_ready, failed",
+                ),
+                &["namespace", "name", "state"],
+            )?,
+            module_nodes_shown: Arc::default(),
             upstream: UpstreamGauges::new()?,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
@@ -191,6 +205,7 @@ impl Metrics {
         m.registry.register(Box::new(m.rollout_errors.clone()))?;
         m.registry.register(Box::new(m.webhook_requests.clone()))?;
         m.registry.register(Box::new(m.module_conditions.clone()))?;
+        m.registry.register(Box::new(m.module_nodes.clone()))?;
         m.upstream.register(&m.registry)?;
         Ok(m)
     }
@@ -205,8 +220,10 @@ impl Metrics {
         g.modprobe_args.reset();
         g.modprobe_raw_args.reset();
         self.module_conditions.reset();
+        let mut present = BTreeSet::new();
         for m in modules {
             all += 1;
+            present.insert((m.namespace().unwrap_or_default(), m.name_any()));
             self.set_conditions(m);
             device_plugin += i64::from(m.spec.device_plugin.is_some());
             let Some(loader) = &m.spec.module_loader else {
@@ -229,6 +246,7 @@ impl Metrics {
                     .set(1);
             }
         }
+        self.forget_module_nodes_except(&present);
         g.modules.set(all);
         g.in_cluster_build.set(build);
         g.in_cluster_sign.set(sign);
@@ -242,6 +260,33 @@ impl Metrics {
                 .with_label_values(&[&ns, &name, &c.type_, &c.reason])
                 .set(i64::from(c.status == "True"));
         }
+    }
+
+    /// Sets `kmm_controller_module_nodes` of Module `ns/name` (written with its status).
+    pub fn set_module_nodes(&self, ns: &str, name: &str, counts: &crate::status::NodeCounts) {
+        for (state, n) in counts.by_state() {
+            self.module_nodes
+                .with_label_values(&[ns, name, state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.module_nodes_shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((ns.to_string(), name.to_string()));
+    }
+
+    /// Removes the `kmm_controller_module_nodes` series of Modules not in `present`.
+    fn forget_module_nodes_except(&self, present: &BTreeSet<(String, String)>) {
+        let mut shown = self
+            .module_nodes_shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (ns, name) in shown.iter().filter(|m| !present.contains(*m)) {
+            for (state, _) in crate::status::NodeCounts::default().by_state() {
+                let _ = self.module_nodes.remove_label_values(&[ns, name, state]);
+            }
+        }
+        shown.retain(|m| present.contains(m));
     }
 
     /// Counts one admission answer.
@@ -444,6 +489,35 @@ mod tests {
             !metrics
                 .render()
                 .contains("kmm_controller_module_condition{")
+        );
+    }
+
+    #[test]
+    fn module_nodes_are_per_state_and_go_with_the_module() {
+        let m = Metrics::new().unwrap();
+        let counts = crate::status::NodeCounts {
+            matching: 3,
+            desired: 2,
+            loaded: 1,
+            waiting: 1,
+            not_ready: 0,
+            failed: 1,
+        };
+        m.set_module_nodes("a", "brd", &counts);
+        m.set_module_nodes("a", "gone", &counts);
+        let brd = module("a", "brd", serde_json::json!({"selector": {}}));
+        m.count_modules([&brd]);
+        let text = m.render();
+        for line in [
+            r#"kmm_controller_module_nodes{name="brd",namespace="a",state="desired"} 2"#,
+            r#"kmm_controller_module_nodes{name="brd",namespace="a",state="failed"} 1"#,
+            r#"kmm_controller_module_nodes{name="brd",namespace="a",state="not_ready"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"name="gone""#),
+            "a deleted Module's series stay:\n{text}"
         );
     }
 

@@ -206,12 +206,11 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// Errors the agents report for this Module, grouped by reason:
-/// `("ImagePullFailed", "2 nodes: ImagePullFailed: <message of the first node>")`.
-/// `None` when no node reports an error.
-pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
+/// Nodes whose agent reports an error for this Module, by reason: (nodes in name order,
+/// the first node's message). A node waiting for an in-cluster build is progress, not an
+/// error, and is left out.
+fn errors_by_reason(module: &Module, fleet: Fleet<'_>) -> BTreeMap<String, (Vec<String>, String)> {
     let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
-    // reason -> (nodes, first message), nodes in name order
     let mut by_reason: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
     let mut nmcs: Vec<&Arc<NodeModulesConfig>> = fleet.nmcs.iter().collect();
     nmcs.sort_by_key(|n| n.name_any());
@@ -219,7 +218,6 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
         let Some(err) = module_entry(nmc, &ns, &name).and_then(|e| e.last_error.as_ref()) else {
             continue;
         };
-        // A node waiting for an in-cluster build is progress, not an error.
         if err.reason == kmm_common::REASON_WAITING_FOR_IMAGE {
             continue;
         }
@@ -228,6 +226,14 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
             .or_insert_with(|| (Vec::new(), err.message.clone()));
         slot.0.push(nmc.name_any());
     }
+    by_reason
+}
+
+/// Errors the agents report for this Module, grouped by reason:
+/// `("ImagePullFailed", "2 nodes: ImagePullFailed: <message of the first node>")`.
+/// `None` when no node reports an error.
+pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
+    let by_reason = errors_by_reason(module, fleet);
     if by_reason.is_empty() {
         return None;
     }
@@ -246,6 +252,56 @@ pub fn degraded(module: &Module, fleet: Fleet<'_>) -> Option<(String, String)> {
         .collect::<Vec<_>>()
         .join("; ");
     Some((reason, message))
+}
+
+/// A Module's nodes per state, for `kmm_controller_module_nodes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Nodes matching the selector.
+    pub matching: usize,
+    /// Of those, the eligible ones (kernel mapping, version label).
+    pub desired: usize,
+    /// Nodes reporting the Module loaded.
+    pub loaded: usize,
+    /// Eligible nodes not reporting it loaded yet.
+    pub waiting: usize,
+    /// Of the waiting nodes, those not Ready.
+    pub not_ready: usize,
+    /// Nodes reporting an error for it (a failed replace keeps the old version loaded,
+    /// so such a node counts as loaded too).
+    pub failed: usize,
+}
+
+impl NodeCounts {
+    /// The `state` label values with their counts.
+    pub fn by_state(&self) -> [(&'static str, usize); 6] {
+        [
+            ("matching", self.matching),
+            ("desired", self.desired),
+            ("loaded", self.loaded),
+            ("waiting", self.waiting),
+            ("not_ready", self.not_ready),
+            ("failed", self.failed),
+        ]
+    }
+}
+
+/// [`NodeCounts`] of `module` in `fleet`, from the same functions as its status.
+pub fn node_counts(module: &Module, fleet: Fleet<'_>) -> NodeCounts {
+    let loader = loader_counts(module, fleet);
+    let waiting = waiting_for(module, fleet);
+    let to_usize = |n: i32| usize::try_from(n).unwrap_or(0);
+    NodeCounts {
+        matching: to_usize(loader.nodes_matching_selector_number),
+        desired: to_usize(loader.desired_number),
+        loaded: to_usize(loader.available_number),
+        waiting: waiting.nodes,
+        not_ready: waiting.not_ready.len(),
+        failed: errors_by_reason(module, fleet)
+            .values()
+            .map(|(nodes, _)| nodes.len())
+            .sum(),
+    }
 }
 
 /// A condition with the given status, not yet stamped ([`stamp`]).

@@ -105,6 +105,41 @@ fn mixed_fleet_counts_matching_desired_and_available() {
 }
 
 #[test]
+fn node_counts_give_each_state_of_a_modules_nodes() {
+    let nodes = [
+        node("a", &[("role", "gpu")], KVER),
+        node("b", &[("role", "gpu")], KVER),            // fails
+        node("c", &[("role", "gpu")], KVER),            // waits for its build: not an error
+        node("d", &[("role", "gpu")], "6.1.0-9-arm64"), // no mapping
+        node("e", &[("role", "cpu")], KVER),            // not selected
+    ];
+    let nmcs = [
+        nmc("a", vec![loaded()]),
+        nmc("b", vec![failed("ImagePullFailed", "pull refused")]),
+        nmc(
+            "c",
+            vec![failed(kmm_common::REASON_WAITING_FOR_IMAGE, "building")],
+        ),
+    ];
+    let fleet = Fleet {
+        nodes: &nodes,
+        nmcs: &nmcs,
+    };
+    assert_eq!(
+        node_counts(&module(""), fleet),
+        NodeCounts {
+            matching: 4,
+            desired: 3,
+            loaded: 1,
+            // b and c; none has a Ready condition, so both count as not Ready too.
+            waiting: 2,
+            not_ready: 2,
+            failed: 1,
+        }
+    );
+}
+
+#[test]
 fn ordered_upgrade_version_label_limits_desired() {
     let mut m2 = module("");
     if let Some(l) = m2.spec.module_loader.as_mut() {

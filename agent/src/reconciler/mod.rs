@@ -6,6 +6,7 @@
 mod error;
 mod executor;
 mod journal;
+pub mod module_state;
 pub mod phases;
 mod plugin_stop;
 mod recovery;

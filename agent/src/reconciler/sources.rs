@@ -17,8 +17,12 @@ pub trait Images: Send + Sync {
     ) -> BoxFuture<'a, Result<PulledImage, ImageError>>;
 
     /// Removes unpacked images not in `keep`; with `only_over_limit`, only when the
-    /// cache is over its size limit.
-    fn collect<'a>(&'a self, keep: &'a [String], only_over_limit: bool) -> BoxFuture<'a, ()>;
+    /// cache is over its size limit. Returns the bytes the cache holds after, if known.
+    fn collect<'a>(
+        &'a self,
+        keep: &'a [String],
+        only_over_limit: bool,
+    ) -> BoxFuture<'a, Option<u64>>;
 }
 
 impl Images for ImageCache {
@@ -30,7 +34,11 @@ impl Images for ImageCache {
         Box::pin(ImageCache::pull(self, image, opts))
     }
 
-    fn collect<'a>(&'a self, keep: &'a [String], only_over_limit: bool) -> BoxFuture<'a, ()> {
+    fn collect<'a>(
+        &'a self,
+        keep: &'a [String],
+        only_over_limit: bool,
+    ) -> BoxFuture<'a, Option<u64>> {
         Box::pin(async move {
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
             let result = if only_over_limit {
@@ -43,6 +51,9 @@ impl Images for ImageCache {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "image cache cleanup failed"),
             }
+            self.usage()
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot measure the image cache"))
+                .ok()
         })
     }
 }

@@ -73,8 +73,9 @@ impl Images for FakeImages {
             })
         })
     }
-    fn collect<'a>(&'a self, _keep: &'a [String], _over: bool) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    /// The cache "holds" 1 KiB per image kept, so its gauge shows what was kept.
+    fn collect<'a>(&'a self, keep: &'a [String], _over: bool) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(async move { Some(1024 * keep.len() as u64) })
     }
 }
 
@@ -633,6 +634,43 @@ async fn a_bad_image_edit_keeps_the_loaded_module_and_says_why() {
     h.settle().await;
     assert!(h.loaded("brd"));
     assert_eq!(h.last_error("brd").unwrap().0, "ModprobeFailed");
+}
+
+#[tokio::test]
+async fn each_modules_state_last_error_and_the_cache_size_are_in_the_metrics() {
+    let mut h = Harness::new();
+    let metrics = h.workers.executor().metrics.clone();
+    let state = |s: &str| {
+        format!(
+            r#"kmm_agent_module_state{{kernel="{KVER}",name="brd",namespace="ns",state="{s}"}} 1"#
+        )
+    };
+    h.image("reg/brd:1", "sha256:1", "kernel/brd.ko:\n");
+    h.apply(module("ns", "brd", "reg/brd:1", BRD));
+    h.settle().await;
+    let text = metrics.render();
+    assert!(text.contains(&state("loaded")), "{text}");
+    assert!(text.contains("kmm_agent_image_cache_bytes 1024"), "{text}");
+    assert!(!text.contains("kmm_agent_module_last_error{"), "{text}");
+
+    h.apply(module("ns", "brd", "reg/brd:typo", BRD));
+    h.settle().await;
+    let text = metrics.render();
+    assert!(text.contains(&state("failed")), "{text}");
+    assert!(
+        !text.contains(&state("loaded")),
+        "one state per Module:\n{text}"
+    );
+    let error =
+        r#"kmm_agent_module_last_error{name="brd",namespace="ns",reason="ImagePullFailed"} 1"#;
+    assert!(text.contains(error), "{text}");
+
+    h.delete("brd");
+    h.settle().await;
+    let text = metrics.render();
+    assert!(!text.contains("kmm_agent_module_state{"), "{text}");
+    assert!(!text.contains("kmm_agent_module_last_error{"), "{text}");
+    assert!(text.contains("kmm_agent_image_cache_bytes 0"), "{text}");
 }
 
 #[tokio::test]

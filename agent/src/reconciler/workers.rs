@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::desired::{DesiredSet, desired_for_node};
 use super::error::ActionError;
 use super::executor::Executor;
+use super::module_state;
 use super::phases::{LoadPhases, Phase};
 use super::recovery::{Presence, presence};
 use super::{lock, report};
@@ -75,6 +76,8 @@ pub struct Workers {
     images_freed: AtomicBool,
     /// A pull may have grown the cache since the last collection.
     images_pulled: AtomicBool,
+    /// The cache's size is not measured yet (it may hold images from before a restart).
+    cache_unmeasured: AtomicBool,
     /// A worker finished (or the agent started) since memory was last released.
     memory_to_release: AtomicBool,
     release_memory: ReleaseMemory,
@@ -92,6 +95,7 @@ impl Workers {
             unpublished: std::sync::Mutex::new(HashMap::new()),
             images_freed: AtomicBool::new(false),
             images_pulled: AtomicBool::new(false),
+            cache_unmeasured: AtomicBool::new(true),
             // The first pass also releases what starting up allocated.
             memory_to_release: AtomicBool::new(true),
             release_memory: Arc::new(kmm_memtrim::release_free_memory),
@@ -150,6 +154,7 @@ impl Workers {
         }
         self.publish(node, by_key).await;
         self.collect_images().await;
+        self.show_module_states(&desired, kernel);
         self.release_memory();
         let now = Instant::now();
         lock(&self.failures)
@@ -513,9 +518,31 @@ impl Workers {
             .collect();
         let freed = self.images_freed.swap(false, Ordering::SeqCst);
         let pulled = self.images_pulled.swap(false, Ordering::SeqCst);
-        if freed || pulled {
-            self.exec.images.collect(&keep, !freed).await;
+        let unmeasured = self.cache_unmeasured.swap(false, Ordering::SeqCst);
+        if (freed || pulled || unmeasured)
+            && let Some(bytes) = self.exec.images.collect(&keep, !freed).await
+        {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            self.exec.metrics.image_cache_bytes.set(bytes);
         }
+    }
+
+    /// Sets each Module's state and last error on this node in the metrics.
+    fn show_module_states(&self, desired: &DesiredSet, kernel: &str) {
+        let running: HashMap<ModuleKey, bool> = lock(&self.running)
+            .iter()
+            .map(|(k, r)| (k.clone(), r.unload))
+            .collect();
+        let failures = lock(&self.failures).clone();
+        let state = self.exec.journal.snapshot();
+        let series = module_state::module_series(&module_state::Facts {
+            kernel,
+            desired,
+            state: &state,
+            running: &running,
+            failures: &failures,
+        });
+        self.exec.metrics.set_module_series(series);
     }
 
     /// Logs why a Module does not apply to this node, once per change of reason.

@@ -439,6 +439,8 @@ async fn write_status(
         nmcs: &nmcs,
     };
     let loader = status::loader_counts(module, fleet);
+    ctx.metrics
+        .set_module_nodes(ns, &module.name_any(), &status::node_counts(module, fleet));
     let dp = status::plugin_counts(
         module,
         Kind::DevicePlugin,
