@@ -19,6 +19,9 @@ const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// `kmm_agent_failures_total` reasons of the agent's own reports (besides [`kmm_common::Reason`]).
+pub const PUBLISH_FAILURES: [&str; 2] = ["StatusWriteFailed", "NodeLabelFailed"];
+
 /// The agent's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -131,6 +134,15 @@ impl Metrics {
         m.registry.register(Box::new(m.module_state.clone()))?;
         m.registry.register(Box::new(m.module_last_error.clone()))?;
         m.registry.register(Box::new(m.image_cache_bytes.clone()))?;
+        // Every failure reason at 0 from the start: `increase()` and `rate()`
+        // (alerts, the dashboard) see a failure only against an earlier sample.
+        let reasons = kmm_common::reason::ALL
+            .iter()
+            .filter(|r| !r.is_wait())
+            .map(|r| r.as_str());
+        for reason in reasons.chain(PUBLISH_FAILURES) {
+            m.failures.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 
@@ -203,9 +215,15 @@ mod tests {
             "kmm_agent_reconciles_total 0",
             "kmm_agent_load_phase_seconds_count{phase=\"pull\"} 1",
             "kmm_agent_image_cache_bytes 0",
+            "kmm_agent_failures_total{reason=\"ImagePullFailed\"} 0",
+            "kmm_agent_failures_total{reason=\"NodeLabelFailed\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        assert!(
+            !text.contains("WaitingForImage"),
+            "a wait is no failure:\n{text}"
+        );
     }
 
     #[test]

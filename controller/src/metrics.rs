@@ -16,6 +16,15 @@ const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// `kmm_controller_reconcile_errors_total` reasons ([`crate::Error::metric_label`]; a
+/// deletion waiting for nodes is not counted).
+const RECONCILE_ERRORS: [&str; 4] = [
+    "kube_api",
+    "invalid_module",
+    "invalid_preflight",
+    "finalizer",
+];
+
 /// The controller's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -207,6 +216,25 @@ impl Metrics {
         m.registry.register(Box::new(m.module_conditions.clone()))?;
         m.registry.register(Box::new(m.module_nodes.clone()))?;
         m.upstream.register(&m.registry)?;
+        // Every label value at 0 from the start: `increase()` and `rate()`
+        // (alerts, the dashboard) see a change only against an earlier sample.
+        for reason in RECONCILE_ERRORS {
+            m.reconcile_errors.with_label_values(&[reason]);
+        }
+        for kind in ["build", "sign"] {
+            m.jobs_created.with_label_values(&[kind]);
+        }
+        for path in crate::webhook::handlers::PATHS {
+            let webhook = crate::webhook::handlers::webhook_label(path);
+            for result in [
+                WebhookResult::Allowed,
+                WebhookResult::Denied,
+                WebhookResult::Error,
+            ] {
+                m.webhook_requests
+                    .with_label_values(&[webhook, result.as_str()]);
+            }
+        }
         Ok(m)
     }
 
@@ -490,6 +518,18 @@ mod tests {
                 .render()
                 .contains("kmm_controller_module_condition{")
         );
+    }
+
+    #[test]
+    fn counters_start_at_zero_for_every_label_value() {
+        let text = Metrics::new().unwrap().render();
+        for line in [
+            r#"kmm_controller_reconcile_errors_total{reason="finalizer"} 0"#,
+            r#"kmm_controller_jobs_created_total{kind="sign"} 0"#,
+            r#"kmm_controller_webhook_requests_total{result="error",webhook="preflightvalidation"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 
     #[test]

@@ -456,7 +456,7 @@ impl Workers {
             self.exec
                 .metrics
                 .failures
-                .with_label_values(&["StatusWriteFailed"])
+                .with_label_values(&[crate::metrics::PUBLISH_FAILURES[0]])
                 .inc();
             tracing::warn!(error = %e, "could not write NodeModulesConfig status");
         } else {
@@ -482,7 +482,7 @@ impl Workers {
             self.exec
                 .metrics
                 .failures
-                .with_label_values(&["NodeLabelFailed"])
+                .with_label_values(&[crate::metrics::PUBLISH_FAILURES[1]])
                 .inc();
             tracing::warn!(error = %e, "could not update node labels");
         } else {

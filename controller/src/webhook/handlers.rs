@@ -32,6 +32,8 @@ pub const NAMESPACE_PATH: &str = "/validate-namespace";
 pub const MODULE_PATH: &str = "/validate-module";
 /// Path of the PreflightValidation webhook.
 pub const PREFLIGHT_PATH: &str = "/validate-preflightvalidation";
+/// Every path served ([`webhook_label`] of each is a metric label value).
+pub const PATHS: [&str; 3] = [MODULE_PATH, NAMESPACE_PATH, PREFLIGHT_PATH];
 
 /// The denial for deleting namespace `ns` that holds `modules`, or `None` when it holds none.
 pub fn namespace_denial(ns: &str, modules: &[String]) -> Option<String> {
@@ -145,7 +147,8 @@ pub fn router(client: Client, metrics: Metrics) -> Router {
 }
 
 /// The `webhook` label of a path: `/validate-module` -> `module`.
-fn webhook_label(path: &str) -> &str {
+/// The `webhook` label of `kmm_controller_webhook_requests_total` for a path.
+pub(crate) fn webhook_label(path: &str) -> &str {
     path.strip_prefix("/validate-").unwrap_or(path)
 }
 
