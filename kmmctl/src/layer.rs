@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use flate2::{Compression, GzBuilder};
 
 use crate::digest::sha256_digest;
+use crate::progress::Progress;
 
 /// Errors while building the layer.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,12 @@ pub fn compress(tar_bytes: Vec<u8>, entries: Vec<String>) -> Result<Layer> {
         entry: "gzip stream".into(),
         source,
     };
-    gz.write_all(&tar_bytes).map_err(gz_err)?;
+    let progress = Progress::bytes("compressing layer", tar_bytes.len() as u64);
+    for piece in tar_bytes.chunks(crate::progress::CHUNK) {
+        gz.write_all(piece).map_err(gz_err)?;
+        progress.inc(piece.len() as u64);
+    }
+    progress.finish();
     let blob = gz.finish().map_err(gz_err)?;
     Ok(Layer {
         digest: sha256_digest(&blob),

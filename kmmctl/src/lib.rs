@@ -33,6 +33,7 @@ pub mod layer;
 pub mod layout;
 pub mod modtree;
 pub mod package;
+pub mod progress;
 pub mod registry;
 pub mod rollout;
 pub mod sign;

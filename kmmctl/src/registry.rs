@@ -12,6 +12,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use crate::image::{Image, MANIFEST_MEDIA_TYPE};
+use crate::progress::{Counting, Progress};
 
 /// Errors talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +218,17 @@ pub async fn push_parts(
             continue;
         }
         tracing::info!("pushing {what} {digest} ({} B)", data.len());
+        let progress = Progress::bytes(&format!("pushing {what}"), data.len() as u64);
         client
-            .push_blob(reference, data.to_vec(), digest)
+            .push_blob_stream(
+                reference,
+                crate::progress::upload_stream(data, progress.clone()),
+                digest,
+                Some(data.len() as u64),
+            )
             .await
             .map_err(fail(format!("pushing {what} blob {digest}")))?;
+        progress.finish();
     }
     let content_type = http::HeaderValue::from_str(media_type).map_err(|_| Error::Manifest {
         reference: reference.whole(),
@@ -337,10 +345,15 @@ pub async fn pull(reference: &Reference, opts: &RegistryOptions) -> Result<Pulle
     let config = pull_blob(&client, &target, &manifest.config.digest, "config").await?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for OciDescriptor {
-        media_type, digest, ..
+        media_type,
+        digest,
+        size,
+        ..
     } in &manifest.layers
     {
-        let blob = pull_blob(&client, &target, digest, "layer").await?;
+        let progress = Progress::bytes("pulling layer", u64::try_from(*size).unwrap_or(0));
+        let blob = pull_blob_counted(&client, &target, digest, "layer", progress.clone()).await?;
+        progress.finish();
         // Checked here too: the layer is re-pushed under this digest.
         let got = crate::digest::sha256_digest(&blob);
         if got != *digest {
@@ -404,7 +417,18 @@ async fn pull_blob(
     digest: &str,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
+    pull_blob_counted(client, reference, digest, what, Progress::bytes(what, 0)).await
+}
+
+/// [`pull_blob`], counting the bytes into `progress` as they arrive.
+async fn pull_blob_counted(
+    client: &Client,
+    reference: &Reference,
+    digest: &str,
+    what: &str,
+    progress: Progress,
+) -> Result<Vec<u8>> {
+    let mut out = Counting::new(Vec::new(), progress);
     client
         .pull_blob(reference, digest, &mut out)
         .await
@@ -412,7 +436,7 @@ async fn pull_blob(
             reference.resolve_registry(),
             format!("fetching {what} {digest}"),
         ))?;
-    Ok(out)
+    Ok(out.into_inner())
 }
 
 #[cfg(test)]
