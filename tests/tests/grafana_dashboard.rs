@@ -143,6 +143,36 @@ fn panels_read_only_metrics_the_code_registers_and_docs_list_them() -> Result<()
     Ok(())
 }
 
+#[test]
+fn every_metric_the_code_registers_is_listed_in_docs_metrics() -> Result<()> {
+    let docs = read("docs/metrics.md")?;
+    let mut names = BTreeSet::new();
+    for file in ["agent/src/metrics.rs", "controller/src/metrics.rs"] {
+        let code = read(file)?;
+        // Every metric name is a string literal starting with `kmm_`.
+        names.extend(
+            code.split('"')
+                .skip(1)
+                .step_by(2)
+                .filter(|s| {
+                    s.starts_with("kmm_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+                .map(str::to_string),
+        );
+    }
+    assert!(
+        names.len() >= 30,
+        "only {} names found: {names:?}",
+        names.len()
+    );
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !docs.contains(&format!("`{n}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    Ok(())
+}
+
 /// What Grafana puts in for the variables: this test's namespace, every
 /// Module and node, a rate window that covers the whole run.
 fn values(ns: &str) -> BTreeMap<&str, &str> {
