@@ -448,9 +448,21 @@ async fn a_node_waits_for_an_image_built_in_cluster_then_loads_it() -> Result<()
     assert!(err.message.contains(&image), "{}", err.message);
     let metrics = f.agent.metrics()?;
     assert!(
-        !metrics.contains("reason=\"WaitingForImage\""),
+        !metrics.contains("kmm_agent_failures_total{reason=\"WaitingForImage\"}"),
         "a wait is not a failure:\n{metrics}"
     );
+    // Its state and last error say it waits.
+    let ns = f.ns();
+    for series in [
+        format!(
+            r#"kmm_agent_module_state{{kernel="{KVER}",name="built",namespace="{ns}",state="waiting"}} 1"#
+        ),
+        format!(
+            r#"kmm_agent_module_last_error{{name="built",namespace="{ns}",reason="WaitingForImage"}} 1"#
+        ),
+    ] {
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
     let events: Api<Event> = Api::namespaced(f.client.clone(), f.ns());
     let warnings: Vec<_> = events
         .list(&Default::default())
