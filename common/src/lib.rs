@@ -74,7 +74,7 @@ pub use api::preflight::{
 };
 pub use api::rollout::{
     Eviction, ModuleRollout, ModuleRolloutSpec, ModuleRolloutStatus, NodeBlocker, NodeCounts,
-    RolloutStrategy, Validation, ValidationJob, WaitForPods,
+    ROLLOUT_FINALIZER, RolloutStrategy, Validation, ValidationJob, WaitForPods,
 };
 pub use labels::{
     MODULE_FINALIZER, NAMESPACE_CONTAINS_MODULES_LABEL, NODE_LABEL_PREFIX, REBOOT_REQUIRED_LABEL,

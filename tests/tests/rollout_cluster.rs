@@ -7,7 +7,9 @@
 //!   before the rollout, never more than 5 nodes without the Module; every node ends `done`
 //!   on v2, uncordoned, entered `upgrading` once; an admin's cordon stays;
 //! - eviction through the Eviction API, a PodDisruptionBudget holding a node in `evicting`;
-//! - a failed validation Job fails its node and stops the rollout at `maxFailed`.
+//! - a failed validation Job fails its node and stops the rollout at `maxFailed`;
+//! - deleting a rollout mid-way uncordons the node it cordoned and clears the nodes' states
+//!   (its finalizer holds the deletion until then); the version labels stay where they were.
 //!
 //! Needs the control plane, kwok (`bash hack/kwok/build.sh`) and the registry.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
@@ -489,6 +491,110 @@ fn pod(name: &str, node: &str, labels: serde_json::Value) -> Result<Pod> {
 
 fn running(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+#[tokio::test]
+async fn deleting_a_rollout_mid_way_uncordons_its_node_and_clears_the_states() -> Result<()> {
+    let mut f = Fixture::new("rol-delete").await?;
+    f.nodes(2, &[]).await?;
+    f.controller("a")?;
+    f.controllers[0].wait_leader(WAIT).await?;
+    f.module_loaded_at_v1().await?;
+    let names = [f.node_name(0), f.node_name(1)];
+    // A budget that allows no disruption holds whichever node goes first in `evicting`.
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), f.ns());
+    for (i, node) in names.iter().enumerate() {
+        let labels = json!({"evict": "yes", "app": "guarded"});
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("guarded-{i}"), node, labels)?,
+        )
+        .await?;
+    }
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), f.ns());
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "keep-guarded"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}},
+    }))?;
+    pdbs.create(&PostParams::default(), &pdb).await?;
+    f.wait("Pods Running, the budget computed", || async {
+        let all = pods.list(&ListParams::default()).await?.items;
+        let budget = pdbs.get("keep-guarded").await?.status;
+        Ok(all.len() == 2
+            && all.iter().all(running)
+            && budget
+                .is_some_and(|s| s.current_healthy == Some(2) && s.observed_generation.is_some()))
+    })
+    .await?;
+
+    f.set_module("v2")?;
+    f.create_rollout(json!({"eviction": {"podSelector": {"matchLabels": {"evict": "yes"}}}}))
+        .await?;
+    let held = Arc::new(Mutex::new(None::<String>));
+    f.wait("a node cordoned and held in evicting", || async {
+        for n in &names {
+            let node = f.node(n).await?;
+            let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            if cordoned && f.state(n).await?.as_deref() == Some("evicting") {
+                *held.lock().unwrap() = Some(n.clone());
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+    .await?;
+    let held = held.lock().unwrap().clone().unwrap();
+    assert!(
+        f.rollout()
+            .await?
+            .finalizers()
+            .iter()
+            .any(|x| x == kmm_common::ROLLOUT_FINALIZER),
+        "the rollout holds its finalizer"
+    );
+
+    f.rollouts()
+        .delete(ROLLOUT, &DeleteParams::default())
+        .await?;
+    f.wait("the rollout gone once its nodes are released", || async {
+        Ok(f.rollouts().get_opt(ROLLOUT).await?.is_none())
+    })
+    .await?;
+    let node = f.node(&held).await?;
+    assert_ne!(
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "{held} stays cordoned"
+    );
+    let message = f.message(&held).await?;
+    assert!(
+        message.contains("was deleted while the node was evicting; uncordoned"),
+        "{message}"
+    );
+    assert!(
+        !node
+            .annotations()
+            .contains_key(&upgrade_cordoned_annotation(f.ns(), MODULE))
+    );
+    for n in &names {
+        assert_eq!(
+            f.state(n).await?,
+            None,
+            "{n} keeps a state no rollout drives"
+        );
+        assert_eq!(
+            f.node(n)
+                .await?
+                .labels()
+                .get(&version_module_label(f.ns(), MODULE))
+                .map(String::as_str),
+            Some("v1"),
+            "{n}: the version label stays where it was"
+        );
+    }
+    pdbs.delete("keep-guarded", &DeleteParams::default())
+        .await?;
+    f.finish().await
 }
 
 #[tokio::test]

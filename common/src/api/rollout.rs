@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 /// API group of kmm-rs's own resources.
 pub const ROLLOUT_GROUP: &str = "rollout.kmm-rs.io";
 
+/// Held by every ModuleRollout until its deletion has released its nodes (uncordoned the
+/// nodes it cordoned, cleared the states no rollout drives any more).
+pub const ROLLOUT_FINALIZER: &str = "rollout.kmm-rs.io/release-nodes";
+
 /// How the new version reaches a node.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum RolloutStrategy {

@@ -26,6 +26,18 @@ impl Error {
         }
     }
 
+    /// The error of a pass run through [`kube::runtime::finalizer`]: the pass's own, or the
+    /// finalizer's add or remove failing.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<Self>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) => Self::kube("adding the finalizer", e),
+            F::RemoveFinalizer(e) => Self::kube("removing the finalizer", e),
+            other => Self::Invalid(other.to_string()),
+        }
+    }
+
     /// Short label by kind, for `kmm_rollout_reconcile_errors_total{reason}`.
     pub fn metric_label(&self) -> &'static str {
         match self {

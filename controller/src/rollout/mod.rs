@@ -29,10 +29,14 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kmm_common::{Module, ModuleRollout, ModuleRolloutStatus, upgrade_message_annotation};
-use kube::api::{Api, Patch, PatchParams};
+use kmm_common::{
+    Module, ModuleRollout, ModuleRolloutStatus, ROLLOUT_FINALIZER, upgrade_message_annotation,
+    upgrade_state_label,
+};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -167,10 +171,61 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
     let ns = rollout
         .namespace()
         .ok_or_else(|| Error::Invalid("no namespace".into()))?;
-    if rollout.metadata.deletion_timestamp.is_some() {
-        // Its validation Jobs go with it (owner references); node labels stay as a record.
+    let api: Api<ModuleRollout> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, ROLLOUT_FINALIZER, rollout, |event| async {
+        match event {
+            Event::Apply(r) => pass(r, &ns, &ctx).await,
+            Event::Cleanup(r) => release(&r, &ns, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer)
+}
+
+/// A deleted ModuleRollout releases its Module's nodes ([`plan::release`]: uncordons those it
+/// cordoned, clears the states nothing drives any more) before its finalizer goes; its
+/// validation Jobs go with it (owner references). One that never ran (another rollout of
+/// the Module runs) leaves the nodes to that one.
+async fn release(rollout: &ModuleRollout, ns: &str, ctx: &Context) -> Result<Action> {
+    let name = rollout.name_any();
+    ctx.metrics.set_rollout_nodes(ns, &name, None);
+    if let Some(other) = earlier_rollout(&ctx.rollouts, rollout) {
+        tracing::info!(%other, "deleted while another rollout of its Module runs; its nodes are that one's");
         return Ok(Action::await_change());
     }
+    let module = &rollout.spec.module_name;
+    let nodes = Api::<Node>::all(ctx.client.clone());
+    let driven = nodes
+        .list(&ListParams::default().labels(&upgrade_state_label(ns, module)))
+        .await
+        .map_err(|e| Error::kube("listing the rollout's nodes", e))?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for node in &driven.items {
+        let Some(patch) = plan::release(ns, module, &name, node.labels(), node.annotations())
+        else {
+            continue;
+        };
+        let node_name = node.name_any();
+        match nodes
+            .patch(
+                &node_name,
+                &PatchParams::default(),
+                &Patch::Merge(patch.to_json(ns, module, now)),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(node = %node_name, uncordoned = patch.unschedulable.is_some(),
+                "released by the deleted rollout"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("releasing Node {node_name}"), e)),
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// One pass of a ModuleRollout that is not being deleted.
+async fn pass(rollout: Arc<ModuleRollout>, ns: &str, ctx: &Context) -> Result<Action> {
+    let ns = ns.to_string();
     let spec = &rollout.spec;
     let module = Api::<Module>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&spec.module_name)
@@ -189,7 +244,7 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
         (Ok(policy), Some(module)) => (policy, module),
         (Err(why), _) => {
             let new = status::of_invalid(&why, &old, rollout.metadata.generation, &Time(now));
-            finish(&rollout, &ns, &old, new, &ctx).await?;
+            finish(&rollout, &ns, &old, new, ctx).await?;
             tracing::info!(%why, "rollout cannot run");
             // A Module or spec change wakes it.
             return Ok(Action::requeue(ctx.settings.resync));
@@ -254,7 +309,7 @@ pub async fn reconcile(rollout: Arc<ModuleRollout>, ctx: Arc<Context>) -> Result
     );
     ctx.metrics
         .set_rollout_nodes(&ns, &rollout_name, Some(&new.nodes));
-    finish(&rollout, &ns, &old, new, &ctx).await?;
+    finish(&rollout, &ns, &old, new, ctx).await?;
     if plan.wave.is_empty() {
         Ok(Action::requeue(ctx.settings.resync))
     } else {

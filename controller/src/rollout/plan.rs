@@ -118,6 +118,8 @@ pub struct NodePatch {
     pub reboot_required: Option<bool>,
     /// `upgrade-boot-id`: `Some(None)` removes it.
     pub boot_id: Option<Option<String>>,
+    /// Removes `upgrade-state` and `upgrade-since` (no rollout drives the node any more).
+    pub clear_state: bool,
 }
 
 impl NodePatch {
@@ -128,6 +130,13 @@ impl NodePatch {
         if let Some(state) = self.state {
             labels.insert(upgrade_state_label(ns, module), state.as_str().into());
             annotations.insert(upgrade_since_annotation(ns, module), rfc3339(now).into());
+        }
+        if self.clear_state {
+            labels.insert(upgrade_state_label(ns, module), serde_json::Value::Null);
+            annotations.insert(
+                upgrade_since_annotation(ns, module),
+                serde_json::Value::Null,
+            );
         }
         if let Some(message) = &self.message {
             annotations.insert(
@@ -159,6 +168,44 @@ impl NodePatch {
         }
         patch
     }
+}
+
+/// What deleting ModuleRollout `rollout` of Module `ns/module` leaves on one of the Module's
+/// nodes (its labels and annotations): a node it cordoned is uncordoned; a node waiting its
+/// turn or in progress loses its `upgrade-state`, boot ID and `reboot-required` (no rollout
+/// drives it any more; what its version label says stays), with a message saying so. `done`,
+/// `failed` and the admin's `skip` stay as a record. `None`: nothing to change.
+pub fn release(
+    ns: &str,
+    module: &str,
+    rollout: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<NodePatch> {
+    let keys = Keys::new(ns, module);
+    let state = labels.get(&keys.state).and_then(|v| UpgradeState::parse(v));
+    let driven = state.filter(|s| *s == UpgradeState::Required || s.in_progress());
+    let cordoned = annotations.contains_key(&keys.cordoned);
+    if driven.is_none() && !cordoned {
+        return None;
+    }
+    let mut patch = NodePatch::default();
+    if cordoned {
+        patch.unschedulable = Some(false);
+        patch.cordoned_annotation = Some(false);
+    }
+    if let Some(state) = driven {
+        patch.clear_state = true;
+        patch.boot_id = Some(None);
+        if labels.get(REBOOT_REQUIRED_LABEL) == Some(&format!("{ns}.{module}")) {
+            patch.reboot_required = Some(false);
+        }
+        let cordon = if cordoned { "; uncordoned" } else { "" };
+        patch.message = Some(Some(format!(
+            "ModuleRollout {rollout} was deleted while the node was {state}{cordon}"
+        )));
+    }
+    Some(patch)
 }
 
 /// `upgrade-since`'s format: RFC 3339, whole seconds, UTC.

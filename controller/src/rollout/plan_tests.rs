@@ -575,3 +575,87 @@ fn the_since_annotation_is_rfc3339_and_set_with_every_state() {
     assert!(json["metadata"]["annotations"][upgrade_message_annotation(NS, M)].is_null());
     assert!(json.get("spec").is_none());
 }
+
+/// Labels and annotations of a node in `state`, with the rollout's cordon when `cordoned`.
+fn marks(
+    state: Option<&str>,
+    cordoned: bool,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut labels = BTreeMap::from([(version_module_label(NS, M), "v1".to_string())]);
+    let mut annotations = BTreeMap::new();
+    if let Some(s) = state {
+        labels.insert(upgrade_state_label(NS, M), s.into());
+        annotations.insert(
+            upgrade_since_annotation(NS, M),
+            "2030-01-01T00:00:00Z".into(),
+        );
+    }
+    if cordoned {
+        annotations.insert(upgrade_cordoned_annotation(NS, M), "true".into());
+    }
+    (labels, annotations)
+}
+
+#[test]
+fn a_deleted_rollout_uncordons_what_it_cordoned_and_clears_what_it_drove() {
+    let (labels, annotations) = marks(Some("evicting"), true);
+    let patch = release(NS, M, "up", &labels, &annotations).unwrap();
+    let body = patch.to_json(NS, M, now());
+    assert_eq!(body["spec"]["unschedulable"], false);
+    let (l, a) = (
+        &body["metadata"]["labels"],
+        &body["metadata"]["annotations"],
+    );
+    assert!(l[upgrade_state_label(NS, M)].is_null(), "{body}");
+    assert!(a[upgrade_since_annotation(NS, M)].is_null(), "{body}");
+    assert!(a[upgrade_cordoned_annotation(NS, M)].is_null(), "{body}");
+    assert!(a[upgrade_boot_id_annotation(NS, M)].is_null(), "{body}");
+    assert_eq!(
+        a[upgrade_message_annotation(NS, M)],
+        "ModuleRollout up was deleted while the node was evicting; uncordoned"
+    );
+    assert!(
+        l.get(version_module_label(NS, M)).is_none(),
+        "the version label stays as it is: {body}"
+    );
+}
+
+#[test]
+fn a_deleted_rollout_leaves_an_admins_cordon_its_records_and_skips() {
+    // Waiting its turn under an admin's cordon: the state goes, the cordon stays.
+    let (labels, annotations) = marks(Some("required"), false);
+    let body = release(NS, M, "up", &labels, &annotations)
+        .unwrap()
+        .to_json(NS, M, now());
+    assert!(body.get("spec").is_none(), "{body}");
+    assert!(body["metadata"]["labels"][upgrade_state_label(NS, M)].is_null());
+    for state in ["done", "failed", "skip"] {
+        let (labels, annotations) = marks(Some(state), false);
+        assert_eq!(release(NS, M, "up", &labels, &annotations), None, "{state}");
+    }
+    let (labels, annotations) = marks(None, false);
+    assert_eq!(release(NS, M, "up", &labels, &annotations), None);
+}
+
+#[test]
+fn a_deleted_reboot_rollout_takes_back_only_its_own_reboot_request() {
+    let (mut labels, annotations) = marks(Some("rebooting"), true);
+    labels.insert(REBOOT_REQUIRED_LABEL.into(), format!("{NS}.{M}"));
+    let body = release(NS, M, "up", &labels, &annotations)
+        .unwrap()
+        .to_json(NS, M, now());
+    assert!(
+        body["metadata"]["labels"][REBOOT_REQUIRED_LABEL].is_null(),
+        "{body}"
+    );
+    labels.insert(REBOOT_REQUIRED_LABEL.into(), "other.module".into());
+    let body = release(NS, M, "up", &labels, &annotations)
+        .unwrap()
+        .to_json(NS, M, now());
+    assert!(
+        body["metadata"]["labels"]
+            .get(REBOOT_REQUIRED_LABEL)
+            .is_none(),
+        "another Module's reboot request stays: {body}"
+    );
+}

@@ -99,18 +99,29 @@ impl TestNamespace {
         cmd
     }
 
-    /// Deletes every Module of the namespace and strips their finalizers: the
-    /// controller that added one may be gone (or failed mid-test), and a Module
-    /// stuck "being deleted" would hold the namespace in Terminating and show
-    /// up in the next `kubectl get modules -A`. Deleting first means no
-    /// controller can add the finalizer back. Synchronous (kubectl), so it runs
-    /// from `Drop` too; best-effort, and a cluster without the CRD is fine.
+    /// Deletes every Module and ModuleRollout of the namespace and strips
+    /// their finalizers: the controller that added one may be gone (or failed
+    /// mid-test), and an object stuck "being deleted" would hold the namespace
+    /// in Terminating and show up in the next `kubectl get modules -A`.
+    /// Deleting first means no controller can add the finalizer back.
+    /// Synchronous (kubectl), so it runs from `Drop` too; best-effort, and a
+    /// cluster without the CRDs is fine.
     fn release_modules(&self) {
+        for resource in [
+            "modules.kmm.sigs.x-k8s.io",
+            "modulerollouts.rollout.kmm-rs.io",
+        ] {
+            self.release_all(resource);
+        }
+    }
+
+    /// Deletes every `resource` of the namespace, then strips their finalizers.
+    fn release_all(&self, resource: &str) {
         let _ = self
             .kubectl()
             .args([
                 "delete",
-                "modules.kmm.sigs.x-k8s.io",
+                resource,
                 "--all",
                 "--wait=false",
                 "--ignore-not-found",
@@ -120,24 +131,17 @@ impl TestNamespace {
             .status();
         let Ok(out) = self
             .kubectl()
-            .args([
-                "get",
-                "modules.kmm.sigs.x-k8s.io",
-                "-o",
-                "name",
-                "-n",
-                &self.name,
-            ])
+            .args(["get", resource, "-o", "name", "-n", &self.name])
             .output()
         else {
             return;
         };
-        for module in String::from_utf8_lossy(&out.stdout).lines() {
+        for object in String::from_utf8_lossy(&out.stdout).lines() {
             let _ = self
                 .kubectl()
                 .args([
                     "patch",
-                    module,
+                    object,
                     "--type=merge",
                     "-p",
                     r#"{"metadata":{"finalizers":null}}"#,
