@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod controller;
 pub mod controlplane;
 pub mod deploy;
+pub mod helm;
 pub mod fleet;
 pub mod identity;
 pub mod images;

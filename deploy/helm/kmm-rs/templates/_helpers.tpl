@@ -36,6 +36,9 @@ Argument: dict with
   annotations  extra metadata annotations (optional)
 A missing or empty file fails the render: a broken symlink must not
 silently drop objects.
+fromYaml reads YAML 1.1: an unquoted y/yes/no/on/off value would turn into
+a boolean here and stay a string in kustomize's render, so quote such
+values in deploy/ (tests/tests/helm_chart.rs shows any such difference).
 */}}
 {{- define "kmm-rs.fromFile" -}}
 {{- $root := .root -}}
