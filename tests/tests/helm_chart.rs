@@ -104,6 +104,20 @@ fn helm_lint_passes_strict_and_the_schema_refuses_a_bad_failure_policy() -> Resu
         "controller.podDisruptionBudget.enabled=true",
     ])?;
 
+    // `helm package` follows the symlinks into deploy/: the archive renders
+    // what the directory renders.
+    let pkg = tempfile::tempdir()?;
+    let pkg_dir = pkg.path().to_str().context("non-UTF-8 temp path")?;
+    helm.ok(["package", chart, "-d", pkg_dir])?;
+    let (chart_version, _) = chart_versions()?;
+    let tgz = pkg.path().join(format!("kmm-rs-{chart_version}.tgz"));
+    let tgz = tgz.to_str().context("non-UTF-8 temp path")?;
+    let all_on = "namespace.create=true,certManager.enabled=true,serviceMonitor.enabled=true,\
+                  prometheusRule.enabled=true,grafanaDashboard.enabled=true";
+    let render = |c: &str| helm.ok(["template", RELEASE, c, "-n", NAMESPACE, "--set", all_on]);
+    assert_eq!(render(tgz)?, render(chart)?);
+    helm.ok(["lint", "--strict", tgz])?;
+
     for cmd in [
         vec!["lint", chart],
         vec!["template", RELEASE, chart, "-n", NAMESPACE],
@@ -257,7 +271,10 @@ fn values_reach_the_objects() -> Result<()> {
     for pod in [ds, dep] {
         assert_eq!(pod["containers"][0]["image"], image.as_str());
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
-        assert_eq!(pod["imagePullSecrets"], serde_json::json!([{"name": "regcred"}]));
+        assert_eq!(
+            pod["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}])
+        );
     }
     let signer = dep["containers"][0]["env"]
         .as_array()
@@ -265,7 +282,11 @@ fn values_reach_the_objects() -> Result<()> {
         .iter()
         .find(|e| e["name"] == "KMM_SIGNER_IMAGE")
         .context("no KMM_SIGNER_IMAGE")?;
-    assert_eq!(signer["value"], image.as_str(), "sign Jobs run another image");
+    assert_eq!(
+        signer["value"],
+        image.as_str(),
+        "sign Jobs run another image"
+    );
 
     assert_eq!(ds["nodeSelector"]["kmm-test/modules"], "yes");
     assert_eq!(ds["priorityClassName"], "p-agent");
@@ -273,14 +294,20 @@ fn values_reach_the_objects() -> Result<()> {
     assert_eq!(ds["containers"][0]["resources"]["limits"]["memory"], "1Gi");
     // Defaults that stay when another value of the map is set.
     assert_eq!(ds["containers"][0]["resources"]["requests"]["cpu"], "10m");
-    assert_eq!(ds["tolerations"], serde_json::json!([{"operator": "Exists"}]));
+    assert_eq!(
+        ds["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
 
     assert_eq!(dep_obj["spec"]["replicas"], 3);
     assert_eq!(dep["priorityClassName"], "p-ctl");
-    assert_eq!(dep["tolerations"], serde_json::json!([{"operator": "Exists"}]));
     assert_eq!(
-        dep["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-            ["nodeSelectorTerms"][0]["matchExpressions"][0]["key"],
+        dep["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    assert_eq!(
+        dep["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
         "k"
     );
     assert_eq!(dep["securityContext"]["runAsUser"], 65532);
@@ -484,11 +511,7 @@ async fn install_upgrade_uninstall(cp: &'static ControlPlane) -> Result<()> {
             }
             Some((&"helm", args)) => {
                 let mut args = args.to_vec();
-                args.extend([
-                    "--set",
-                    "webhook.failurePolicy=Ignore",
-                    "--take-ownership",
-                ]);
+                args.extend(["--set", "webhook.failurePolicy=Ignore", "--take-ownership"]);
                 let out = helm.ok(&args)?;
                 assert!(out.contains("STATUS: deployed"), "{out}");
             }
@@ -505,7 +528,10 @@ async fn install_upgrade_uninstall(cp: &'static ControlPlane) -> Result<()> {
         ("role", "kmm-controller-leader-election"),
     ] {
         let o = kubectl_json(cp, &["-n", NAMESPACE, kind, name])?;
-        assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm", "{kind}/{name}");
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm",
+            "{kind}/{name}"
+        );
     }
     for (kind, name) in [
         ("clusterrole", "kmm-agent"),
@@ -513,7 +539,10 @@ async fn install_upgrade_uninstall(cp: &'static ControlPlane) -> Result<()> {
         ("validatingadmissionpolicy", "kmm-agent-own-node"),
     ] {
         let o = kubectl_json(cp, &[kind, name])?;
-        assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-name"], RELEASE, "{kind}/{name}");
+        assert_eq!(
+            o["metadata"]["annotations"]["meta.helm.sh/release-name"], RELEASE,
+            "{kind}/{name}"
+        );
     }
     let vwc = kubectl_json(cp, &["validatingwebhookconfiguration", WEBHOOK_CONFIG])?;
     for h in vwc["webhooks"].as_array().context("webhooks")? {
@@ -527,7 +556,10 @@ async fn install_upgrade_uninstall(cp: &'static ControlPlane) -> Result<()> {
     ];
     for crd in crds {
         let o = kubectl_json(cp, &["crd", crd])?;
-        assert_eq!(o["metadata"]["annotations"][KEEP_ANNOTATION], "keep", "{crd}");
+        assert_eq!(
+            o["metadata"]["annotations"][KEEP_ANNOTATION], "keep",
+            "{crd}"
+        );
     }
     // kube-controller-manager made the first ReplicaSet and ControllerRevision.
     wait_count(cp, "replicasets", "kmm-controller", 1).await?;
@@ -570,15 +602,25 @@ async fn install_upgrade_uninstall(cp: &'static ControlPlane) -> Result<()> {
     };
     let out = upgrade(false)?;
     let stderr = stderr_without_info(&out);
-    assert!(!out.status.success(), "upgrade over a hand edit went through");
-    assert!(stderr.contains("conflict"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "upgrade over a hand edit went through"
+    );
+    assert!(
+        stderr.contains(r#"conflict with "kubectl-patch""#),
+        "{stderr}"
+    );
     let out = upgrade(true)?;
     ensure!(
         out.status.success(),
         "helm upgrade --force-conflicts: {}",
         stderr_without_info(&out)
     );
-    assert_eq!(crd_version_column(cp)?, column, "the upgrade left the CRD stale");
+    assert_eq!(
+        crd_version_column(cp)?,
+        column,
+        "the upgrade left the CRD stale"
+    );
 
     // Both workloads roll: a new ReplicaSet, a new ControllerRevision.
     wait_count(cp, "replicasets", "kmm-controller", 2).await?;
@@ -609,6 +651,13 @@ async fn install_upgrade_uninstall(cp: &'static ControlPlane) -> Result<()> {
 
     let out = helm.ok(["uninstall", RELEASE, "-n", NAMESPACE])?;
     assert!(out.contains("uninstalled"), "{out}");
+    assert!(out.contains("kept due to the resource policy"), "{out}");
+    for crd in crds {
+        assert!(
+            out.contains(&format!("[CustomResourceDefinition] {crd}")),
+            "{out}"
+        );
+    }
     wait_for(Duration::from_secs(60), || async {
         let gone = |args: &[&str]| {
             let mut a = vec!["get"];
