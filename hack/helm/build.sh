@@ -32,4 +32,4 @@ fi
 # Makefile injects; without it `helm version` says only the minor.
 GOTOOL_LDFLAGS="-X helm.sh/helm/v4/internal/version.version=$helm_version" \
     gotool_build helm "$helm_version" "$helm_mod" "$helm_bin" helm.sh/helm/v4/cmd/helm "${BASH_SOURCE[0]}" \
-    "about 4 minutes" version --short
+    "about 3-5 minutes" version --short

@@ -83,7 +83,7 @@ pub fn helm_path() -> Result<PathBuf> {
     let helm = Path::new(dir.trim()).join("helm");
     ensure!(
         helm.is_file(),
-        "helm is not built ({} missing): run `bash hack/helm/build.sh` (about 3 minutes cold on 2 cores), or set KMM_HELM",
+        "helm is not built ({} missing): run `bash hack/helm/build.sh` (3-5 minutes cold on 2 cores), or set KMM_HELM",
         helm.display()
     );
     Ok(helm)
