@@ -39,6 +39,8 @@ step "control plane binaries"
 bash hack/controlplane/build.sh >/dev/null
 step "kwok binary (simulated kubelets)"
 bash hack/kwok/build.sh >/dev/null
+step "helm binary (chart tests)"
+bash hack/helm/build.sh >/dev/null
 step "real node: kubelet, kube-proxy, pause image"
 bash hack/realnode/build.sh >/dev/null
 step "VM node kernel"

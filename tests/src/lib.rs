@@ -12,6 +12,7 @@ pub mod controlplane;
 pub mod deploy;
 pub mod fleet;
 pub mod grafana;
+pub mod helm;
 pub mod identity;
 pub mod images;
 mod jobexec;
