@@ -486,9 +486,11 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["create", "tokenreviews.authentication.k8s.io"],
             &["create", "subjectaccessreviews.authorization.k8s.io"],
             &["delete", "nodemodulesconfigs.kmm.sigs.x-k8s.io"],
-            // ModuleRollouts: watched, status written, Jobs owned; Pods
-            // evicted (or deleted with eviction.force), the refusing budget named.
+            // ModuleRollouts: watched, status written, their finalizer added
+            // (patch), Jobs owned; Pods evicted (or deleted with
+            // eviction.force), the refusing budget named.
             &["watch", "modulerollouts.rollout.kmm-rs.io", "-A"],
+            &["patch", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
             &[
                 "patch",
                 "modulerollouts.rollout.kmm-rs.io",
@@ -523,9 +525,10 @@ async fn service_accounts_get_exactly_what_their_code_uses() -> Result<()> {
             &["get", "pods", "-n", "ns1", "--subresource=exec"],
             &["create", "pods", "-n", "ns1"],
             &["delete", "modules.kmm.sigs.x-k8s.io", "-n", "ns1"],
-            // A rollout is the user's to write; the controller only reads it.
+            // A rollout is the user's to write; the controller only adds and
+            // removes its finalizer.
             &["create", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
-            &["patch", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
+            &["update", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
             &["delete", "modulerollouts.rollout.kmm-rs.io", "-n", "ns1"],
             &["create", "poddisruptionbudgets.policy", "-n", "ns1"],
             &["create", "preflightvalidations.kmm.sigs.x-k8s.io"],
