@@ -109,6 +109,27 @@ pub fn apply_yaml(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
     Ok(())
 }
 
+/// Nodes `<ns>-<suffix>` for each of `suffixes`, labelled `group` (a test's own selector), on
+/// kernel `kver`, without kubelet. Returns their names.
+///
+/// # Errors
+/// API errors.
+pub async fn group_nodes(
+    client: &Client,
+    ns: &str,
+    group: (&str, &str),
+    suffixes: &[&str],
+    kver: &str,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for s in suffixes {
+        let node = format!("{ns}-{s}");
+        create_node(client, &node, &[group], kver).await?;
+        names.push(node);
+    }
+    Ok(names)
+}
+
 /// Creates (or replaces) a Node object named `name` with `labels`, reporting
 /// `kernel` as `status.nodeInfo.kernelVersion`, as a kubelet would.
 ///

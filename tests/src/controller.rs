@@ -270,3 +270,29 @@ impl Drop for ControllerProcess {
 pub fn log_dir(base: &Path) -> PathBuf {
     base.join("controller")
 }
+
+/// A controller of namespace `ns` (its leader, logs under `dir`) and one agent per node of
+/// `nodes` (simulated kernel `kver`, state under `dir/<node>`), each ready within `wait`.
+///
+/// # Errors
+/// Start failures, or a timeout (with the process's log).
+pub async fn leader_and_agents(
+    cp: &ControlPlane,
+    ns: &str,
+    nodes: &[String],
+    kver: &str,
+    dir: &Path,
+    wait: Duration,
+) -> Result<(ControllerProcess, Vec<crate::agent::AgentProcess>)> {
+    use crate::agent::{AgentOptions, AgentProcess};
+    let controller =
+        ControllerProcess::start(&ControllerOptions::for_namespace(cp, ns, dir, Vec::new()))?;
+    controller.wait_leader(wait).await?;
+    let mut agents = Vec::new();
+    for node in nodes {
+        let agent = AgentProcess::start(&AgentOptions::new(cp, node, kver, dir.join(node)))?;
+        agent.wait_ready(wait).await?;
+        agents.push(agent);
+    }
+    Ok((controller, agents))
+}

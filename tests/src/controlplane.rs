@@ -234,15 +234,8 @@ impl ControlPlane {
             .kubectl_command(&args)
             .output()
             .context("spawning kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {:?} failed ({}): {}",
-                args,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        String::from_utf8(out.stdout).context("kubectl output is not UTF-8")
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        stdout_if_ok("kubectl", &args, out, &stderr)
     }
 
     /// Deletes every namespace left by earlier test runs ([`TEMP_LABEL`]`=true`).
@@ -301,4 +294,21 @@ async fn readyz(config: &Config) -> Result<()> {
         bail!("GET {url}readyz answered {body:?}");
     }
     Ok(())
+}
+
+/// `tool`'s stdout (UTF-8) when it exited 0; else an error naming `args`, the exit status and
+/// `stderr` (as the caller wants it shown).
+///
+/// # Errors
+/// A non-zero exit, or output that is not UTF-8.
+pub fn stdout_if_ok(
+    tool: &str,
+    args: &[std::ffi::OsString],
+    out: Output,
+    stderr: &str,
+) -> Result<String> {
+    if !out.status.success() {
+        bail!("{tool} {args:?} failed ({}): {stderr}", out.status);
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{tool} output is not UTF-8"))
 }

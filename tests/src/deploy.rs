@@ -53,14 +53,23 @@ pub async fn install_deploy(cp: &ControlPlane) -> Result<()> {
 /// # Errors
 /// Render failures, or if kubectl cannot be run.
 pub fn apply_deploy(cp: &ControlPlane) -> Result<Output> {
+    delete_webhook_config(cp)?;
+    let yaml = to_yaml(&without_webhook(render_deploy(cp)?)?)?;
+    cp.kubectl_with_stdin(["apply", "--server-side", "-f", "-"], &yaml)
+}
+
+/// Deletes `deploy/`'s webhook configuration if there is one.
+///
+/// # Errors
+/// If kubectl fails.
+pub fn delete_webhook_config(cp: &ControlPlane) -> Result<()> {
     cp.kubectl_ok([
         "delete",
         "validatingwebhookconfiguration",
         WEBHOOK_CONFIG,
         "--ignore-not-found",
-    ])?;
-    let yaml = to_yaml(&without_webhook(render_deploy(cp)?)?)?;
-    cp.kubectl_with_stdin(["apply", "--server-side", "-f", "-"], &yaml)
+    ])
+    .map(drop)
 }
 
 /// `docs` without the webhook configuration, in the same order. Fails unless
@@ -111,8 +120,23 @@ pub fn render_deploy_dir_overlay(
     ns: &str,
     prefix: &str,
 ) -> Result<Vec<Value>> {
+    let (_dir, overlay) = overlay_dir(sub, ns, prefix)?;
+    render(cp, &overlay)
+}
+
+/// A kustomization of a user's own over `deploy/<sub>` (`sub` empty: `deploy/`) that sets
+/// `namespace: ns` and, unless `prefix` is empty, `namePrefix`: in a temporary directory
+/// beside a copy of `deploy/` (kustomize loads bases relative to the overlay). Returns the
+/// directory (removed on drop) and the overlay's path in it.
+///
+/// # Errors
+/// Copy or write failures.
+pub fn overlay_dir(
+    sub: &str,
+    ns: &str,
+    prefix: &str,
+) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
     let dir = tempfile::tempdir()?;
-    // kustomize loads bases relative to the overlay: copy deploy/ next to it.
     let copy = std::process::Command::new("cp")
         .arg("-r")
         .arg(repo_root().join("deploy"))
@@ -138,7 +162,7 @@ pub fn render_deploy_dir_overlay(
              namespace: {ns}\n{name_prefix}resources:\n- {base}\n"
         ),
     )?;
-    render(cp, &overlay)
+    Ok((dir, overlay))
 }
 
 /// Objects as one YAML stream, for `kubectl ... -f -`.

@@ -159,15 +159,8 @@ impl Helm {
             .map(|a| a.as_ref().to_os_string())
             .collect();
         let out = self.run(&args)?;
-        if !out.status.success() {
-            bail!(
-                "helm {:?} failed ({}): {}",
-                args,
-                out.status,
-                stderr_without_info(&out)
-            );
-        }
-        String::from_utf8(out.stdout).context("helm output is not UTF-8")
+        let stderr = stderr_without_info(&out);
+        crate::controlplane::stdout_if_ok("helm", &args, out, &stderr)
     }
 
     /// `helm template kmm-rs deploy/helm/kmm-rs -n kmm-system <extra>`: one

@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use kmm_common::Module;
-use kmm_tests::agent::{AgentOptions, AgentProcess};
 use kmm_tests::cluster::{
-    apply_yaml, crd_namespace, create_node, delete_node_and_status, wait_for,
+    apply_yaml, crd_namespace, delete_node_and_status, group_nodes, wait_for,
 };
-use kmm_tests::controller::{ControllerOptions, ControllerProcess};
+use kmm_tests::controller::leader_and_agents;
 use kmm_tests::controlplane::repo_root;
 use kmm_tests::grafana::{
     Panel, dashboard_path, label_values_promql, panels, substitute, variables,
@@ -214,13 +213,7 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
     let (cp, client, ns) = crd_namespace("dash").await?;
     let ns_name = ns.name().to_string();
     let group = ("kmm-test/dash", ns_name.as_str());
-    let nodes: Vec<String> = ["a", "b"]
-        .iter()
-        .map(|s| format!("{ns_name}-{s}"))
-        .collect();
-    for node in &nodes {
-        create_node(&client, node, &[group], KVER).await?;
-    }
+    let nodes = group_nodes(&client, &ns_name, group, &["a", "b"], KVER).await?;
     let reg = registry_addr();
     for m in ["dasha", "dashb"] {
         push_fake_kmod(
@@ -233,28 +226,19 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
     }
 
     let dir = tempfile::tempdir()?;
-    let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
-        cp,
-        &ns_name,
-        dir.path(),
-        Vec::new(),
-    ))?;
-    controller.wait_leader(WAIT).await?;
-    let mut agents = Vec::new();
+    let (controller, agents) =
+        leader_and_agents(cp, &ns_name, &nodes, KVER, dir.path(), WAIT).await?;
     let mut targets = vec![Target {
         job: "kmm-controller".into(),
         port: controller.metrics_port,
         labels: BTreeMap::new(),
     }];
-    for node in &nodes {
-        let agent = AgentProcess::start(&AgentOptions::new(cp, node, KVER, dir.path().join(node)))?;
-        agent.wait_ready(WAIT).await?;
+    for (node, agent) in nodes.iter().zip(&agents) {
         targets.push(Target {
             job: "kmm-agent".into(),
             port: agent.metrics_port,
             labels: BTreeMap::from([("node".to_string(), node.clone())]),
         });
-        agents.push(agent);
     }
     let prom = PrometheusProcess::start(&targets, "1s")?;
     prom.wait_up(targets.len(), WAIT).await?;

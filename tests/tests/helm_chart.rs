@@ -207,19 +207,7 @@ fn another_release_namespace_moves_what_a_kustomize_namespace_overlay_moves() ->
         "namespace.create=true",
     ])?)?;
     // deploy/ under an overlay that only sets `namespace:`, as a user would.
-    let dir = tempfile::tempdir()?;
-    let copy = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo_root().join("deploy"))
-        .arg(dir.path().join("deploy"))
-        .status()?;
-    ensure!(copy.success(), "copying deploy/");
-    let overlay = dir.path().join("overlay");
-    std::fs::create_dir(&overlay)?;
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        format!("namespace: {ns}\nresources:\n- ../deploy\n"),
-    )?;
+    let (_dir, overlay) = kmm_tests::deploy::overlay_dir("", ns, "")?;
     let (chart_version, app_version) = chart_versions()?;
     let d = compare(rendered, kustomize(&overlay)?, &chart_version, &app_version)?;
     assert_eq!(d, Vec::<String>::new());
@@ -447,12 +435,7 @@ async fn wait_count(cp: &ControlPlane, kind: &str, owner: &str, n: usize) -> Res
 
 /// `deploy/`'s install deleted (the CRDs stay), the namespace gone for good.
 fn remove_deploy_install(cp: &ControlPlane) -> Result<()> {
-    cp.kubectl_ok([
-        "delete",
-        "validatingwebhookconfiguration",
-        WEBHOOK_CONFIG,
-        "--ignore-not-found",
-    ])?;
+    kmm_tests::deploy::delete_webhook_config(cp)?;
     let objs: Vec<Value> = render_deploy(cp)?
         .into_iter()
         .filter(|o| o["kind"] != "CustomResourceDefinition")

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use kmm_common::Module;
-use kmm_tests::agent::{AgentOptions, AgentProcess};
-use kmm_tests::cluster::{crd_namespace, create_node, delete_node_and_status, wait_module};
-use kmm_tests::controller::{ControllerOptions, ControllerProcess};
+use kmm_tests::agent::AgentProcess;
+use kmm_tests::cluster::{crd_namespace, delete_node_and_status, group_nodes, wait_module};
+use kmm_tests::controller::leader_and_agents;
 use kmm_tests::controlplane::ControlPlane;
 use kmm_tests::images::{push_fake_kmod, registry_addr};
 use kmm_tests::module::ModuleBuilder;
@@ -52,30 +52,13 @@ async fn kubectl_wait_sees_ready_once_loaded_and_stalled_when_the_image_is_missi
     let (cp, client, ns) = crd_namespace("kstatus").await?;
     let ns_name = ns.name().to_string();
     let group = ("kmm-test/kstatus", ns_name.as_str());
-    let nodes: Vec<String> = ["a", "b"]
-        .iter()
-        .map(|s| format!("{ns_name}-{s}"))
-        .collect();
-    for node in &nodes {
-        create_node(&client, node, &[group], KVER).await?;
-    }
+    let nodes = group_nodes(&client, &ns_name, group, &["a", "b"], KVER).await?;
     let image = format!("{}/{ns_name}/kst:{KVER}", registry_addr());
     push_fake_kmod(&image, KVER, &[("kst", &[])], &[]).await?;
 
     let dir = tempfile::tempdir()?;
-    let controller = ControllerProcess::start(&ControllerOptions::for_namespace(
-        cp,
-        &ns_name,
-        dir.path(),
-        Vec::new(),
-    ))?;
-    controller.wait_leader(WAIT).await?;
-    let mut agents = Vec::new();
-    for node in &nodes {
-        let agent = AgentProcess::start(&AgentOptions::new(cp, node, KVER, dir.path().join(node)))?;
-        agent.wait_ready(WAIT).await?;
-        agents.push(agent);
-    }
+    let (controller, agents) =
+        leader_and_agents(cp, &ns_name, &nodes, KVER, dir.path(), WAIT).await?;
     println!("controller and agents ready: {:.1?}", t.elapsed());
 
     let reg = registry_addr();

@@ -249,6 +249,34 @@ impl Fixture {
             .unwrap_or_default())
     }
 
+    /// A PodDisruptionBudget `keep-guarded` that allows no disruption of the Pods labelled
+    /// `app: guarded`; waits until the namespace's `pods` Pods run and the budget counts
+    /// `healthy` of them.
+    async fn guard_with_budget(
+        &self,
+        pods: usize,
+        healthy: i32,
+    ) -> Result<Api<PodDisruptionBudget>> {
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), self.ns());
+        let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": "keep-guarded"},
+            "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}},
+        }))?;
+        pdbs.create(&PostParams::default(), &pdb).await?;
+        let all: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        self.wait("Pods Running, the budget computed", || async {
+            let listed = all.list(&ListParams::default()).await?.items;
+            let budget = pdbs.get("keep-guarded").await?.status;
+            Ok(listed.len() == pods
+                && listed.iter().all(running)
+                && budget.is_some_and(|s| {
+                    s.current_healthy == Some(healthy) && s.observed_generation.is_some()
+                }))
+        })
+        .await?;
+        Ok(pdbs)
+    }
+
     /// Controllers', agents' and the rollout's state, for failure messages.
     fn logs(&self) -> String {
         let tail = |text: String, n: usize| {
@@ -511,21 +539,7 @@ async fn deleting_a_rollout_mid_way_uncordons_its_node_and_clears_the_states() -
         )
         .await?;
     }
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), f.ns());
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
-        "metadata": {"name": "keep-guarded"},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}},
-    }))?;
-    pdbs.create(&PostParams::default(), &pdb).await?;
-    f.wait("Pods Running, the budget computed", || async {
-        let all = pods.list(&ListParams::default()).await?.items;
-        let budget = pdbs.get("keep-guarded").await?.status;
-        Ok(all.len() == 2
-            && all.iter().all(running)
-            && budget
-                .is_some_and(|s| s.current_healthy == Some(2) && s.observed_generation.is_some()))
-    })
-    .await?;
+    let pdbs = f.guard_with_budget(2, 2).await?;
 
     f.set_module("v2")?;
     f.create_rollout(json!({"eviction": {"podSelector": {"matchLabels": {"evict": "yes"}}}}))
@@ -620,21 +634,7 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
     // A Pod nobody selected stays.
     pods.create(&PostParams::default(), &pod("bystander", &n0, json!({}))?)
         .await?;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), f.ns());
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
-        "metadata": {"name": "keep-guarded"},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}},
-    }))?;
-    pdbs.create(&PostParams::default(), &pdb).await?;
-    f.wait("Pods Running, the budget computed", || async {
-        let all = pods.list(&ListParams::default()).await?.items;
-        let budget = pdbs.get("keep-guarded").await?.status;
-        Ok(all.len() == 3
-            && all.iter().all(running)
-            && budget
-                .is_some_and(|s| s.current_healthy == Some(1) && s.observed_generation.is_some()))
-    })
-    .await?;
+    let pdbs = f.guard_with_budget(3, 1).await?;
 
     // Every Pod update of `work`: the eviction marks it before it goes.
     let marked = Arc::new(Mutex::new(None::<String>));
