@@ -7,7 +7,9 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, ensure};
 
@@ -153,6 +155,47 @@ impl RealNode {
         self.run_kubectl(args, Some(stdin))
     }
 
+    /// `kubectl get KIND NAME -w -o json` in the background: every version
+    /// of the object the API server sends, in order, kept until the
+    /// [`Watch`] is dropped. A poll can miss a state that lasts less than
+    /// its period; a watch sees every write.
+    ///
+    /// # Errors
+    /// If kubectl cannot be started.
+    pub fn watch(&self, kind: &str, name: &str) -> Result<Watch> {
+        let kubeconfig = self.run.join("admin.kubeconfig");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", kind, name, "--watch", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("kubectl get {kind} {name} --watch"))?;
+        let stdout = child.stdout.take().context("kubectl watch stdout")?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let reader = std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout));
+            for object in stream
+                .into_iter::<serde_json::Value>()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut seen) = sink.lock() {
+                    seen.push(object);
+                }
+            }
+        });
+        Ok(Watch {
+            child,
+            reader: Some(reader),
+            seen,
+        })
+    }
+
     /// Runs `sh -c CMD` in the guest (`guest-exec.sh`); its exit status and
     /// output.
     ///
@@ -201,6 +244,32 @@ impl RealNode {
             .as_array()
             .cloned()
             .unwrap_or_default())
+    }
+}
+
+/// A running `kubectl --watch` ([`RealNode::watch`]); killed on drop.
+#[derive(Debug)]
+pub struct Watch {
+    child: Child,
+    reader: Option<JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Watch {
+    /// Every version of the object received so far, oldest first.
+    #[must_use]
+    pub fn seen(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 

@@ -292,28 +292,30 @@ spec:
     podSelector: {matchLabels: {app: brd-user}}
     timeoutSeconds: 120
 "#;
+    // The node's states through a watch: `cordoned` can last less than a
+    // poll period (CI once missed it with a 0.5 s poll).
+    let node_watch = node.watch("node", RealNode::NAME)?;
     node.kubectl_stdin(
         &["apply", "-f", "-"],
         &format!("{}\n---{rollout}", versioned_brd("v2", 2)?),
     )?;
     let started = Instant::now();
-    let mut states: Vec<String> = Vec::new();
-    let (mut cordoned, mut pod_gone_at, mut v2_at) = (false, None, None);
+    let mut last_state = String::new();
+    let (mut pod_gone_at, mut v2_at) = (None, None);
     while started.elapsed() < Duration::from_secs(300) {
         let n = json(node, &["get", "node", RealNode::NAME])?;
         let state = n["metadata"]["labels"][STATE_LABEL]
             .as_str()
             .unwrap_or("")
             .to_string();
-        if states.last() != Some(&state) {
+        if state != last_state {
             say!(
                 "vm_kubelet: rollout: node {} upgrade-state {state:?} at {:.1} s",
                 RealNode::NAME,
                 started.elapsed().as_secs_f64()
             );
-            states.push(state.clone());
+            last_state.clone_from(&state);
         }
-        cordoned |= n["spec"]["unschedulable"] == true;
         let pod_gone = node
             .kubectl(&["get", "pod", "brd-user", "--ignore-not-found", "-o", "name"])?
             .trim()
@@ -329,6 +331,29 @@ spec:
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The poll saw the end; give the watch the same write.
+    let state_of = |n: &serde_json::Value| {
+        n["metadata"]["labels"][STATE_LABEL]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let caught_up = Instant::now();
+    let mut watched = node_watch.seen();
+    while watched.last().map(state_of) != Some(last_state.clone())
+        && caught_up.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        watched = node_watch.seen();
+    }
+    drop(node_watch);
+    let mut states: Vec<String> = Vec::new();
+    for state in watched.iter().map(state_of) {
+        if states.last() != Some(&state) {
+            states.push(state);
+        }
+    }
+    let cordoned = watched.iter().any(|n| n["spec"]["unschedulable"] == true);
     let status = node.kubectl(&["get", "modulerollout", "brd", "-o", "yaml"])?;
     ensure!(
         states.last().map(String::as_str) == Some("done"),
