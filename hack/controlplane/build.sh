@@ -93,5 +93,5 @@ cp_all_present || { log "build finished but some binaries are missing in $bin"; 
 echo "$want_stamp" >"$stamp"
 log "built in $(($(date +%s) - start))s"
 "$bin/kube-apiserver" --version >&2
-"$bin/etcd" --version | head -1 >&2
+"$bin/etcd" --version | sed -n 1p >&2
 echo "$bin"

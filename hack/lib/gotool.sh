@@ -64,6 +64,6 @@ gotool_build() {
     [[ -x "$bin_dir/$name" ]] || { _gotool_log "build finished but $bin_dir/$name is missing"; return 1; }
 
     echo "$want" >"$stamp"
-    _gotool_log "built in $(($(date +%s) - start))s: $("$bin_dir/$name" "$@" 2>&1 | head -1)"
+    _gotool_log "built in $(($(date +%s) - start))s: $("$bin_dir/$name" "$@" 2>&1 | sed -n 1p)"
     echo "$bin_dir"
 }

@@ -51,7 +51,7 @@ log "downloading $module@$version from the Go module proxy"
 json="$(cd "$work" && GOWORK=off GOSUMDB=off GOPROXY="$proxy" GOTOOLCHAIN=local \
     go mod download -json "$module@$version")" || { log "go mod download failed:"; printf '%s\n' "$json" >&2; exit 1; }
 
-field() { printf '%s\n' "$json" | sed -n "s/^[[:space:]]*\"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" | head -1; }
+field() { printf '%s\n' "$json" | sed -n "s/^[[:space:]]*\"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" | sed -n 1p; }
 got_sum="$(field Sum)"
 mod_dir="$(field Dir)"
 if [[ "$got_sum" != "$sum" ]]; then

@@ -124,7 +124,7 @@ ES
     assert_unreachable 10.88.0.5
     assert_unreachable 1.1.1.1
     assert_unreachable 10.0.2.15
-    log "ip route get 10.245.0.5: $(ip route get 10.245.0.5 | head -1)"
+    log "ip route get 10.245.0.5: $(ip route get 10.245.0.5 | sed -n 1p)"
     t_qemu=$(date +%s.%N)
     log "starting QEMU (initramfs $(du -h "$INITRD" | cut -f1))"
     setsid nice -n 19 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 2048 -smp 1 -no-reboot -nodefaults \
@@ -183,7 +183,7 @@ ES
         [[ -n "$pod" ]] && echo "QEMU start -> static Pod Running: $(secs "$t_qemu" "$pod") s"
         echo "QEMU start -> kube-proxy serves 10.0.0.1:443: $(secs "$t_qemu" "$svc") s"
         [[ -n "$ds" ]] && echo "DaemonSet applied -> 1/1 Ready: $(secs "$t_ds" "$ds") s"
-        grep -E '^RN ' "$run/console.log" | head -5
+        grep -m 5 -E '^RN ' "$run/console.log" || true
     } | tee "$run/timeline.txt"
     exit 0
 fi

@@ -30,11 +30,11 @@ exec 9>"$DIR/.lock"
 flock 9
 
 cd "$DIR/dl"
-DEB=$(ls "${PKG}"_*.deb 2>/dev/null | head -1 || true)
+DEB=$(ls "${PKG}"_*.deb 2>/dev/null | sed -n 1p || true)
 if [ -z "$DEB" ]; then
   # apt drops privileges to _apt; a root-owned dir only causes a harmless warning
   apt-get download "$PKG" >&2
-  DEB=$(ls "${PKG}"_*.deb | head -1)
+  DEB=$(ls "${PKG}"_*.deb | sed -n 1p)
 fi
 SUM=$(sha256sum "$DEB" | cut -d' ' -f1)
 STAMP="$SUM $(sha256sum "$HERE/extract-vmlinux.sh" | cut -d' ' -f1)"

@@ -12,7 +12,7 @@ KVER=${1:?usage: fetch-sign-file.sh KVER}
 CACHE=${KMM_CACHE:-$HOME/.cache/kmm-rs}/sign-file
 SERIES=$(echo "$KVER" | awk -F'[.-]' '{print $1 "." $2}')
 PKG="linux-kbuild-$SERIES"
-find_tool() { ls "$CACHE"/usr/lib/linux-kbuild-*/scripts/sign-file 2>/dev/null | head -1; }
+find_tool() { ls "$CACHE"/usr/lib/linux-kbuild-*/scripts/sign-file 2>/dev/null | sed -n 1p; }
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
 flock 9
