@@ -224,6 +224,12 @@ impl Metrics {
         for kind in ["build", "sign"] {
             m.jobs_created.with_label_values(&[kind]);
         }
+        for state in kmm_common::UpgradeState::ALL {
+            m.rollout_transitions.with_label_values(&[state.as_str()]);
+        }
+        for reason in crate::rollout::Error::METRIC_LABELS {
+            m.rollout_errors.with_label_values(&[reason]);
+        }
         for path in crate::webhook::handlers::PATHS {
             let webhook = crate::webhook::handlers::webhook_label(path);
             for result in [
@@ -527,6 +533,8 @@ mod tests {
             r#"kmm_controller_reconcile_errors_total{reason="finalizer"} 0"#,
             r#"kmm_controller_jobs_created_total{kind="sign"} 0"#,
             r#"kmm_controller_webhook_requests_total{result="error",webhook="preflightvalidation"} 0"#,
+            r#"kmm_rollout_transitions_total{state="cordoned"} 0"#,
+            r#"kmm_rollout_reconcile_errors_total{reason="invalid_rollout"} 0"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

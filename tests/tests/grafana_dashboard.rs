@@ -8,7 +8,8 @@
 //!   `kmm-controller` and two `kmm-agent` processes (simulated kernel, real
 //!   registry) on the test API server, with a Module loaded, a second one
 //!   loaded after it, one whose image is missing, one built in the cluster
-//!   (its Job created, never run: no kubelet) and the first one unloaded. Then
+//!   (its Job created, never run: no kubelet), a versioned one rolled out to
+//!   both nodes by a ModuleRollout, and the first one unloaded. Then
 //!   every target of every panel, and every variable's query, must return
 //!   series with a number (a panel whose query returns nothing, or only
 //!   `NaN`, fails the test, named);
@@ -215,7 +216,7 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
     let group = ("kmm-test/dash", ns_name.as_str());
     let nodes = group_nodes(&client, &ns_name, group, &["a", "b"], KVER).await?;
     let reg = registry_addr();
-    for m in ["dasha", "dashb"] {
+    for m in ["dasha", "dashb", "dashroll"] {
         push_fake_kmod(
             &format!("{reg}/{ns_name}/{m}:{KVER}"),
             KVER,
@@ -292,6 +293,26 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
         }))
         .manifest();
     apply_yaml(cp, &ns_name, &built)?;
+    // A versioned Module and its rollout: both nodes go from required to
+    // done, for the rollout panels.
+    let versioned = ModuleBuilder::new("dashroll")
+        .selector(group.0, group.1)
+        .version("v1")
+        .insecure_mapping(
+            "-sim-amd64$",
+            &format!("{reg}/{ns_name}/dashroll:${{KERNEL_FULL_VERSION}}"),
+        )
+        .manifest();
+    apply_yaml(cp, &ns_name, &versioned)?;
+    apply_yaml(
+        cp,
+        &ns_name,
+        &serde_json::to_string(&json!({
+            "apiVersion": "rollout.kmm-rs.io/v1alpha1", "kind": "ModuleRollout",
+            "metadata": {"name": "dashroll"},
+            "spec": {"moduleName": "dashroll", "maxUnavailable": 2},
+        }))?,
+    )?;
     loaded_everywhere("dashb")
         .await
         .with_context(|| agents[0].log())?;
@@ -299,13 +320,16 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
     kmm_tests::cluster::wait_module(&modules, "dasha", WAIT, |m| m.is_none())
         .await
         .with_context(|| controller.log())?;
-    // Everything above scraped: the unload, the failing pulls, the build Job.
+    // Everything above scraped: the unload, the failing pulls, the build Job,
+    // the rollout done on both nodes.
     wait_for(WAIT, || async {
         let seen = |q: &str| prom.query(q).map(|r| !r.is_empty()).unwrap_or(false);
         Ok(seen("kmm_agent_unload_duration_seconds_count > 0")
             && seen(r#"kmm_agent_module_last_error{reason="ImagePullFailed"}"#)
             && seen(r#"kmm_controller_jobs_created_total{kind="build"} > 0"#)
-            && seen(r#"kmm_controller_module_condition{type="ImagesReady"}"#))
+            && seen(r#"kmm_controller_module_condition{type="ImagesReady"}"#)
+            && seen(r#"kmm_rollout_nodes{name="dashroll", state="done"} == 2"#)
+            && seen(r#"kmm_rollout_transitions_total{state="done"} > 0"#))
     })
     .await
     .with_context(|| format!("controller log:\n{}", controller.log()))?;

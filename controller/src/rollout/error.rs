@@ -38,6 +38,9 @@ impl Error {
         }
     }
 
+    /// Every [`Error::metric_label`], for the counter's series at 0.
+    pub const METRIC_LABELS: [&'static str; 2] = ["kube_api", "invalid_rollout"];
+
     /// Short label by kind, for `kmm_rollout_reconcile_errors_total{reason}`.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -49,3 +52,20 @@ impl Error {
 
 /// Result of rollout steps.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn every_metric_label_is_listed_for_the_zero_series() {
+        let errors = [
+            Error::kube("x", kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Invalid("x".into()),
+        ];
+        for e in &errors {
+            assert!(Error::METRIC_LABELS.contains(&e.metric_label()), "{e}");
+        }
+        assert_eq!(errors.len(), Error::METRIC_LABELS.len());
+    }
+}
