@@ -46,7 +46,7 @@ fn no_pipefail_script_pipes_into_head() {
                 .skip(1)
                 .any(|stage| stage.split_whitespace().next() == Some("head"));
             if piped_into_head {
-                let rel = file.strip_prefix(&root).unwrap_or(file);
+                let rel = file.strip_prefix(root).unwrap_or(file);
                 found.push(format!("{}:{}: {code}", rel.display(), n + 1));
             }
         }
