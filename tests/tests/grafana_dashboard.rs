@@ -263,26 +263,22 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
                 "-sim-amd64$",
                 &format!("{reg}/{ns_name}/{image}:${{KERNEL_FULL_VERSION}}"),
             )
-            .manifest()
     };
     // A first load makes the load-phase series; a second one, scraped after
     // it, gives their rates something to show.
-    apply_yaml(cp, &ns_name, &module("dasha", "dasha"))?;
+    apply_yaml(cp, &ns_name, &module("dasha", "dasha").manifest())?;
     loaded_everywhere("dasha")
         .await
         .with_context(|| agents[0].log())?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    apply_yaml(cp, &ns_name, &module("dashb", "dashb"))?;
-    apply_yaml(cp, &ns_name, &module("dashmiss", "never-pushed"))?;
-    apply_yaml(
-        cp,
-        &ns_name,
-        &serde_json::to_string(&json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "dash-dockerfile"},
-            "data": {"dockerfile": "FROM scratch\n"},
-        }))?,
-    )?;
+    apply_yaml(cp, &ns_name, &module("dashb", "dashb").manifest())?;
+    apply_yaml(cp, &ns_name, &module("dashmiss", "never-pushed").manifest())?;
+    let apply_json = |object: Value| apply_yaml(cp, &ns_name, &serde_json::to_string(&object)?);
+    apply_json(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "dash-dockerfile"},
+        "data": {"dockerfile": "FROM scratch\n"},
+    }))?;
     let built = ModuleBuilder::new("dashbuild")
         .selector(group.0, group.1)
         .push_mapping(json!({
@@ -295,24 +291,13 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
     apply_yaml(cp, &ns_name, &built)?;
     // A versioned Module and its rollout: both nodes go from required to
     // done, for the rollout panels.
-    let versioned = ModuleBuilder::new("dashroll")
-        .selector(group.0, group.1)
-        .version("v1")
-        .insecure_mapping(
-            "-sim-amd64$",
-            &format!("{reg}/{ns_name}/dashroll:${{KERNEL_FULL_VERSION}}"),
-        )
-        .manifest();
+    let versioned = module("dashroll", "dashroll").version("v1").manifest();
     apply_yaml(cp, &ns_name, &versioned)?;
-    apply_yaml(
-        cp,
-        &ns_name,
-        &serde_json::to_string(&json!({
-            "apiVersion": "rollout.kmm-rs.io/v1alpha1", "kind": "ModuleRollout",
-            "metadata": {"name": "dashroll"},
-            "spec": {"moduleName": "dashroll", "maxUnavailable": 2},
-        }))?,
-    )?;
+    apply_json(json!({
+        "apiVersion": "rollout.kmm-rs.io/v1alpha1", "kind": "ModuleRollout",
+        "metadata": {"name": "dashroll"},
+        "spec": {"moduleName": "dashroll", "maxUnavailable": 2},
+    }))?;
     loaded_everywhere("dashb")
         .await
         .with_context(|| agents[0].log())?;
