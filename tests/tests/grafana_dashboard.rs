@@ -8,8 +8,8 @@
 //!   `kmm-controller` and two `kmm-agent` processes (simulated kernel, real
 //!   registry) on the test API server, with a Module loaded, a second one
 //!   loaded after it, one whose image is missing, one built in the cluster
-//!   (its Job created, never run: no kubelet), a versioned one rolled out to
-//!   both nodes by a ModuleRollout, and the first one unloaded. Then
+//!   (its Job created, never run: no kubelet), a versioned one taken from v0
+//!   to v1 on both nodes by a ModuleRollout, and the first one unloaded. Then
 //!   every target of every panel, and every variable's query, must return
 //!   series with a number (a panel whose query returns nothing, or only
 //!   `NaN`, fails the test, named);
@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use kmm_common::Module;
+use kmm_common::{Module, version_module_label};
 use kmm_tests::cluster::{
-    apply_yaml, crd_namespace, delete_node_and_status, group_nodes, wait_for,
+    apply_yaml, crd_namespace, delete_node_and_status, group_nodes, set_node_label, wait_for,
 };
 use kmm_tests::controller::leader_and_agents;
 use kmm_tests::controlplane::repo_root;
@@ -289,8 +289,12 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
         }))
         .manifest();
     apply_yaml(cp, &ns_name, &built)?;
-    // A versioned Module and its rollout: both nodes go from required to
-    // done, for the rollout panels.
+    // A versioned Module and its rollout: both nodes, on an older version,
+    // go from required to done, for the rollout panels.
+    for node in &nodes {
+        let label = version_module_label(&ns_name, "dashroll");
+        set_node_label(&client, node, &label, Some("v0")).await?;
+    }
     let versioned = module("dashroll", "dashroll").version("v1").manifest();
     apply_yaml(cp, &ns_name, &versioned)?;
     apply_json(json!({
@@ -317,7 +321,15 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
             && seen(r#"kmm_rollout_transitions_total{state="done"} > 0"#))
     })
     .await
-    .with_context(|| format!("controller log:\n{}", controller.log()))?;
+    .with_context(|| {
+        let rollout = cp
+            .kubectl_ok(["get", "modulerollout", "-n", &ns_name, "-o", "yaml"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        format!(
+            "rollouts:\n{rollout}\ncontroller log:\n{}",
+            controller.log()
+        )
+    })?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     println!("run done and scraped: {:.1?}", t.elapsed());
 
