@@ -7,6 +7,8 @@
 //!   before the rollout, never more than 5 nodes without the Module; every node ends `done`
 //!   on v2, uncordoned, entered `upgrading` once; an admin's cordon stays;
 //! - eviction through the Eviction API, a PodDisruptionBudget holding a node in `evicting`;
+//! - `waitForPods` holding a node while a selected Pod runs, then `eviction.force` deleting,
+//!   after the timeout, a Pod a budget protects;
 //! - a failed validation Job fails its node and stops the rollout at `maxFailed`;
 //! - deleting a rollout mid-way uncordons the node it cordoned and clears the nodes' states
 //!   (its finalizer holds the deletion until then); the version labels stay where they were.
@@ -715,6 +717,75 @@ async fn pods_are_evicted_through_the_eviction_api_and_a_disruption_budget_holds
             .is_some_and(|c| c.0 == "True"))
     })
     .await?;
+    f.finish().await
+}
+
+#[tokio::test]
+async fn a_node_waits_for_its_pods_then_force_deletes_what_a_budget_holds_after_the_timeout()
+-> Result<()> {
+    let mut f = Fixture::new("rol-force").await?;
+    f.nodes(1, &[]).await?;
+    f.controller("a")?;
+    f.controllers[0].wait_leader(WAIT).await?;
+    f.module_loaded_at_v1().await?;
+    let n0 = f.node_name(0);
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), f.ns());
+    pods.create(
+        &PostParams::default(),
+        &pod("training", &n0, json!({"app": "training"}))?,
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod("guarded", &n0, json!({"evict": "yes", "app": "guarded"}))?,
+    )
+    .await?;
+    let pdbs = f.guard_with_budget(2, 1).await?;
+
+    f.set_module("v2")?;
+    f.create_rollout(json!({
+        "waitForPods": {"podSelector": {"matchLabels": {"app": "training"}}},
+        "eviction": {
+            "podSelector": {"matchLabels": {"evict": "yes"}},
+            "timeoutSeconds": 3,
+            "force": true,
+        },
+    }))
+    .await?;
+    f.wait(
+        &format!("{n0} waiting for its training Pod, saying so"),
+        || async {
+            let message = f.message(&n0).await?;
+            Ok(f.state(&n0).await?.as_deref() == Some("waiting-for-pods")
+                && message.contains("waiting for 1 Pod(s) to finish")
+                && message.contains("training"))
+        },
+    )
+    .await?;
+    // No timeout on the wait: the node stays there while the Pod runs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(f.state(&n0).await?.as_deref(), Some("waiting-for-pods"));
+    assert!(pods.get_opt("guarded").await?.is_some());
+
+    // The job ends; eviction meets a budget that allows none, and after 3 s `force`
+    // deletes the Pod: the budget is still there when it goes.
+    pods.delete("training", &DeleteParams::default()).await?;
+    f.wait(&format!("{n0} done, `guarded` deleted"), || async {
+        Ok(f.state(&n0).await?.as_deref() == Some("done")
+            && pods.get_opt("guarded").await?.is_none())
+    })
+    .await?;
+    assert!(pdbs.get_opt("keep-guarded").await?.is_some());
+    assert_eq!(
+        f.node(&n0)
+            .await?
+            .labels()
+            .get(&version_module_label(f.ns(), MODULE))
+            .map(String::as_str),
+        Some("v2")
+    );
+    pdbs.delete("keep-guarded", &DeleteParams::default())
+        .await?;
     f.finish().await
 }
 
