@@ -291,9 +291,9 @@ async fn every_panel_returns_series_from_a_real_run() -> Result<()> {
     apply_yaml(cp, &ns_name, &built)?;
     // A versioned Module and its rollout: both nodes, on an older version,
     // go from required to done, for the rollout panels.
+    let version_label = version_module_label(&ns_name, "dashroll");
     for node in &nodes {
-        let label = version_module_label(&ns_name, "dashroll");
-        set_node_label(&client, node, &label, Some("v0")).await?;
+        set_node_label(&client, node, &version_label, Some("v0")).await?;
     }
     let versioned = module("dashroll", "dashroll").version("v1").manifest();
     apply_yaml(cp, &ns_name, &versioned)?;

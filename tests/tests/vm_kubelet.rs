@@ -299,15 +299,18 @@ spec:
         &["apply", "-f", "-"],
         &format!("{}\n---{rollout}", versioned_brd("v2", 2)?),
     )?;
+    let state_of = |n: &serde_json::Value| {
+        n["metadata"]["labels"][STATE_LABEL]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
     let started = Instant::now();
     let mut last_state = String::new();
     let (mut pod_gone_at, mut v2_at) = (None, None);
     while started.elapsed() < Duration::from_secs(300) {
         let n = json(node, &["get", "node", RealNode::NAME])?;
-        let state = n["metadata"]["labels"][STATE_LABEL]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
+        let state = state_of(&n);
         if state != last_state {
             say!(
                 "vm_kubelet: rollout: node {} upgrade-state {state:?} at {:.1} s",
@@ -332,12 +335,6 @@ spec:
         std::thread::sleep(Duration::from_millis(500));
     }
     // The poll saw the end; give the watch the same write.
-    let state_of = |n: &serde_json::Value| {
-        n["metadata"]["labels"][STATE_LABEL]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
     let caught_up = Instant::now();
     let mut watched = node_watch.seen();
     while watched.last().map(state_of) != Some(last_state.clone())
